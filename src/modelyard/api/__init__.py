@@ -1,0 +1,1 @@
+"""HTTP: wire schemas in, route, lease, proxy, errors out."""

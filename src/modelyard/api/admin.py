@@ -1,0 +1,110 @@
+"""Operator endpoints: health, readiness, what is loaded, load and unload on demand."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from modelyard.api.request import keep_alive_of, read_json
+from modelyard.protocol.openai import ModelLoadRequest, ModelUnloadRequest
+from modelyard.scheduler import ModelState, ModelStatus, Scheduler
+
+router = APIRouter()
+
+
+def _scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
+    spec = scheduler.spec(status.name)
+    running = scheduler.running(status.name)
+    return {
+        "name": status.name,
+        "kind": spec.kind,
+        "engine": spec.engine,
+        "state": status.state,
+        "memory": {
+            "estimate": dict(status.estimate),
+            "measured": dict(status.measured) if status.measured else None,
+        },
+        "queued": status.queued,
+        "in_flight": status.in_flight,
+        "parallel": status.parallel,
+        "loaded_since": _iso(status.loaded_since),
+        "expires_at": _iso(status.expires_at),
+        "pinned": status.pinned,
+        "base_url": running.base_url if running else None,
+        "last_error": status.last_error,
+    }
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    preload = request.app.state.preload
+    if preload is not None and not preload.done():
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    """Models that are loaded, loading, unloading or failed."""
+    scheduler = _scheduler(request)
+    models = [
+        _describe(scheduler, s) for s in scheduler.status() if s.state is not ModelState.STOPPED
+    ]
+    return {
+        "models": models,
+        "memory": {"budget": dict(scheduler.budget), "reserved": scheduler.reserved()},
+    }
+
+
+@router.get("/api/models")
+async def models(request: Request) -> dict[str, Any]:
+    """The whole catalog, loaded or not."""
+    scheduler = _scheduler(request)
+    result = []
+    for status in scheduler.status():
+        spec = scheduler.spec(status.name)
+        entry = _describe(scheduler, status)
+        entry.update(
+            path=str(spec.path),
+            aliases=list(spec.aliases),
+            ctx=spec.ctx,
+            keep_alive=spec.keep_alive,
+            preload=spec.preload,
+        )
+        result.append(entry)
+    return {"models": result}
+
+
+@router.post("/api/load")
+async def load(request: Request) -> dict[str, Any]:
+    _, parsed = await read_json(request, ModelLoadRequest)
+    scheduler = _scheduler(request)
+    spec = scheduler.spec(parsed.model)
+    await scheduler.load(spec.name, keep_alive_of(parsed.keep_alive))
+    return {"model": spec.name, "state": scheduler.state(spec.name)}
+
+
+@router.post("/api/unload")
+async def unload(request: Request) -> dict[str, Any]:
+    _, parsed = await read_json(request, ModelUnloadRequest)
+    scheduler = _scheduler(request)
+    spec = scheduler.spec(parsed.model)
+    await scheduler.unload(spec.name)
+    return {"model": spec.name, "state": scheduler.state(spec.name)}

@@ -1,0 +1,35 @@
+"""The set of servable models, looked up by name or alias."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from modelyard.catalog.spec import ModelSpec
+from modelyard.errors import ModelNotFoundError
+
+
+class Catalog:
+    def __init__(self, specs: Iterable[ModelSpec]) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+        self._names: dict[str, str] = {}
+        for spec in specs:
+            self._specs[spec.name] = spec
+            for name in (spec.name, *spec.aliases):
+                self._names[name] = spec.name
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def get(self, name: str) -> ModelSpec:
+        """The spec named ``name`` or aliased so; ``ModelNotFoundError`` otherwise."""
+        canonical = self._names.get(name)
+        if canonical is None:
+            raise ModelNotFoundError(
+                f"The model {name!r} does not exist. Known models: "
+                f"{', '.join(sorted(self._specs)) or '(none)'}",
+                param="model",
+            )
+        return self._specs[canonical]

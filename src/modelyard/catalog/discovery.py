@@ -1,0 +1,104 @@
+"""Models found by scanning a directory for GGUF files.
+
+Every ``*.gguf`` becomes a model named after its file (lower case, no extension). Split
+models (``name-00001-of-00003.gguf``) become one model named without the shard suffix,
+served from the first shard. ``mmproj*.gguf`` files are not models: each attaches to the
+model beside it in the same directory (to the one sharing the longest name prefix when
+there are several).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from modelyard.catalog.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+_SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+
+def shard_set(path: Path) -> tuple[Path, ...]:
+    """All shards of a split GGUF given its first shard; ``()`` for a single file.
+
+    Raises ``FileNotFoundError`` when a shard is missing.
+    """
+    match = _SHARD.match(path.name)
+    if match is None:
+        return ()
+    stem, count = match["stem"], int(match["count"])
+    shards = tuple(
+        path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)
+    )
+    missing = [s.name for s in shards if not s.is_file()]
+    if missing:
+        raise FileNotFoundError(f"split model {path.name} is missing {', '.join(missing)}")
+    return shards
+
+
+def _model_name(path: Path) -> str:
+    match = _SHARD.match(path.name)
+    stem = match["stem"] if match else path.stem
+    return stem.lower()
+
+
+def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
+    """Specs for the GGUF files under ``models_dir`` (recursively), built from ``defaults``."""
+    if not models_dir.is_dir():
+        return []
+    specs: list[ModelSpec] = []
+    for directory, _dirs, files in sorted(os.walk(models_dir, followlinks=True)):
+        ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
+        projectors = [f for f in ggufs if f.lower().startswith("mmproj")]
+        for filename in ggufs:
+            if filename in projectors:
+                continue
+            match = _SHARD.match(filename)
+            if match and int(match["index"]) != 1:
+                continue
+            path = Path(directory) / filename
+            try:
+                shards = shard_set(path)
+            except FileNotFoundError as exc:
+                log.warning("skipping %s: %s", path, exc)
+                continue
+            spec = replace(defaults, name=_model_name(path), path=path, shards=shards)
+            specs.append(spec)
+        _attach_projectors(specs, Path(directory), projectors)
+    return _unique_names(specs)
+
+
+def _attach_projectors(specs: list[ModelSpec], directory: Path, projectors: list[str]) -> None:
+    local = [i for i, s in enumerate(specs) if s.path.parent == directory]
+    for projector in projectors:
+        if not local:
+            break
+        best = max(local, key=lambda i: _shared_prefix(specs[i].path.name, projector[7:]))
+        specs[best] = replace(specs[best], mmproj=directory / projector)
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    b = b.lower().lstrip("-_")
+    n = 0
+    for x, y in zip(a.lower(), b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _unique_names(specs: list[ModelSpec]) -> list[ModelSpec]:
+    """Two files with one name in different folders: the later gets its folder as a prefix."""
+    seen: set[str] = set()
+    result = []
+    for spec in specs:
+        name = spec.name
+        if name in seen:
+            name = f"{spec.path.parent.name.lower()}/{name}"
+        seen.add(name)
+        result.append(replace(spec, name=name))
+    return result

@@ -1,0 +1,1 @@
+"""The ``modelyard`` command; client commands talk to the server over HTTP like any client."""

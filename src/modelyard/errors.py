@@ -1,0 +1,102 @@
+"""Errors that reach a client, each with its HTTP status and OpenAI ``type``/``code``.
+
+The tree::
+
+    ModelyardError                      500 server_error
+    ├── ConfigError                     (never reaches a client: the server does not start)
+    ├── InvalidRequestError             400 invalid_request_error
+    │   └── WrongModelKindError         400 invalid_request_error / model_kind_mismatch
+    ├── ModelNotFoundError              404 invalid_request_error / model_not_found
+    ├── QueueFullError                  429 rate_limit_error / queue_full (Retry-After)
+    ├── RunnerError                     502 server_error / runner_failed
+    ├── LoadFailedError                 503 server_error / model_load_failed
+    ├── QueueTimeoutError               503 server_error / queue_timeout (Retry-After)
+    ├── ModelUnloadedError              503 server_error / model_unloaded
+    ├── DoesNotFitError                 507 server_error / insufficient_memory
+    └── UpstreamError                   the runner's own status and message
+
+Code raises these; ``modelyard.api.errors`` is the one place that turns them into responses.
+"""
+
+from __future__ import annotations
+
+
+class ModelyardError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+
+class ConfigError(ModelyardError):
+    """An invalid ``modelyard.toml`` or environment setting; names the file, table and key."""
+
+    code = "invalid_config"
+
+
+class InvalidRequestError(ModelyardError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class WrongModelKindError(InvalidRequestError):
+    code = "model_kind_mismatch"
+
+
+class ModelNotFoundError(ModelyardError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class QueueFullError(ModelyardError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class RunnerError(ModelyardError):
+    status = 502
+    code = "runner_failed"
+
+
+class LoadFailedError(ModelyardError):
+    status = 503
+    code = "model_load_failed"
+
+
+class QueueTimeoutError(ModelyardError):
+    status = 503
+    code = "queue_timeout"
+
+
+class ModelUnloadedError(ModelyardError):
+    status = 503
+    code = "model_unloaded"
+
+
+class DoesNotFitError(ModelyardError):
+    status = 507
+    code = "insufficient_memory"
+
+
+class UpstreamError(ModelyardError):
+    """An error answer from a runner, passed on with the runner's own status and message."""
+
+    def __init__(
+        self, message: str, *, status: int, type: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")

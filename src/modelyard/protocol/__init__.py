@@ -1,0 +1,1 @@
+"""Wire schemas (pydantic) only; imports nothing else from the package."""

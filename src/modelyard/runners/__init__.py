@@ -1,0 +1,1 @@
+"""How to start, watch and stop one model's server process."""

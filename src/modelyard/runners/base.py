@@ -1,0 +1,43 @@
+"""The runner seam: everything the scheduler needs from an engine, and nothing more."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from modelyard.catalog.spec import Footprint, ModelSpec
+
+
+class RunningModel(Protocol):
+    """A started model: an OpenAI-compatible server at ``base_url``."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    def footprint(self) -> Footprint:
+        """Memory in use now, per device (measured, not estimated)."""
+        ...
+
+    async def wait(self) -> int:
+        """Returns the exit code once the server has exited, for whatever reason."""
+        ...
+
+    async def stop(self, grace: float) -> None:
+        """Asks the server to exit, forces it after ``grace`` seconds; returns once it has."""
+        ...
+
+    def log_tail(self, max_bytes: int = 2000) -> str:
+        """The last lines this server wrote, to explain a failure."""
+        ...
+
+
+class Runner(Protocol):
+    def estimate(self, spec: ModelSpec) -> Footprint:
+        """Memory the model will take once loaded, per device, before starting it."""
+        ...
+
+    async def start(self, spec: ModelSpec) -> RunningModel:
+        """Starts the model's server and returns once it answers requests.
+
+        Raises ``LoadFailedError`` (with the tail of the server's log) when it cannot.
+        """
+        ...

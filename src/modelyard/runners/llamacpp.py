@@ -1,0 +1,103 @@
+"""GGUF models through llama.cpp's own HTTP server.
+
+One argv of ``llama-server`` flags serves both ways to run it: exec'd as given when the user
+configures a ``llama-server`` binary, or handed to our xllamacpp child program
+(``modelyard.workers.llamacpp``), which reads the same flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from pathlib import Path
+
+from modelyard.catalog.gguf import GGUFError, GGUFInfo, estimate_bytes, read_gguf
+from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.errors import LoadFailedError
+from modelyard.runners.process import ChildServer, free_port
+
+# llama.cpp's legacy (non-Jinja) chat formats that a catalog may name instead of a file.
+BUILTIN_TEMPLATES = frozenset(
+    {
+        "chatglm3", "chatglm4", "chatml", "command-r", "deepseek", "deepseek2", "deepseek3",
+        "exaone3", "falcon3", "gemma", "gigachat", "glmedge", "granite", "llama2",
+        "llama2-sys", "llama2-sys-bos", "llama2-sys-strip", "llama3", "llama4", "megrez",
+        "minicpm", "mistral-v1", "mistral-v3", "mistral-v3-tekken", "mistral-v7", "monarch",
+        "openchat", "orion", "phi3", "phi4", "rwkv-world", "smolvlm", "vicuna",
+        "vicuna-orca", "yandex", "zephyr",
+    }
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _gguf_info(path: Path, shards: tuple[Path, ...], mtime: float) -> GGUFInfo:
+    return read_gguf(path, shards)
+
+
+def gguf_info(spec: ModelSpec) -> GGUFInfo:
+    return _gguf_info(spec.path, spec.shards, spec.path.stat().st_mtime)
+
+
+def server_args(spec: ModelSpec, port: int) -> list[str]:
+    """``llama-server`` flags for ``spec`` listening on 127.0.0.1:``port``."""
+    args = [
+        "--model", str(spec.path),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--ctx-size", str(spec.ctx * spec.parallel),
+        "--parallel", str(spec.parallel),
+        "--n-gpu-layers", str(spec.gpu_layers),
+        "--alias", spec.name,
+        "--slots",
+        "--metrics",
+    ]  # fmt: skip
+    if spec.threads:
+        args += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
+    if spec.chat_template in BUILTIN_TEMPLATES:
+        args += ["--no-jinja", "--chat-template", spec.chat_template]
+    elif spec.chat_template:
+        args += ["--jinja", "--chat-template-file", spec.chat_template]
+    if spec.mmproj:
+        args += ["--mmproj", str(spec.mmproj)]
+    if spec.kind == "embedding":
+        args += ["--embedding"]
+    elif spec.kind == "rerank":
+        args += ["--reranking"]
+    return args + list(spec.extra_args)
+
+
+class LlamaCppRunner:
+    """Starts one llama.cpp server per model; logs go to ``<log_dir>/<model>.log``."""
+
+    def __init__(self, log_dir: Path, load_timeout: float = 600.0) -> None:
+        self._log_dir = log_dir
+        self._load_timeout = load_timeout
+
+    def estimate(self, spec: ModelSpec) -> Footprint:
+        if spec.memory is not None:
+            return {"ram": spec.memory}
+        try:
+            info = gguf_info(spec)
+        except (GGUFError, OSError) as exc:
+            raise LoadFailedError(f"cannot read {spec.path}: {exc}") from exc
+        projector = spec.mmproj.stat().st_size if spec.mmproj else 0
+        return {"ram": estimate_bytes(info, spec.ctx, spec.parallel) + projector}
+
+    def log_path(self, name: str) -> Path:
+        return self._log_dir / f"{name.replace('/', '_')}.log"
+
+    async def start(self, spec: ModelSpec) -> ChildServer:
+        port = free_port()
+        args = server_args(spec, port)
+        if spec.llama_server is not None:
+            argv = [str(spec.llama_server), *args]
+        else:
+            argv = [sys.executable, "-m", "modelyard.workers.llamacpp", *args]
+        server = await ChildServer.spawn(argv, port=port, log_path=self.log_path(spec.name))
+        try:
+            await server.wait_healthy(self._load_timeout)
+        except BaseException:
+            await asyncio.shield(server.stop(grace=1.0))
+            raise
+        return server

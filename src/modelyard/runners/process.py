@@ -1,0 +1,166 @@
+"""A model server as a child process of ours: own process group, log file, no orphans.
+
+The child runs in a new session (its own process group, so a stop reaches every process it
+starts) and gets SIGKILL from the kernel when the gateway dies, even by SIGKILL
+(``PR_SET_PDEATHSIG``). Stopping sends SIGTERM to the group, then SIGKILL after a grace
+period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from modelyard.catalog.spec import Footprint
+from modelyard.errors import LoadFailedError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_LOG_ROTATE_BYTES = 16 * 1024**2
+# /health is polled this often while a model loads: readiness is noticed within ~10 ms.
+_HEALTH_POLL = 0.01
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent(parent: int) -> None:
+    """Runs in the child between fork and exec."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died before prctl took effect.
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def open_log(path: Path) -> tuple[int, int]:
+    """Opens a model's log for appending (rotating a large one); returns (fd, start offset)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > _LOG_ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    return fd, os.lseek(fd, 0, os.SEEK_END)
+
+
+class ChildServer:
+    """A running child process serving HTTP at ``base_url`` (a ``RunningModel``)."""
+
+    def __init__(
+        self, process: asyncio.subprocess.Process, base_url: str, log_path: Path, log_start: int
+    ) -> None:
+        self._process = process
+        self._base_url = base_url
+        self._log_path = log_path
+        self._log_start = log_start
+
+    @classmethod
+    async def spawn(
+        cls, argv: Sequence[str], *, port: int, log_path: Path, env: dict[str, str] | None = None
+    ) -> ChildServer:
+        fd, start = open_log(log_path)
+        header = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n"
+        os.write(fd, header.encode())
+        parent = os.getpid()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=lambda: _die_with_parent(parent),
+            )
+        except OSError as exc:
+            raise LoadFailedError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+        return cls(process, f"http://127.0.0.1:{port}", log_path, start)
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def footprint(self) -> Footprint:
+        """Resident memory of the process and its descendants."""
+        try:
+            root = psutil.Process(self._process.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return {"ram": 0}
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return {"ram": total}
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, sig)
+
+    async def stop(self, grace: float) -> None:
+        if self._process.returncode is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._process.wait(), grace)
+            except TimeoutError:
+                log.warning("runner %d ignored SIGTERM for %.1fs; killing", self.pid, grace)
+        # Whatever is left in the group (grandchildren included) goes now.
+        self._signal_group(signal.SIGKILL)
+        await self._process.wait()
+
+    def log_tail(self, max_bytes: int = 2000) -> str:
+        try:
+            with self._log_path.open("rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_start, end - max_bytes))
+                return f.read().decode("utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+
+    async def wait_healthy(self, limit: float) -> None:
+        """Polls ``/health`` until it answers 200; fails fast if the process exits."""
+        deadline = time.monotonic() + limit
+        url = f"{self._base_url}/health"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while True:
+                if self._process.returncode is not None:
+                    raise LoadFailedError(
+                        f"runner exited with code {self._process.returncode} while loading:\n"
+                        f"{self.log_tail()}"
+                    )
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(url) as response:
+                        if response.status == 200:
+                            return
+                if time.monotonic() > deadline:
+                    await self.stop(grace=1.0)
+                    raise LoadFailedError(
+                        f"runner not healthy after {limit:.0f}s:\n{self.log_tail()}"
+                    )
+                await asyncio.sleep(_HEALTH_POLL)

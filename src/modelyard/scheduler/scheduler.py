@@ -1,0 +1,608 @@
+"""Leases, queues, keep-alive, loading and eviction: all scheduling state lives here.
+
+Everything runs on one event loop and every decision is made synchronously in ``_pump``, so
+no locks are needed. Side effects (starting and stopping runners) go through the ``Runner``
+seam; time goes through the injected ``Clock``.
+
+Contracts:
+- ``acquire(model)`` returns a ``Lease`` once the model is ready and one of its ``parallel``
+  slots is free. While any lease on a model is held, the model is never evicted.
+- Requests for one model wait in a FIFO queue of at most ``max_queue``; one more raises
+  ``QueueFullError`` (429); waiting longer than ``queue_timeout`` raises
+  ``QueueTimeoutError`` (503). A waiter that is cancelled (its client left) is removed and
+  starts nothing.
+- Concurrent requests for a cold model share one load. A model larger than the whole budget
+  raises ``DoesNotFitError`` (507) at once. A load that fails fails its waiters with
+  ``LoadFailedError`` (503) carrying the runner's log tail; repeated failures back off.
+- When the last lease is released the model's keep-alive starts (the last request's
+  ``keep_alive`` if it gave one, else the catalog's): ``0`` unloads now, ``None`` never.
+- A runner that exits on its own moves its model to ``stopped``; leases taken before stay
+  valid objects but no longer count, and the next request starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from modelyard.catalog.catalog import Catalog
+from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.errors import (
+    DoesNotFitError,
+    LoadFailedError,
+    ModelyardError,
+    QueueFullError,
+    QueueTimeoutError,
+)
+from modelyard.quantity import format_size
+from modelyard.runners.base import Runner, RunningModel
+from modelyard.scheduler.clock import Clock, LoopClock, Timer
+from modelyard.scheduler.event import (
+    Event,
+    Evicted,
+    KeepAliveExpired,
+    LeaseAcquired,
+    LeaseReleased,
+    RunnerExited,
+    StateChanged,
+)
+from modelyard.scheduler.policy import Loaded, choose_victims, fits
+from modelyard.scheduler.state import RESIDENT, ModelState, check_transition
+
+log = logging.getLogger(__name__)
+
+
+class Unset:
+    pass
+
+
+UNSET: Final = Unset()
+"""``keep_alive`` not given by the request: use the catalog's."""
+
+_BACKOFF_MAX = 60.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to refuse loads after ``failures`` failures in a row: 0, 1, 2, 4 … 60."""
+    return 0.0 if failures <= 1 else min(2.0 ** (failures - 2), _BACKOFF_MAX)
+
+
+@dataclass(eq=False)
+class Lease:
+    """The right to send one request to a model's runner at ``base_url``."""
+
+    model: str
+    base_url: str
+    queued: float
+    """Seconds spent waiting (queue and load)."""
+    generation: int
+    released: bool = False
+
+
+@dataclass(eq=False)
+class _Waiter:
+    seq: int
+    future: asyncio.Future[Lease]
+    enqueued_at: float
+    keep_alive: float | Unset | None
+    timer: Timer | None = None
+
+
+@dataclass(eq=False)
+class _Model:
+    spec: ModelSpec
+    state: ModelState = ModelState.STOPPED
+    running: RunningModel | None = None
+    generation: int = 0
+    leases: int = 0
+    waiters: deque[_Waiter] = field(default_factory=deque)
+    keep_alive: float | None = None
+    loaded_at: float = 0.0
+    last_used: float = 0.0
+    expires_at: float | None = None
+    expiry: Timer | None = None
+    unload_when_idle: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str | None = None
+    task: asyncio.Task[None] | None = None
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.leases == 0 and not self.waiters
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    state: ModelState
+    estimate: Footprint
+    measured: Footprint | None
+    queued: int
+    in_flight: int
+    parallel: int
+    loaded_since: float | None
+    """Wall-clock time (``time.time()``) the current runner became ready."""
+    expires_at: float | None
+    """Wall-clock time the keep-alive runs out; ``None`` while busy or when it never does."""
+    pinned: bool
+    last_error: str | None
+
+
+class Scheduler:
+    """Decides which models are loaded and who waits; see the module docstring."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        runners: Mapping[str, Runner],
+        budget: Footprint,
+        *,
+        clock: Clock | None = None,
+        min_residency: float = 0.0,
+        stop_grace: float = 5.0,
+        measured: MutableMapping[str, Footprint] | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._runners = runners
+        self.budget: Footprint = dict(budget)
+        self._clock: Clock = clock or LoopClock()
+        self._min_residency = min_residency
+        self._stop_grace = stop_grace
+        self._measured: MutableMapping[str, Footprint] = measured if measured is not None else {}
+        self._models: dict[str, _Model] = {spec.name: _Model(spec) for spec in catalog}
+        self._estimates: dict[str, Footprint] = {}
+        self._seq = 0
+        self._listeners: list[Callable[[Event], None]] = []
+        self._pump_timer: Timer | None = None
+        self._closed = False
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    def spec(self, name: str) -> ModelSpec:
+        """The catalog entry for a name or alias (``ModelNotFoundError`` when unknown)."""
+        return self._catalog.get(name)
+
+    def state(self, name: str) -> ModelState:
+        return self._models[self._catalog.get(name).name].state
+
+    async def acquire(self, name: str, keep_alive: float | Unset | None = UNSET) -> Lease:
+        """Waits for a slot on ``name`` (loading it, evicting idle models as needed)."""
+        m = self._models[self._catalog.get(name).name]
+        self._check_fits(m)
+        now = self._clock.now()
+        self._seq += 1
+        waiter = _Waiter(self._seq, asyncio.get_running_loop().create_future(), now, keep_alive)
+        m.waiters.append(waiter)
+        self._pump()
+        if not waiter.future.done():
+            if len(m.waiters) > m.spec.max_queue:
+                m.waiters.remove(waiter)
+                raise QueueFullError(
+                    f"Too many requests queued for model {m.spec.name!r} "
+                    f"({m.spec.max_queue} waiting, {m.leases} in flight); retry later",
+                    retry_after=max(1, math.ceil(len(m.waiters) / m.spec.parallel)),
+                )
+            waiter.timer = self._clock.call_at(
+                now + m.spec.queue_timeout, lambda: self._queue_timeout(m, waiter)
+            )
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            self._abandon(m, waiter)
+            raise
+
+    def release(self, lease: Lease) -> None:
+        """Returns a lease; safe to call twice."""
+        if lease.released:
+            return
+        lease.released = True
+        m = self._models[lease.model]
+        if lease.generation != m.generation:
+            return  # the runner it was for has exited since
+        m.leases -= 1
+        m.last_used = self._clock.now()
+        self._emit(LeaseReleased(m.spec.name, m.last_used))
+        if m.idle:
+            self._start_keep_alive(m)
+        self._pump()
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, name: str, keep_alive: float | Unset | None = UNSET
+    ) -> AsyncIterator[Lease]:
+        lease = await self.acquire(name, keep_alive)
+        try:
+            yield lease
+        finally:
+            self.release(lease)
+
+    async def load(self, name: str, keep_alive: float | Unset | None = UNSET) -> None:
+        """Loads ``name`` (as a request would) and returns once it is ready."""
+        self.release(await self.acquire(name, keep_alive))
+
+    async def unload(self, name: str) -> None:
+        """Unloads ``name`` now if idle, else once its in-flight requests are done."""
+        m = self._models[self._catalog.get(name).name]
+        if m.state is ModelState.FAILED:
+            self._set_state(m, ModelState.STOPPED, "unload requested")
+            return
+        if m.state is ModelState.READY and m.idle:
+            self._unload(m, "unload requested")
+        elif m.state in (ModelState.READY, ModelState.LOADING):
+            m.unload_when_idle = True
+        if m.task is not None:
+            await asyncio.shield(m.task)
+
+    def running(self, name: str) -> RunningModel | None:
+        return self._models[self._catalog.get(name).name].running
+
+    def status(self) -> list[ModelStatus]:
+        """Every model in the catalog, with memory measured now for loaded ones."""
+        offset = time.time() - self._clock.now()
+        result = []
+        for m in self._models.values():
+            if m.state is ModelState.READY:
+                self._measure(m)
+            result.append(
+                ModelStatus(
+                    name=m.spec.name,
+                    state=m.state,
+                    estimate=self._estimate_or_empty(m),
+                    measured=self._measured.get(m.spec.settings_key),
+                    queued=len(m.waiters),
+                    in_flight=m.leases,
+                    parallel=m.spec.parallel,
+                    loaded_since=m.loaded_at + offset if m.state is ModelState.READY else None,
+                    expires_at=(
+                        m.expires_at + offset
+                        if m.expires_at is not None and m.state is ModelState.READY and m.idle
+                        else None
+                    ),
+                    pinned=m.spec.pinned,
+                    last_error=m.last_error,
+                )
+            )
+        return result
+
+    def reserved(self) -> dict[str, int]:
+        """Memory held by resident models, per device."""
+        return self._sum(m for m in self._models.values() if m.state in RESIDENT)
+
+    async def close(self) -> None:
+        """Stops every runner; waiting requests fail."""
+        self._closed = True
+        if self._pump_timer is not None:
+            self._pump_timer.cancel()
+        for m in self._models.values():
+            for waiter in list(m.waiters):
+                self._fail(m, waiter, LoadFailedError("the server is shutting down"))
+            if m.expiry is not None:
+                m.expiry.cancel()
+        tasks = [m.task for m in self._models.values() if m.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stops = []
+        for m in self._models.values():
+            if m.watcher is not None:
+                m.watcher.cancel()
+            if m.running is not None:
+                stops.append(m.running.stop(self._stop_grace))
+                m.running = None
+        await asyncio.gather(*stops, return_exceptions=True)
+
+    # ---- the decision ------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Makes every decision that can be made now, in this order:
+
+        1. Grant waiters of ready models, oldest first, up to each model's ``parallel``.
+        2. Consider cold models with waiters in order of their oldest waiter (memory is
+           handed out first come, first served): fail fast while a model backs off after
+           failed loads; load it if it fits in free memory; if it will fit once models
+           already unloading are gone, wait; else evict idle models chosen by the policy
+           and wait for them; if the policy finds none, wait. The first model that has to
+           wait stops the pass, so a later request cannot take the memory it waits for.
+        """
+        if self._closed:
+            return
+        now = self._clock.now()
+        for m in self._models.values():
+            if m.state is ModelState.READY:
+                while m.waiters and m.leases < m.spec.parallel:
+                    self._grant(m, m.waiters.popleft(), now)
+
+        cold = [
+            m
+            for m in self._models.values()
+            if m.waiters and m.state in (ModelState.STOPPED, ModelState.FAILED)
+        ]
+        cold.sort(key=lambda m: m.waiters[0].seq)
+        for m in cold:
+            if m.retry_at > now:
+                error = LoadFailedError(
+                    f"Model {m.spec.name!r} failed to load and is backing off for "
+                    f"{m.retry_at - now:.0f}s more. Last error: {m.last_error}",
+                    retry_after=max(1, math.ceil(m.retry_at - now)),
+                )
+                for waiter in list(m.waiters):
+                    self._fail(m, waiter, error)
+                continue
+            if not self._place(m, now):
+                break
+
+    def _place(self, m: _Model, now: float) -> bool:
+        """Loads ``m`` or makes room for it; ``False`` when it has to wait."""
+        need = self._estimate(m)
+        for other in self._models.values():
+            if other.state is ModelState.READY:
+                self._measure(other)
+        reserved = self.reserved()
+        unloading = self._sum(x for x in self._models.values() if x.state is ModelState.UNLOADING)
+        free_now = {d: self.budget.get(d, 0) - reserved.get(d, 0) for d in self.budget}
+        free_soon = {d: free_now[d] + unloading.get(d, 0) for d in free_now}
+        loaded = [
+            Loaded(
+                name=x.spec.name,
+                footprint=self._footprint(x),
+                busy=not x.idle,
+                pinned=x.spec.pinned,
+                expires_at=x.expires_at,
+                last_used=x.last_used,
+                loaded_at=x.loaded_at,
+            )
+            for x in self._models.values()
+            if x.state is ModelState.READY
+        ]
+        victims = choose_victims(need, free_soon, loaded, now, self._min_residency)
+        if victims is None:
+            self._repump_after_residency(loaded, now)
+            return False
+        if victims:
+            for name in victims:
+                victim = self._models[name]
+                self._emit(Evicted(name, now, for_model=m.spec.name))
+                self._unload(victim, f"evicted to make room for {m.spec.name}")
+            return False
+        if not fits(need, free_now):
+            return False  # the memory is being freed by unloads in progress
+        self._load(m)
+        return True
+
+    def _repump_after_residency(self, loaded: Iterable[Loaded], now: float) -> None:
+        young = [
+            x.loaded_at + self._min_residency
+            for x in loaded
+            if not x.busy and not x.pinned and now - x.loaded_at < self._min_residency
+        ]
+        if young:
+            if self._pump_timer is not None:
+                self._pump_timer.cancel()
+            self._pump_timer = self._clock.call_at(min(young), self._pump)
+
+    # ---- effects -------------------------------------------------------------------------------
+
+    def _grant(self, m: _Model, waiter: _Waiter, now: float) -> None:
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        if m.expiry is not None:
+            m.expiry.cancel()
+            m.expiry = None
+        m.expires_at = None
+        m.keep_alive = (
+            m.spec.keep_alive if isinstance(waiter.keep_alive, Unset) else waiter.keep_alive
+        )
+        m.leases += 1
+        m.last_used = now
+        assert m.running is not None
+        queued = now - waiter.enqueued_at
+        waiter.future.set_result(Lease(m.spec.name, m.running.base_url, queued, m.generation))
+        self._emit(LeaseAcquired(m.spec.name, now, queued=queued))
+
+    def _fail(self, m: _Model, waiter: _Waiter, error: ModelyardError) -> None:
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        with contextlib.suppress(ValueError):
+            m.waiters.remove(waiter)
+        if not waiter.future.done():
+            waiter.future.set_exception(error)
+
+    def _abandon(self, m: _Model, waiter: _Waiter) -> None:
+        """The waiting request went away (client disconnect): forget it, or return its lease."""
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.future.exception() is None:
+                self.release(waiter.future.result())
+            return
+        with contextlib.suppress(ValueError):
+            m.waiters.remove(waiter)
+        if m.idle and m.state is ModelState.READY and m.expires_at is None:
+            self._start_keep_alive(m)
+        self._pump()
+
+    def _queue_timeout(self, m: _Model, waiter: _Waiter) -> None:
+        if waiter.future.done():
+            return
+        waited = self._clock.now() - waiter.enqueued_at
+        self._fail(
+            m,
+            waiter,
+            QueueTimeoutError(
+                f"Timed out after {waited:.0f}s waiting for model {m.spec.name!r} "
+                f"(state {m.state}, {m.leases} in flight, {len(m.waiters)} queued)",
+                retry_after=max(1, math.ceil(m.spec.queue_timeout / 10)),
+            ),
+        )
+        self._pump()
+
+    def _start_keep_alive(self, m: _Model) -> None:
+        if m.state is ModelState.READY and (m.unload_when_idle or m.keep_alive == 0):
+            self._unload(m, "keep_alive 0" if not m.unload_when_idle else "unload requested")
+            return
+        if m.spec.pinned or m.keep_alive is None or m.state is not ModelState.READY:
+            m.expires_at = None
+            return
+        m.expires_at = self._clock.now() + m.keep_alive
+        if m.expiry is not None:
+            m.expiry.cancel()
+        m.expiry = self._clock.call_at(m.expires_at, lambda: self._expire(m))
+
+    def _expire(self, m: _Model) -> None:
+        m.expiry = None
+        if m.state is ModelState.READY and m.idle and m.expires_at is not None:
+            self._emit(KeepAliveExpired(m.spec.name, self._clock.now()))
+            self._unload(m, "keep-alive expired")
+
+    def _load(self, m: _Model) -> None:
+        self._set_state(m, ModelState.LOADING)
+        m.task = asyncio.create_task(self._run_load(m), name=f"load {m.spec.name}")
+
+    async def _run_load(self, m: _Model) -> None:
+        runner = self._runners[m.spec.engine]
+        try:
+            running = await runner.start(m.spec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            m.failures += 1
+            m.retry_at = self._clock.now() + backoff(m.failures)
+            m.last_error = exc.message if isinstance(exc, ModelyardError) else repr(exc)
+            if not isinstance(exc, ModelyardError):
+                log.exception("loading %s failed", m.spec.name)
+            self._set_state(m, ModelState.FAILED, m.last_error)
+            error = LoadFailedError(f"Model {m.spec.name!r} failed to load: {m.last_error}")
+            for waiter in list(m.waiters):
+                self._fail(m, waiter, error)
+            m.task = None
+            self._pump()
+            return
+        m.task = None
+        m.running = running
+        m.failures = 0
+        m.last_error = None
+        m.loaded_at = m.last_used = self._clock.now()
+        self._measure(m)
+        self._set_state(m, ModelState.READY)
+        m.watcher = asyncio.create_task(self._watch(m, running), name=f"watch {m.spec.name}")
+        if m.idle:
+            m.keep_alive = m.spec.keep_alive
+            self._start_keep_alive(m)
+        self._pump()
+
+    async def _watch(self, m: _Model, running: RunningModel) -> None:
+        code = await running.wait()
+        if m.running is not running or m.state is not ModelState.READY:
+            return  # stopped by us
+        tail = running.log_tail()
+        log.error("runner for %s exited with code %s:\n%s", m.spec.name, code, tail)
+        m.running = None
+        m.generation += 1
+        m.leases = 0
+        m.failures += 1
+        m.retry_at = self._clock.now() + backoff(m.failures)
+        m.last_error = f"runner exited unexpectedly with code {code}: {tail[-500:]}"
+        if m.expiry is not None:
+            m.expiry.cancel()
+        m.expires_at = None
+        self._emit(RunnerExited(m.spec.name, self._clock.now(), code=code, log_tail=tail))
+        self._set_state(m, ModelState.STOPPED, m.last_error)
+        self._pump()
+
+    def _unload(self, m: _Model, reason: str) -> None:
+        if m.expiry is not None:
+            m.expiry.cancel()
+            m.expiry = None
+        m.expires_at = None
+        m.unload_when_idle = False
+        self._set_state(m, ModelState.UNLOADING, reason)
+        m.task = asyncio.create_task(self._run_unload(m), name=f"unload {m.spec.name}")
+
+    async def _run_unload(self, m: _Model) -> None:
+        running, m.running = m.running, None
+        if m.watcher is not None:
+            m.watcher.cancel()
+            m.watcher = None
+        if running is not None:
+            try:
+                await running.stop(self._stop_grace)
+            except Exception:
+                log.exception("stopping %s failed", m.spec.name)
+        m.task = None
+        m.generation += 1
+        m.leases = 0
+        self._set_state(m, ModelState.STOPPED)
+        self._pump()
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+
+    def _set_state(self, m: _Model, new: ModelState, reason: str = "") -> None:
+        """The one place a model's state changes."""
+        old = m.state
+        check_transition(old, new)
+        m.state = new
+        log.info("model %s: %s -> %s%s", m.spec.name, old, new, f" ({reason})" if reason else "")
+        self._emit(StateChanged(m.spec.name, self._clock.now(), old=old, new=new, reason=reason))
+
+    def _emit(self, event: Event) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %r", event)
+
+    def _estimate(self, m: _Model) -> Footprint:
+        name = m.spec.name
+        if name not in self._estimates:
+            self._estimates[name] = self._runners[m.spec.engine].estimate(m.spec)
+        return self._estimates[name]
+
+    def _estimate_or_empty(self, m: _Model) -> Footprint:
+        try:
+            return self._estimate(m)
+        except ModelyardError:
+            return {}
+
+    def _footprint(self, m: _Model) -> Footprint:
+        """What a model counts for: the override, else the last measurement, else the estimate."""
+        if m.spec.memory is not None:
+            return {"ram": m.spec.memory}
+        return self._measured.get(m.spec.settings_key) or self._estimate(m)
+
+    def _measure(self, m: _Model) -> None:
+        if m.running is not None:
+            now = m.running.footprint()
+            if any(now.values()):
+                self._measured[m.spec.settings_key] = now
+
+    def _sum(self, models: Iterable[_Model]) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for m in models:
+            for device, amount in self._footprint(m).items():
+                total[device] = total.get(device, 0) + amount
+        return total
+
+    def _check_fits(self, m: _Model) -> None:
+        need = self._footprint(m)
+        over = {d: n for d, n in need.items() if n > self.budget.get(d, 0)}
+        if over:
+            parts = ", ".join(
+                f"{format_size(n)} of {d} (budget {format_size(self.budget.get(d, 0))})"
+                for d, n in over.items()
+            )
+            raise DoesNotFitError(
+                f"Model {m.spec.name!r} needs {parts}: it cannot be loaded even with every "
+                "other model unloaded. Lower its ctx or parallel, or raise the memory budget."
+            )

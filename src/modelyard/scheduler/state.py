@@ -1,0 +1,37 @@
+"""Model states and the legal transitions between them: the one table."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ModelState(StrEnum):
+    STOPPED = "stopped"
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+S = ModelState
+
+TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    S.STOPPED: frozenset({S.LOADING}),
+    S.LOADING: frozenset({S.READY, S.FAILED}),
+    # READY -> STOPPED: the runner exited on its own (a crash); the next request restarts it.
+    S.READY: frozenset({S.UNLOADING, S.STOPPED}),
+    S.UNLOADING: frozenset({S.STOPPED}),
+    S.FAILED: frozenset({S.LOADING, S.STOPPED}),
+}
+
+# A model in these states holds (or is about to hold) memory.
+RESIDENT = frozenset({S.LOADING, S.READY, S.UNLOADING})
+
+
+class IllegalTransitionError(RuntimeError):
+    """A bug: some code tried a state change the table does not allow."""
+
+
+def check_transition(old: ModelState, new: ModelState) -> None:
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransitionError(f"illegal model state change {old} -> {new}")

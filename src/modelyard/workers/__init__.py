@@ -1,0 +1,1 @@
+"""Programs that run inside runner processes; they import nothing heavy from the gateway."""

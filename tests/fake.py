@@ -1,0 +1,112 @@
+"""A fake runner and a manual clock, for scheduler and fault tests (no processes, no sleeps).
+
+``FakeRunner`` starts ``FakeRunning`` models instantly (or when a test opens the gate), can be
+told to fail a load, and records every start and stop. ``FakeRunning.crash`` makes a running
+model exit on its own. ``ManualClock`` only moves when a test calls ``advance``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.errors import LoadFailedError
+
+
+@dataclass(order=True)
+class _Timer:
+    when: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._timers: list[_Timer] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(when, next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Moves time forward, firing due timers in order."""
+        target = self._now + seconds
+        while self._timers and self._timers[0].when <= target:
+            timer = heapq.heappop(self._timers)
+            self._now = max(self._now, timer.when)
+            if not timer.cancelled:
+                timer.callback()
+        self._now = target
+
+
+class FakeRunning:
+    def __init__(self, spec: ModelSpec, footprint: Footprint) -> None:
+        self.spec = spec
+        self._footprint = footprint
+        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.stopped = False
+
+    @property
+    def base_url(self) -> str:
+        return f"http://fake/{self.spec.name}"
+
+    def footprint(self) -> Footprint:
+        return self._footprint
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    async def stop(self, grace: float) -> None:
+        self.stopped = True
+        if not self._exited.done():
+            self._exited.set_result(-15)
+
+    def log_tail(self, max_bytes: int = 2000) -> str:
+        return f"fake log of {self.spec.name}"
+
+    def crash(self, code: int = -9) -> None:
+        self._exited.set_result(code)
+
+
+class FakeRunner:
+    def __init__(self, sizes: dict[str, int] | None = None, default_size: int = 100) -> None:
+        self.sizes = sizes or {}
+        self.default_size = default_size
+        self.starts: list[str] = []
+        self.running: dict[str, FakeRunning] = {}
+        self.fail: dict[str, str] = {}
+        self.gate: asyncio.Event | None = None
+        """When set, loads wait for it: a test can observe the ``loading`` state."""
+
+    def estimate(self, spec: ModelSpec) -> Footprint:
+        return {"ram": self.sizes.get(spec.name, self.default_size)}
+
+    async def start(self, spec: ModelSpec) -> FakeRunning:
+        self.starts.append(spec.name)
+        if self.gate is not None:
+            await self.gate.wait()
+        if spec.name in self.fail:
+            raise LoadFailedError(self.fail[spec.name])
+        running = FakeRunning(spec, self.estimate(spec))
+        self.running[spec.name] = running
+        return running
+
+
+async def settle(rounds: int = 20) -> None:
+    """Lets every ready task run (no time passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)

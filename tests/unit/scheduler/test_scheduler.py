@@ -1,0 +1,355 @@
+"""The scheduler driven by a fake runner and a manual clock: no processes, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from modelyard.catalog.catalog import Catalog
+from modelyard.catalog.spec import ModelSpec
+from modelyard.errors import (
+    DoesNotFitError,
+    LoadFailedError,
+    QueueFullError,
+    QueueTimeoutError,
+)
+from modelyard.scheduler import ModelState, Scheduler
+from modelyard.scheduler.event import Event, Evicted, KeepAliveExpired, StateChanged
+from tests.fake import FakeRunner, ManualClock, settle
+
+BASE = ModelSpec(name="", path=Path("/models/x.gguf"), parallel=2, max_queue=4)
+
+
+def spec(name: str, **kw: object) -> ModelSpec:
+    return replace(BASE, name=name, **kw)  # type: ignore[arg-type]
+
+
+def make(
+    *specs: ModelSpec,
+    budget: int = 1000,
+    sizes: dict[str, int] | None = None,
+    min_residency: float = 0.0,
+) -> tuple[Scheduler, FakeRunner, ManualClock, list[Event]]:
+    runner = FakeRunner(sizes)
+    clock = ManualClock()
+    scheduler = Scheduler(
+        Catalog(specs),
+        {"llamacpp": runner},
+        {"ram": budget},
+        clock=clock,
+        min_residency=min_residency,
+    )
+    events: list[Event] = []
+    scheduler.subscribe(events.append)
+    return scheduler, runner, clock, events
+
+
+def states(events: list[Event], model: str) -> list[str]:
+    return [e.new for e in events if isinstance(e, StateChanged) and e.model == model]
+
+
+async def test_scheduler_cold_model_loads_and_grants() -> None:
+    scheduler, runner, _, events = make(spec("a"))
+    lease = await scheduler.acquire("a")
+    assert lease.base_url == "http://fake/a"
+    assert runner.starts == ["a"]
+    assert states(events, "a") == ["loading", "ready"]
+    scheduler.release(lease)
+
+
+async def test_scheduler_concurrent_requests_share_one_load() -> None:
+    scheduler, runner, _, _ = make(spec("a", parallel=8, max_queue=16))
+    runner.gate = asyncio.Event()
+    tasks = [asyncio.create_task(scheduler.acquire("a")) for _ in range(8)]
+    await settle()
+    assert scheduler.state("a") is ModelState.LOADING
+    runner.gate.set()
+    leases = await asyncio.gather(*tasks)
+    assert runner.starts == ["a"]
+    assert len(leases) == 8
+    for lease in leases:
+        scheduler.release(lease)
+
+
+async def test_scheduler_resolves_aliases() -> None:
+    scheduler, runner, _, _ = make(spec("a", aliases=("alpha",)))
+    async with scheduler.lease("alpha") as lease:
+        assert lease.model == "a"
+    assert runner.starts == ["a"]
+
+
+async def test_scheduler_limits_concurrency_to_parallel() -> None:
+    scheduler, _, _, _ = make(spec("a", parallel=2))
+    first, second = await scheduler.acquire("a"), await scheduler.acquire("a")
+    third = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    assert not third.done()
+    scheduler.release(first)
+    await settle()
+    assert third.done()
+    scheduler.release(second)
+    scheduler.release(third.result())
+
+
+async def test_scheduler_queue_full_is_429_with_retry_after() -> None:
+    scheduler, _, _, _ = make(spec("a", parallel=1, max_queue=2))
+    held = await scheduler.acquire("a")
+    waiting = [asyncio.create_task(scheduler.acquire("a")) for _ in range(2)]
+    await settle()
+    with pytest.raises(QueueFullError) as info:
+        await scheduler.acquire("a")
+    assert info.value.status == 429
+    assert info.value.retry_after is not None and info.value.retry_after >= 1
+    scheduler.release(held)
+    for task in waiting:
+        scheduler.release(await task)
+
+
+async def test_scheduler_queue_timeout_is_503() -> None:
+    scheduler, _, clock, _ = make(spec("a", parallel=1, queue_timeout=30.0))
+    held = await scheduler.acquire("a")
+    waiting = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    clock.advance(29)
+    await settle()
+    assert not waiting.done()
+    clock.advance(2)
+    with pytest.raises(QueueTimeoutError) as info:
+        await waiting
+    assert info.value.status == 503
+    assert info.value.retry_after is not None
+    scheduler.release(held)
+
+
+async def test_scheduler_client_leaving_queue_starts_nothing() -> None:
+    # b waits for memory held by a busy a; b's client leaves; a is released: b never loads.
+    scheduler, runner, _, _ = make(spec("a"), spec("b"), budget=150)
+    held = await scheduler.acquire("a")
+    waiting = asyncio.create_task(scheduler.acquire("b"))
+    await settle()
+    waiting.cancel()
+    await settle()
+    scheduler.release(held)
+    await settle()
+    assert runner.starts == ["a"]
+    assert scheduler.state("a") is ModelState.READY
+    assert scheduler.state("b") is ModelState.STOPPED
+
+
+async def test_scheduler_client_leaving_slot_queue_frees_its_place() -> None:
+    scheduler, _, _, _ = make(spec("a", parallel=1))
+    held = await scheduler.acquire("a")
+    gone = asyncio.create_task(scheduler.acquire("a"))
+    stays = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    gone.cancel()
+    await settle()
+    scheduler.release(held)
+    await settle()
+    assert stays.done()
+    assert [s.in_flight for s in scheduler.status()] == [1]
+    scheduler.release(stays.result())
+
+
+async def test_scheduler_model_bigger_than_budget_is_507_at_once() -> None:
+    scheduler, runner, _, _ = make(spec("big"), budget=1000, sizes={"big": 5000})
+    with pytest.raises(DoesNotFitError) as info:
+        await scheduler.acquire("big")
+    assert info.value.status == 507
+    assert "big" in info.value.message and "budget" in info.value.message
+    assert runner.starts == []
+
+
+async def test_scheduler_keep_alive_unloads_when_expired() -> None:
+    scheduler, runner, clock, events = make(spec("a", keep_alive=300.0))
+    async with scheduler.lease("a"):
+        pass
+    clock.advance(299)
+    await settle()
+    assert scheduler.state("a") is ModelState.READY
+    clock.advance(2)
+    await settle()
+    assert scheduler.state("a") is ModelState.STOPPED
+    assert runner.running["a"].stopped
+    assert any(isinstance(e, KeepAliveExpired) for e in events)
+
+
+async def test_scheduler_keep_alive_not_counted_while_busy() -> None:
+    scheduler, _, clock, _ = make(spec("a", keep_alive=10.0))
+    lease = await scheduler.acquire("a")
+    clock.advance(100)
+    await settle()
+    assert scheduler.state("a") is ModelState.READY
+    scheduler.release(lease)
+    clock.advance(9)
+    await settle()
+    assert scheduler.state("a") is ModelState.READY
+
+
+async def test_scheduler_request_keep_alive_zero_unloads_after_request() -> None:
+    scheduler, _, _, _ = make(spec("a"))
+    async with scheduler.lease("a", keep_alive=0):
+        assert scheduler.state("a") is ModelState.READY
+    await settle()
+    assert scheduler.state("a") is ModelState.STOPPED
+
+
+async def test_scheduler_request_keep_alive_forever() -> None:
+    scheduler, _, clock, _ = make(spec("a", keep_alive=5.0))
+    async with scheduler.lease("a", keep_alive=None):
+        pass
+    clock.advance(10**6)
+    await settle()
+    assert scheduler.state("a") is ModelState.READY
+    assert scheduler.status()[0].expires_at is None
+
+
+async def test_scheduler_swaps_idle_model_for_new_one() -> None:
+    scheduler, runner, _, events = make(spec("a"), spec("b"), budget=150)
+    async with scheduler.lease("a"):
+        pass
+    async with scheduler.lease("b"):
+        assert scheduler.state("a") is ModelState.STOPPED
+        assert scheduler.state("b") is ModelState.READY
+    assert runner.starts == ["a", "b"]
+    assert [e.model for e in events if isinstance(e, Evicted)] == ["a"]
+
+
+async def test_scheduler_never_evicts_busy_model() -> None:
+    scheduler, runner, _, _ = make(spec("a"), spec("b"), budget=150)
+    held = await scheduler.acquire("a")
+    waiting = asyncio.create_task(scheduler.acquire("b"))
+    await settle()
+    assert runner.starts == ["a"]
+    assert scheduler.state("a") is ModelState.READY
+    scheduler.release(held)
+    lease = await waiting
+    assert scheduler.state("a") is ModelState.STOPPED
+    scheduler.release(lease)
+
+
+async def test_scheduler_evicts_nearest_expiry() -> None:
+    scheduler, _, clock, _ = make(
+        spec("a", keep_alive=100.0), spec("b", keep_alive=50.0), spec("c"), budget=250
+    )
+    async with scheduler.lease("a"):
+        pass
+    async with scheduler.lease("b"):
+        pass
+    clock.advance(1)
+    async with scheduler.lease("c"):
+        assert scheduler.state("b") is ModelState.STOPPED
+        assert scheduler.state("a") is ModelState.READY
+
+
+async def test_scheduler_never_evicts_pinned() -> None:
+    scheduler, runner, clock, _ = make(
+        spec("p", pinned=True), spec("b", queue_timeout=5.0), budget=150
+    )
+    await scheduler.load("p")
+    waiting = asyncio.create_task(scheduler.acquire("b"))
+    await settle()
+    clock.advance(6)
+    with pytest.raises(QueueTimeoutError):
+        await waiting
+    assert runner.starts == ["p"]
+    assert scheduler.state("p") is ModelState.READY
+
+
+async def test_scheduler_serves_loaded_model_queue_before_swapping() -> None:
+    scheduler, runner, _, _ = make(spec("a", parallel=1), spec("b"), budget=150)
+    held = await scheduler.acquire("a")
+    queued_a = asyncio.create_task(scheduler.acquire("a"))
+    queued_b = asyncio.create_task(scheduler.acquire("b"))
+    await settle()
+    scheduler.release(held)
+    await settle()
+    assert queued_a.done() and not queued_b.done()
+    scheduler.release(queued_a.result())
+    scheduler.release(await queued_b)
+    assert runner.starts == ["a", "b"]
+
+
+async def test_scheduler_min_residency_delays_eviction() -> None:
+    scheduler, runner, clock, _ = make(spec("a"), spec("b"), budget=150, min_residency=2.0)
+    async with scheduler.lease("a"):
+        pass
+    waiting = asyncio.create_task(scheduler.acquire("b"))
+    await settle()
+    assert runner.starts == ["a"]
+    clock.advance(2.5)
+    scheduler.release(await waiting)
+    assert runner.starts == ["a", "b"]
+
+
+async def test_scheduler_crash_then_next_request_restarts() -> None:
+    scheduler, runner, _, events = make(spec("a"))
+    lease = await scheduler.acquire("a")
+    runner.running["a"].crash()
+    await settle()
+    assert scheduler.state("a") is ModelState.STOPPED
+    scheduler.release(lease)  # an old lease: harmless
+    async with scheduler.lease("a") as again:
+        assert again.generation != lease.generation
+    assert runner.starts == ["a", "a"]
+    assert states(events, "a") == ["loading", "ready", "stopped", "loading", "ready"]
+    assert [s.in_flight for s in scheduler.status()] == [0]
+
+
+async def test_scheduler_load_failure_fails_waiters_then_backs_off() -> None:
+    scheduler, runner, clock, _ = make(spec("a"))
+    runner.fail["a"] = "boom: bad file"
+    for _ in range(2):
+        with pytest.raises(LoadFailedError, match="boom: bad file"):
+            await scheduler.acquire("a")
+    assert scheduler.state("a") is ModelState.FAILED
+    assert runner.starts == ["a", "a"]
+    # Two failures in a row: the next attempt within the back-off fails without a start.
+    with pytest.raises(LoadFailedError, match="backing off") as info:
+        await scheduler.acquire("a")
+    assert info.value.retry_after is not None
+    assert runner.starts == ["a", "a"]
+    del runner.fail["a"]
+    clock.advance(1.5)
+    async with scheduler.lease("a"):
+        assert scheduler.state("a") is ModelState.READY
+    assert scheduler.status()[0].last_error is None
+
+
+async def test_scheduler_unload_waits_for_in_flight() -> None:
+    scheduler, _, _, _ = make(spec("a"))
+    lease = await scheduler.acquire("a")
+    await scheduler.unload("a")
+    assert scheduler.state("a") is ModelState.READY
+    scheduler.release(lease)
+    await settle()
+    assert scheduler.state("a") is ModelState.STOPPED
+
+
+async def test_scheduler_status_reports_queue_and_memory() -> None:
+    scheduler, _, _, _ = make(spec("a", parallel=1), budget=1000, sizes={"a": 300})
+    held = await scheduler.acquire("a")
+    waiting = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    (status,) = scheduler.status()
+    assert (status.state, status.in_flight, status.queued) == ("ready", 1, 1)
+    assert status.estimate == {"ram": 300}
+    assert status.measured == {"ram": 300}
+    assert scheduler.reserved() == {"ram": 300}
+    scheduler.release(held)
+    scheduler.release(await waiting)
+
+
+async def test_scheduler_close_stops_runners_and_fails_waiters() -> None:
+    scheduler, runner, _, _ = make(spec("a", parallel=1))
+    held = await scheduler.acquire("a")
+    waiting = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    await scheduler.close()
+    with pytest.raises(LoadFailedError):
+        await waiting
+    assert runner.running["a"].stopped
+    scheduler.release(held)

@@ -102,7 +102,8 @@ async def test_scheduler_queue_full_is_429_with_retry_after() -> None:
     with pytest.raises(QueueFullError) as info:
         await scheduler.acquire("a")
     assert info.value.status == 429
-    assert info.value.retry_after is not None and info.value.retry_after >= 1
+    assert info.value.retry_after is not None
+    assert info.value.retry_after >= 1
     scheduler.release(held)
     for task in waiting:
         scheduler.release(await task)
@@ -159,7 +160,8 @@ async def test_scheduler_model_bigger_than_budget_is_507_at_once() -> None:
     with pytest.raises(DoesNotFitError) as info:
         await scheduler.acquire("big")
     assert info.value.status == 507
-    assert "big" in info.value.message and "budget" in info.value.message
+    assert "big" in info.value.message
+    assert "budget" in info.value.message
     assert runner.starts == []
 
 
@@ -267,7 +269,8 @@ async def test_scheduler_serves_loaded_model_queue_before_swapping() -> None:
     await settle()
     scheduler.release(held)
     await settle()
-    assert queued_a.done() and not queued_b.done()
+    assert queued_a.done()
+    assert not queued_b.done()
     scheduler.release(queued_a.result())
     scheduler.release(await queued_b)
     assert runner.starts == ["a", "b"]

@@ -27,9 +27,7 @@ def test_state_legal_transitions_pass(old: ModelState, new: ModelState) -> None:
     check_transition(old, new)
 
 
-@pytest.mark.parametrize(
-    ("old", "new"), sorted(set(itertools.product(S, S)) - LEGAL)
-)
+@pytest.mark.parametrize(("old", "new"), sorted(set(itertools.product(S, S)) - LEGAL))
 def test_state_illegal_transitions_raise(old: ModelState, new: ModelState) -> None:
     with pytest.raises(IllegalTransitionError, match=f"{old} -> {new}"):
         check_transition(old, new)

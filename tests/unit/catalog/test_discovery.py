@@ -1,0 +1,51 @@
+from pathlib import Path
+
+from modelyard.catalog.discovery import discover
+from modelyard.catalog.spec import ModelSpec
+
+DEFAULTS = ModelSpec(name="", path=Path(), ctx=2048)
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"GGUF")
+    return path
+
+
+def test_discovery_finds_gguf_files_named_after_them(tmp_path: Path) -> None:
+    touch(tmp_path / "Qwen2.5-0.5B-Q4_K_M.gguf")
+    touch(tmp_path / "sub" / "llama.gguf")
+    touch(tmp_path / "notes.txt")
+    specs = {s.name: s for s in discover(tmp_path, DEFAULTS)}
+    assert set(specs) == {"qwen2.5-0.5b-q4_k_m", "llama"}
+    assert specs["llama"].path == tmp_path / "sub" / "llama.gguf"
+    assert specs["llama"].ctx == 2048
+
+
+def test_discovery_split_shards_are_one_model(tmp_path: Path) -> None:
+    for i in (1, 2, 3):
+        touch(tmp_path / f"big-model-0000{i}-of-00003.gguf")
+    (spec,) = discover(tmp_path, DEFAULTS)
+    assert spec.name == "big-model"
+    assert spec.path.name == "big-model-00001-of-00003.gguf"
+    assert [p.name for p in spec.files] == [f"big-model-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+def test_discovery_skips_incomplete_split(tmp_path: Path) -> None:
+    touch(tmp_path / "big-00001-of-00002.gguf")
+    assert discover(tmp_path, DEFAULTS) == []
+
+
+def test_discovery_mmproj_attaches_to_sibling(tmp_path: Path) -> None:
+    touch(tmp_path / "vision" / "gemma-3-4b-it-Q4_K_M.gguf")
+    touch(tmp_path / "vision" / "mmproj-gemma-3-4b-it-f16.gguf")
+    touch(tmp_path / "text" / "other.gguf")
+    specs = {s.name: s for s in discover(tmp_path, DEFAULTS)}
+    assert set(specs) == {"gemma-3-4b-it-q4_k_m", "other"}
+    mmproj = specs["gemma-3-4b-it-q4_k_m"].mmproj
+    assert mmproj == tmp_path / "vision" / "mmproj-gemma-3-4b-it-f16.gguf"
+    assert specs["other"].mmproj is None
+
+
+def test_discovery_missing_dir_is_empty(tmp_path: Path) -> None:
+    assert discover(tmp_path / "nope", DEFAULTS) == []

@@ -1,0 +1,62 @@
+import struct
+from pathlib import Path
+
+import pytest
+
+from modelyard.catalog.gguf import ArrayInfo, GGUFError, estimate_bytes, kv_cache_bytes, read_gguf
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def write_gguf(path: Path, kvs: list[tuple[str, int, bytes]], padding: int = 0) -> Path:
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs))
+    for key, vtype, value in kvs:
+        out += _str(key) + struct.pack("<I", vtype) + value
+    path.write_bytes(out + b"\0" * padding)
+    return path
+
+
+def u32(n: int) -> tuple[int, bytes]:
+    return 4, struct.pack("<I", n)
+
+
+def test_gguf_reads_metadata_and_skips_big_arrays(tmp_path: Path) -> None:
+    vocab = struct.pack("<IQ", 8, 5000) + b"".join(_str(f"t{i}") for i in range(5000))
+    path = write_gguf(
+        tmp_path / "m.gguf",
+        [
+            ("general.architecture", 8, _str("llama")),
+            ("llama.block_count", *u32(2)),
+            ("llama.embedding_length", *u32(64)),
+            ("llama.attention.head_count", *u32(4)),
+            ("llama.attention.head_count_kv", *u32(2)),
+            ("tokenizer.ggml.tokens", 9, vocab),
+            ("tokenizer.chat_template", 8, _str("{{ messages }}")),
+            ("general.quantization_version", *u32(2)),
+        ],
+        padding=1000,
+    )
+    info = read_gguf(path)
+    assert info.architecture == "llama"
+    assert info.arch_value("block_count") == 2
+    assert info.metadata["tokenizer.ggml.tokens"] == ArrayInfo(type=8, length=5000)
+    assert info.chat_template == "{{ messages }}"
+    assert info.metadata["general.quantization_version"] == 2
+    # 2 layers x 2 kv heads x (16 + 16) dims x 2 bytes per cell, for 100 x 3 cells
+    assert kv_cache_bytes(info, ctx=100, parallel=3) == 2 * 2 * 32 * 2 * 300
+    assert estimate_bytes(info, 100, 3) > info.size + kv_cache_bytes(info, 100, 3)
+
+
+def test_gguf_rejects_other_files(tmp_path: Path) -> None:
+    (tmp_path / "x.gguf").write_bytes(b"NOPE" + b"\0" * 30)
+    with pytest.raises(GGUFError, match="not a GGUF"):
+        read_gguf(tmp_path / "x.gguf")
+
+
+def test_gguf_rejects_truncated_header(tmp_path: Path) -> None:
+    (tmp_path / "x.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 5))
+    with pytest.raises(GGUFError, match="end of file"):
+        read_gguf(tmp_path / "x.gguf")

@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+
+from modelyard.config import Settings, load_config
+from modelyard.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Settings:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    path = tmp_path / "modelyard.toml"
+    path.write_text(text)
+    return Settings(config=path, home=tmp_path / "home", models_dir=tmp_path / "none")
+
+
+def test_config_model_entry_fields(tmp_path: Path) -> None:
+    settings = write(
+        tmp_path,
+        """
+[server]
+port = 9000
+keep_alive = "10m"
+
+[memory]
+ram = "4GiB"
+
+[models.chat]
+path = "m.gguf"
+aliases = ["c", "default"]
+ctx = 2048
+parallel = 2
+threads = 2
+chat_template = "gemma"
+extra_args = ["--flash-attn", "on"]
+defaults = { temperature = 0.2, max_tokens = 64 }
+pinned = true
+max_queue = 8
+queue_timeout = "30s"
+memory = "1GiB"
+
+[models.other]
+path = "m.gguf"
+keep_alive = -1
+""",
+    )
+    config = load_config(settings)
+    assert config.port == 9000
+    assert config.ram == "4GiB"
+    chat, other = config.models
+    assert chat.name == "chat"
+    assert chat.path == tmp_path / "m.gguf"
+    assert chat.aliases == ("c", "default")
+    assert (chat.ctx, chat.parallel, chat.threads) == (2048, 2, 2)
+    assert chat.defaults == {"temperature": 0.2, "max_tokens": 64}
+    assert chat.keep_alive == 600.0
+    assert chat.queue_timeout == 30.0
+    assert chat.memory == 1024**3
+    assert chat.pinned
+    assert other.keep_alive is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[models.x]\npath = 'm.gguf'\nctx = 'big'", r"\[models.x\] ctx: .*integer"),
+        ("[models.x]\npath = 'm.gguf'\nbogus = 1", r"\[models.x\] bogus: Extra inputs"),
+        ("[models.x]\npath = 'missing.gguf'", r"\[models.x\] path: file not found"),
+        ("[models.x]\npath = 'm.gguf'\nkeep_alive = 'soon'", r"\[models.x\] keep_alive: invalid"),
+        ("[memory]\nram = 'lots'", r"\[memory\] ram: invalid size"),
+        ("[server]\nport = -3", r"\[server\] port"),
+        ("[models.x\npath = 1", r"invalid TOML"),
+        (
+            "[models.x]\npath = 'm.gguf'\n[models.y]\npath = 'm.gguf'\naliases = ['x']",
+            r"\[models.y\] aliases: 'x' already names",
+        ),
+    ],
+)
+def test_config_errors_name_file_table_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    settings = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(settings)
+    assert "modelyard.toml" in info.value.message
+
+
+def test_config_without_file_serves_demo_and_discovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "mine.gguf").write_bytes(b"GGUF")
+    config = load_config(Settings(home=tmp_path / "home", models_dir=models))
+    names = [m.name for m in config.models]
+    assert names == ["gemma-3-270m", "mine"]
+    demo = config.models[0]
+    assert demo.chat_template == "gemma"
+    assert demo.aliases == ("demo",)
+    assert demo.path.is_file()

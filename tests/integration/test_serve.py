@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,3 +101,38 @@ def test_serve_cli_without_server_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "No modelyard server is running" in result.stderr
+
+
+def test_serve_pinned_preloads_and_broken_model_reports_log(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    server = server_factory(
+        f'[models.pinned]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 512\n'
+        "pinned = true\n"
+        f'[models.broken]\npath = "{broken}"\nmemory = "64MiB"\n'
+    )
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{server.url}/ready").status_code != 200:
+        assert time.monotonic() < deadline, "pinned model never became ready"
+        time.sleep(0.1)
+    assert [(m["name"], m["state"], m["pinned"]) for m in server.ps()] == [
+        ("pinned", "ready", True)
+    ]
+
+    body = {"model": "broken", "prompt": "hi", "max_tokens": 1}
+    first = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert first.status_code == 503
+    error = first.json()["error"]
+    assert error["code"] == "model_load_failed"
+    assert "runner exited" in error["message"]
+    assert "broken.gguf" in error["message"]  # the tail of the runner's own log
+    httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    backing_off = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert backing_off.status_code == 503
+    assert "backing off" in backing_off.json()["error"]["message"]
+    assert "retry-after" in backing_off.headers
+    (failed,) = [m for m in server.ps() if m["name"] == "broken"]
+    assert failed["state"] == "failed"
+    assert failed["last_error"]

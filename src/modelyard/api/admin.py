@@ -8,16 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from modelyard.api.request import keep_alive_of, read_json
+from modelyard.api.request import keep_alive_of, read_json, scheduler_of
 from modelyard.protocol.openai import ModelLoadRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
 
 router = APIRouter()
-
-
-def _scheduler(request: Request) -> Scheduler:
-    scheduler: Scheduler = request.app.state.scheduler
-    return scheduler
 
 
 def _iso(ts: float | None) -> str | None:
@@ -64,7 +59,7 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
     """Models that are loaded, loading, unloading or failed."""
-    scheduler = _scheduler(request)
+    scheduler = scheduler_of(request)
     models = [
         _describe(scheduler, s) for s in scheduler.status() if s.state is not ModelState.STOPPED
     ]
@@ -77,7 +72,7 @@ async def ps(request: Request) -> dict[str, Any]:
 @router.get("/api/models")
 async def models(request: Request) -> dict[str, Any]:
     """The whole catalog, loaded or not."""
-    scheduler = _scheduler(request)
+    scheduler = scheduler_of(request)
     result = []
     for status in scheduler.status():
         spec = scheduler.spec(status.name)
@@ -96,7 +91,7 @@ async def models(request: Request) -> dict[str, Any]:
 @router.post("/api/load")
 async def load(request: Request) -> dict[str, Any]:
     _, parsed = await read_json(request, ModelLoadRequest)
-    scheduler = _scheduler(request)
+    scheduler = scheduler_of(request)
     spec = scheduler.spec(parsed.model)
     await scheduler.load(spec.name, keep_alive_of(parsed.keep_alive))
     return {"model": spec.name, "state": scheduler.state(spec.name)}
@@ -105,7 +100,7 @@ async def load(request: Request) -> dict[str, Any]:
 @router.post("/api/unload")
 async def unload(request: Request) -> dict[str, Any]:
     _, parsed = await read_json(request, ModelUnloadRequest)
-    scheduler = _scheduler(request)
+    scheduler = scheduler_of(request)
     spec = scheduler.spec(parsed.model)
     await scheduler.unload(spec.name)
     return {"model": spec.name, "state": scheduler.state(spec.name)}

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from modelyard.api.proxy import Upstream, read_answer, relay
-from modelyard.api.request import ClientGone, DisconnectWatch, keep_alive_of, read_json
+from modelyard.api.request import (
+    ClientGone,
+    DisconnectWatch,
+    keep_alive_of,
+    read_json,
+    scheduler_of,
+)
 from modelyard.errors import WrongModelKindError
 from modelyard.protocol.openai import (
     ChatCompletionRequest,
@@ -24,14 +30,9 @@ router = APIRouter()
 _CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
 
 
-def _scheduler(request: Request) -> Scheduler:
-    scheduler: Scheduler = request.app.state.scheduler
-    return scheduler
-
-
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
-    scheduler = _scheduler(request)
+    scheduler = scheduler_of(request)
     created = int(request.app.state.started_at)
     data = [
         Model(
@@ -61,7 +62,7 @@ async def _generate(
 ) -> Response:
     """Validate → resolve → lease (queue, load) → proxy → release."""
     body, parsed = await read_json(request, schema)
-    scheduler = _scheduler(request)
+    scheduler = scheduler_of(request)
     spec = scheduler.spec(parsed.model)
     if spec.kind != "chat":
         raise WrongModelKindError(

@@ -14,10 +14,16 @@ from starlette.requests import Request
 from modelyard.api.errors import from_validation
 from modelyard.errors import InvalidRequestError
 from modelyard.quantity import parse_duration
-from modelyard.scheduler.scheduler import UNSET, Unset
+from modelyard.scheduler.scheduler import UNSET, Scheduler, Unset
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+
+
+def scheduler_of(request: Request) -> Scheduler:
+    """The app's scheduler (made by the lifespan)."""
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
 
 
 class ClientGone(Exception):

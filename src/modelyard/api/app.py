@@ -18,6 +18,7 @@ from modelyard.api.proxy import Upstream
 from modelyard.catalog.catalog import Catalog
 from modelyard.config import Config
 from modelyard.runners.base import Runner
+from modelyard.runners.encoder import EncoderRunner
 from modelyard.runners.llamacpp import LlamaCppRunner
 from modelyard.scheduler import Scheduler
 from modelyard.scheduler.budget import MeasuredFootprints, resolve_budget
@@ -66,7 +67,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(
             Catalog(config.models),
-            runners or {"llamacpp": LlamaCppRunner(config.home / "logs")},
+            runners
+            or {
+                "llamacpp": LlamaCppRunner(config.home / "logs"),
+                "encoder": EncoderRunner(config.home / "logs", config.home / "cache"),
+            },
             dict(budget) if budget is not None else resolve_budget(config.ram),
             clock=clock,
             min_residency=config.min_residency,

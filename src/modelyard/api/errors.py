@@ -46,7 +46,7 @@ def from_validation(exc: ValidationError | RequestValidationError) -> InvalidReq
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first["loc"] if p != "body"]
     param = ".".join(loc) or None
-    message = str(first["msg"])
+    message = str(first["msg"]).removeprefix("Value error, ")
     if param:
         message = f"{param}: {message}"
     if len(errors) > 1:

@@ -1,7 +1,12 @@
-"""OpenAI-compatible endpoints: models, chat completions, completions."""
+"""OpenAI-compatible endpoints: models, chat completions, completions, embeddings, rerank."""
 
 from __future__ import annotations
 
+import array
+import base64
+import json
+import math
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,12 +20,15 @@ from modelyard.api.request import (
     read_json,
     scheduler_of,
 )
-from modelyard.errors import WrongModelKindError
+from modelyard.catalog.spec import ModelSpec
+from modelyard.errors import InvalidRequestError, RunnerError, WrongModelKindError
 from modelyard.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     Model,
     ModelList,
+    RerankRequest,
 )
 from modelyard.scheduler import Scheduler
 from modelyard.scheduler.scheduler import Unset
@@ -34,17 +42,27 @@ _CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
 async def list_models(request: Request) -> ModelList:
     scheduler = scheduler_of(request)
     created = int(request.app.state.started_at)
-    data = [
-        Model(
-            id=status.name,
-            created=created,
-            kind=scheduler.spec(status.name).kind,
-            state=status.state,
-            aliases=list(scheduler.spec(status.name).aliases),
+    data = []
+    for status in scheduler.status():
+        spec = scheduler.spec(status.name)
+        data.append(
+            Model(
+                id=status.name,
+                created=created,
+                kind=spec.kind,
+                state=status.state,
+                aliases=list(spec.aliases),
+                capabilities=list(spec.capabilities),
+                rerank_method=_rerank_method(spec),
+            )
         )
-        for status in scheduler.status()
-    ]
     return ModelList(data=data)
+
+
+def _rerank_method(spec: ModelSpec) -> Any:
+    if "rerank" not in spec.capabilities:
+        return None
+    return "cosine" if spec.kind == "embedding" else "cross-encoder"
 
 
 @router.post("/v1/chat/completions")
@@ -63,12 +81,7 @@ async def _generate(
     """Validate → resolve → lease (queue, load) → proxy → release."""
     body, parsed = await read_json(request, schema)
     scheduler = scheduler_of(request)
-    spec = scheduler.spec(parsed.model)
-    if spec.kind != "chat":
-        raise WrongModelKindError(
-            f"Model {spec.name!r} is a {spec.kind} model; {path} needs a chat model",
-            param="model",
-        )
+    spec = _model_for(scheduler, parsed.model, "chat", path)
     keep_alive = keep_alive_of(parsed.keep_alive)
     payload: dict[str, Any] = dict(body)
     payload.pop("keep_alive", None)
@@ -78,9 +91,127 @@ async def _generate(
         if payload.get(key) is None:
             payload[key] = value
 
+    return await _forward(request, scheduler, spec.name, keep_alive, path, payload)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    body, parsed = await read_json(request, EmbeddingRequest)
+    scheduler = scheduler_of(request)
+    spec = _model_for(scheduler, parsed.model, "embedding", "/v1/embeddings")
+    if parsed.dimensions is not None and not spec.matryoshka:
+        raise InvalidRequestError(
+            f"Model {spec.name!r} does not support 'dimensions': it was not trained to be "
+            "shortened (set matryoshka = true in its catalog entry if it was)",
+            param="dimensions",
+        )
+    payload: dict[str, Any] = dict(body)
+    payload.pop("keep_alive", None)
+    payload["model"] = spec.name
+    shape = None
+    if spec.engine == "llamacpp":
+        # llama.cpp neither shortens vectors nor knows our truncate flag: shorten here.
+        for key in ("dimensions", "truncate"):
+            payload.pop(key, None)
+        if parsed.dimensions is not None:
+            payload["encoding_format"] = "float"
+            shape = _shortener(parsed.dimensions, parsed.encoding_format)
+    keep_alive = keep_alive_of(parsed.keep_alive)
+    path = "/v1/embeddings"
+    return await _forward(request, scheduler, spec.name, keep_alive, path, payload, shape)
+
+
+@router.post("/v1/rerank")
+@router.post("/v2/rerank")
+@router.post("/rerank")
+async def rerank(request: Request) -> Response:
+    """Cohere (v1, v2) and Jina shapes in; ``results`` sorted by ``relevance_score`` out."""
+    _, parsed = await read_json(request, RerankRequest)
+    scheduler = scheduler_of(request)
+    spec = _model_for(scheduler, parsed.model, "rerank", request.url.path)
+    documents = parsed.texts()
+    payload: dict[str, Any] = {"model": spec.name, "query": parsed.query, "documents": documents}
+    if parsed.truncate is not None and spec.engine == "encoder":
+        payload["truncate"] = parsed.truncate
+    shape = _ranker(parsed, documents, request.state.request_id)
+    keep_alive = keep_alive_of(parsed.keep_alive)
+    return await _forward(request, scheduler, spec.name, keep_alive, "/v1/rerank", payload, shape)
+
+
+def _model_for(scheduler: Scheduler, model: str, capability: str, path: str) -> ModelSpec:
+    spec = scheduler.spec(model)
+    if capability not in spec.capabilities:
+        raise WrongModelKindError(
+            f"Model {spec.name!r} serves {', '.join(spec.capabilities)}; {path} needs one "
+            f"that serves {capability} (see capabilities in /v1/models)",
+            param="model",
+        )
+    return spec
+
+
+Shape = Callable[[bytes], bytes]
+
+
+def _ranker(parsed: RerankRequest, documents: list[str], request_id: str) -> Shape:
+    """Sorts the runner's scores, keeps ``top_n``, attaches documents when asked to."""
+
+    def shape(answer: bytes) -> bytes:
+        try:
+            data = json.loads(answer)
+            scored = [(int(r["index"]), float(r["relevance_score"])) for r in data["results"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunnerError(f"model server sent a malformed rerank answer: {exc}") from exc
+        scored.sort(key=lambda r: -r[1])
+        results: list[dict[str, Any]] = []
+        for index, score in scored[: parsed.top_n]:
+            result: dict[str, Any] = {"index": index, "relevance_score": score}
+            if parsed.return_documents:
+                result["document"] = {"text": documents[index]}
+            results.append(result)
+        usage = data.get("usage") or {}
+        tokens = int(usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
+        out = {
+            "id": f"rerank-{request_id}",
+            "object": "rerank",
+            "model": data.get("model") or parsed.model,
+            "results": results,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return json.dumps(out).encode()
+
+    return shape
+
+
+def _shortener(dimensions: int, encoding_format: str) -> Shape:
+    """Cuts float vectors to ``dimensions`` and scales them back to unit length."""
+
+    def shape(answer: bytes) -> bytes:
+        data = json.loads(answer)
+        for item in data.get("data", []):
+            vector = [float(x) for x in item["embedding"][:dimensions]]
+            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+            vector = [x / norm for x in vector]
+            if encoding_format == "base64":
+                item["embedding"] = base64.b64encode(array.array("f", vector).tobytes()).decode()
+            else:
+                item["embedding"] = vector
+        return json.dumps(data).encode()
+
+    return shape
+
+
+async def _forward(
+    request: Request,
+    scheduler: Scheduler,
+    model: str,
+    keep_alive: float | Unset | None,
+    path: str,
+    payload: dict[str, Any],
+    shape: Shape | None = None,
+) -> Response:
     watch = DisconnectWatch(request)
     try:
-        return await _proxy(request, watch, scheduler, spec.name, keep_alive, path, payload)
+        return await _proxy(request, watch, scheduler, model, keep_alive, path, payload, shape)
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)
     finally:
@@ -95,6 +226,7 @@ async def _proxy(
     keep_alive: float | Unset | None,
     path: str,
     payload: dict[str, Any],
+    shape: Shape | None,
 ) -> Response:
     lease = await watch.guard(scheduler.acquire(model, keep_alive))
     headers = {"X-Modelyard-Queue-Ms": f"{lease.queued * 1000:.1f}"}
@@ -116,4 +248,6 @@ async def _proxy(
         scheduler.release(lease)
         raise
     scheduler.release(lease)
+    if shape is not None:
+        answer = shape(answer)
     return Response(answer, media_type="application/json", headers=headers)

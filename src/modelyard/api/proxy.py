@@ -72,18 +72,20 @@ async def read_answer(response: aiohttp.ClientResponse) -> bytes:
 
 def upstream_error(status: int, body: bytes) -> UpstreamError:
     """llama.cpp's ``{"error": {"code": 400, "message", "type"}}`` into our envelope."""
-    message, kind = body.decode("utf-8", errors="replace")[:2000], None
+    message = body.decode("utf-8", errors="replace")[:2000]
+    fields: dict[str, str | None] = {"type": None, "param": None, "code": None}
     try:
         data = json.loads(body)
         error = data.get("error", data) if isinstance(data, dict) else {}
         if isinstance(error, dict):
             message = str(error.get("message", message))
-            kind = error.get("type") if isinstance(error.get("type"), str) else None
+            for key in fields:
+                fields[key] = error[key] if isinstance(error.get(key), str) else None
         elif isinstance(error, str):
             message = error
     except ValueError:
         pass
-    return UpstreamError(message or f"model server answered {status}", status=status, type=kind)
+    return UpstreamError(message or f"model server answered {status}", status=status, **fields)
 
 
 async def relay(

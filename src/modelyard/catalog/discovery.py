@@ -1,10 +1,12 @@
-"""Models found by scanning a directory for GGUF files.
+"""Models found by scanning a directory for GGUF files and Hugging Face model directories.
 
 Every ``*.gguf`` becomes a model named after its file (lower case, no extension). Split
 models (``name-00001-of-00003.gguf``) become one model named without the shard suffix,
 served from the first shard. ``mmproj*.gguf`` files are not models: each attaches to the
 model beside it in the same directory (to the one sharing the longest name prefix when
-there are several).
+there are several). A Hugging Face directory (``config.json`` or ``modules.json``) that the
+encoder engine can serve becomes an ``embedding`` or ``rerank`` model named after the
+directory; nothing inside it is scanned further.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from modelyard.catalog.hf import is_hf_dir, read_hf_dir
 from modelyard.catalog.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -47,11 +50,18 @@ def _model_name(path: Path) -> str:
 
 
 def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
-    """Specs for the GGUF files under ``models_dir`` (recursively), built from ``defaults``."""
+    """Specs for the models under ``models_dir`` (recursively), built from ``defaults``."""
     if not models_dir.is_dir():
         return []
     specs: list[ModelSpec] = []
-    for directory, _dirs, files in sorted(os.walk(models_dir, followlinks=True)):
+    for directory, dirs, files in os.walk(models_dir, followlinks=True):
+        dirs.sort()
+        if is_hf_dir(Path(directory)):
+            dirs.clear()
+            spec = _hf_spec(Path(directory), defaults)
+            if spec is not None:
+                specs.append(spec)
+            continue
         ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
         projectors = [f for f in ggufs if f.lower().startswith("mmproj")]
         for filename in ggufs:
@@ -70,6 +80,19 @@ def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
             specs.append(spec)
         _attach_projectors(specs, Path(directory), projectors)
     return _unique_names(specs)
+
+
+def _hf_spec(directory: Path, defaults: ModelSpec) -> ModelSpec | None:
+    try:
+        info = read_hf_dir(directory)
+    except (OSError, ValueError) as exc:
+        log.warning("skipping %s: %s", directory, exc)
+        return None
+    if info.kind is None:
+        log.info("skipping %s: %s is not served by the encoder engine", directory, info.why)
+        return None
+    name = directory.name.lower()
+    return replace(defaults, name=name, path=directory, kind=info.kind, engine="encoder")
 
 
 def _attach_projectors(specs: list[ModelSpec], directory: Path, projectors: list[str]) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 ModelKind = Literal["chat", "embedding", "rerank"]
-Engine = Literal["llamacpp"]
+Engine = Literal["llamacpp", "encoder"]
+EncoderBackend = Literal["torch", "onnx"]
 
 Footprint = Mapping[str, int]
 """Bytes per device: ``{"ram": ...}`` and, where a GPU is used, ``{"gpu0": ...}``."""
@@ -49,10 +50,31 @@ class ModelSpec:
     """A ``llama-server`` binary to exec instead of the bundled xllamacpp engine."""
     shards: tuple[Path, ...] = ()
     """Every file of a split GGUF (``path`` is the first); empty for a single file."""
+    backend: EncoderBackend = "torch"
+    """Encoder engine: run the model with torch, or exported to ONNX Runtime."""
+    max_batch: int = 32
+    """Encoder engine: most inputs (texts or query/document pairs) in one forward pass."""
+    batch_wait: float = 0.005
+    """Encoder engine: seconds a batch may wait to fill while requests keep coming."""
+    max_batch_tokens: int = 16384
+    """Encoder engine: most padded tokens in one forward pass."""
+    truncate: bool = False
+    """Over-long inputs are cut to the model's limit (``True``) or rejected with a 400."""
+    matryoshka: bool = False
+    """The embedding model was trained to be cut short: requests may ask for ``dimensions``."""
 
     @property
     def files(self) -> tuple[Path, ...]:
         return self.shards or (self.path,)
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The endpoints the model serves: ``chat``, ``completion``, ``embedding``, ``rerank``."""
+        if self.kind == "chat":
+            return ("chat", "completion")
+        if self.kind == "embedding" and self.engine == "encoder":
+            return ("embedding", "rerank")  # rerank by cosine similarity
+        return (self.kind,)
 
     @functools.cached_property
     def settings_key(self) -> str:
@@ -66,6 +88,8 @@ class ModelSpec:
             "extra_args": list(self.extra_args),
             "engine": self.engine,
             "llama_server": str(self.llama_server) if self.llama_server else None,
+            "backend": self.backend,
+            "max_batch_tokens": self.max_batch_tokens,
         }
         blob = json.dumps(settings, sort_keys=True).encode()
         return f"{self.name}:{hashlib.sha256(blob).hexdigest()[:16]}"

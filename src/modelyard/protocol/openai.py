@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Request(BaseModel):
@@ -56,6 +56,56 @@ class CompletionRequest(_SamplingRequest):
     suffix: str | None = None
 
 
+class EmbeddingRequest(_Request):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    truncate: bool | None = None
+    """Cut over-long inputs to the model's limit instead of rejecting them (Ollama's)."""
+    keep_alive: str | float | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts_only(cls, value: object) -> object:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must not be empty: send a string or a list of strings")
+            if all(isinstance(x, int) for x in value) or all(isinstance(x, list) for x in value):
+                raise ValueError(
+                    "token arrays are not supported: send text (clients that tokenize for "
+                    "OpenAI models, like LangChain's OpenAIEmbeddings, need "
+                    "check_embedding_ctx_length=False)"
+                )
+            for i, x in enumerate(value):
+                if not isinstance(x, str):
+                    raise ValueError(f"item {i} is {type(x).__name__}; every item must be a string")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class RerankDocument(_Request):
+    text: str
+
+
+class RerankRequest(_Request):
+    """Cohere's (v1 and v2) and Jina's rerank request; documents as strings or ``{"text"}``."""
+
+    model: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = True
+    truncate: bool | None = None
+    keep_alive: str | float | None = None
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
 class ModelLoadRequest(_Request):
     model: str = Field(min_length=1)
     keep_alive: str | float | None = None
@@ -84,6 +134,10 @@ class Model(BaseModel):
     kind: str
     state: str
     aliases: list[str] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    """Endpoints it serves: ``chat``, ``completion``, ``embedding``, ``rerank``."""
+    rerank_method: Literal["cross-encoder", "cosine"] | None = None
+    """How it ranks documents: a cross-encoder's scores, or embedding cosine similarity."""
 
 
 class ModelList(BaseModel):

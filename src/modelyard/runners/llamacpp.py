@@ -7,7 +7,6 @@ configures a ``llama-server`` binary, or handed to our xllamacpp child program
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from modelyard.catalog.gguf import GGUFError, GGUFInfo, estimate_bytes, read_gguf
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
-from modelyard.runners.process import ChildServer, free_port
+from modelyard.runners.process import ChildServer, free_port, log_file
 
 # llama.cpp's legacy (non-Jinja) chat formats that a catalog may name instead of a file.
 BUILTIN_TEMPLATES = frozenset(
@@ -60,10 +59,11 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
         args += ["--jinja", "--chat-template-file", spec.chat_template]
     if spec.mmproj:
         args += ["--mmproj", str(spec.mmproj)]
-    if spec.kind == "embedding":
-        args += ["--embedding"]
-    elif spec.kind == "rerank":
-        args += ["--reranking"]
+    if spec.kind != "chat":
+        # An input must fit in one physical batch to be embedded or scored: allow the context.
+        batch = str(spec.ctx)
+        args += ["--embedding" if spec.kind == "embedding" else "--reranking"]
+        args += ["--batch-size", batch, "--ubatch-size", batch]
     return args + list(spec.extra_args)
 
 
@@ -84,9 +84,6 @@ class LlamaCppRunner:
         projector = spec.mmproj.stat().st_size if spec.mmproj else 0
         return {"ram": estimate_bytes(info, spec.ctx, spec.parallel) + projector}
 
-    def log_path(self, name: str) -> Path:
-        return self._log_dir / f"{name.replace('/', '_')}.log"
-
     async def start(self, spec: ModelSpec) -> ChildServer:
         port = free_port()
         args = server_args(spec, port)
@@ -94,10 +91,9 @@ class LlamaCppRunner:
             argv = [str(spec.llama_server), *args]
         else:
             argv = [sys.executable, "-m", "modelyard.workers.llamacpp", *args]
-        server = await ChildServer.spawn(argv, port=port, log_path=self.log_path(spec.name))
-        try:
-            await server.wait_healthy(self._load_timeout)
-        except BaseException:
-            await asyncio.shield(server.stop(grace=1.0))
-            raise
-        return server
+        return await ChildServer.start(
+            argv,
+            port=port,
+            log_path=log_file(self._log_dir, spec.name),
+            load_timeout=self._load_timeout,
+        )

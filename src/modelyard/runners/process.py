@@ -50,6 +50,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def log_file(log_dir: Path, model: str) -> Path:
+    """Where a model's server writes its output (``modelyard logs`` reads it)."""
+    return log_dir / f"{model.replace('/', '_')}.log"
+
+
 def open_log(path: Path) -> tuple[int, int]:
     """Opens a model's log for appending (rotating a large one); returns (fd, start offset)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +99,19 @@ class ChildServer:
         finally:
             os.close(fd)
         return cls(process, f"http://127.0.0.1:{port}", log_path, start)
+
+    @classmethod
+    async def start(
+        cls, argv: Sequence[str], *, port: int, log_path: Path, load_timeout: float
+    ) -> ChildServer:
+        """Spawns the server and returns once it is healthy; stops it if it never gets there."""
+        server = await cls.spawn(argv, port=port, log_path=log_path)
+        try:
+            await server.wait_healthy(load_timeout)
+        except BaseException:
+            await asyncio.shield(server.stop(grace=1.0))
+            raise
+        return server
 
     @property
     def base_url(self) -> str:

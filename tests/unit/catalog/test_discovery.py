@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 from modelyard.catalog.discovery import discover
@@ -49,3 +50,25 @@ def test_discovery_mmproj_attaches_to_sibling(tmp_path: Path) -> None:
 
 def test_discovery_missing_dir_is_empty(tmp_path: Path) -> None:
     assert discover(tmp_path / "nope", DEFAULTS) == []
+
+
+def test_discovery_classifies_hugging_face_directories(tmp_path: Path) -> None:
+    def model_dir(name: str, config: dict[str, object], *extra: str) -> None:
+        path = tmp_path / name
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps(config))
+        (path / "model.safetensors").write_bytes(b"\0" * 10)
+        for filename in extra:
+            (path / filename).write_text("[]")
+
+    model_dir("MiniLM", {"architectures": ["BertModel"]}, "modules.json")
+    model_dir("bge-reranker", {"architectures": ["XLMRobertaForSequenceClassification"],
+                               "id2label": {"0": "LABEL_0"}})  # fmt: skip
+    model_dir("sentiment", {"architectures": ["BertForSequenceClassification"], "num_labels": 3})
+    model_dir("qwen", {"architectures": ["Qwen2ForCausalLM"]})
+    touch(tmp_path / "MiniLM" / "onnx" / "stray.gguf")  # inside a model dir: not scanned
+    specs = {s.name: s for s in discover(tmp_path, DEFAULTS)}
+    assert set(specs) == {"minilm", "bge-reranker"}
+    assert (specs["minilm"].kind, specs["minilm"].engine) == ("embedding", "encoder")
+    assert (specs["bge-reranker"].kind, specs["bge-reranker"].engine) == ("rerank", "encoder")
+    assert specs["minilm"].path == tmp_path / "MiniLM"

@@ -1,0 +1,65 @@
+"""Hugging Face model directories: what a directory holds, read from its files alone.
+
+A sentence-transformers directory (``modules.json`` or ``config_sentence_transformers.json``)
+is an ``embedding`` model; a ``*ForSequenceClassification`` model with one label is a
+``rerank`` model (a cross-encoder). Other architectures are not served by the encoder engine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelyard.catalog.spec import ModelKind
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
+
+
+@dataclass(frozen=True)
+class HFInfo:
+    kind: ModelKind | None
+    """``embedding``, ``rerank``, or ``None`` when the encoder engine cannot serve it."""
+    architecture: str | None
+    weights_bytes: int
+    why: str = ""
+    """Why ``kind`` is ``None``."""
+
+
+def is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "modules.json").is_file()
+
+
+def read_hf_dir(path: Path) -> HFInfo:
+    """Classifies ``path``; raises ``OSError``/``ValueError`` for unreadable files."""
+    config = _read_json(path / "config.json")
+    architectures = config.get("architectures") or []
+    architecture = str(architectures[0]) if architectures else None
+    weights = weights_bytes(path)
+    if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
+        return HFInfo("embedding", architecture, weights)
+    if architecture and architecture.endswith("ForSequenceClassification"):
+        labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
+        if labels == 1:
+            return HFInfo("rerank", architecture, weights)
+        return HFInfo(None, architecture, weights, f"a classifier with {labels} labels")
+    return HFInfo(None, architecture, weights, f"architecture {architecture or 'unknown'}")
+
+
+def weights_bytes(path: Path) -> int:
+    """Bytes of weight files under ``path`` (one format only: safetensors win over the rest)."""
+    files = [p for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES and p.is_file()]
+    preferred = [p for p in files if p.suffix == ".safetensors"] or [
+        p for p in files if p.suffix != ".onnx"
+    ]
+    return sum(p.stat().st_size for p in preferred or files)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return data

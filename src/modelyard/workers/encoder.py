@@ -1,0 +1,402 @@
+"""The encoder runner's child program: one sentence-transformers model over HTTP.
+
+    python -m modelyard.workers.encoder --model DIR --kind embedding --port N [...]
+
+Loads an embedding model (``SentenceTransformer``) or a cross-encoder reranker
+(``CrossEncoder``) from a local directory, never from a hub, and serves
+``POST /v1/embeddings`` and ``POST /v1/rerank`` (an embedding model reranks by cosine
+similarity), ``GET /health`` and ``GET /stats`` (the batcher's counters). Concurrent requests
+are merged into batches by ``Batcher``; each request gets exactly its own results back.
+
+The gateway validates requests before they get here and shapes rerank answers (sorting,
+``top_n``, documents); this server still checks what it relies on, so it is safe to call
+directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import copy
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import uvicorn
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from modelyard.api.errors import error_response, from_validation
+from modelyard.errors import ContextLengthError, InvalidRequestError, ModelyardError
+from modelyard.protocol.openai import EmbeddingRequest, RerankRequest
+from modelyard.workers.batcher import Batcher
+
+log = logging.getLogger("modelyard.encoder")
+
+Vector = npt.NDArray[np.float32]
+M = TypeVar("M", bound=BaseModel)
+# Inputs are tokenized on the event loop up to this many texts, in a thread beyond.
+_INLINE_TOKENIZE = 32
+
+
+class Encoder(Protocol):
+    """What the HTTP layer needs from a loaded model."""
+
+    kind: str
+    max_tokens: int
+    dimensions: int
+    tokenizer: Any
+    """The model's tokenizer; ``compute`` uses it on the batch thread."""
+
+    def compute(self, items: list[Any]) -> Sequence[Any]:
+        """Embeddings of texts, or scores of ``(query, document)`` pairs; on the batch thread."""
+        ...
+
+
+class _Tokenizer(Protocol):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def count_tokens(tokenizer: _Tokenizer, texts: Sequence[str], pairs_with: str | None) -> list[int]:
+    """Tokens in each text (or ``(pairs_with, text)`` pair), special tokens included."""
+    if pairs_with is None:
+        ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    else:
+        queries = [pairs_with] * len(texts)
+        ids = tokenizer(queries, list(texts), add_special_tokens=True, truncation=False)[
+            "input_ids"
+        ]
+    return [len(x) for x in ids]
+
+
+class SentenceEncoder:
+    """A ``SentenceTransformer`` model: texts → vectors (as ``encode`` gives them)."""
+
+    kind = "embedding"
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self._model = model
+        self.max_tokens = int(model.max_seq_length or 512)
+        self.dimensions = int(model.get_embedding_dimension())
+        self.tokenizer = model.tokenizer
+
+    def compute(self, items: list[str]) -> list[Vector]:
+        # What ``encode`` does for one batch, without its per-call bookkeeping.
+        with self._torch.inference_mode():
+            features = self._model.preprocess(items)
+            output = self._model(features)["sentence_embedding"]
+        vectors: Vector = output.float().cpu().numpy()
+        return list(vectors)
+
+
+class CrossEncoderModel:
+    """A ``CrossEncoder`` reranker: ``(query, document)`` pairs → relevance scores."""
+
+    kind = "rerank"
+    dimensions = 0
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.max_tokens = int(model.max_seq_length or 512)
+        self.tokenizer = model.tokenizer
+
+    def compute(self, items: list[tuple[str, str]]) -> list[float]:
+        scores = self._model.predict(
+            items, batch_size=len(items), show_progress_bar=False, convert_to_numpy=True
+        )
+        return [float(s) for s in np.asarray(scores).reshape(len(items), -1)[:, 0]]
+
+
+def load(
+    path: Path, kind: str, backend: str, threads: int, onnx_cache: Path | None
+) -> SentenceEncoder | CrossEncoderModel:
+    import torch
+
+    torch.set_num_threads(threads)
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    cls = SentenceTransformer if kind == "embedding" else CrossEncoder
+    kwargs: dict[str, Any] = {"device": "cpu", "local_files_only": True}
+    if backend == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        kwargs["backend"] = "onnx"
+        kwargs["model_kwargs"] = {"provider": "CPUExecutionProvider", "session_options": options}
+        path = _onnx_export(cls, path, kwargs, onnx_cache)
+    model = cls(str(path), **kwargs)
+    model.eval()
+    return SentenceEncoder(model) if kind == "embedding" else CrossEncoderModel(model)
+
+
+def _onnx_export(cls: Any, path: Path, kwargs: dict[str, Any], cache: Path | None) -> Path:
+    """Where the ONNX export of ``path`` is, exporting it on first use.
+
+    The export is kept next to the model (``DIR/onnx/model.onnx``, where sentence-transformers
+    looks for it) or, when that directory is read-only, in ``cache``.
+    """
+    if (path / "onnx" / "model.onnx").is_file():
+        return path
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    cached = cache / f"{path.name}-{key}" if cache else None
+    if cached is not None and (cached / "onnx" / "model.onnx").is_file():
+        return cached
+    log.info("exporting %s to ONNX (once)", path)
+    model = cls(str(path), **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        exported = Path(tmp) / "onnx" / "model.onnx"
+        try:
+            (path / "onnx").mkdir(exist_ok=True)
+            partial = path / "onnx" / "model.onnx.partial"
+            shutil.copyfile(exported, partial)
+            partial.replace(path / "onnx" / "model.onnx")
+            return path
+        except OSError as exc:
+            if cached is None:
+                raise
+            log.info("cannot write next to the model (%s); keeping the export in %s", exc, cached)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(tmp, cached, dirs_exist_ok=True)
+            return cached
+
+
+class EncoderServer:
+    """The HTTP layer: validation, tokenization, batching, answer shapes."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        name: str,
+        truncate: bool,
+        matryoshka: bool,
+        max_batch: int,
+        batch_wait: float,
+        max_batch_tokens: int,
+        bucketing: bool = True,
+    ) -> None:
+        self.encoder = encoder
+        # Fast tokenizers must not be used from two threads at once ("Already borrowed"):
+        # the batch thread, the event loop and the counting thread each get their own.
+        self._inline_tokenizer = copy.deepcopy(encoder.tokenizer)
+        self._pooled_tokenizer = copy.deepcopy(encoder.tokenizer)
+        self._count_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="count")
+        self.name = name
+        self.truncate = truncate
+        self.matryoshka = matryoshka
+        self.batcher: Batcher[Any, Any] = Batcher(
+            encoder.compute,
+            max_batch=max_batch,
+            max_wait=batch_wait,
+            max_tokens=max_batch_tokens,
+            bucketing=bucketing,
+        )
+        self.app = Starlette(
+            routes=[
+                Route("/health", self.health, methods=["GET"]),
+                Route("/stats", self.stats, methods=["GET"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/rerank", self.rerank, methods=["POST"]),
+            ],
+            exception_handlers={ModelyardError: _error},
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        await self.batcher.close()
+        self._count_pool.shutdown(wait=False)
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def stats(self, request: Request) -> Response:
+        return JSONResponse(asdict(self.batcher.stats))
+
+    async def embeddings(self, request: Request) -> Response:
+        if self.encoder.kind != "embedding":
+            raise InvalidRequestError(f"{self.name} is a reranker; it has no embeddings")
+        body = await _parse(request, EmbeddingRequest)
+        texts = body.texts()
+        dimensions = self._dimensions(body.dimensions)
+        lengths = await self._lengths(texts, None, "input", body.truncate)
+        vectors: list[Vector] = await self.batcher.submit(list(zip(texts, lengths, strict=True)))
+        data = []
+        for i, vector in enumerate(vectors):
+            if dimensions is not None:
+                vector = _normalized(vector[:dimensions])
+            value: Any = (
+                base64.b64encode(vector.astype("<f4").tobytes()).decode()
+                if body.encoding_format == "base64"
+                else vector.tolist()
+            )
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        tokens = sum(lengths)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": self.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    async def rerank(self, request: Request) -> Response:
+        body = await _parse(request, RerankRequest)
+        documents = body.texts()
+        if self.encoder.kind == "embedding":
+            scores, tokens = await self._cosine(body.query, documents, body.truncate)
+        else:
+            lengths = await self._lengths(documents, body.query, "documents", body.truncate)
+            pairs = [((body.query, doc), n) for doc, n in zip(documents, lengths, strict=True)]
+            scores, tokens = await self.batcher.submit(pairs), sum(lengths)
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        if body.top_n is not None:
+            order = order[: body.top_n]
+        results = [{"index": i, "relevance_score": float(scores[i])} for i in order]
+        return JSONResponse(
+            {
+                "model": self.name,
+                "results": results,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    async def _cosine(
+        self, query: str, documents: list[str], truncate: bool | None
+    ) -> tuple[list[float], int]:
+        texts = [query, *documents]
+        lengths = await self._lengths([query], None, "query", truncate)
+        lengths += await self._lengths(documents, None, "documents", truncate)
+        vectors = await self.batcher.submit(list(zip(texts, lengths, strict=True)))
+        matrix = np.stack([_normalized(v) for v in vectors])
+        scores = matrix[1:] @ matrix[0]
+        return [float(s) for s in scores], sum(lengths)
+
+    async def _lengths(
+        self, texts: list[str], pairs_with: str | None, param: str, truncate: bool | None
+    ) -> list[int]:
+        """Token counts, after truncation; an over-long input is a 400 unless truncating."""
+        if len(texts) <= _INLINE_TOKENIZE:
+            lengths = count_tokens(self._inline_tokenizer, texts, pairs_with)
+        else:
+            lengths = await asyncio.get_running_loop().run_in_executor(
+                self._count_pool, count_tokens, self._pooled_tokenizer, texts, pairs_with
+            )
+        limit = self.encoder.max_tokens
+        if not (self.truncate if truncate is None else truncate):
+            for i, n in enumerate(lengths):
+                if n > limit:
+                    raise ContextLengthError(
+                        f"{param}[{i}] is {n} tokens long; {self.name} takes at most {limit}. "
+                        'Shorten it, or send "truncate": true (or set truncate = true in the '
+                        "model's catalog entry) to cut it to the limit.",
+                        param=param,
+                    )
+        return [min(n, limit) for n in lengths]
+
+    def _dimensions(self, dimensions: int | None) -> int | None:
+        if dimensions is None or dimensions == self.encoder.dimensions:
+            return None
+        if not self.matryoshka:
+            raise InvalidRequestError(
+                f"{self.name} does not support 'dimensions': it was not trained to be "
+                "shortened (set matryoshka = true in its catalog entry if it was)",
+                param="dimensions",
+            )
+        if not 1 <= dimensions <= self.encoder.dimensions:
+            raise InvalidRequestError(
+                f"'dimensions' must be between 1 and {self.encoder.dimensions}",
+                param="dimensions",
+            )
+        return dimensions
+
+
+def _normalized(vector: Vector) -> Vector:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+async def _parse(request: Request, schema: type[M]) -> M:
+    try:
+        return schema.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ModelyardError)
+    return error_response(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="modelyard.workers.encoder")
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--kind", choices=["embedding", "rerank"], default="embedding")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--onnx-cache", type=Path, default=None)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--batch-wait", type=float, default=0.005, help="seconds")
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--no-bucketing", action="store_true", help="for benchmarks only")
+    parser.add_argument("--truncate", action="store_true")
+    parser.add_argument("--matryoshka", action="store_true")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    encoder = load(args.model, args.kind, args.backend, args.threads, args.onnx_cache)
+    log.info(
+        "loaded %s (%s, %s backend, %d threads) in %.2f s",
+        args.model,
+        args.kind,
+        args.backend,
+        args.threads,
+        time.perf_counter() - started,
+    )
+    server = EncoderServer(
+        encoder,
+        name=args.name or args.model.name,
+        truncate=args.truncate,
+        matryoshka=args.matryoshka,
+        max_batch=args.max_batch,
+        batch_wait=args.batch_wait,
+        max_batch_tokens=args.max_batch_tokens,
+        bucketing=not args.no_bucketing,
+    )
+    uvicorn.run(server.app, host=args.host, port=args.port, access_log=False, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The dynamic batcher with a stand-in compute function: batching rules and result routing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+
+import pytest
+
+from modelyard.workers.batcher import Batcher, plan_batches
+
+
+def padded(costs: list[int], plan: list[list[int]], overhead: int) -> int:
+    return sum(overhead + len(b) * max(costs[i] for i in b) for b in plan)
+
+
+def test_plan_separates_short_inputs_from_long_ones() -> None:
+    costs = [10, 200, 12, 190, 11, 205, 9, 199]
+    plan = plan_batches(costs, max_batch=32, max_tokens=100_000, overhead=48)
+    assert sorted(sorted(costs[i] for i in b) for b in plan) == [
+        [9, 10, 11, 12],
+        [190, 199, 200, 205],
+    ]
+    unbucketed = plan_batches(costs, max_batch=32, max_tokens=100_000, bucketing=False)
+    assert unbucketed == [list(range(8))]
+    assert padded(costs, plan, 48) < padded(costs, unbucketed, 48)
+
+
+def test_plan_keeps_similar_lengths_together_in_one_batch() -> None:
+    costs = [10, 12, 11, 14, 13]
+    assert plan_batches(costs, max_batch=32, max_tokens=1000, overhead=48) == [[0, 2, 1, 4, 3]]
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_plan_respects_limits_and_covers_every_input_once(bucketing: bool) -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        costs = [rng.randint(1, 300) for _ in range(rng.randint(1, 70))]
+        plan = plan_batches(costs, max_batch=8, max_tokens=1024, bucketing=bucketing)
+        assert sorted(itertools.chain(*plan)) == list(range(len(costs)))
+        for batch in plan:
+            assert 1 <= len(batch) <= 8
+            assert len(batch) == 1 or len(batch) * max(costs[i] for i in batch) <= 1024
+
+
+def test_plan_is_optimal_for_small_inputs() -> None:
+    # Brute force over every split of the sorted order agrees with the planner's cost.
+    rng = random.Random(3)
+    for _ in range(50):
+        costs = sorted(rng.randint(1, 100) for _ in range(rng.randint(1, 8)))
+        plan = plan_batches(costs, max_batch=4, max_tokens=10_000, overhead=30)
+        best = min(
+            padded(costs, split, 30)
+            for split in _splits(list(range(len(costs))))
+            if all(len(b) <= 4 for b in split)
+        )
+        assert padded(costs, plan, 30) == best
+
+
+def test_plan_lets_an_over_budget_input_run_alone() -> None:
+    assert plan_batches([5000, 10], max_batch=8, max_tokens=1000) == [[1], [0]]
+
+
+def _splits(items: list[int]) -> list[list[list[int]]]:
+    if not items:
+        return [[]]
+    result = []
+    for cut in range(1, len(items) + 1):
+        for rest in _splits(items[cut:]):
+            result.append([items[:cut], *rest])
+    return result
+
+
+class Recorder:
+    """A compute function that doubles numbers, remembers its batches, and can be held."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on: int | None = None
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.gate.wait(5)
+        self.batches.append(list(items))
+        if self.fail_on in items:
+            raise ValueError(f"cannot compute {self.fail_on}")
+        return [2 * x for x in items]
+
+
+async def test_batcher_lone_request_does_not_wait() -> None:
+    compute = Recorder()
+    batcher = Batcher(compute, max_wait=30.0)  # a wait would blow the test's timeout
+    assert await asyncio.wait_for(batcher.submit([(21, 1)]), 5) == [42]
+    assert await asyncio.wait_for(batcher.submit([(5, 1), (6, 1)]), 5) == [10, 12]
+    assert compute.batches == [[21], [5, 6]]
+    await batcher.close()
+
+
+async def test_batcher_merges_concurrent_requests_and_routes_results() -> None:
+    compute = Recorder()
+    compute.gate.clear()  # the first batch blocks while the rest queue up
+    batcher = Batcher(compute, max_batch=64, max_wait=0.0)
+    first = asyncio.create_task(batcher.submit([(0, 1)]))
+    await asyncio.sleep(0.05)
+    others = [asyncio.create_task(batcher.submit([(i, 1), (100 + i, 1)])) for i in range(1, 20)]
+    await asyncio.sleep(0.05)
+    compute.gate.set()
+    assert await first == [0]
+    for i, task in enumerate(others, start=1):
+        assert await task == [2 * i, 2 * (100 + i)]
+    assert [len(b) for b in compute.batches] == [1, 38]
+    assert batcher.stats.requests == 20
+    assert batcher.stats.largest_batch == 38
+    await batcher.close()
+
+
+async def test_batcher_waits_for_the_crowd_it_saw_last_round() -> None:
+    compute = Recorder()
+    batcher = Batcher(compute, max_batch=8, max_wait=10.0)
+    compute.gate.clear()
+    blocker = asyncio.create_task(batcher.submit([(0, 1)]))
+    await asyncio.sleep(0.05)
+    crowd = [asyncio.create_task(batcher.submit([(i, 1)])) for i in range(1, 5)]
+    await asyncio.sleep(0.05)
+    compute.gate.set()
+    await asyncio.gather(blocker, *crowd)  # the round of four requests
+    # Now two arrive one after the other: the batcher holds the first for the second.
+    late = [asyncio.create_task(batcher.submit([(10, 1)]))]
+    await asyncio.sleep(0.05)
+    late.append(asyncio.create_task(batcher.submit([(11, 1)])))
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in late)  # still filling: 2 of the 4 it expects
+    more = [asyncio.create_task(batcher.submit([(i, 1)])) for i in (12, 13)]
+    assert await asyncio.wait_for(asyncio.gather(*late, *more), 5) == [[20], [22], [24], [26]]
+    assert compute.batches[-1] == [10, 11, 12, 13]
+    await batcher.close()
+
+
+async def test_batcher_failure_reaches_only_its_batch() -> None:
+    compute = Recorder()
+    compute.fail_on = 13
+    batcher = Batcher(compute)
+    with pytest.raises(ValueError, match="cannot compute 13"):
+        await batcher.submit([(13, 1)])
+    assert await batcher.submit([(4, 1)]) == [8]
+    await batcher.close()
+
+
+async def test_batcher_skips_requests_that_gave_up() -> None:
+    compute = Recorder()
+    compute.gate.clear()
+    batcher = Batcher(compute, max_wait=0.0)
+    blocker = asyncio.create_task(batcher.submit([(1, 1)]))
+    await asyncio.sleep(0.05)
+    gone = asyncio.create_task(batcher.submit([(2, 1), (3, 1)]))
+    stays = asyncio.create_task(batcher.submit([(4, 1)]))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    compute.gate.set()
+    assert await blocker == [2]
+    assert await stays == [8]
+    assert [2, 3] not in compute.batches
+    assert all(2 not in b for b in compute.batches)
+    await batcher.close()

@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.catalog.discovery import discover, shard_set
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
-from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ModelKind, ModelSpec
+from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ENCODER_PARALLEL, ModelKind, ModelSpec
 from modelyard.errors import ConfigError
 from modelyard.quantity import parse_duration, parse_size
 
@@ -291,6 +291,9 @@ def _to_spec(
             raise ConfigError(f"{where} chat_template: file not found: {template_file}")
         template = str(template_file)
     binary = entry.llama_server or llama_server
+    parallel = entry.parallel
+    if engine == "encoder" and "parallel" not in entry.model_fields_set:
+        parallel = ENCODER_PARALLEL
     return ModelSpec(
         name=name,
         path=path,
@@ -298,7 +301,7 @@ def _to_spec(
         engine=engine,
         aliases=tuple(entry.aliases),
         ctx=entry.ctx,
-        parallel=entry.parallel,
+        parallel=parallel,
         threads=entry.threads,
         gpu_layers=entry.gpu_layers,
         chat_template=template,
@@ -364,7 +367,10 @@ def _demo_models(defaults: ModelSpec) -> list[ModelSpec]:
                 kind="embedding",
                 engine="encoder",
                 aliases=("all-minilm", "all-MiniLM-L6-v2"),
-                threads=os.cpu_count() or 1,
+                parallel=ENCODER_PARALLEL,
+                # On a CPU, ONNX Runtime serves this small model faster than torch, alone
+                # and batched; the export is made once, on first load.
+                backend="onnx",
             )
         )
     return models

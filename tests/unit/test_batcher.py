@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from modelyard.workers import batcher as batcher_module
 from modelyard.workers.batcher import Batcher, plan_batches
 
 
@@ -117,7 +118,7 @@ async def test_batcher_merges_concurrent_requests_and_routes_results() -> None:
     await batcher.close()
 
 
-async def test_batcher_waits_for_the_crowd_it_saw_last_round() -> None:
+async def test_batcher_waits_for_the_crowd_it_saw_lately() -> None:
     compute = Recorder()
     batcher = Batcher(compute, max_batch=8, max_wait=10.0)
     compute.gate.clear()
@@ -126,16 +127,29 @@ async def test_batcher_waits_for_the_crowd_it_saw_last_round() -> None:
     crowd = [asyncio.create_task(batcher.submit([(i, 1)])) for i in range(1, 5)]
     await asyncio.sleep(0.05)
     compute.gate.set()
-    await asyncio.gather(blocker, *crowd)  # the round of four requests
-    # Now two arrive one after the other: the batcher holds the first for the second.
+    await asyncio.gather(blocker, *crowd)  # five requests were in flight at once
+    # Now they come back one after the other: the batcher holds them until all five are in.
     late = [asyncio.create_task(batcher.submit([(10, 1)]))]
     await asyncio.sleep(0.05)
     late.append(asyncio.create_task(batcher.submit([(11, 1)])))
     await asyncio.sleep(0.05)
-    assert not any(t.done() for t in late)  # still filling: 2 of the 4 it expects
-    more = [asyncio.create_task(batcher.submit([(i, 1)])) for i in (12, 13)]
-    assert await asyncio.wait_for(asyncio.gather(*late, *more), 5) == [[20], [22], [24], [26]]
-    assert compute.batches[-1] == [10, 11, 12, 13]
+    assert not any(t.done() for t in late)  # still filling: 2 of the 5 it expects
+    late += [asyncio.create_task(batcher.submit([(i, 1)])) for i in (12, 13, 14)]
+    assert await asyncio.wait_for(asyncio.gather(*late), 5) == [[20], [22], [24], [26], [28]]
+    assert compute.batches[-1] == [10, 11, 12, 13, 14]
+    await batcher.close()
+
+
+async def test_batcher_forgets_an_old_crowd() -> None:
+    compute = Recorder()
+    batcher = Batcher(compute, max_batch=8, max_wait=30.0)
+    await asyncio.gather(*(batcher.submit([(i, 1)]) for i in range(4)))
+    batcher_module.PEAK_WINDOW, saved = 0.0, batcher_module.PEAK_WINDOW
+    try:
+        await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(batcher.submit([(7, 1)]), 5) == [14]
+    finally:
+        batcher_module.PEAK_WINDOW = saved
     await batcher.close()
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
-from modelyard.catalog.spec import ModelSpec
+from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,14 @@ def _hf_spec(directory: Path, defaults: ModelSpec) -> ModelSpec | None:
         log.info("skipping %s: %s is not served by the encoder engine", directory, info.why)
         return None
     name = directory.name.lower()
-    return replace(defaults, name=name, path=directory, kind=info.kind, engine="encoder")
+    return replace(
+        defaults,
+        name=name,
+        path=directory,
+        kind=info.kind,
+        engine="encoder",
+        parallel=ENCODER_PARALLEL,
+    )
 
 
 def _attach_projectors(specs: list[ModelSpec], directory: Path, projectors: list[str]) -> None:

@@ -18,6 +18,8 @@ Footprint = Mapping[str, int]
 """Bytes per device: ``{"ram": ...}`` and, where a GPU is used, ``{"gpu0": ...}``."""
 
 DEFAULT_KEEP_ALIVE = 300.0
+ENCODER_PARALLEL = 64
+"""Requests let through to an encoder worker at once (it batches them) unless configured."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class ModelSpec:
     ctx: int = 4096
     """Context per parallel slot (tokens); the runner allocates ``ctx * parallel`` in all."""
     parallel: int = 4
+    """Requests served at once: llama.cpp's slots; for the encoder, what its batcher may merge."""
     threads: int | None = None
     gpu_layers: int = 0
     chat_template: str | None = None

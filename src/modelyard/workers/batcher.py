@@ -5,9 +5,10 @@ loop takes everything queued, cuts it into batches and runs them one after anoth
 worker thread. Three rules keep a lone request fast and a crowd efficient:
 
 - **No wait when idle.** The loop waits for a batch to fill only while the load says more
-  requests are coming: until as many requests are queued as the last round served (so a
-  single client, whose last round had one request, never waits), and never longer than
-  ``max_wait`` after the oldest queued input arrived.
+  requests are coming: until as many requests are queued as were in flight at once lately
+  (the peak over the last second, so a single client never waits), and never longer than
+  ``max_wait``. Without that wait, a crowd degrades into small batches: the requests
+  answered by one batch are still on their way back when the next batch starts.
 - **Length buckets.** Inputs are sorted by length and cut where padding would cost more than
   another forward pass: ``plan_batches`` minimises the padded tokens plus a fixed
   per-batch overhead, so eight-word sentences are not padded to two hundred words.
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
+# How long a peak of concurrent requests is remembered as the crowd to wait for.
+PEAK_WINDOW = 1.0
 # One forward pass costs about as much as this many extra padded tokens (MiniLM on two CPU
 # threads: ~8 ms fixed, ~0.2 ms per token).
 DEFAULT_OVERHEAD_TOKENS = 48
@@ -104,11 +107,14 @@ class BatchStats:
     largest_batch: int = 0
     padded_tokens: int = 0
     real_tokens: int = 0
+    busy_seconds: float = 0.0
+    """Time spent computing batches (busy / elapsed = how loaded the model is)."""
     sizes: dict[int, int] = field(default_factory=dict)
     """Batch size → how many batches had that size."""
 
-    def record(self, costs: Sequence[int]) -> None:
+    def record(self, costs: Sequence[int], seconds: float) -> None:
         self.batches += 1
+        self.busy_seconds += seconds
         self.inputs += len(costs)
         self.largest_batch = max(self.largest_batch, len(costs))
         self.padded_tokens += len(costs) * max(costs)
@@ -148,7 +154,9 @@ class Batcher(Generic[T, R]):
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self._task: asyncio.Task[None] | None = None
-        self._last_round = 1
+        self._in_flight = 0
+        self._peak = 0
+        self._peak_since = 0.0
         self._next_request = 0
         self.stats = BatchStats()
 
@@ -164,9 +172,15 @@ class Batcher(Generic[T, R]):
         ]
         self._pending.extend(jobs)
         self.stats.requests += 1
+        self._in_flight += 1
+        if self._in_flight >= self._peak or now - self._peak_since > PEAK_WINDOW:
+            self._peak, self._peak_since = self._in_flight, now
         self._wake.set()
-        # Cancelling this (the client went away) cancels the futures; the loop skips them.
-        return list(await asyncio.gather(*(job.future for job in jobs)))
+        try:
+            # Cancelling this (the client went away) cancels the futures; the loop skips them.
+            return list(await asyncio.gather(*(job.future for job in jobs)))
+        finally:
+            self._in_flight -= 1
 
     async def close(self) -> None:
         if self._task is not None:
@@ -183,7 +197,6 @@ class Batcher(Generic[T, R]):
                 await self._wake.wait()
             await self._fill(loop)
             jobs, self._pending = self._pending, []
-            self._last_round = len({job.request for job in jobs})
             plan = plan_batches(
                 [job.cost for job in jobs],
                 max_batch=self._max_batch,
@@ -197,10 +210,12 @@ class Batcher(Generic[T, R]):
                     await self._run(loop, batch)
 
     async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Waits while the last round's crowd is still arriving (never when it was one)."""
-        target = min(self._last_round, self._max_batch)
-        deadline = self._pending[0].arrived + self._max_wait
-        while len({job.request for job in self._pending}) < target:
+        """Waits while the recent crowd is still arriving (never for a lone client)."""
+        if loop.time() - self._peak_since > PEAK_WINDOW:
+            self._peak, self._peak_since = self._in_flight, loop.time()
+        target = min(self._peak, self._max_batch)
+        deadline = loop.time() + self._max_wait
+        while self._in_flight < target:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -223,13 +238,14 @@ class Batcher(Generic[T, R]):
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        self.stats.record(costs)
+        elapsed = time.perf_counter() - started
+        self.stats.record(costs, elapsed)
         log.debug(
             "batch of %d (%d tokens padded to %d) in %.1f ms",
             len(batch),
             sum(costs),
             len(batch) * max(costs),
-            (time.perf_counter() - started) * 1000,
+            elapsed * 1000,
         )
         for job, result in zip(batch, results, strict=True):
             if not job.future.done():

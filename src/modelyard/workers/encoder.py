@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import uvicorn
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -69,20 +70,37 @@ class Encoder(Protocol):
         ...
 
 
-class _Tokenizer(Protocol):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+class TokenCounter:
+    """Counts tokens as the model sees them, special tokens included.
 
+    A private copy of the model's tokenizer: fast tokenizers must not be used from two
+    threads at once ("Already borrowed"), and the batch thread uses the model's own. The Rust
+    tokenizer is used directly where there is one (a third of the per-call cost).
+    """
 
-def count_tokens(tokenizer: _Tokenizer, texts: Sequence[str], pairs_with: str | None) -> list[int]:
-    """Tokens in each text (or ``(pairs_with, text)`` pair), special tokens included."""
-    if pairs_with is None:
-        ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    else:
-        queries = [pairs_with] * len(texts)
-        ids = tokenizer(queries, list(texts), add_special_tokens=True, truncation=False)[
-            "input_ids"
-        ]
-    return [len(x) for x in ids]
+    def __init__(self, tokenizer: Any) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._fast: Any = Tokenizer.from_str(backend.to_str())
+            self._fast.no_truncation()
+            self._fast.no_padding()
+        else:
+            self._fast = None
+            self._slow = copy.deepcopy(tokenizer)
+
+    def __call__(self, texts: Sequence[str], pairs_with: str | None = None) -> list[int]:
+        inputs: list[Any] = list(texts) if pairs_with is None else [(pairs_with, t) for t in texts]
+        if self._fast is not None:
+            return [len(e.ids) for e in self._fast.encode_batch(inputs, add_special_tokens=True)]
+        if pairs_with is None:
+            ids = self._slow(inputs, add_special_tokens=True, truncation=False)["input_ids"]
+        else:
+            ids = self._slow(
+                [pairs_with] * len(texts), list(texts), add_special_tokens=True, truncation=False
+            )["input_ids"]
+        return [len(x) for x in ids]
 
 
 class SentenceEncoder:
@@ -142,6 +160,8 @@ def load(
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle threads sleep instead of spinning: other models and the gateway share the CPU.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         kwargs["backend"] = "onnx"
         kwargs["model_kwargs"] = {"provider": "CPUExecutionProvider", "session_options": options}
         path = _onnx_export(cls, path, kwargs, onnx_cache)
@@ -198,10 +218,9 @@ class EncoderServer:
         bucketing: bool = True,
     ) -> None:
         self.encoder = encoder
-        # Fast tokenizers must not be used from two threads at once ("Already borrowed"):
-        # the batch thread, the event loop and the counting thread each get their own.
-        self._inline_tokenizer = copy.deepcopy(encoder.tokenizer)
-        self._pooled_tokenizer = copy.deepcopy(encoder.tokenizer)
+        # One counter for the event loop, one for the counting thread (long inputs).
+        self._inline_count = TokenCounter(encoder.tokenizer)
+        self._pooled_count = TokenCounter(encoder.tokenizer)
         self._count_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="count")
         self.name = name
         self.truncate = truncate
@@ -251,11 +270,11 @@ class EncoderServer:
             value: Any = (
                 base64.b64encode(vector.astype("<f4").tobytes()).decode()
                 if body.encoding_format == "base64"
-                else vector.tolist()
+                else vector
             )
             data.append({"object": "embedding", "index": i, "embedding": value})
         tokens = sum(lengths)
-        return JSONResponse(
+        return _json(
             {
                 "object": "list",
                 "data": data,
@@ -277,7 +296,7 @@ class EncoderServer:
         if body.top_n is not None:
             order = order[: body.top_n]
         results = [{"index": i, "relevance_score": float(scores[i])} for i in order]
-        return JSONResponse(
+        return _json(
             {
                 "model": self.name,
                 "results": results,
@@ -301,10 +320,10 @@ class EncoderServer:
     ) -> list[int]:
         """Token counts, after truncation; an over-long input is a 400 unless truncating."""
         if len(texts) <= _INLINE_TOKENIZE:
-            lengths = count_tokens(self._inline_tokenizer, texts, pairs_with)
+            lengths = self._inline_count(texts, pairs_with)
         else:
             lengths = await asyncio.get_running_loop().run_in_executor(
-                self._count_pool, count_tokens, self._pooled_tokenizer, texts, pairs_with
+                self._count_pool, self._pooled_count, texts, pairs_with
             )
         limit = self.encoder.max_tokens
         if not (self.truncate if truncate is None else truncate):
@@ -333,6 +352,12 @@ class EncoderServer:
                 param="dimensions",
             )
         return dimensions
+
+
+def _json(content: Any) -> Response:
+    """numpy vectors straight to JSON (float32 in shortest form): ~30x faster than ``json``."""
+    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, media_type="application/json")
 
 
 def _normalized(vector: Vector) -> Vector:
@@ -375,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    sys.setswitchinterval(0.0002)
     started = time.perf_counter()
     encoder = load(args.model, args.kind, args.backend, args.threads, args.onnx_cache)
     log.info(

@@ -1,4 +1,4 @@
-"""Side-by-side benchmarks (../shared/BENCH.md): ``python bench/run.py [b1] [b4] [--rounds N]``.
+"""Side-by-side benchmarks (../shared/BENCH.md): ``python bench/run.py [b1 b4 b8 b9 b11]``.
 
 Every figure is a ratio against a twin run on the same machine in the same run: the engine
 (or canned responder) direct vs the same through modelyard, interleaved A B B A … over
@@ -12,101 +12,18 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-PY = sys.executable
-
-
-def free_port() -> int:
-    from modelyard.runners.process import free_port as pick
-
-    return pick()
-
-
-def pinned(argv: list[str], core: int | None) -> list[str]:
-    if core is None or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
-        return argv
-    return ["taskset", "-c", str(core), *argv]
-
-
-def wait_http(url: str, limit: float = 60) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer")
-
-
-class Gateway:
-    """``modelyard serve`` on a config of ours, in a temporary home."""
-
-    def __init__(self, config: str, core: int | None) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="modelyard-bench-"))
-        (self.home / "modelyard.toml").write_text(config)
-        self.port = free_port()
-        env = {**os.environ, "MODELYARD_HOME": str(self.home)}
-        env["PATH"] = f"{Path(PY).parent}:{env.get('PATH', '')}"
-        argv = [PY, "-m", "modelyard", "serve", "--port", str(self.port)]
-        argv += ["--config", str(self.home / "modelyard.toml")]
-        self.process = subprocess.Popen(
-            pinned(argv, core), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + "/health")
-
-    def cpu_seconds(self) -> float:
-        t = psutil.Process(self.process.pid).cpu_times()
-        return float(t.user + t.system)
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(20)
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
-def spawn(argv: list[str], url: str, core: int | None = None) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        pinned(argv, core), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_http(url + "/health")
-    return process
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-async def interleave(
-    rounds: int, a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]]
-) -> tuple[list[Any], list[Any]]:
-    """A B B A A B …: each side runs first in half the rounds."""
-    ra, rb = [], []
-    for i in range(rounds):
-        order = [(a, ra), (b, rb)] if i % 2 == 0 else [(b, rb), (a, ra)]
-        for fn, out in order:
-            out.append(await fn())
-    return ra, rb
-
+import encoders
+from common import HERE, PY, Gateway, free_port, interleave, percentile, spawn
 
 # ---- B1: gateway overhead on a canned responder, c=1 ------------------------------------
 
@@ -272,11 +189,14 @@ async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenarios", nargs="*", default=["b1", "b4"])
+    parser.add_argument("scenarios", nargs="*", default=["b1", "b4", "b8", "b9", "b11"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=300, help="B1 requests per round")
     parser.add_argument("--tokens", type=int, default=128, help="B4 output tokens per request")
     parser.add_argument("--levels", default="1,4,8", help="B4 concurrency levels")
+    parser.add_argument("--embed-levels", default="1,4,16,32", help="B8 concurrency levels")
+    parser.add_argument("--embed-requests", type=int, default=256, help="B8/B9 per round")
+    parser.add_argument("--rerank-sizes", default="10,50,100", help="B11 documents per query")
     args = parser.parse_args()
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -295,11 +215,19 @@ def main() -> None:
         elif name == "b4":
             levels = [int(x) for x in args.levels.split(",")]
             result = asyncio.run(b4(args.rounds, args.tokens, levels))
+        elif name == "b8":
+            levels = [int(x) for x in args.embed_levels.split(",")]
+            result = asyncio.run(encoders.b8(args.rounds, args.embed_requests, levels))
+        elif name == "b9":
+            result = asyncio.run(encoders.b9(args.rounds, args.embed_requests, 16))
+        elif name == "b11":
+            sizes = [int(x) for x in args.rerank_sizes.split(",")]
+            result = asyncio.run(encoders.b11(args.rounds, sizes))
         else:
             parser.error(f"unknown scenario {name}")
         out["results"].append(result)
         for label, value, target, met in result["rows"]:
-            print(f"{label:40s} {value:10.3f}   target {target:8s} {'met' if met else 'MISSED'}")
+            print(f"{label:48s} {value:10.3f}   target {target:8s} {'met' if met else 'MISSED'}")
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
     path = results_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"

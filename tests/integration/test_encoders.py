@@ -211,6 +211,12 @@ def test_dimensions_shorten_and_renormalise(server: Server, direct: Any) -> None
     assert vector.shape == (64,)
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
     assert cosine(vector, full) >= 0.9999
+    # The full width is always allowed; more than that never is.
+    same = embed(server, {"model": "minilm", "input": SENTENCES[0], "dimensions": 384})
+    assert len(same.json()["data"][0]["embedding"]) == 384
+    wide = embed(server, {"model": "minilm-short", "input": SENTENCES[0], "dimensions": 385})
+    assert wide.status_code == 400
+    assert wide.json()["error"]["param"] == "dimensions"
 
 
 @pytest.mark.parametrize(

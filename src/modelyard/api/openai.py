@@ -99,7 +99,8 @@ async def embeddings(request: Request) -> Response:
     body, parsed = await read_json(request, EmbeddingRequest)
     scheduler = scheduler_of(request)
     spec = _model_for(scheduler, parsed.model, "embedding", "/v1/embeddings")
-    if parsed.dimensions is not None and not spec.matryoshka:
+    # The encoder worker checks `dimensions` itself (it knows the model's width).
+    if parsed.dimensions is not None and not spec.matryoshka and spec.engine != "encoder":
         raise InvalidRequestError(
             f"Model {spec.name!r} does not support 'dimensions': it was not trained to be "
             "shortened (set matryoshka = true in its catalog entry if it was)",

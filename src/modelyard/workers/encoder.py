@@ -400,8 +400,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    sys.setswitchinterval(0.0002)
     started = time.perf_counter()
     encoder = load(args.model, args.kind, args.backend, args.threads, args.onnx_cache)
     log.info(

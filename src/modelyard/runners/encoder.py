@@ -17,11 +17,13 @@ from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
 from modelyard.runners.process import ChildServer, free_port, log_file
 
-# Resident memory of a worker before any weights: Python, torch, transformers, uvicorn
-# (measured: ~330 MiB for torch, ~250 MiB for ONNX Runtime).
-WORKER_BYTES = 360 * 1024**2
-# Activations of one full batch, per padded token and hidden unit (measured on MiniLM).
-_ACTIVATION_BYTES = 16
+# Resident memory of a worker besides weights and activations: Python, torch, transformers,
+# ONNX Runtime, uvicorn (measured with MiniLM: 509 MiB idle with torch, 582 with ONNX, 87 of
+# them weights).
+WORKER_BYTES = 440 * 1024**2
+# Activations of one full batch, per padded token and hidden unit: MiniLM grew by ~126 MiB
+# for 16384 padded tokens of width 384 (torch; ONNX Runtime without its arena, alike).
+_ACTIVATION_BYTES = 20
 
 
 def worker_args(spec: ModelSpec, port: int, onnx_cache: Path) -> list[str]:

@@ -585,10 +585,15 @@ class Scheduler:
         return self._measured.get(m.spec.settings_key) or self._estimate(m)
 
     def _measure(self, m: _Model) -> None:
+        """Remembers the most the model has used: memory it reached once it can reach again
+        (an encoder's activations, pages of weights touched late)."""
         if m.running is not None:
             now = m.running.footprint()
             if any(now.values()):
-                self._measured[m.spec.settings_key] = now
+                peak = dict(self._measured.get(m.spec.settings_key) or {})
+                for device, amount in now.items():
+                    peak[device] = max(peak.get(device, 0), amount)
+                self._measured[m.spec.settings_key] = peak
 
     def _sum(self, models: Iterable[_Model]) -> dict[str, int]:
         total: dict[str, int] = {}

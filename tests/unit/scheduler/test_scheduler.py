@@ -364,6 +364,16 @@ async def test_scheduler_status_reports_queue_and_memory() -> None:
     scheduler.release(await waiting)
 
 
+async def test_scheduler_counts_a_model_at_the_most_it_used() -> None:
+    scheduler, runner, _, _ = make(spec("a"), spec("b"), budget=1000, sizes={"a": 300})
+    async with scheduler.lease("a"):
+        runner.running["a"]._footprint = {"ram": 700}  # a full batch of activations
+    assert scheduler.status()[0].measured == {"ram": 700}
+    runner.running["a"]._footprint = {"ram": 320}  # freed again, but it may come back
+    assert scheduler.status()[0].measured == {"ram": 700}
+    assert scheduler.reserved() == {"ram": 700}
+
+
 async def test_scheduler_close_stops_runners_and_fails_waiters() -> None:
     scheduler, runner, _, _ = make(spec("a", parallel=1))
     held = await scheduler.acquire("a")

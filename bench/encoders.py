@@ -43,6 +43,15 @@ def minilm_dir() -> Path:
     return path
 
 
+def pooled_session() -> aiohttp.ClientSession:
+    # Idle connections are dropped before the gateway's own 5 s keep-alive ends.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3))
+
+
+def bodies(texts: list[str], model: str) -> list[dict[str, Any]]:
+    return [{"model": model, "input": t} for t in texts]
+
+
 async def crowd(
     session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], clients: int
 ) -> float:
@@ -122,24 +131,18 @@ async def b8(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
     texts = sentences(requests, 6, 14, seed=8)
     results: dict[str, dict[str, float]] = {}
     try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
-        ) as session:
+        async with pooled_session() as session:
             peer_url = f"http://127.0.0.1:{port}/v1/embeddings"
             our_url = f"{gateway.url}/v1/embeddings"
-
-            def bodies(name: str) -> list[dict[str, Any]]:
-                return [{"model": name, "input": t} for t in texts]
-
             for name in ("torch", "onnx", "peer"):
                 url = peer_url if name == "peer" else our_url
-                await crowd(session, url, bodies(name)[:64], 8)  # loads, warms up
+                await crowd(session, url, bodies(texts, name)[:64], 8)  # loads, warms up
             for c in levels:
                 for backend in ("torch", "onnx"):
                     results[f"{backend} c={c}"] = await compare(
                         rounds,
-                        lambda c=c: crowd(session, peer_url, bodies("peer"), c),
-                        lambda c=c, b=backend: crowd(session, our_url, bodies(b), c),
+                        lambda c=c: crowd(session, peer_url, bodies(texts, "peer"), c),
+                        lambda c=c, b=backend: crowd(session, our_url, bodies(texts, b), c),
                     )
     finally:
         gateway.close()
@@ -190,27 +193,21 @@ async def b9(rounds: int, requests: int, clients: int) -> dict[str, Any]:
     rng.shuffle(texts)
     results: dict[str, dict[str, float]] = {}
     try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
-        ) as session:
+        async with pooled_session() as session:
             url = f"{gateway.url}/v1/embeddings"
             peer_url = f"http://127.0.0.1:{port}/v1/embeddings"
-
-            def bodies(name: str) -> list[dict[str, Any]]:
-                return [{"model": name, "input": t} for t in texts]
-
-            for name in ("on", "off"):
-                await crowd(session, url, bodies(name)[:64], clients)
-            await crowd(session, peer_url, bodies("peer")[:64], clients)
+            on, off, peer_bodies = (bodies(texts, name) for name in ("on", "off", "peer"))
+            for target, warm in ((url, on), (url, off), (peer_url, peer_bodies)):
+                await crowd(session, target, warm[:64], clients)
             results["bucketing on/off"] = await compare(
                 rounds,
-                lambda: crowd(session, url, bodies("off"), clients),
-                lambda: crowd(session, url, bodies("on"), clients),
+                lambda: crowd(session, url, off, clients),
+                lambda: crowd(session, url, on, clients),
             )
             results["bucketing on/per-request"] = await compare(
                 rounds,
-                lambda: crowd(session, peer_url, bodies("peer"), clients),
-                lambda: crowd(session, url, bodies("on"), clients),
+                lambda: crowd(session, peer_url, peer_bodies, clients),
+                lambda: crowd(session, url, on, clients),
             )
     finally:
         gateway.close()
@@ -256,7 +253,10 @@ async def b11(rounds: int, sizes: list[int]) -> dict[str, Any]:
     query = "Which animals live in the forest near the river?"
     results: dict[str, dict[str, float]] = {}
     try:
-        async with aiohttp.ClientSession() as session:
+        # per_pair blocks this loop for seconds, longer than the gateway keeps an idle
+        # connection open: a fresh connection per request, so none is found closed.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             url = f"{gateway.url}/v1/rerank"
 
             async def batched(model: str, docs: list[str]) -> float:

@@ -209,6 +209,9 @@ def main() -> None:
         "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
         "results": [],
     }
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    path = results_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for name in args.scenarios:
         if name == "b1":
             result = asyncio.run(b1(args.rounds, args.requests))
@@ -228,10 +231,8 @@ def main() -> None:
         out["results"].append(result)
         for label, value, target, met in result["rows"]:
             print(f"{label:48s} {value:10.3f}   target {target:8s} {'met' if met else 'MISSED'}")
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
-    path = results_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=1, default=str))
+        # Written after every scenario: a later one failing loses nothing measured.
+        path.write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {path}")
 
 

@@ -210,45 +210,36 @@ async def _forward(
     payload: dict[str, Any],
     shape: Shape | None = None,
 ) -> Response:
+    """Lease (queue, load) → proxy → release; ``shape`` rewrites a non-streamed answer.
+
+    A client that leaves while queued or waiting for the answer gets nothing (499).
+    """
     watch = DisconnectWatch(request)
     try:
-        return await _proxy(request, watch, scheduler, model, keep_alive, path, payload, shape)
+        lease = await watch.guard(scheduler.acquire(model, keep_alive))
+        headers = {"X-Modelyard-Queue-Ms": f"{lease.queued * 1000:.1f}"}
+        upstream: Upstream = request.app.state.upstream
+        try:
+            response = await watch.guard(
+                upstream.post(
+                    lease.base_url + path, payload, {"X-Request-Id": request.state.request_id}
+                )
+            )
+            if payload.get("stream") and response.status < 400:
+                return StreamingResponse(
+                    relay(response, lambda: scheduler.release(lease)),
+                    media_type="text/event-stream",
+                    headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            answer = await watch.guard(read_answer(response))
+        except BaseException:
+            scheduler.release(lease)
+            raise
+        scheduler.release(lease)
+        if shape is not None:
+            answer = shape(answer)
+        return Response(answer, media_type="application/json", headers=headers)
     except ClientGone:
         return Response(status_code=_CLIENT_CLOSED)
     finally:
         watch.close()
-
-
-async def _proxy(
-    request: Request,
-    watch: DisconnectWatch,
-    scheduler: Scheduler,
-    model: str,
-    keep_alive: float | Unset | None,
-    path: str,
-    payload: dict[str, Any],
-    shape: Shape | None,
-) -> Response:
-    lease = await watch.guard(scheduler.acquire(model, keep_alive))
-    headers = {"X-Modelyard-Queue-Ms": f"{lease.queued * 1000:.1f}"}
-    upstream: Upstream = request.app.state.upstream
-    try:
-        response = await watch.guard(
-            upstream.post(
-                lease.base_url + path, payload, {"X-Request-Id": request.state.request_id}
-            )
-        )
-        if payload.get("stream") and response.status < 400:
-            return StreamingResponse(
-                relay(response, lambda: scheduler.release(lease)),
-                media_type="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        answer = await watch.guard(read_answer(response))
-    except BaseException:
-        scheduler.release(lease)
-        raise
-    scheduler.release(lease)
-    if shape is not None:
-        answer = shape(answer)
-    return Response(answer, media_type="application/json", headers=headers)

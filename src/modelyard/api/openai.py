@@ -7,7 +7,7 @@ import base64
 import json
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
@@ -59,7 +59,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=data)
 
 
-def _rerank_method(spec: ModelSpec) -> Any:
+def _rerank_method(spec: ModelSpec) -> Literal["cross-encoder", "cosine"] | None:
     if "rerank" not in spec.capabilities:
         return None
     return "cosine" if spec.kind == "embedding" else "cross-encoder"
@@ -187,9 +187,13 @@ def _shortener(dimensions: int, encoding_format: str) -> Shape:
     """Cuts float vectors to ``dimensions`` and scales them back to unit length."""
 
     def shape(answer: bytes) -> bytes:
-        data = json.loads(answer)
-        for item in data.get("data", []):
-            vector = [float(x) for x in item["embedding"][:dimensions]]
+        try:
+            data = json.loads(answer)
+            vectors = [[float(x) for x in item["embedding"]] for item in data["data"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunnerError(f"model server sent malformed embeddings: {exc}") from exc
+        for item, full in zip(data["data"], vectors, strict=True):
+            vector = full[:dimensions]
             norm = math.sqrt(sum(x * x for x in vector)) or 1.0
             vector = [x / norm for x in vector]
             if encoding_format == "base64":

@@ -53,6 +53,13 @@ parallel = 2
 threads = 2
 matryoshka = true
 extra_args = ["--pooling", "mean"]
+
+[models.gemma-rerank]
+path = "{gemma}"
+kind = "rerank"
+ctx = 512
+parallel = 1
+threads = 2
 """
 
 SENTENCES = [
@@ -264,6 +271,7 @@ def test_models_list_says_how_each_model_reranks(server: Server) -> None:
     assert models["reranker"]["kind"] == "rerank"  # classified from its config.json
     assert models["reranker"]["rerank_method"] == "cross-encoder"
     assert models["gemma-embed"]["capabilities"] == ["embedding"]
+    assert models["gemma-rerank"]["rerank_method"] == "cross-encoder"
 
 
 def test_rerank_by_cosine_puts_relevant_documents_first(server: Server) -> None:
@@ -350,13 +358,43 @@ def test_gguf_embeddings_through_llama_cpp(server: Server) -> None:
         scores = [cosine(alone[0]["embedding"], other) for other in v]
         assert scores[i] >= 0.999
         assert max(scores[:i] + scores[i + 1 :]) < scores[i] - 0.01
-    short = embed(
-        server,
-        {"model": "gemma-embed", "input": SENTENCES[3], "dimensions": 128},
-    ).json()["data"][0]["embedding"]
+    short_body = {"model": "gemma-embed", "input": SENTENCES[3], "dimensions": 128}
+    short = embed(server, short_body).json()["data"][0]["embedding"]
+    alone_3 = embed(server, {"model": "gemma-embed", "input": SENTENCES[3]}).json()["data"][0][
+        "embedding"
+    ]
     assert len(short) == 128
     assert cosine(short, v[3][:128]) >= 0.9999
     assert float(np.linalg.norm(short)) == pytest.approx(1.0, abs=1e-5)
+    for body in (
+        {"model": "gemma-embed", "input": SENTENCES[3], "encoding_format": "base64"},
+        {**short_body, "encoding_format": "base64"},
+    ):
+        raw = base64.b64decode(embed(server, body).json()["data"][0]["embedding"])
+        decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
+        reference = short if "dimensions" in body else alone_3
+        assert decoded == pytest.approx(reference, abs=1e-5)
+
+
+def test_gguf_rerank_through_llama_cpp(server: Server) -> None:
+    # A base model's rank scores mean nothing; what is checked is that the gateway passes
+    # llama.cpp's own scores through, sorted, cut to top_n, with the documents attached.
+    body = {"model": "gemma-rerank", "query": QUERY, "documents": DOCUMENTS, "top_n": 3}
+    answer = rerank(server, body)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    (entry,) = [m for m in server.ps() if m["name"] == "gemma-rerank"]
+    direct = httpx.post(
+        f"{entry['base_url']}/v1/rerank",
+        json={"query": QUERY, "documents": DOCUMENTS},
+        timeout=60,
+    ).json()["results"]
+    engine = {r["index"]: r["relevance_score"] for r in direct}
+    assert len(results) == 3
+    assert [r["index"] for r in results] == sorted(engine, key=lambda i: -engine[i])[:3]
+    for r in results:
+        assert r["relevance_score"] == pytest.approx(engine[r["index"]], abs=1e-4)
+        assert r["document"] == {"text": DOCUMENTS[r["index"]]}
 
 
 def test_encoder_workers_are_children_of_the_gateway(server: Server) -> None:

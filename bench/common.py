@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,34 @@ async def interleave(
         for fn, out in order:
             out.append(await fn())
     return ra, rb
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: modelyard's figure, the peer's, and what the target judges."""
+
+    label: str
+    value: float
+    """modelyard's figure (throughput, latency …)."""
+    peer: float | None
+    """The same figure for the peer or the engine direct; ``None`` where there is none."""
+    ratio: float
+    """What the target applies to: value / peer, or for latencies value - peer."""
+    target: str
+    met: bool | None
+    """``None``: no target for this line."""
+
+
+def ratio_row(label: str, result: dict[str, float], target: float | None) -> Row:
+    """A row from ``compare``'s result (median figures and the median per-round ratio)."""
+    met = None if target is None else result["ratio"] >= target
+    shown = f"≥ {target}" if target is not None else "-"
+    return Row(label, result["modelyard"], result["peer"], result["ratio"], shown, met)
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"{'scenario':46s} {'modelyard':>10s} {'peer':>10s} {'ratio':>8s}  target")
+    for r in rows:
+        peer = f"{r.peer:10.2f}" if r.peer is not None else f"{'-':>10s}"
+        verdict = "" if r.met is None else ("met" if r.met else "MISSED")
+        print(f"{r.label:46s} {r.value:10.2f} {peer} {r.ratio:8.3f}  {r.target:8s} {verdict}")

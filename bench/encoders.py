@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from common import HERE, PY, Gateway, free_port, interleave, spawn
+from common import HERE, PY, Gateway, Row, free_port, interleave, ratio_row, spawn
 
 THREADS = 2
 
@@ -70,19 +70,6 @@ async def crowd(
     return len(bodies) / (time.perf_counter() - t)
 
 
-def ratio_rows(
-    results: dict[str, dict[str, float]], label: str, targets: dict[str, float]
-) -> list[tuple[str, float, str, bool]]:
-    rows = []
-    for key, r in results.items():
-        target = targets.get(key)
-        met = True if target is None else r["ratio"] >= target
-        rows.append(
-            (f"{label} {key}", r["ratio"], f"≥ {target}" if target is not None else "-", met)
-        )
-    return rows
-
-
 async def compare(
     rounds: int, a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]]
 ) -> dict[str, float]:
@@ -114,7 +101,9 @@ def offline_rate(texts: list[str]) -> float:
 # ---- B8: N clients x 1 short sentence, per-request service vs modelyard -----------------
 
 
-async def b8(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
+async def b8(
+    rounds: int, requests: int, levels: list[int], offline_texts: int = 2048
+) -> dict[str, Any]:
     model = minilm_dir()
     port = free_port()
     peer = spawn(
@@ -149,13 +138,14 @@ async def b8(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
         peer.terminate()
         peer.wait()
         shutil.rmtree(onnx_copy, ignore_errors=True)
-    offline = offline_rate(sentences(2048, 6, 14, seed=9))
+    offline = offline_rate(sentences(offline_texts, 6, 14, seed=9))
     targets = {f"{b} c={c}": t for b in ("torch", "onnx") for c, t in ((1, 0.9), (16, 3.0))}
-    rows = ratio_rows(results, "B8 emb/s vs per-request", targets)
+    rows = [ratio_row(f"B8 emb/s {k}", r, targets.get(k)) for k, r in results.items()]
     for backend in ("torch", "onnx"):
         best = max(r["modelyard"] for k, r in results.items() if k.startswith(backend))
         share = best / offline
-        rows.append((f"B8 {backend} best / offline batch=32", share, "≥ 0.6", share >= 0.6))
+        label = f"B8 {backend} best / offline batch=32"
+        rows.append(Row(label, best, offline, share, "≥ 0.6", share >= 0.6))
     return {"scenario": "B8", "levels": results, "offline_per_s": offline, "rows": rows}
 
 
@@ -213,9 +203,8 @@ async def b9(rounds: int, requests: int, clients: int) -> dict[str, Any]:
         gateway.close()
         peer.terminate()
         peer.wait()
-    rows = ratio_rows(
-        results, f"B9 c={clients}", {"bucketing on/off": 1.2, "bucketing on/per-request": 1.0}
-    )
+    targets = {"bucketing on/off": 1.2, "bucketing on/per-request": 1.0}
+    rows = [ratio_row(f"B9 c={clients} {k}", r, targets[k]) for k, r in results.items()]
     return {"scenario": "B9", "levels": results, "rows": rows}
 
 
@@ -288,5 +277,5 @@ async def b11(rounds: int, sizes: list[int]) -> dict[str, Any]:
         gateway.close()
         shutil.rmtree(onnx_copy, ignore_errors=True)
     targets = {f"{b} {w} K=50": 3.0 for b in ("torch", "onnx") for w in ("short", "medium")}
-    rows = ratio_rows(results, "B11 pairs/s batched/per-pair", targets)
+    rows = [ratio_row(f"B11 pairs/s {k}", r, targets.get(k)) for k, r in results.items()]
     return {"scenario": "B11", "levels": results, "rows": rows}

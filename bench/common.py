@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 
 HERE = Path(__file__).resolve().parent
@@ -127,3 +130,41 @@ def print_table(rows: list[Row]) -> None:
         peer = f"{r.peer:10.2f}" if r.peer is not None else f"{'-':>10s}"
         verdict = "" if r.met is None else ("met" if r.met else "MISSED")
         print(f"{r.label:46s} {r.value:10.2f} {peer} {r.ratio:8.3f}  {r.target:8s} {verdict}")
+
+
+def pooled_session() -> aiohttp.ClientSession:
+    # Idle connections are dropped before the gateway's own 5 s keep-alive ends.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3))
+
+
+async def crowd(
+    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], clients: int
+) -> float:
+    """Requests per second with ``clients`` concurrent clients working through ``bodies``."""
+    queue = list(reversed(bodies))
+
+    async def client() -> None:
+        while queue:
+            body = queue.pop()
+            async with session.post(url, json=body) as r:
+                await r.read()
+                assert r.status == 200, (r.status, await r.text())
+
+    t = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return len(bodies) / (time.perf_counter() - t)
+
+
+async def compare(
+    rounds: int, a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]]
+) -> dict[str, float]:
+    """Interleaved rounds of two throughputs; the ratio is b / a per round, then the median."""
+    ra, rb = await interleave(rounds, a, b)
+    ratios = [y / x for x, y in zip(ra, rb, strict=True)]
+    return {
+        "peer": statistics.median(ra),
+        "modelyard": statistics.median(rb),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }

@@ -3,19 +3,27 @@ alternatives (BENCH.md). Every side gets the same threads (``THREADS``)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import shutil
-import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from common import HERE, PY, Gateway, Row, free_port, interleave, ratio_row, spawn
+from common import (
+    HERE,
+    PY,
+    Gateway,
+    Row,
+    compare,
+    crowd,
+    free_port,
+    pooled_session,
+    ratio_row,
+    spawn,
+)
 
 THREADS = 2
 
@@ -43,46 +51,8 @@ def minilm_dir() -> Path:
     return path
 
 
-def pooled_session() -> aiohttp.ClientSession:
-    # Idle connections are dropped before the gateway's own 5 s keep-alive ends.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3))
-
-
 def bodies(texts: list[str], model: str) -> list[dict[str, Any]]:
     return [{"model": model, "input": t} for t in texts]
-
-
-async def crowd(
-    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], clients: int
-) -> float:
-    """Requests per second with ``clients`` concurrent clients working through ``bodies``."""
-    queue = list(reversed(bodies))
-
-    async def client() -> None:
-        while queue:
-            body = queue.pop()
-            async with session.post(url, json=body) as r:
-                await r.read()
-                assert r.status == 200, (r.status, await r.text())
-
-    t = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return len(bodies) / (time.perf_counter() - t)
-
-
-async def compare(
-    rounds: int, a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]]
-) -> dict[str, float]:
-    """Interleaved rounds of two throughputs; the ratio is b / a per round, then the median."""
-    ra, rb = await interleave(rounds, a, b)
-    ratios = [y / x for x, y in zip(ra, rb, strict=True)]
-    return {
-        "peer": statistics.median(ra),
-        "modelyard": statistics.median(rb),
-        "ratio": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-    }
 
 
 def offline_rate(texts: list[str]) -> float:

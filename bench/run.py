@@ -24,6 +24,7 @@ import aiohttp
 import psutil
 
 import encoders
+import overhead
 from common import (
     HERE,
     PY,
@@ -215,7 +216,9 @@ async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenarios", nargs="*", default=["b1", "b4", "b8", "b9", "b11"])
+    parser.add_argument(
+        "scenarios", nargs="*", default=["b1", "b2", "b3", "b4", "b8", "b9", "b11", "b12"]
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=300, help="B1 requests per round")
     parser.add_argument("--tokens", type=int, default=128, help="B4 output tokens per request")
@@ -223,6 +226,12 @@ def main() -> None:
     parser.add_argument("--embed-levels", default="1,4,16,32", help="B8 concurrency levels")
     parser.add_argument("--embed-requests", type=int, default=256, help="B8/B9 per round")
     parser.add_argument("--rerank-sizes", default="10,50,100", help="B11 documents per query")
+    parser.add_argument("--saturation-requests", type=int, default=2000, help="B2 per round")
+    parser.add_argument("--saturation-levels", default="16,64", help="B2 concurrency levels")
+    parser.add_argument("--streams", type=int, default=10, help="B3 streams per round")
+    parser.add_argument("--chunks", type=int, default=200, help="B3 chunks per stream")
+    parser.add_argument("--chunk-delay-ms", type=float, default=5.0, help="B3")
+    parser.add_argument("--footprint-requests", type=int, default=10_000, help="B12")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="JSON goes here")
     parser.add_argument(
         "--smoke",
@@ -233,6 +242,9 @@ def main() -> None:
     if args.smoke:
         args.rounds, args.requests, args.tokens, args.levels = 1, 20, 8, "1,2"
         args.embed_levels, args.embed_requests, args.rerank_sizes = "1,4", 16, "5"
+        args.saturation_requests, args.saturation_levels = 50, "4"
+        args.streams, args.chunks, args.chunk_delay_ms = 2, 20, 1.0
+        args.footprint_requests = 200
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": {
@@ -249,6 +261,15 @@ def main() -> None:
     for name in args.scenarios:
         if name == "b1":
             result = asyncio.run(b1(args.rounds, args.requests))
+        elif name == "b2":
+            levels = [int(x) for x in args.saturation_levels.split(",")]
+            result = asyncio.run(overhead.b2(args.rounds, args.saturation_requests, levels))
+        elif name == "b3":
+            result = asyncio.run(
+                overhead.b3(args.rounds, args.streams, args.chunks, args.chunk_delay_ms)
+            )
+        elif name == "b12":
+            result = asyncio.run(overhead.b12(args.footprint_requests))
         elif name == "b4":
             levels = [int(x) for x in args.levels.split(",")]
             result = asyncio.run(b4(args.rounds, args.tokens, levels))

@@ -1,0 +1,185 @@
+"""B2, B3, B12: the gateway's own cost, on the canned responder (BENCH.md).
+
+The responder runs twice from the same program: directly, and as a model's ``llama_server``
+behind modelyard, so both sides answer alike and only the gateway differs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from common import (
+    HERE,
+    PY,
+    Gateway,
+    Row,
+    compare,
+    crowd,
+    free_port,
+    interleave,
+    percentile,
+    pooled_session,
+    ratio_row,
+    spawn,
+)
+
+BODY = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Canned:
+    """The responder directly on one port, and behind a gateway as model ``canned``."""
+
+    def __init__(self, chunks: int = 200, delay_ms: float = 5.0) -> None:
+        flags = ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
+        self.port = free_port()
+        self.responder = spawn(
+            [PY, str(HERE / "responder.py"), "--port", str(self.port), *flags],
+            f"http://127.0.0.1:{self.port}",
+        )
+        dummy = Path(tempfile.mkdtemp()) / "canned.gguf"
+        dummy.write_bytes(b"GGUF")
+        args = ", ".join(f'"{f}"' for f in flags)
+        started = time.perf_counter()
+        self.gateway = Gateway(
+            f'[models.canned]\npath = "{dummy}"\nllama_server = "{HERE / "responder.py"}"\n'
+            f'memory = "1MiB"\nparallel = 256\nmax_queue = 256\nkeep_alive = -1\n'
+            f"extra_args = [{args}]\n",
+            core=None,
+        )
+        self.start_seconds = time.perf_counter() - started
+        self.direct = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        self.through = f"{self.gateway.url}/v1/chat/completions"
+
+    def close(self) -> None:
+        self.gateway.close()
+        self.responder.terminate()
+        self.responder.wait()
+
+
+# ---- B2: saturation, closed loop -------------------------------------------------------------
+
+
+async def b2(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
+    canned = Canned()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        async with pooled_session() as session:
+            bodies = [BODY] * requests
+            await crowd(session, canned.through, bodies[:100], 8)  # starts the model
+            await crowd(session, canned.direct, bodies[:100], 8)
+            for c in levels:
+                results[f"c={c}"] = await compare(
+                    rounds,
+                    lambda c=c: crowd(session, canned.direct, bodies, c),
+                    lambda c=c: crowd(session, canned.through, bodies, c),
+                )
+    finally:
+        canned.close()
+    # crowd() asserts every answer is a 200: reaching here means 0 errors.
+    rows = [ratio_row(f"B2 req/s through/direct {k}", r, None) for k, r in results.items()]
+    return {"scenario": "B2", "levels": results, "errors": 0, "rows": rows}
+
+
+# ---- B3: SSE relay ---------------------------------------------------------------------------
+
+
+async def stream_once(session: aiohttp.ClientSession, url: str) -> tuple[float, list[float], int]:
+    """TTFT (ms), the gaps between events (ms) and how many data events arrived."""
+    body = {**BODY, "stream": True}
+    started = time.perf_counter()
+    stamps: list[float] = []
+    async with session.post(url, json=body) as r:
+        assert r.status == 200, r.status
+        async for line in r.content:
+            if line.startswith(b"data: {"):
+                stamps.append(time.perf_counter())
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
+    return (stamps[0] - started) * 1000, gaps, len(stamps)
+
+
+async def b3(rounds: int, streams: int, chunks: int, delay_ms: float) -> dict[str, Any]:
+    canned = Canned(chunks, delay_ms)
+    try:
+        async with pooled_session() as session:
+
+            async def run(url: str) -> tuple[list[float], list[float], list[int]]:
+                ttft, gaps, counts = [], [], []
+                for _ in range(streams):
+                    first, between, n = await stream_once(session, url)
+                    ttft.append(first)
+                    gaps.extend(between)
+                    counts.append(n)
+                return ttft, gaps, counts
+
+            await run(canned.through)
+            await run(canned.direct)
+            direct, via = await interleave(
+                rounds, lambda: run(canned.direct), lambda: run(canned.through)
+            )
+    finally:
+        canned.close()
+    ttft = [statistics.median(r[0]) for r in direct], [statistics.median(r[0]) for r in via]
+    itl = [percentile(r[1], 99) for r in direct], [percentile(r[1], 99) for r in via]
+    d_ttft = statistics.median(b - a for a, b in zip(*ttft, strict=True))
+    d_itl = statistics.median(b - a for a, b in zip(*itl, strict=True))
+    lost = sum(n != chunks for r in via for n in r[2])
+    rows = [
+        Row(
+            "B3 TTFT ms (ratio: Δ)",
+            statistics.median(ttft[1]),
+            statistics.median(ttft[0]),
+            d_ttft,
+            "≤ 2.0",
+            d_ttft <= 2.0,
+        ),
+        Row(
+            "B3 ITL p99 ms (ratio: Δ)",
+            statistics.median(itl[1]),
+            statistics.median(itl[0]),
+            d_itl,
+            "≤ 1.0",
+            d_itl <= 1.0,
+        ),
+        Row(
+            "B3 streams with a chunk merged or lost",
+            float(lost),
+            None,
+            float(lost),
+            "= 0",
+            lost == 0,
+        ),
+    ]
+    return {"scenario": "B3", "chunks": chunks, "delay_ms": delay_ms, "rows": rows}
+
+
+# ---- B12: footprint --------------------------------------------------------------------------
+
+
+async def b12(requests: int) -> dict[str, Any]:
+    canned = Canned()
+    try:
+        gateway = psutil.Process(canned.gateway.process.pid)
+        idle = gateway.memory_info().rss / 2**20
+        async with pooled_session() as session:
+            await crowd(session, canned.through, [BODY] * 500, 8)
+            before = gateway.memory_info().rss / 2**20
+            await crowd(session, canned.through, [BODY] * requests, 8)
+            after = gateway.memory_info().rss / 2**20
+    finally:
+        canned.close()
+    start, growth = canned.start_seconds, after - before
+    rows = [
+        Row("B12 gateway start to /health (s)", start, None, start, "≤ 1.5", start <= 1.5),
+        Row("B12 idle RSS (MiB)", idle, None, idle, "≤ 120", idle <= 120),
+        Row(f"B12 RSS growth over {requests} requests (MiB)", after, before, growth, "≤ 10",
+            growth <= 10),
+    ]  # fmt: skip
+    return {"scenario": "B12", "rows": rows}

@@ -168,3 +168,10 @@ async def compare(
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
     }
+
+
+def delta_row(label: str, direct: list[float], through: list[float], limit: float) -> Row:
+    """Per-round figures of both sides; judged on the median per-round difference."""
+    delta = statistics.median(b - a for a, b in zip(direct, through, strict=True))
+    value, peer = statistics.median(through), statistics.median(direct)
+    return Row(f"{label} (ratio: Δ)", value, peer, delta, f"≤ {limit}", delta <= limit)

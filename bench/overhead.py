@@ -23,6 +23,7 @@ from common import (
     Row,
     compare,
     crowd,
+    delta_row,
     free_port,
     interleave,
     percentile,
@@ -128,26 +129,10 @@ async def b3(rounds: int, streams: int, chunks: int, delay_ms: float) -> dict[st
         canned.close()
     ttft = [statistics.median(r[0]) for r in direct], [statistics.median(r[0]) for r in via]
     itl = [percentile(r[1], 99) for r in direct], [percentile(r[1], 99) for r in via]
-    d_ttft = statistics.median(b - a for a, b in zip(*ttft, strict=True))
-    d_itl = statistics.median(b - a for a, b in zip(*itl, strict=True))
     lost = sum(n != chunks for r in via for n in r[2])
     rows = [
-        Row(
-            "B3 TTFT ms (ratio: Δ)",
-            statistics.median(ttft[1]),
-            statistics.median(ttft[0]),
-            d_ttft,
-            "≤ 2.0",
-            d_ttft <= 2.0,
-        ),
-        Row(
-            "B3 ITL p99 ms (ratio: Δ)",
-            statistics.median(itl[1]),
-            statistics.median(itl[0]),
-            d_itl,
-            "≤ 1.0",
-            d_itl <= 1.0,
-        ),
+        delta_row("B3 TTFT ms", *ttft, 2.0),
+        delta_row("B3 ITL p99 ms", *itl, 1.0),
         Row(
             "B3 streams with a chunk merged or lost",
             float(lost),

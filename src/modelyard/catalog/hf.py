@@ -22,7 +22,6 @@ class HFInfo:
     kind: ModelKind | None
     """``embedding``, ``rerank``, or ``None`` when the encoder engine cannot serve it."""
     architecture: str | None
-    weights_bytes: int
     why: str = ""
     """Why ``kind`` is ``None``."""
 
@@ -36,15 +35,14 @@ def read_hf_dir(path: Path) -> HFInfo:
     config = _read_json(path / "config.json")
     architectures = config.get("architectures") or []
     architecture = str(architectures[0]) if architectures else None
-    weights = weights_bytes(path)
     if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
-        return HFInfo("embedding", architecture, weights)
+        return HFInfo("embedding", architecture)
     if architecture and architecture.endswith("ForSequenceClassification"):
         labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
         if labels == 1:
-            return HFInfo("rerank", architecture, weights)
-        return HFInfo(None, architecture, weights, f"a classifier with {labels} labels")
-    return HFInfo(None, architecture, weights, f"architecture {architecture or 'unknown'}")
+            return HFInfo("rerank", architecture)
+        return HFInfo(None, architecture, f"a classifier with {labels} labels")
+    return HFInfo(None, architecture, f"architecture {architecture or 'unknown'}")
 
 
 def weights_bytes(path: Path) -> int:

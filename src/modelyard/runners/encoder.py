@@ -58,8 +58,6 @@ class EncoderRunner:
         self._load_timeout = load_timeout
 
     def estimate(self, spec: ModelSpec) -> Footprint:
-        if spec.memory is not None:
-            return {"ram": spec.memory}
         try:
             weights = weights_bytes(spec.path)
             hidden = _hidden_size(spec.path)

@@ -75,8 +75,6 @@ class LlamaCppRunner:
         self._load_timeout = load_timeout
 
     def estimate(self, spec: ModelSpec) -> Footprint:
-        if spec.memory is not None:
-            return {"ram": spec.memory}
         try:
             info = gguf_info(spec)
         except (GGUFError, OSError) as exc:

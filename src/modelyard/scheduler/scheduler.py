@@ -567,6 +567,9 @@ class Scheduler:
                 log.exception("event listener failed on %r", event)
 
     def _estimate(self, m: _Model) -> Footprint:
+        """The configured ``memory``, else the runner's estimate (asked once)."""
+        if m.spec.memory is not None:
+            return {"ram": m.spec.memory}
         name = m.spec.name
         if name not in self._estimates:
             self._estimates[name] = self._runners[m.spec.engine].estimate(m.spec)
@@ -581,7 +584,7 @@ class Scheduler:
     def _footprint(self, m: _Model) -> Footprint:
         """What a model counts for: the override, else the last measurement, else the estimate."""
         if m.spec.memory is not None:
-            return {"ram": m.spec.memory}
+            return self._estimate(m)
         return self._measured.get(m.spec.settings_key) or self._estimate(m)
 
     def _measure(self, m: _Model) -> None:

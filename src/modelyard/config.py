@@ -112,11 +112,20 @@ class _Server(BaseModel):
     llama_server: str | None = None
     keep_alive: str | float = DEFAULT_KEEP_ALIVE
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    reload_interval: str | float = 2.0
+    """How often the config file and the models directory are checked for changes; 0: never."""
 
     @field_validator("keep_alive")
     @classmethod
     def _duration(cls, value: str | float) -> str | float:
         parse_duration(value)
+        return value
+
+    @field_validator("reload_interval")
+    @classmethod
+    def _interval(cls, value: str | float) -> str | float:
+        if parse_duration(value) is None:
+            raise ValueError("must be zero or more seconds")
         return value
 
 
@@ -161,6 +170,7 @@ class Config:
     min_residency: float
     stop_grace: float
     log_level: str
+    reload_interval: float = 0.0
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None
     """The config file read, or ``None`` when running on defaults."""
@@ -218,6 +228,7 @@ def load_config(settings: Settings | None = None) -> Config:
         min_residency=parse_duration(parsed.memory.min_residency) or 0.0,
         stop_grace=parse_duration(parsed.memory.stop_grace) or 0.0,
         log_level=server.log_level,
+        reload_interval=parse_duration(server.reload_interval) or 0.0,
         models=models,
         source=source,
     )

@@ -8,6 +8,11 @@ The tree::
     │   ├── WrongModelKindError         400 invalid_request_error / model_kind_mismatch
     │   └── ContextLengthError          400 invalid_request_error / context_length_exceeded
     ├── ModelNotFoundError              404 invalid_request_error / model_not_found
+    ├── ConflictError                   409 invalid_request_error / conflict
+    ├── HubError                        502 server_error / hub_error (pulling from the hub)
+    │   ├── HubNotFoundError            404 invalid_request_error / not_found_on_hub
+    │   ├── VerificationError           502 server_error / verification_failed
+    │   └── DiskFullError               507 server_error / insufficient_storage
     ├── QueueFullError                  429 rate_limit_error / queue_full (Retry-After)
     ├── RunnerError                     502 server_error / runner_failed
     ├── LoadFailedError                 503 server_error / model_load_failed
@@ -63,6 +68,40 @@ class ModelNotFoundError(ModelyardError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class ConflictError(ModelyardError):
+    """The request clashes with what is going on: a pull already running, a model in use."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class HubError(ModelyardError):
+    """The hub could not be reached or gave an answer we cannot use."""
+
+    status = 502
+    code = "hub_error"
+
+
+class HubNotFoundError(HubError):
+    """No such repository, revision, file or quantisation on the hub."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found_on_hub"
+
+
+class VerificationError(HubError):
+    """A downloaded file does not match the size or checksum the hub published."""
+
+    code = "verification_failed"
+
+
+class DiskFullError(HubError):
+    status = 507
+    code = "insufficient_storage"
 
 
 class QueueFullError(ModelyardError):

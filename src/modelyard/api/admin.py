@@ -20,7 +20,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
-    spec = scheduler.spec(status.name)
+    spec = status.spec
     running = scheduler.running(status.name)
     return {
         "name": status.name,
@@ -40,6 +40,7 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
         "base_url": running.base_url if running else None,
         "pid": getattr(running, "pid", None),
         "last_error": status.last_error,
+        "removed": status.removed,
     }
 
 
@@ -75,7 +76,9 @@ async def models(request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     result = []
     for status in scheduler.status():
-        spec = scheduler.spec(status.name)
+        if status.removed:
+            continue
+        spec = status.spec
         entry = _describe(scheduler, status)
         entry.update(
             path=str(spec.path),
@@ -85,7 +88,8 @@ async def models(request: Request) -> dict[str, Any]:
             preload=spec.preload,
         )
         result.append(entry)
-    return {"models": result}
+    reloader = request.app.state.reloader
+    return {"models": result, "reload_error": reloader.last_error if reloader else None}
 
 
 @router.post("/api/load")

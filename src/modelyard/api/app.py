@@ -8,15 +8,17 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
-from modelyard.api import admin, errors, openai
+from modelyard.api import admin, errors, models, openai
 from modelyard.api.proxy import Upstream
+from modelyard.api.reload import Reloader
 from modelyard.catalog.catalog import Catalog
-from modelyard.config import Config
+from modelyard.config import Config, Settings
 from modelyard.runners.base import Runner
 from modelyard.runners.encoder import EncoderRunner
 from modelyard.runners.llamacpp import LlamaCppRunner
@@ -54,24 +56,33 @@ class RequestId:
         await self.app(scope, receive, send_with_id)
 
 
+def default_runners(home: Path) -> dict[str, Runner]:
+    """One runner per engine, logging under ``<home>/logs``."""
+    return {
+        "llamacpp": LlamaCppRunner(home / "logs"),
+        "encoder": EncoderRunner(home / "logs", home / "cache"),
+    }
+
+
 def create_app(
     config: Config,
     *,
+    settings: Settings | None = None,
     runners: Mapping[str, Runner] | None = None,
     budget: Mapping[str, int] | None = None,
     clock: Clock | None = None,
 ) -> FastAPI:
-    """The server for ``config``; tests may replace the runners, budget and clock."""
+    """The server for ``config``; tests may replace the runners, budget and clock.
+
+    With ``settings`` (what ``config`` was loaded from), the catalog can be reloaded while
+    serving, and is every ``config.reload_interval`` seconds when the files change.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(
             Catalog(config.models),
-            runners
-            or {
-                "llamacpp": LlamaCppRunner(config.home / "logs"),
-                "encoder": EncoderRunner(config.home / "logs", config.home / "cache"),
-            },
+            runners or default_runners(config.home),
             dict(budget) if budget is not None else resolve_budget(config.ram),
             clock=clock,
             min_residency=config.min_residency,
@@ -81,10 +92,23 @@ def create_app(
         app.state.scheduler = scheduler
         app.state.upstream = Upstream()
         app.state.started_at = time.time()
-        app.state.preload = _preload(scheduler)
+        app.state.preload = _preload(scheduler, [spec.name for spec in config.models])
+        app.state.reloader = None
+        watcher: asyncio.Task[None] | None = None
+        if settings is not None:
+            reloader = Reloader(
+                config, settings, scheduler, preload=lambda names: _preload(scheduler, names)
+            )
+            app.state.reloader = reloader
+            if config.reload_interval > 0:
+                watcher = asyncio.create_task(
+                    reloader.watch(config.reload_interval), name="catalog watcher"
+                )
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             if app.state.preload is not None:
                 app.state.preload.cancel()
             await scheduler.close()
@@ -100,12 +124,14 @@ def create_app(
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(models.router)
     app.add_middleware(RequestId)
     return app
 
 
-def _preload(scheduler: Scheduler) -> asyncio.Task[None] | None:
-    names = [s.name for s in scheduler.status() if _wants_preload(scheduler, s.name)]
+def _preload(scheduler: Scheduler, candidates: list[str]) -> asyncio.Task[None] | None:
+    """Loads those of ``candidates`` the catalog marks ``preload`` or ``pinned``."""
+    names = [name for name in candidates if _wants_preload(scheduler, name)]
     if not names:
         return None
 

@@ -44,7 +44,9 @@ async def list_models(request: Request) -> ModelList:
     created = int(request.app.state.started_at)
     data = []
     for status in scheduler.status():
-        spec = scheduler.spec(status.name)
+        if status.removed:
+            continue  # finishing its last requests
+        spec = status.spec
         data.append(
             Model(
                 id=status.name,

@@ -2,11 +2,15 @@
 
 Every ``*.gguf`` becomes a model named after its file (lower case, no extension). Split
 models (``name-00001-of-00003.gguf``) become one model named without the shard suffix,
-served from the first shard. ``mmproj*.gguf`` files are not models: each attaches to the
-model beside it in the same directory (to the one sharing the longest name prefix when
-there are several). A Hugging Face directory (``config.json`` or ``modules.json``) that the
-encoder engine can serve becomes an ``embedding`` or ``rerank`` model named after the
-directory; nothing inside it is scanned further.
+served from the first shard. ``mmproj*.gguf`` files are not models: a pulled model gets the
+projector pulled with it; any other model gets the projector in its directory whose name
+shares the longest prefix with its own (each of several quantisations of one model gets it;
+an unrelated model beside them does not). A Hugging Face directory (``config.json`` or
+``modules.json``) that the encoder engine can serve becomes an ``embedding`` or ``rerank``
+model named after the directory; nothing inside it is scanned further. Hidden folders
+(``.partial`` downloads in progress, ``.cache``) are skipped. Models that ``modelyard pull``
+fetched are also known by the names they were pulled by (``owner/repo:Q4_K_M``), read from
+the pull record beside them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
+from modelyard.catalog.manifest import aliases, projectors
 from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -55,17 +60,18 @@ def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
         return []
     specs: list[ModelSpec] = []
     for directory, dirs, files in os.walk(models_dir, followlinks=True):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        pulled = aliases(Path(directory))
         if is_hf_dir(Path(directory)):
             dirs.clear()
             spec = _hf_spec(Path(directory), defaults)
             if spec is not None:
-                specs.append(spec)
+                specs.append(replace(spec, aliases=pulled.get(spec.path, ())))
             continue
         ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
-        projectors = [f for f in ggufs if f.lower().startswith("mmproj")]
+        mmprojs = [f for f in ggufs if f.lower().startswith("mmproj")]
         for filename in ggufs:
-            if filename in projectors:
+            if filename in mmprojs:
                 continue
             match = _SHARD.match(filename)
             if match and int(match["index"]) != 1:
@@ -76,9 +82,15 @@ def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
             except FileNotFoundError as exc:
                 log.warning("skipping %s: %s", path, exc)
                 continue
-            spec = replace(defaults, name=_model_name(path), path=path, shards=shards)
+            spec = replace(
+                defaults,
+                name=_model_name(path),
+                path=path,
+                shards=shards,
+                aliases=pulled.get(path, ()),
+            )
             specs.append(spec)
-        _attach_projectors(specs, Path(directory), projectors)
+        _attach_projectors(specs, Path(directory), mmprojs)
     return _unique_names(specs)
 
 
@@ -102,13 +114,23 @@ def _hf_spec(directory: Path, defaults: ModelSpec) -> ModelSpec | None:
     )
 
 
-def _attach_projectors(specs: list[ModelSpec], directory: Path, projectors: list[str]) -> None:
+def _attach_projectors(specs: list[ModelSpec], directory: Path, mmprojs: list[str]) -> None:
+    if not mmprojs:
+        return
+    pulled = projectors(directory)
     local = [i for i, s in enumerate(specs) if s.path.parent == directory]
-    for projector in projectors:
-        if not local:
-            break
-        best = max(local, key=lambda i: _shared_prefix(specs[i].path.name, projector[7:]))
-        specs[best] = replace(specs[best], mmproj=directory / projector)
+    for i in local:
+        if specs[i].path in pulled:
+            specs[i] = replace(specs[i], mmproj=pulled[specs[i].path])
+    unpaired = [i for i in local if specs[i].path not in pulled]
+    for projector in mmprojs:
+        if directory / projector in pulled.values() or not unpaired:
+            continue
+        shared = {i: _shared_prefix(specs[i].path.name, projector[6:]) for i in unpaired}
+        best = max(shared.values())
+        for i in unpaired:
+            if shared[i] == best and specs[i].mmproj is None:
+                specs[i] = replace(specs[i], mmproj=directory / projector)
 
 
 def _shared_prefix(a: str, b: str) -> int:

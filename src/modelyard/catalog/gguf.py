@@ -1,8 +1,10 @@
-"""Reads the metadata table of a GGUF file (not its tensors) and estimates its memory needs.
+"""Reads the header of a GGUF file (metadata and tensor table, not the tensors themselves)
+and estimates the memory a llama.cpp server needs for it.
 
-Format (little-endian): ``GGUF``, u32 version, u64 tensor count, u64 key/value count, then
-the key/value pairs. Large arrays (the tokenizer's vocabulary) are skipped, keeping their
-length, so reading a 260k-token vocabulary costs one pass over its strings and no memory.
+Format (little-endian): ``GGUF``, u32 version, u64 tensor count, u64 key/value count, the
+key/value pairs, then per tensor its name, dimensions, type and offset. Large arrays (the
+tokenizer's vocabulary) are skipped, keeping their length, so reading a 260k-token
+vocabulary costs one pass over its strings and no memory.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ _ENGINE_OVERHEAD = 100 * 1024**2
 _UBATCH = 512
 
 
+# llama.cpp's ``llama_ftype``: what ``general.file_type`` says the weights mostly are.
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+    38: "MXFP4_MOE",
+}  # fmt: skip
+
+
 class GGUFError(ValueError):
     """The file is not a GGUF file or its header is damaged."""
 
@@ -57,6 +70,8 @@ class GGUFInfo:
     metadata: Mapping[str, Any]
     size: int
     """Bytes on disk, all shards together."""
+    parameters: int = 0
+    """Weights in the tensor table, all shards together."""
 
     @property
     def architecture(self) -> str:
@@ -66,13 +81,33 @@ class GGUFInfo:
         return self.metadata.get(f"{self.architecture}.{key}", default)
 
     @property
+    def file_type(self) -> str | None:
+        """The quantisation most weights use (``Q4_K_M``), from ``general.file_type``."""
+        value = self.metadata.get("general.file_type")
+        return FILE_TYPES.get(value, f"type {value}") if isinstance(value, int) else None
+
+    @property
     def chat_template(self) -> str | None:
         value = self.metadata.get("tokenizer.chat_template")
         return value if isinstance(value, str) else None
 
 
 def read_gguf(path: Path, shards: Sequence[Path] = ()) -> GGUFInfo:
-    """Metadata of ``path``; ``size`` counts every shard of a split model."""
+    """Metadata of ``path``; ``size`` and ``parameters`` count every shard of a split model."""
+    version, tensor_count, metadata, parameters = _read_header(path)
+    for shard in shards[1:]:
+        parameters += _read_header(shard)[3]
+    size = sum(p.stat().st_size for p in (shards or [path]))
+    return GGUFInfo(
+        version=version,
+        tensor_count=tensor_count,
+        metadata=metadata,
+        size=size,
+        parameters=parameters,
+    )
+
+
+def _read_header(path: Path) -> tuple[int, int, dict[str, Any], int]:
     try:
         with path.open("rb") as f:
             if f.read(4) != _MAGIC:
@@ -83,10 +118,19 @@ def read_gguf(path: Path, shards: Sequence[Path] = ()) -> GGUFInfo:
                 key = _read_string(f)
                 (value_type,) = struct.unpack("<I", _read(f, 4))
                 metadata[key] = _read_value(f, value_type)
+            parameters = 0
+            for _ in range(tensor_count):
+                (name_length,) = struct.unpack("<Q", _read(f, 8))
+                f.seek(name_length, 1)
+                (n_dims,) = struct.unpack("<I", _read(f, 4))
+                count = 1
+                for dim in struct.unpack(f"<{n_dims}Q", _read(f, 8 * n_dims)):
+                    count *= dim
+                parameters += count
+                f.seek(12, 1)  # type (u32) and offset (u64)
     except (OSError, struct.error, UnicodeDecodeError) as exc:
         raise GGUFError(f"cannot read GGUF metadata from {path}: {exc}") from exc
-    size = sum(p.stat().st_size for p in (shards or [path]))
-    return GGUFInfo(version=version, tensor_count=tensor_count, metadata=metadata, size=size)
+    return version, tensor_count, metadata, parameters
 
 
 def _read(f: BinaryIO, n: int) -> bytes:

@@ -8,6 +8,8 @@ is an ``embedding`` model; a ``*ForSequenceClassification`` model with one label
 from __future__ import annotations
 
 import json
+import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,27 @@ def weights_bytes(path: Path) -> int:
         p for p in files if p.suffix != ".onnx"
     ]
     return sum(p.stat().st_size for p in preferred or files)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The directory's ``config.json`` (``{}`` when it has none)."""
+    return _read_json(path / "config.json")
+
+
+def parameter_count(path: Path) -> int | None:
+    """Weights in the ``*.safetensors`` files under ``path``, from their headers alone."""
+    files = sorted(path.rglob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with file.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                total += math.prod(tensor["shape"])
+    return total
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json as jsonlib
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -30,14 +32,48 @@ def call(url: str, method: str, path: str, json: Any = None, timeout: float = 30
     except httpx.HTTPError as exc:
         err.print(f"[red]Request to {url}{path} failed:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        _fail(response)
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _fail(response: httpx.Response) -> NoReturn:
+    message = response.text
     try:
         data = response.json()
     except ValueError:
         data = None
-    if response.status_code >= 400:
-        message = response.text
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            message = data["error"].get("message", message)
-        err.print(f"[red]Error ({response.status_code}):[/] {escape(str(message))}", soft_wrap=True)
-        raise typer.Exit(1)
-    return data
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        message = data["error"].get("message", message)
+    err.print(f"[red]Error ({response.status_code}):[/] {escape(str(message))}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def server_running(url: str) -> bool:
+    """Whether a modelyard server answers at ``url`` (commands that can work without one ask)."""
+    try:
+        return httpx.get(url + "/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def events(url: str, path: str, json: Any) -> Iterator[dict[str, Any]]:
+    """The ``data:`` frames of a server-sent event stream, decoded, until ``[DONE]``."""
+    try:
+        with httpx.stream("POST", url + path, json=json, timeout=httpx.Timeout(30, read=None)) as r:
+            if r.status_code >= 400:
+                r.read()
+                _fail(r)
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    return
+                yield jsonlib.loads(data)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]Request to {url}{path} failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None

@@ -1,4 +1,4 @@
-"""``modelyard serve | ls | ps | load | unload``."""
+"""``modelyard serve | ls | ps | load | unload | pull | show | rm``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelyard.cli import models
 from modelyard.cli.client import call, err, server_url
 from modelyard.errors import ConfigError
 from modelyard.quantity import format_size
@@ -27,6 +28,10 @@ UrlOption = Annotated[
     typer.Option("--url", help="The server (default $MODELYARD_URL or http://127.0.0.1:8000)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+app.command()(models.pull)
+app.command()(models.show)
+app.command()(models.rm)
 
 
 @app.command()
@@ -70,7 +75,11 @@ def serve(
     err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
     err.print(f"modelyard: OpenAI endpoint at http://{cfg.host}:{cfg.port}/v1")
     uvicorn.run(
-        create_app(cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False
+        create_app(cfg, settings=settings),
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level,
+        access_log=False,
     )
 
 
@@ -93,6 +102,9 @@ def list_models(url: UrlOption = None, as_json: JsonOption = False) -> None:
             m["path"],
         )
     out.print(table)
+    if data.get("reload_error"):
+        err.print("[yellow]The config on disk did not load; serving the last good catalog:[/]")
+        err.print(data["reload_error"], markup=False, soft_wrap=True)
 
 
 @app.command()

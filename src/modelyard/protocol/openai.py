@@ -115,6 +115,22 @@ class ModelUnloadRequest(_Request):
     model: str = Field(min_length=1)
 
 
+class ModelPullRequest(_Request):
+    model: str = Field(min_length=1)
+    """``owner/repo``, ``owner/repo:QUANT`` or ``owner/repo:file.gguf``, optionally ``@rev``."""
+    stream: bool = True
+
+
+class ModelShowRequest(_Request):
+    model: str = Field(min_length=1)
+
+
+class ModelDeleteRequest(_Request):
+    model: str = Field(min_length=1)
+    force: bool = False
+    """Unload the model first if it is loaded (else a loaded model is not deleted)."""
+
+
 class ErrorObject(BaseModel):
     message: str
     type: str

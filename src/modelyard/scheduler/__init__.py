@@ -1,6 +1,6 @@
 """Which models are loaded, who waits, who is evicted."""
 
-from modelyard.scheduler.scheduler import Lease, ModelStatus, Scheduler
+from modelyard.scheduler.scheduler import CatalogChange, Lease, ModelStatus, Scheduler, estimate
 from modelyard.scheduler.state import ModelState
 
-__all__ = ["Lease", "ModelState", "ModelStatus", "Scheduler"]
+__all__ = ["CatalogChange", "Lease", "ModelState", "ModelStatus", "Scheduler", "estimate"]

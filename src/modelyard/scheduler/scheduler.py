@@ -18,6 +18,10 @@ Contracts:
   ``keep_alive`` if it gave one, else the catalog's): ``0`` unloads now, ``None`` never.
 - A runner that exits on its own moves its model to ``stopped``; leases taken before stay
   valid objects but no longer count, and the next request starts it again.
+- ``update_catalog`` swaps the catalog while serving: new models can be requested at once;
+  a removed model takes no new requests, finishes the ones it has (queued included), then
+  unloads and is forgotten; a model whose settings changed keeps running as it is and takes
+  the new settings at its next load (at once when it is not loaded).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import (
     DoesNotFitError,
     LoadFailedError,
+    ModelNotFoundError,
     ModelyardError,
     QueueFullError,
     QueueTimeoutError,
@@ -67,6 +72,13 @@ UNSET: Final = Unset()
 """``keep_alive`` not given by the request: use the catalog's."""
 
 _BACKOFF_MAX = 60.0
+
+
+def estimate(spec: ModelSpec, runner: Runner) -> Footprint:
+    """What loading ``spec`` will take: its configured ``memory``, else the runner's estimate."""
+    if spec.memory is not None:
+        return {"ram": spec.memory}
+    return runner.estimate(spec)
 
 
 def backoff(failures: int) -> float:
@@ -114,6 +126,10 @@ class _Model:
     last_error: str | None = None
     task: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
+    pending: ModelSpec | None = None
+    """New settings from the catalog, applied when the running model stops."""
+    removed: bool = False
+    """Gone from the catalog: finishing its requests, then forgotten."""
 
     @property
     def idle(self) -> bool:
@@ -121,8 +137,19 @@ class _Model:
 
 
 @dataclass(frozen=True)
+class CatalogChange:
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     name: str
+    spec: ModelSpec
+    """The catalog's entry (for a loaded model whose settings changed: the new settings)."""
+    removed: bool
+    """Removed from the catalog and still finishing requests."""
     state: ModelState
     estimate: Footprint
     measured: Footprint | None
@@ -208,9 +235,9 @@ class Scheduler:
         if lease.released:
             return
         lease.released = True
-        m = self._models[lease.model]
-        if lease.generation != m.generation:
-            return  # the runner it was for has exited since
+        m = self._models.get(lease.model)
+        if m is None or lease.generation != m.generation:
+            return  # the runner it was for has exited since (or the model is gone)
         m.leases -= 1
         m.last_used = self._clock.now()
         self._emit(LeaseReleased(m.spec.name, m.last_used))
@@ -246,7 +273,47 @@ class Scheduler:
             await asyncio.shield(m.task)
 
     def running(self, name: str) -> RunningModel | None:
-        return self._models[self._catalog.get(name).name].running
+        """The runner of the model called ``name`` (its canonical name), if it runs."""
+        m = self._models.get(name)
+        return m.running if m is not None else None
+
+    def estimate(self, name: str) -> Footprint:
+        """The memory loading ``name`` will take (``LoadFailedError`` if it cannot be read)."""
+        spec = self._catalog.get(name)
+        return self._estimate_spec(spec)
+
+    def measured(self, name: str) -> Footprint | None:
+        """The most the model has been seen to use with its current settings."""
+        return self._measured.get(self._catalog.get(name).settings_key)
+
+    def update_catalog(self, catalog: Catalog) -> CatalogChange:
+        """Serves ``catalog`` from now on; see the module docstring."""
+        self._catalog = catalog
+        added, removed, changed = [], [], []
+        for spec in catalog:
+            m = self._models.get(spec.name)
+            if m is None:
+                self._models[spec.name] = _Model(spec)
+                added.append(spec.name)
+                continue
+            if m.removed:
+                m.removed = False
+                m.unload_when_idle = False
+            if spec != (m.pending or m.spec):
+                changed.append(spec.name)
+                if m.state in (ModelState.STOPPED, ModelState.FAILED) and m.task is None:
+                    self._respec(m, spec)
+                else:
+                    m.pending = spec
+            elif m.pending is not None and spec == m.spec:
+                m.pending = None  # changed back before it took effect
+        names = {spec.name for spec in catalog}
+        for name, m in list(self._models.items()):
+            if name not in names and not m.removed:
+                removed.append(name)
+                self._retire(m)
+        self._pump()
+        return CatalogChange(added, removed, changed)
 
     def status(self) -> list[ModelStatus]:
         """Every model in the catalog, with memory measured now for loaded ones."""
@@ -258,6 +325,8 @@ class Scheduler:
             result.append(
                 ModelStatus(
                     name=m.spec.name,
+                    spec=m.pending or m.spec,
+                    removed=m.removed,
                     state=m.state,
                     estimate=self._estimate_or_empty(m),
                     measured=self._measured.get(m.spec.settings_key),
@@ -549,6 +618,34 @@ class Scheduler:
         self._set_state(m, ModelState.STOPPED)
         self._pump()
 
+    def _retire(self, m: _Model) -> None:
+        """``m`` left the catalog: unload it once its requests are done, then forget it."""
+        m.removed = True
+        m.pending = None
+        if m.state is ModelState.READY and m.idle:
+            self._unload(m, "removed from the catalog")
+        elif m.state in (ModelState.READY, ModelState.LOADING):
+            m.unload_when_idle = True
+        elif m.state in (ModelState.STOPPED, ModelState.FAILED):
+            self._forget(m)
+
+    def _forget(self, m: _Model) -> None:
+        error = ModelNotFoundError(
+            f"The model {m.spec.name!r} was removed from the catalog", param="model"
+        )
+        for waiter in list(m.waiters):
+            self._fail(m, waiter, error)
+        if m.expiry is not None:
+            m.expiry.cancel()
+        if self._models.get(m.spec.name) is m:
+            del self._models[m.spec.name]
+
+    def _respec(self, m: _Model, spec: ModelSpec) -> None:
+        m.spec = spec
+        m.pending = None
+        m.failures = 0
+        m.retry_at = 0.0
+
     # ---- bookkeeping ---------------------------------------------------------------------------
 
     def _set_state(self, m: _Model, new: ModelState, reason: str = "") -> None:
@@ -558,6 +655,11 @@ class Scheduler:
         m.state = new
         log.info("model %s: %s -> %s%s", m.spec.name, old, new, f" ({reason})" if reason else "")
         self._emit(StateChanged(m.spec.name, self._clock.now(), old=old, new=new, reason=reason))
+        if new in (ModelState.STOPPED, ModelState.FAILED):
+            if m.removed:
+                self._forget(m)
+            elif m.pending is not None:
+                self._respec(m, m.pending)
 
     def _emit(self, event: Event) -> None:
         for listener in self._listeners:
@@ -567,13 +669,14 @@ class Scheduler:
                 log.exception("event listener failed on %r", event)
 
     def _estimate(self, m: _Model) -> Footprint:
-        """The configured ``memory``, else the runner's estimate (asked once)."""
-        if m.spec.memory is not None:
-            return {"ram": m.spec.memory}
-        name = m.spec.name
-        if name not in self._estimates:
-            self._estimates[name] = self._runners[m.spec.engine].estimate(m.spec)
-        return self._estimates[name]
+        return self._estimate_spec(m.spec)
+
+    def _estimate_spec(self, spec: ModelSpec) -> Footprint:
+        """``estimate``, asked once per model and settings."""
+        key = f"{spec.settings_key}:{spec.memory}"
+        if key not in self._estimates:
+            self._estimates[key] = estimate(spec, self._runners[spec.engine])
+        return self._estimates[key]
 
     def _estimate_or_empty(self, m: _Model) -> Footprint:
         try:

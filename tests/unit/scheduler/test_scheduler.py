@@ -13,6 +13,7 @@ from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import (
     DoesNotFitError,
     LoadFailedError,
+    ModelNotFoundError,
     QueueFullError,
     QueueTimeoutError,
 )
@@ -372,3 +373,90 @@ async def test_scheduler_close_stops_runners_and_fails_waiters() -> None:
         await waiting
     assert runner.running["a"].stopped
     scheduler.release(held)
+
+
+# ---- live catalog changes ------------------------------------------------------------------
+
+
+async def test_scheduler_catalog_update_adds_models_at_once() -> None:
+    scheduler, _, _, _ = make(spec("a"))
+    change = scheduler.update_catalog(Catalog([spec("a"), spec("b", aliases=("bee",))]))
+    assert (change.added, change.removed, change.changed) == (["b"], [], [])
+    async with scheduler.lease("bee") as lease:
+        assert lease.model == "b"
+
+
+async def test_scheduler_catalog_update_removes_idle_model_and_forgets_it() -> None:
+    scheduler, runner, _, _ = make(spec("a"), spec("b"))
+    await scheduler.load("b")
+    change = scheduler.update_catalog(Catalog([spec("a")]))
+    assert change.removed == ["b"]
+    await settle()
+    assert runner.running["b"].stopped
+    assert [s.name for s in scheduler.status()] == ["a"]
+    with pytest.raises(ModelNotFoundError):
+        await scheduler.acquire("b")
+    assert scheduler.reserved() == {}
+
+
+async def test_scheduler_catalog_update_lets_removed_model_finish_its_requests() -> None:
+    scheduler, runner, _, _ = make(spec("a", parallel=1))
+    held = await scheduler.acquire("a")
+    queued = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    scheduler.update_catalog(Catalog([]))
+    with pytest.raises(ModelNotFoundError):
+        await scheduler.acquire("a")  # no new requests
+    [status] = scheduler.status()
+    assert (status.removed, status.state) == (True, ModelState.READY)
+    scheduler.release(held)
+    second = await queued  # the one already waiting is still served
+    assert not runner.running["a"].stopped
+    scheduler.release(second)
+    await settle()
+    assert runner.running["a"].stopped
+    assert scheduler.status() == []
+
+
+async def test_scheduler_catalog_update_applies_changed_settings_at_next_load() -> None:
+    scheduler, runner, _, _ = make(spec("a", ctx=1024), spec("b", ctx=1024))
+    await scheduler.load("a")
+    change = scheduler.update_catalog(Catalog([spec("a", ctx=2048), spec("b", ctx=4096)]))
+    assert change.changed == ["a", "b"]
+    await settle()
+    assert not runner.running["a"].stopped  # a loaded model is not restarted
+    assert runner.running["a"].spec.ctx == 1024
+    assert scheduler.spec("a").ctx == 2048
+    await scheduler.load("b")  # a stopped model takes the new settings at once
+    assert runner.running["b"].spec.ctx == 4096
+    await scheduler.unload("a")
+    await scheduler.load("a")
+    assert runner.running["a"].spec.ctx == 2048
+    assert runner.starts == ["a", "b", "a"]
+
+
+async def test_scheduler_catalog_update_readding_a_draining_model_keeps_it() -> None:
+    scheduler, runner, _, _ = make(spec("a"))
+    held = await scheduler.acquire("a")
+    scheduler.update_catalog(Catalog([]))
+    scheduler.update_catalog(Catalog([spec("a")]))
+    scheduler.release(held)
+    await settle()
+    assert not runner.running["a"].stopped
+    async with scheduler.lease("a"):
+        pass
+    assert runner.starts == ["a"]
+
+
+async def test_scheduler_catalog_update_during_load_unloads_after_serving_waiters() -> None:
+    scheduler, runner, _, _ = make(spec("a"))
+    runner.gate = asyncio.Event()
+    waiting = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    scheduler.update_catalog(Catalog([]))
+    runner.gate.set()
+    lease = await waiting
+    scheduler.release(lease)
+    await settle()
+    assert runner.running["a"].stopped
+    assert scheduler.status() == []

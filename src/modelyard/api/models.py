@@ -1,0 +1,186 @@
+"""Model management: pull from the hub, show, delete, and reload the catalog.
+
+``POST /api/pull`` streams progress as server-sent events (``data: {"status": ...}``), ending
+with ``{"status": "success", ...}`` or one ``{"error": ...}`` frame, then ``[DONE]``; with
+``"stream": false`` it answers once, when done. A pulled model is in the catalog as soon as
+the pull ends. A client that goes away stops the download; the partial files stay and the
+next pull resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from modelyard.api.errors import envelope
+from modelyard.api.reload import Reloader
+from modelyard.api.request import read_json, scheduler_of
+from modelyard.catalog.summary import summarize
+from modelyard.errors import (
+    ConfigError,
+    ConflictError,
+    InvalidRequestError,
+    ModelyardError,
+)
+from modelyard.hub import store
+from modelyard.hub.pull import Hub, Progress, PullCancelledError, PullResult, pull
+from modelyard.hub.ref import Reference, parse_reference
+from modelyard.protocol.openai import ModelDeleteRequest, ModelPullRequest, ModelShowRequest
+from modelyard.scheduler import ModelState, Scheduler
+
+router = APIRouter()
+
+
+def _reloader(request: Request) -> Reloader:
+    reloader: Reloader | None = request.app.state.reloader
+    if reloader is None:
+        raise InvalidRequestError("This server was started without a configuration to reload")
+    return reloader
+
+
+@router.post("/api/reload")
+async def reload(request: Request) -> dict[str, Any]:
+    """Reads ``modelyard.toml`` and the models directory again, now."""
+    try:
+        change = await _reloader(request).reload()
+    except ConfigError as exc:
+        raise InvalidRequestError(
+            f"The configuration did not load; the last good catalog stays. {exc.message}"
+        ) from None
+    return asdict(change)
+
+
+@router.post("/api/show")
+async def show(request: Request) -> dict[str, Any]:
+    _, parsed = await read_json(request, ModelShowRequest)
+    scheduler = scheduler_of(request)
+    spec = scheduler.spec(parsed.model)
+    summary = await asyncio.to_thread(summarize, spec)
+    summary["state"] = scheduler.state(spec.name)
+    memory: dict[str, Any] = {"estimate": None, "measured": scheduler.measured(spec.name)}
+    try:
+        memory["estimate"] = dict(scheduler.estimate(spec.name))
+    except ModelyardError as exc:
+        memory["error"] = exc.message
+    summary["memory"] = memory
+    return summary
+
+
+@router.delete("/api/delete")
+async def delete(request: Request) -> dict[str, Any]:
+    """Deletes a pulled model's files; a loaded model only with ``force`` (unloaded first)."""
+    _, parsed = await read_json(request, ModelDeleteRequest)
+    scheduler = scheduler_of(request)
+    reloader = _reloader(request)
+    spec = scheduler.spec(parsed.model)
+    state = scheduler.state(spec.name)
+    if state is not ModelState.STOPPED and state is not ModelState.FAILED:
+        if not parsed.force:
+            raise ConflictError(
+                f"Model {spec.name!r} is {state}; unload it first, or delete with force "
+                "(modelyard rm --force) to unload it now",
+                param="model",
+            )
+        await scheduler.unload(spec.name)
+    deleted = await asyncio.to_thread(store.remove, spec, reloader.config.models_dir)
+    with contextlib.suppress(ConfigError):
+        await reloader.reload()
+    return {"model": spec.name, "deleted": [str(p) for p in deleted]}
+
+
+@router.post("/api/pull")
+async def pull_model(request: Request) -> Response:
+    _, parsed = await read_json(request, ModelPullRequest)
+    ref = parse_reference(parsed.model)
+    reloader = _reloader(request)
+    scheduler = scheduler_of(request)
+    if not parsed.stream:
+        result = await _pull(ref, reloader, threading.Event(), lambda _: None)
+        return Response(json.dumps(_success(result, scheduler)), media_type="application/json")
+    return StreamingResponse(
+        _pull_events(ref, reloader, scheduler),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _pull_events(
+    ref: Reference, reloader: Reloader, scheduler: Scheduler
+) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Progress] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def progress(p: Progress) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, p)
+
+    task = asyncio.ensure_future(_pull(ref, reloader, cancel, progress))
+    try:
+        while not task.done() or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                event = getter.result()
+                if event.status != "success":
+                    yield _frame(asdict(event))
+            else:
+                getter.cancel()
+        try:
+            result = task.result()
+        except ModelyardError as exc:
+            yield _frame(envelope(exc))
+        else:
+            yield _frame(_success(result, scheduler))
+        yield b"data: [DONE]\n\n"
+    finally:
+        cancel.set()  # the client left: stop the download at the next chunk
+        if not task.done():
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def _pull(
+    ref: Reference,
+    reloader: Reloader,
+    cancel: threading.Event,
+    progress: Callable[[Progress], None],
+) -> PullResult:
+    hub = Hub()
+    try:
+        result = await asyncio.to_thread(
+            pull, ref, reloader.config.models_dir, hub, progress, cancel
+        )
+    except PullCancelledError:
+        raise InvalidRequestError("The pull was cancelled") from None
+    finally:
+        hub.close()
+    with contextlib.suppress(ConfigError):
+        await reloader.reload()
+    return result
+
+
+def _success(result: PullResult, scheduler: Scheduler) -> dict[str, Any]:
+    try:
+        name = scheduler.spec(result.reference).name
+    except ModelyardError:
+        name = None  # pulled, but the catalog does not serve it (e.g. a causal LM directory)
+    return {
+        "status": "success",
+        "model": result.reference,
+        "name": name,
+        "path": str(result.path),
+        "downloaded": result.downloaded,
+        "up_to_date": result.up_to_date,
+    }
+
+
+def _frame(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"

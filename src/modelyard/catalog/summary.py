@@ -1,0 +1,101 @@
+"""What ``modelyard show`` says about a model, read from its files without loading it."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from modelyard.catalog.gguf import GGUFError, read_gguf
+from modelyard.catalog.hf import parameter_count, read_config, weights_bytes
+from modelyard.catalog.manifest import find_pull
+from modelyard.catalog.spec import ModelSpec
+
+
+def summarize(spec: ModelSpec) -> dict[str, Any]:
+    """The model's identity, its files and, from their headers, what kind of network it is."""
+    summary: dict[str, Any] = {
+        "name": spec.name,
+        "aliases": list(spec.aliases),
+        "kind": spec.kind,
+        "engine": spec.engine,
+        "capabilities": list(spec.capabilities),
+        "path": str(spec.path),
+        "settings": _settings(spec),
+    }
+    pulled = find_pull(spec.path)
+    if pulled is not None:
+        _, record = pulled
+        summary["pulled"] = {
+            "reference": record.reference,
+            "revision": record.revision,
+            "commit": record.commit,
+            "at": record.pulled_at,
+        }
+    try:
+        if spec.engine == "llamacpp":
+            summary.update(_gguf(spec))
+        else:
+            summary.update(_hf(spec))
+    except (OSError, ValueError, GGUFError, struct.error) as exc:
+        summary["error"] = f"cannot read {spec.path}: {exc}"
+    return summary
+
+
+def _settings(spec: ModelSpec) -> dict[str, Any]:
+    if spec.engine == "encoder":
+        return {
+            "parallel": spec.parallel,
+            "backend": spec.backend,
+            "max_batch": spec.max_batch,
+            "max_batch_tokens": spec.max_batch_tokens,
+        }
+    return {"ctx": spec.ctx, "parallel": spec.parallel, "gpu_layers": spec.gpu_layers}
+
+
+def _gguf(spec: ModelSpec) -> dict[str, Any]:
+    info = read_gguf(spec.path, spec.shards)
+    n_head = info.arch_value("attention.head_count")
+    n_head_kv = info.arch_value("attention.head_count_kv", n_head)
+    template = spec.chat_template or ("from the GGUF" if info.chat_template else None)
+    return {
+        "format": "gguf",
+        "architecture": info.architecture,
+        "parameters": info.parameters,
+        "quantization": info.file_type,
+        "context_length": info.arch_value("context_length"),
+        "embedding_length": info.arch_value("embedding_length"),
+        "layers": info.arch_value("block_count"),
+        "heads": _scalar(n_head),
+        "kv_heads": _scalar(n_head_kv),
+        "chat_template": template,
+        "files": [str(p) for p in spec.files] + ([str(spec.mmproj)] if spec.mmproj else []),
+        "size": info.size + (spec.mmproj.stat().st_size if spec.mmproj else 0),
+    }
+
+
+def _hf(spec: ModelSpec) -> dict[str, Any]:
+    config = read_config(spec.path)
+    architectures = config.get("architectures") or []
+    files = [p for p in spec.path.rglob("*") if p.is_file() and ".partial" not in p.parts]
+    return {
+        "format": "huggingface",
+        "architecture": architectures[0] if architectures else None,
+        "model_type": config.get("model_type"),
+        "parameters": parameter_count(spec.path),
+        "dtype": config.get("torch_dtype") or config.get("dtype"),
+        "context_length": config.get("max_position_embeddings"),
+        "embedding_length": config.get("hidden_size"),
+        "layers": config.get("num_hidden_layers"),
+        "heads": config.get("num_attention_heads"),
+        "vocab_size": config.get("vocab_size"),
+        "weights_size": weights_bytes(spec.path),
+        "size": sum(p.stat().st_size for p in files),
+    }
+
+
+def _scalar(value: Any) -> Any:
+    """Per-layer lists (some GGUFs store heads per layer) shown as their distinct values."""
+    if isinstance(value, list):
+        distinct = sorted(set(value))
+        return distinct[0] if len(distinct) == 1 else distinct
+    return value

@@ -397,10 +397,16 @@ def demo_embedding_dir() -> Path | None:
 
 
 def _merge(explicit: list[ModelSpec], found: list[ModelSpec]) -> list[ModelSpec]:
-    """Explicit entries win over discovered ones with the same name or the same file."""
+    """Explicit entries win over discovered ones with the same name or the same file, and
+    keep their aliases: a discovered model loses an alias (a pulled name) an entry uses."""
     names = {spec.name for spec in explicit}
+    taken = names | {alias for spec in explicit for alias in spec.aliases}
     files = {spec.path for spec in explicit}
-    return explicit + [s for s in found if s.name not in names and s.path not in files]
+    return explicit + [
+        replace(s, aliases=tuple(a for a in s.aliases if a not in taken))
+        for s in found
+        if s.name not in names and s.path not in files
+    ]
 
 
 def _check_names(models: list[ModelSpec], origin: str) -> None:

@@ -58,6 +58,13 @@ class Server:
     home: Path
     log: Path
 
+    @property
+    def models_dir(self) -> Path:
+        return self.home.parent / "models"
+
+    def model_ids(self) -> list[str]:
+        return [m["id"] for m in httpx.get(f"{self.url}/v1/models").json()["data"]]
+
     def ps(self) -> list[dict[str, object]]:
         models: list[dict[str, object]] = httpx.get(f"{self.url}/api/ps").json()["models"]
         return models
@@ -72,7 +79,13 @@ class Server:
                 self.process.wait()
 
 
-def start_server(tmp: Path, config: str | None, *args: str, cwd: Path | None = None) -> Server:
+def start_server(
+    tmp: Path,
+    config: str | None,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Server:
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "modelyard", "serve", "--port", str(port := free_port())]
@@ -80,13 +93,14 @@ def start_server(tmp: Path, config: str | None, *args: str, cwd: Path | None = N
         (tmp / "modelyard.toml").write_text(config)
         argv += ["--config", str(tmp / "modelyard.toml")]
     argv += list(args)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
-    env["MODELYARD_HOME"] = str(home)
-    env["MODELYARD_MODELS_DIR"] = str(tmp / "models")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    environ["MODELYARD_HOME"] = str(home)
+    environ["MODELYARD_MODELS_DIR"] = str(tmp / "models")
+    environ.update(env or {})
     log = tmp / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv, cwd=cwd or tmp, env=env, stdout=out, stderr=subprocess.STDOUT
+            argv, cwd=cwd or tmp, env=environ, stdout=out, stderr=subprocess.STDOUT
         )
     server = Server(f"http://127.0.0.1:{port}", process, home, log)
     deadline = time.monotonic() + 30
@@ -108,8 +122,10 @@ def server_factory(
 ) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def make(config: str | None, *args: str, cwd: Path | None = None) -> Server:
-        server = start_server(tmp_path_factory.mktemp("srv"), config, *args, cwd=cwd)
+    def make(
+        config: str | None, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> Server:
+        server = start_server(tmp_path_factory.mktemp("srv"), config, *args, cwd=cwd, env=env)
         servers.append(server)
         return server
 

@@ -146,3 +146,33 @@ def test_config_without_file_serves_demo_and_discovered(
     assert demo.chat_template == "gemma"
     assert demo.aliases == ("demo",)
     assert demo.path.is_file()
+
+
+def test_config_pulled_alias_taken_by_an_entry_stays_with_the_entry(tmp_path: Path) -> None:
+    pulled = tmp_path / "models" / "acme" / "m-GGUF"
+    pulled.mkdir(parents=True)
+    (pulled / "m-Q4_K_M.gguf").write_bytes(b"GGUF")
+    record = {
+        "pulls": [
+            {
+                "repo": "acme/m-GGUF",
+                "tag": "Q4_K_M",
+                "revision": "main",
+                "commit": "c",
+                "model": "m-Q4_K_M.gguf",
+                "files": [{"path": "m-Q4_K_M.gguf", "size": 4}],
+                "pulled_at": "now",
+            }
+        ]
+    }
+    (pulled / ".modelyard-pull.json").write_text(json.dumps(record))
+    (tmp_path / "other.gguf").write_bytes(b"GGUF")
+    config = tmp_path / "modelyard.toml"
+    config.write_text(
+        '[server]\nmodels_dir = "models"\nreload_interval = "500ms"\n'
+        '[models.mine]\npath = "other.gguf"\naliases = ["acme/m-GGUF"]\n'
+    )
+    cfg = load_config(Settings(config=config, home=tmp_path))
+    aliases = {s.name: s.aliases for s in cfg.models}
+    assert aliases == {"mine": ("acme/m-GGUF",), "m-q4_k_m": ("acme/m-GGUF:Q4_K_M",)}
+    assert cfg.reload_interval == 0.5

@@ -52,6 +52,8 @@ def _prune(directory: Path, models_dir: Path) -> None:
     for folder in (directory, *directory.parents):
         if folder == models_dir or models_dir not in folder.parents:
             return
+        if not folder.exists():
+            continue
         partial = folder / ".partial"
         if partial.is_dir() and not any(p.name.endswith(".part") for p in partial.rglob("*")):
             shutil.rmtree(partial, ignore_errors=True)

@@ -72,3 +72,21 @@ def test_discovery_classifies_hugging_face_directories(tmp_path: Path) -> None:
     assert (specs["minilm"].kind, specs["minilm"].engine) == ("embedding", "encoder")
     assert (specs["bge-reranker"].kind, specs["bge-reranker"].engine) == ("rerank", "encoder")
     assert specs["minilm"].path == tmp_path / "MiniLM"
+
+
+def test_discovery_mmproj_attaches_to_every_quant_of_its_model(tmp_path: Path) -> None:
+    for name in ("gemma-3-4b-it-Q4_K_M", "gemma-3-4b-it-Q8_0", "mmproj-gemma-3-4b-it-f16", "tiny"):
+        touch(tmp_path / f"{name}.gguf")
+    specs = {s.name: s.mmproj for s in discover(tmp_path, DEFAULTS)}
+    projector = tmp_path / "mmproj-gemma-3-4b-it-f16.gguf"
+    assert specs == {
+        "gemma-3-4b-it-q4_k_m": projector,
+        "gemma-3-4b-it-q8_0": projector,
+        "tiny": None,
+    }
+
+
+def test_discovery_skips_hidden_folders(tmp_path: Path) -> None:
+    touch(tmp_path / ".partial" / "half.gguf")
+    touch(tmp_path / "whole.gguf")
+    assert [s.name for s in discover(tmp_path, DEFAULTS)] == ["whole"]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,39 +19,10 @@ from modelyard.errors import (
 )
 from modelyard.hub.pull import Hub, Progress, PullCancelledError, pull, target_dir
 from modelyard.hub.ref import parse_reference
-from tests.hubserver import COMMIT, FakeHub, Repo, running_hub
+from tests.hubserver import COMMIT, FakeHub, Repo
+from tests.unit.hub.conftest import MiB, blob, gguf_repo
 
 DEFAULTS = ModelSpec(name="", path=Path())
-MiB = 1024 * 1024
-
-
-def blob(seed: str, size: int) -> bytes:
-    """``size`` bytes starting like a GGUF file, different for every seed."""
-    block = hashlib.sha256(seed.encode()).digest() * (size // 32 + 1)
-    return (b"GGUF" + block)[:size]
-
-
-@pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    yield from running_hub()
-
-
-@pytest.fixture
-def client(hub: FakeHub) -> Iterator[Hub]:
-    h = Hub(endpoint=hub.url, offline=False)
-    yield h
-    h.close()
-
-
-def gguf_repo(hub: FakeHub) -> dict[str, bytes]:
-    files = {
-        "README.md": b"# a model\n",
-        "tiny-Q4_K_M.gguf": blob("q4", 3 * MiB + 123),
-        "tiny-Q8_0.gguf": blob("q8", 2 * MiB),
-        "mmproj-tiny-F16.gguf": blob("proj", 5000),
-    }
-    hub.state.repos["acme/tiny-GGUF"] = Repo(files)
-    return files
 
 
 def test_pull_gguf_by_quant_fetches_that_file_and_its_projector(

@@ -1,0 +1,261 @@
+"""pull, show, rm and live reload against a running server, with the real Gemma GGUF.
+
+The hub is ``tests/hubserver.py`` on loopback (``HF_ENDPOINT``), serving Gemma's real file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.hubserver import FakeHub, Repo, running_hub
+from tests.integration.conftest import Server, gemma
+
+pytestmark = pytest.mark.integration
+
+REPO = "google/gemma-3-270m-GGUF"
+GEMMA_FILE = "gemma-3-270m-it-Q4_K_M.gguf"
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[FakeHub]:
+    for fake in running_hub():
+        fake.state.repos[REPO] = Repo(
+            {GEMMA_FILE: gemma().read_bytes(), "README.md": b"# Gemma 3 270M\n"}
+        )
+        yield fake
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "modelyard", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
+
+
+def complete(server: Server, model: str, **extra: Any) -> httpx.Response:
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": 4, **extra}
+    return httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# ---- pull and rm through the server ------------------------------------------------------------
+
+
+def test_pull_through_the_server_serves_the_model_at_once_and_rm_deletes_it(
+    server_factory: Callable[..., Server], hub: FakeHub
+) -> None:
+    # No watcher: the pulled model must be served because the pull itself reloads.
+    server = server_factory('[server]\nreload_interval = "0"\n', env={"HF_ENDPOINT": hub.url})
+    result = cli("pull", REPO, "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    assert f"pulled {REPO}:Q4_K_M" in result.stdout
+    path = server.models_dir / REPO / GEMMA_FILE
+    assert path.read_bytes() == gemma().read_bytes()
+
+    reply = complete(server, f"{REPO}:Q4_K_M")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] == 4
+    assert complete(server, REPO).status_code == 200  # the bare repo names it too
+
+    again = cli("pull", f"{REPO}:q4_k_m", "--url", server.url)
+    assert again.returncode == 0, again.stderr
+    assert "is up to date" in again.stdout
+    assert len(hub.state.downloads(GEMMA_FILE)) == 1
+
+    refused = cli("rm", REPO, "--url", server.url)
+    assert refused.returncode == 1
+    assert "is ready; unload it first" in refused.stderr
+    assert path.is_file()
+
+    removed = cli("rm", REPO, "--force", "--url", server.url)
+    assert removed.returncode == 0, removed.stderr
+    assert not (server.models_dir / "google").exists()
+    assert REPO not in json.dumps(httpx.get(f"{server.url}/v1/models").json())
+    assert server.ps() == []
+    assert complete(server, REPO).status_code == 404
+
+
+def test_pull_api_streams_progress_and_errors_as_events(
+    server_factory: Callable[..., Server], hub: FakeHub
+) -> None:
+    server = server_factory('[server]\nreload_interval = "0"\n', env={"HF_ENDPOINT": hub.url})
+
+    def events(model: str) -> list[dict[str, Any]]:
+        frames = []
+        with httpx.stream(
+            "POST", f"{server.url}/api/pull", json={"model": model}, timeout=120
+        ) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    frames.append(json.loads(line[6:]))
+        return frames
+
+    frames = events(f"{REPO}:Q4_K_M")
+    assert frames[0] == {"status": "resolving", "file": None, "completed": 0, "total": 0}
+    downloading = [f for f in frames if f["status"] == "downloading"]
+    assert downloading[-1]["completed"] == downloading[-1]["total"] == gemma().stat().st_size
+    assert frames[-1]["status"] == "success"
+    assert frames[-1]["model"] == f"{REPO}:Q4_K_M"
+    assert frames[-1]["name"] == "gemma-3-270m-it-q4_k_m"
+
+    [error] = events(f"{REPO}:Q8_0")[-1:]
+    assert error["error"]["code"] == "not_found_on_hub"
+    assert "it has: Q4_K_M" in error["error"]["message"]
+
+    bad = httpx.post(f"{server.url}/api/pull", json={"model": "not a repo"})
+    assert bad.status_code == 400
+    assert "is not a model reference" in bad.json()["error"]["message"]
+
+    # A model the user put there by hand is not modelyard's to delete.
+    os.symlink(gemma(), server.models_dir / "mine.gguf")
+    httpx.post(f"{server.url}/api/reload").raise_for_status()
+    refused = httpx.request("DELETE", f"{server.url}/api/delete", json={"model": "mine"})
+    assert refused.status_code == 400
+    assert "was not pulled by modelyard" in refused.json()["error"]["message"]
+
+
+# ---- show ------------------------------------------------------------------------------------
+
+
+def test_show_gemma_reports_metadata_and_an_estimate_near_the_measured_footprint(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    config = f'[models.g]\npath = "{gemma()}"\nctx = 2048\nparallel = 2\nchat_template = "gemma"\n'
+    server = server_factory(config)
+    shown = httpx.post(f"{server.url}/api/show", json={"model": "g"}).json()
+    assert shown["architecture"] == "gemma3"
+    assert shown["parameters"] == 268_098_176
+    assert shown["quantization"] == "Q4_K_M"
+    assert (shown["layers"], shown["heads"], shown["kv_heads"]) == (18, 4, 1)
+    assert shown["context_length"] == 32768
+    assert shown["chat_template"] == "gemma"
+    assert shown["size"] == gemma().stat().st_size
+    assert shown["settings"] == {"ctx": 2048, "parallel": 2, "gpu_layers": 0}
+    estimate = shown["memory"]["estimate"]["ram"]
+
+    assert complete(server, "g").status_code == 200
+    measured = httpx.post(f"{server.url}/api/show", json={"model": "g"}).json()["memory"]
+    error = (estimate - measured["measured"]["ram"]) / measured["measured"]["ram"]
+    print(f"gemma estimate {estimate} measured {measured['measured']['ram']}: {error:+.1%}")
+    assert abs(error) < 0.25
+
+    # Without a server, the CLI reads the same files and gives the same answer.
+    (tmp_path / "modelyard.toml").write_text(config)
+    local = cli(
+        "show",
+        "g",
+        "--json",
+        "--url",
+        "http://127.0.0.1:9",
+        env={"MODELYARD_CONFIG": str(tmp_path / "modelyard.toml"), "MODELYARD_HOME": str(tmp_path)},
+    )
+    assert local.returncode == 0, local.stderr
+    data = json.loads(local.stdout)
+    assert (data["architecture"], data["memory"]["estimate"]["ram"]) == ("gemma3", estimate)
+    human = cli(
+        "show",
+        "g",
+        "--url",
+        "http://127.0.0.1:9",
+        env={"MODELYARD_CONFIG": str(tmp_path / "modelyard.toml"), "MODELYARD_HOME": str(tmp_path)},
+    )
+    assert "268M" in human.stdout
+    assert "Q4_K_M" in human.stdout
+
+
+# ---- live reload -----------------------------------------------------------------------------
+
+
+def test_live_reload_adds_removes_after_in_flight_and_survives_a_broken_edit(
+    server_factory: Callable[..., Server],
+) -> None:
+    head = f'[server]\nreload_interval = "0.2s"\n[models.a]\npath = "{gemma()}"\nparallel = 2\n'
+    server = server_factory(head)
+    config = server.home.parent / "modelyard.toml"
+    assert server.model_ids() == ["a"]
+
+    config.write_text(head + f'[models.b]\npath = "{gemma()}"\nparallel = 2\n')
+    wait_for(lambda: "b" in server.model_ids())
+    assert complete(server, "b").status_code == 200
+
+    # Remove b while a long generation runs on it.
+    started = threading.Event()
+    answer: dict[str, Any] = {}
+
+    def generate() -> None:
+        body = {
+            "model": "b",
+            "prompt": "Once upon a time",
+            "max_tokens": 160,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120) as r:
+            answer["status"] = r.status_code
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    started.set()
+                    chunk = json.loads(line[6:])
+                    for choice in chunk["choices"]:
+                        if choice.get("finish_reason"):
+                            answer["finish"] = choice["finish_reason"]
+                    if chunk.get("usage"):
+                        answer["tokens"] = chunk["usage"]["completion_tokens"]
+                elif line == "data: [DONE]":
+                    answer["done"] = True
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    assert started.wait(60)
+    config.write_text(head)
+    wait_for(lambda: "b" not in server.model_ids())
+    assert thread.is_alive(), "the generation should still be running"
+    [b] = [m for m in server.ps() if m["name"] == "b"]
+    assert (b["removed"], b["in_flight"]) == (True, 1)
+    assert complete(server, "b").status_code == 404  # no new requests
+    thread.join(120)
+    assert answer == {"status": 200, "done": True, "finish": "length", "tokens": 160}
+    wait_for(lambda: all(m["name"] != "b" for m in server.ps()))
+
+    # A broken edit keeps the last good catalog, and says why.
+    config.write_text(head + "[models.c\n")
+    wait_for(lambda: httpx.get(f"{server.url}/api/models").json()["reload_error"] is not None)
+    assert "invalid TOML" in httpx.get(f"{server.url}/api/models").json()["reload_error"]
+    assert server.model_ids() == ["a"]
+    assert complete(server, "a").status_code == 200
+    reload = httpx.post(f"{server.url}/api/reload")
+    assert reload.status_code == 400
+    assert "the last good catalog stays" in reload.json()["error"]["message"]
+
+    # Fixed, and a file dropped into the models directory: both appear.
+    config.write_text(head)
+    server.models_dir.mkdir(exist_ok=True)
+    os.symlink(gemma(), server.models_dir / "dropped.gguf")
+    wait_for(lambda: server.model_ids() == ["a", "dropped"])
+    assert httpx.get(f"{server.url}/api/models").json()["reload_error"] is None
+    assert complete(server, "dropped").status_code == 200

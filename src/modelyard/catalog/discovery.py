@@ -59,9 +59,13 @@ def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
     if not models_dir.is_dir():
         return []
     specs: list[ModelSpec] = []
+    # Pull records, gathered top-down: a repo's model may sit in a sub-folder (Q4_K_M/…).
+    pulled: dict[Path, tuple[str, ...]] = {}
+    pulled_projectors: dict[Path, Path] = {}
     for directory, dirs, files in os.walk(models_dir, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        pulled = aliases(Path(directory))
+        pulled.update(aliases(Path(directory)))
+        pulled_projectors.update(projectors(Path(directory)))
         if is_hf_dir(Path(directory)):
             dirs.clear()
             spec = _hf_spec(Path(directory), defaults)
@@ -90,7 +94,11 @@ def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
                 aliases=pulled.get(path, ()),
             )
             specs.append(spec)
-        _attach_projectors(specs, Path(directory), mmprojs)
+        _attach_projectors(specs, Path(directory), mmprojs, pulled_projectors)
+    specs = [
+        replace(s, mmproj=pulled_projectors[s.path]) if s.path in pulled_projectors else s
+        for s in specs
+    ]
     return _unique_names(specs)
 
 
@@ -114,15 +122,13 @@ def _hf_spec(directory: Path, defaults: ModelSpec) -> ModelSpec | None:
     )
 
 
-def _attach_projectors(specs: list[ModelSpec], directory: Path, mmprojs: list[str]) -> None:
-    if not mmprojs:
-        return
-    pulled = projectors(directory)
-    local = [i for i, s in enumerate(specs) if s.path.parent == directory]
-    for i in local:
-        if specs[i].path in pulled:
-            specs[i] = replace(specs[i], mmproj=pulled[specs[i].path])
-    unpaired = [i for i in local if specs[i].path not in pulled]
+def _attach_projectors(
+    specs: list[ModelSpec], directory: Path, mmprojs: list[str], pulled: dict[Path, Path]
+) -> None:
+    """Pairs the projectors of ``directory`` with its models by shared name prefix."""
+    unpaired = [
+        i for i, s in enumerate(specs) if s.path.parent == directory and s.path not in pulled
+    ]
     for projector in mmprojs:
         if directory / projector in pulled.values() or not unpaired:
             continue

@@ -73,13 +73,18 @@ def test_pull_without_tag_takes_q4_k_m_and_second_quant_shares_the_projector(
 
 
 def test_pull_split_model_fetches_every_shard(hub: FakeHub, client: Hub, tmp_path: Path) -> None:
-    shards = {f"big-Q4_K_M-0000{i}-of-00003.gguf": blob(f"s{i}", MiB + i) for i in (1, 2, 3)}
-    hub.state.repos["acme/big-GGUF"] = Repo({**shards, "big-Q8_0.gguf": blob("q8", 10)})
+    shards = {f"Q4_K_M/big-Q4_K_M-0000{i}-of-00003.gguf": blob(f"s{i}", MiB + i) for i in (1, 2, 3)}
+    hub.state.repos["acme/big-GGUF"] = Repo(
+        {**shards, "big-Q8_0.gguf": blob("q8", 10), "mmproj-F16.gguf": blob("p", 2000)}
+    )
     pull(parse_reference("acme/big-GGUF:Q4_K_M"), tmp_path, client)
     [spec] = discover(tmp_path, DEFAULTS)
-    assert [p.name for p in spec.shards] == sorted(shards)
+    directory = tmp_path / "acme" / "big-GGUF"
+    assert [str(p.relative_to(directory)) for p in spec.shards] == sorted(shards)
     for path in spec.shards:
-        assert path.read_bytes() == shards[path.name]
+        assert path.read_bytes() == shards[str(path.relative_to(directory))]
+    assert spec.aliases == ("acme/big-GGUF:Q4_K_M", "acme/big-GGUF")
+    assert spec.mmproj == directory / "mmproj-F16.gguf"
 
 
 def test_pull_hf_repo_fetches_only_what_a_runner_needs(

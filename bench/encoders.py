@@ -249,3 +249,48 @@ async def b11(rounds: int, sizes: list[int]) -> dict[str, Any]:
     targets = {f"{b} {w} K=50": 3.0 for b in ("torch", "onnx") for w in ("short", "medium")}
     rows = [ratio_row(f"B11 pairs/s {k}", r, targets.get(k)) for k, r in results.items()]
     return {"scenario": "B11", "levels": results, "rows": rows}
+
+
+# ---- B10: vs Infinity, same model, same threads, c=16 -------------------------------------
+
+
+async def b10(rounds: int, requests: int, clients: int = 16) -> dict[str, Any]:
+    import peers
+
+    model = minilm_dir()
+    gateway = Gateway(
+        f'[models.torch]\npath = "{model}"\nthreads = {THREADS}\npinned = true\n',
+        core=None,
+    )
+    peer = peers.infinity(model, THREADS) if peers.available("infinity") else None
+    texts = sentences(requests, 6, 14, seed=10)
+    ours = f"{gateway.url}/v1/embeddings"
+    try:
+        async with pooled_session() as session:
+            await crowd(session, ours, bodies(texts, "torch")[:64], 8)
+            if peer is None:
+                alone = await crowd(session, ours, bodies(texts, "torch"), clients)
+            else:
+                theirs = f"{peer.url}/embeddings"
+                await crowd(session, theirs, bodies(texts, "peer")[:64], 8)
+                result = await compare(
+                    rounds,
+                    lambda: crowd(session, theirs, bodies(texts, "peer"), clients),
+                    lambda: crowd(session, ours, bodies(texts, "torch"), clients),
+                )
+    finally:
+        gateway.close()
+        if peer is not None:
+            peer.close()
+    label = f"B10 emb/s vs Infinity (torch) c={clients}"
+    if peer is None:
+        why = peers.status("infinity")
+        row = Row(label, alone, None, float("nan"), f"not judged: {why}", None)
+        return {"scenario": "B10", "peer": why, "rows": [row]}
+    version = peers.version("infinity")
+    return {
+        "scenario": "B10",
+        "peer": f"infinity-emb {version}",
+        "result": result,
+        "rows": [ratio_row(label, result, 1.0)],
+    }

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import psutil
 
+import peers
 from common import (
     HERE,
     PY,
@@ -71,6 +72,7 @@ class Canned:
 async def b2(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
     canned = Canned()
     results: dict[str, dict[str, float]] = {}
+    vs_litellm: dict[str, dict[str, float]] = {}
     try:
         async with pooled_session() as session:
             bodies = [BODY] * requests
@@ -82,11 +84,38 @@ async def b2(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
                     lambda c=c: crowd(session, canned.direct, bodies, c),
                     lambda c=c: crowd(session, canned.through, bodies, c),
                 )
+            if peers.available("litellm"):
+                proxy = peers.litellm(f"http://127.0.0.1:{canned.port}", "canned")
+                proxied = f"{proxy.url}/v1/chat/completions"
+                try:
+                    await crowd(session, proxied, bodies[:100], 8)
+                    for c in levels:
+                        vs_litellm[f"c={c}"] = await compare(
+                            rounds,
+                            lambda c=c: crowd(session, proxied, bodies, c),
+                            lambda c=c: crowd(session, canned.through, bodies, c),
+                        )
+                finally:
+                    proxy.close()
     finally:
         canned.close()
     # crowd() asserts every answer is a 200: reaching here means 0 errors.
     rows = [ratio_row(f"B2 req/s through/direct {k}", r, None) for k, r in results.items()]
-    return {"scenario": "B2", "levels": results, "errors": 0, "rows": rows}
+    for k in results:
+        label = f"B2 req/s modelyard/LiteLLM {k}"
+        if k in vs_litellm:
+            rows.append(ratio_row(label, vs_litellm[k], 2.0))
+        else:
+            why = peers.status("litellm")
+            value = results[k]["modelyard"]
+            rows.append(Row(label, value, None, float("nan"), f"not judged: {why}", None))
+    return {
+        "scenario": "B2",
+        "levels": results,
+        "vs_litellm": vs_litellm,
+        "errors": 0,
+        "rows": rows,
+    }
 
 
 # ---- B3: SSE relay ---------------------------------------------------------------------------

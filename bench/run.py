@@ -1,4 +1,8 @@
-"""Side-by-side benchmarks (../shared/BENCH.md): ``python bench/run.py [b1 b4 b8 b9 b11]``.
+"""Side-by-side benchmarks (../shared/BENCH.md): ``python bench/run.py [b1 … b12]``.
+
+Peers (LiteLLM, llama-cpp-python, Infinity) come from ``bash bench/setup_peers.sh``; a
+scenario whose peer is missing still measures modelyard and says in its row why the peer's
+side is absent.
 
 Every figure is a ratio against a twin run on the same machine in the same run: the engine
 (or canned responder) direct vs the same through modelyard, interleaved A B B A … over
@@ -23,8 +27,10 @@ from typing import Any
 import aiohttp
 import psutil
 
+import chat
 import encoders
 import overhead
+import peers
 from common import (
     HERE,
     PY,
@@ -80,6 +86,17 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
                 return times
 
             direct, via = await interleave(rounds, lambda: run(direct_url, requests), through)
+            litellm: tuple[list[list[float]], list[list[float]]] | None = None
+            if peers.available("litellm"):
+                proxy = peers.litellm(f"http://127.0.0.1:{port}", "canned", core=0)
+                try:
+                    proxy_url = f"{proxy.url}/v1/chat/completions"
+                    await run(proxy_url, 50)
+                    litellm = await interleave(
+                        rounds, lambda: run(direct_url, requests), lambda: run(proxy_url, requests)
+                    )
+                finally:
+                    proxy.close()
     finally:
         gateway.close()
         responder.terminate()
@@ -89,6 +106,19 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
     d50 = statistics.median(b - a for a, b in zip(*p50, strict=True))
     d99 = statistics.median(b - a for a, b in zip(*p99, strict=True))
     cpu_us = statistics.median(cpu)
+    if litellm is None:
+        why = peers.status("litellm")
+        vs_litellm = Row(
+            "B1 Δp50 modelyard / LiteLLM", d50, None, float("nan"), f"not judged: {why}", None
+        )
+    else:
+        theirs = statistics.median(
+            statistics.median(b) - statistics.median(a) for a, b in zip(*litellm, strict=True)
+        )
+        share = d50 / theirs
+        vs_litellm = Row(
+            "B1 Δp50 modelyard / LiteLLM", d50, theirs, share, "≤ 0.33", share <= 1 / 3
+        )
     return {
         "scenario": "B1",
         "direct_p50_ms": statistics.median(p50[0]),
@@ -104,6 +134,7 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
             delta_row("B1 p50 ms", *p50, 1.0),
             delta_row("B1 p99 ms", *p99, 5.0),
             Row("B1 gateway CPU µs/request", cpu_us, None, cpu_us, "≤ 700", cpu_us <= 700),
+            vs_litellm,
         ],
     }
 
@@ -216,7 +247,9 @@ async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "scenarios", nargs="*", default=["b1", "b2", "b3", "b4", "b8", "b9", "b11", "b12"]
+        "scenarios",
+        nargs="*",
+        default=["b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9", "b10", "b11", "b12"],
     )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=300, help="B1 requests per round")
@@ -231,6 +264,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=200, help="B3 chunks per stream")
     parser.add_argument("--chunk-delay-ms", type=float, default=5.0, help="B3")
     parser.add_argument("--footprint-requests", type=int, default=10_000, help="B12")
+    parser.add_argument("--swaps", type=int, default=7, help="B6/B7 rounds (each is a load)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="JSON goes here")
     parser.add_argument(
         "--smoke",
@@ -244,6 +278,8 @@ def main() -> None:
         args.saturation_requests, args.saturation_levels = 50, "4"
         args.streams, args.chunks, args.chunk_delay_ms = 2, 20, 1.0
         args.footprint_requests = 200
+        args.swaps = 1
+        peers.ENABLED = False
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": {
@@ -253,6 +289,7 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "peers": {name: peers.status(name) for name in ("litellm", "llama-cpp-python", "infinity")},
         "results": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +309,15 @@ def main() -> None:
         elif name == "b4":
             levels = [int(x) for x in args.levels.split(",")]
             result = asyncio.run(b4(args.rounds, args.tokens, levels))
+        elif name == "b5":
+            levels = [int(x) for x in args.levels.split(",")]
+            result = asyncio.run(chat.b5(args.rounds, args.tokens, levels))
+        elif name == "b6":
+            result = asyncio.run(chat.b6(args.swaps))
+        elif name == "b7":
+            result = asyncio.run(chat.b7(args.swaps, args.tokens))
+        elif name == "b10":
+            result = asyncio.run(encoders.b10(args.rounds, args.embed_requests))
         elif name == "b8":
             levels = [int(x) for x in args.embed_levels.split(",")]
             offline = 64 if args.smoke else 2048

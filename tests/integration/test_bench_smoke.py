@@ -29,17 +29,27 @@ def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (written,) = tmp_path.glob("bench-*.json")
     report = json.loads(written.read_text())
-    scenarios = ["B1", "B2", "B3", "B4", "B8", "B9", "B11", "B12"]
+    scenarios = [f"B{i}" for i in range(1, 13)]
     assert [r["scenario"] for r in report["results"]] == scenarios
     assert report["machine"]["cpus"] >= 1
+    assert set(report["peers"]) == {"litellm", "llama-cpp-python", "infinity"}
     for scenario in report["results"]:
         assert scenario["rows"], scenario["scenario"]
         for row in scenario["rows"]:
             assert set(row) == COLUMNS, row
             assert 0 <= row["value"] < math.inf, row
             assert row["peer"] is None or 0 < row["peer"] < math.inf, row
-            assert math.isfinite(row["ratio"]), row
             assert row["met"] in (True, False, None), row
+            if row["target"].startswith("not judged"):
+                # A peer's side is missing: said so, never silently skipped.
+                assert row["target"] == "not judged: peers off (smoke mode)", row
+                assert (row["peer"], row["met"]) == (None, None), row
+            else:
+                assert math.isfinite(row["ratio"]), row
+    judged_by_peer = [
+        r["label"] for s in report["results"] for r in s["rows"] if "not judged" in r["target"]
+    ]
+    assert len(judged_by_peer) >= 5  # B1, B2 (LiteLLM), B5 (llama-cpp-python), B10 (Infinity)
     # The printed table has the same lines.
     for scenario in report["results"]:
         for row in scenario["rows"]:

@@ -110,8 +110,12 @@ class Reloader:
             await asyncio.sleep(interval)
             current = await asyncio.to_thread(snapshot, self._settings, self.config.models_dir)
             if current != self._applied and current == previous:
-                with contextlib.suppress(ConfigError):
+                try:
                     await self.reload()
+                except ConfigError:
+                    pass  # logged; the last good catalog stays
+                except Exception:
+                    log.exception("reloading the catalog failed")
             previous = current
 
 

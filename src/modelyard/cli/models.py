@@ -7,7 +7,6 @@ deletes a model it is using); without one, the same code runs here on the same d
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -79,22 +78,15 @@ def pull(
 ) -> None:
     """Download a model from the Hugging Face hub into the models directory."""
     base = server_url(url)
-    with PullView() as view:
-        if server_running(base):
-            result: dict[str, Any] | None = None
-            for event in events(base, "/api/pull", {"model": model}):
-                if "error" in event:
-                    view.__exit__()
-                    err.print(f"[red]Pull failed:[/] {escape(event['error']['message'])}")
-                    raise typer.Exit(1)
-                if event.get("status") == "success":
-                    result = event
-                else:
-                    view.update(event)
-            if result is None:
-                raise typer.Exit(1)
-        else:
-            result = _pull_here(model, view)
+    try:
+        with PullView() as view:
+            if server_running(base):
+                result = _pull_through(base, model, view)
+            else:
+                result = _pull_here(model, view)
+    except KeyboardInterrupt:
+        err.print("stopped; pull again to resume")
+        raise typer.Exit(130) from None
     if result["up_to_date"]:
         out.print(f"{result['model']} is up to date ({escape(result['path'])})")
     else:
@@ -106,29 +98,37 @@ def pull(
         out.print(f"use it as model {result['model']!r}")
 
 
+def _pull_through(base: str, model: str, view: PullView) -> dict[str, Any]:
+    """The server pulls; its progress events drive the bars here."""
+    for event in events(base, "/api/pull", {"model": model}):
+        if "error" in event:
+            view.__exit__()
+            err.print(f"[red]Pull failed:[/] {escape(event['error']['message'])}")
+            raise typer.Exit(1)
+        if event.get("status") == "success":
+            return event
+        view.update(event)
+    err.print("[red]The server ended the pull without a result[/]")
+    raise typer.Exit(1)
+
+
 def _pull_here(model: str, view: PullView) -> dict[str, Any]:
-    from modelyard.hub.pull import Hub, PullCancelledError
+    from modelyard.hub.pull import Hub
     from modelyard.hub.pull import pull as run_pull
     from modelyard.hub.ref import parse_reference
 
     config = _config()
     hub = Hub()
-    cancel = threading.Event()
     try:
         result = run_pull(
             parse_reference(model),
             config.models_dir,
             hub,
             lambda p: view.update(asdict(p)),
-            cancel,
         )
-    except KeyboardInterrupt:
-        cancel.set()
-        err.print("stopped; pull again to resume")
-        raise typer.Exit(130) from None
-    except (ModelyardError, PullCancelledError) as exc:
+    except ModelyardError as exc:
         view.__exit__()
-        err.print(f"[red]Pull failed:[/] {escape(getattr(exc, 'message', str(exc)))}")
+        err.print(f"[red]Pull failed:[/] {escape(exc.message)}")
         raise typer.Exit(1) from None
     finally:
         hub.close()

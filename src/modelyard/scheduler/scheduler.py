@@ -299,14 +299,15 @@ class Scheduler:
             if m.removed:
                 m.removed = False
                 m.unload_when_idle = False
-            if spec != (m.pending or m.spec):
-                changed.append(spec.name)
-                if m.state in (ModelState.STOPPED, ModelState.FAILED) and m.task is None:
-                    self._respec(m, spec)
-                else:
-                    m.pending = spec
-            elif m.pending is not None and spec == m.spec:
+            if spec == (m.pending or m.spec):
+                continue
+            changed.append(spec.name)
+            if spec == m.spec:
                 m.pending = None  # changed back before it took effect
+            elif m.state in (ModelState.STOPPED, ModelState.FAILED) and m.task is None:
+                self._respec(m, spec)
+            else:
+                m.pending = spec
         names = {spec.name for spec in catalog}
         for name, m in list(self._models.items()):
             if name not in names and not m.removed:

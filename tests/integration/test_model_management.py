@@ -122,6 +122,12 @@ def test_pull_api_streams_progress_and_errors_as_events(
     assert frames[-1]["model"] == f"{REPO}:Q4_K_M"
     assert frames[-1]["name"] == "gemma-3-270m-it-q4_k_m"
 
+    once = httpx.post(
+        f"{server.url}/api/pull", json={"model": f"{REPO}:Q4_K_M", "stream": False}, timeout=60
+    )
+    assert once.status_code == 200
+    assert (once.json()["status"], once.json()["up_to_date"]) == ("success", True)
+
     [error] = events(f"{REPO}:Q8_0")[-1:]
     assert error["error"]["code"] == "not_found_on_hub"
     assert "it has: Q4_K_M" in error["error"]["message"]

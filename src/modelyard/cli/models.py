@@ -198,6 +198,8 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((key.replace("_", " "), str(data[key])))
     if data.get("format") == "gguf":
         rows.append(("chat template", data.get("chat_template") or "none"))
+    if data.get("weights_size"):
+        rows.append(("weights", format_size(data["weights_size"])))
     if "size" in data:
         rows.append(("size on disk", format_size(data["size"])))
     settings = ", ".join(f"{k} {v}" for k, v in data["settings"].items())

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +45,8 @@ class HubState:
     """File path → byte offset at which the next transfer of it is cut off (once)."""
     corrupt: set[str] = field(default_factory=set)
     """File paths served with one byte flipped."""
+    slow: set[str] = field(default_factory=set)
+    """File paths served at about 6 MB/s (64 KiB every 10 ms), while they are in the set."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def downloads(self, path: str) -> list[Hit]:
@@ -179,7 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
             return
-        self.wfile.write(payload)
+        view = memoryview(payload)
+        for start in range(0, len(payload), 65536):
+            if file in state.slow:
+                time.sleep(0.01)
+            self.wfile.write(view[start : start + 65536])
 
     def _json(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(data).encode()

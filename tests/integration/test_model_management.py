@@ -136,6 +136,36 @@ def test_pull_api_streams_progress_and_errors_as_events(
     assert bad.status_code == 400
     assert "is not a model reference" in bad.json()["error"]["message"]
 
+    # A client that leaves stops the download; the next pull resumes the partial file.
+    slow = "slow-Q4_K_M.gguf"
+    hub.state.repos["acme/slow-GGUF"] = Repo({slow: os.urandom(24 * 1024 * 1024)})
+    hub.state.slow.add(slow)
+    with httpx.stream(
+        "POST", f"{server.url}/api/pull", json={"model": "acme/slow-GGUF"}, timeout=60
+    ) as r:
+        for line in r.iter_lines():
+            if '"completed": 0' not in line and '"downloading"' in line:
+                break  # some bytes arrived: hang up
+    part = server.models_dir / "acme" / "slow-GGUF" / ".partial" / f"{slow}.part"
+    wait_for(lambda: part.is_file())
+    sizes = [-1]
+
+    def settled() -> bool:
+        sizes.append(part.stat().st_size)
+        time.sleep(0.5)
+        return sizes[-1] == sizes[-2]
+
+    wait_for(settled)  # the server noticed the hang-up and stopped
+    size = part.stat().st_size
+    assert 0 < size < 24 * 1024 * 1024  # stopped part-way, the partial file kept
+    hub.state.slow.clear()
+    resumed = httpx.post(
+        f"{server.url}/api/pull", json={"model": "acme/slow-GGUF", "stream": False}, timeout=60
+    )
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["downloaded"] == 24 * 1024 * 1024 - size
+    assert hub.state.downloads(slow)[-1].range == f"bytes={size}-"
+
     # A model the user put there by hand is not modelyard's to delete.
     os.symlink(gemma(), server.models_dir / "mine.gguf")
     httpx.post(f"{server.url}/api/reload").raise_for_status()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = ".modelyard-pull.json"
+_SEARCH_UP = 4
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,12 @@ def projectors(directory: Path) -> dict[Path, Path]:
 
 
 def find_pull(path: Path) -> tuple[Path, Pull] | None:
-    """The directory and record of the pull that brought the model at ``path``, if any."""
-    for directory in (path, path.parent):
+    """The directory and record of the pull that brought the model at ``path``, if any.
+
+    The record sits in the repository's directory: the model's own (a Hugging Face
+    directory), its parent, or a few levels up (``<repo>/Q4_K_M/model-00001-of-00003.gguf``).
+    """
+    for directory in (path, *list(path.parents)[:_SEARCH_UP]):
         for pull in read_manifest(directory):
             model = directory if pull.model == "." else directory / pull.model
             if model == path:

@@ -56,3 +56,17 @@ def test_remove_refuses_a_model_that_was_not_pulled(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match="was not pulled by modelyard"):
         store.remove(specs(tmp_path)["mine"], tmp_path)
     assert (tmp_path / "mine.gguf").is_file()
+
+
+def test_remove_split_model_in_a_subfolder(hub: FakeHub, client: Hub, tmp_path: Path) -> None:
+    shards = {f"Q4_K_M/m-Q4_K_M-0000{i}-of-00002.gguf": blob(f"s{i}", 3000) for i in (1, 2)}
+    hub.state.repos["acme/m-GGUF"] = Repo({**shards, "m-Q8_0.gguf": blob("q8", 3000)})
+    pull(parse_reference("acme/m-GGUF:Q4_K_M"), tmp_path, client)
+    pull(parse_reference("acme/m-GGUF:Q8_0"), tmp_path, client)
+    deleted = store.remove(specs(tmp_path)["m-q4_k_m"], tmp_path)
+    assert sorted(p.name for p in deleted) == [
+        "m-Q4_K_M-00001-of-00002.gguf",
+        "m-Q4_K_M-00002-of-00002.gguf",
+    ]
+    assert not (tmp_path / "acme" / "m-GGUF" / "Q4_K_M").exists()
+    assert list(specs(tmp_path)) == ["m-q8_0"]

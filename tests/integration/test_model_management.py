@@ -146,8 +146,9 @@ def test_pull_api_streams_progress_and_errors_as_events(
         for line in r.iter_lines():
             if '"completed": 0' not in line and '"downloading"' in line:
                 break  # some bytes arrived: hang up
-    part = server.models_dir / "acme" / "slow-GGUF" / ".partial" / f"{slow}.part"
-    wait_for(lambda: part.is_file())
+    partial = server.models_dir / "acme" / "slow-GGUF" / ".partial"
+    wait_for(lambda: any(partial.glob(f"{slow}.*.part")))
+    [part] = partial.glob(f"{slow}.*.part")
     sizes = [-1]
 
     def settled() -> bool:

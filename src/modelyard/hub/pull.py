@@ -6,7 +6,7 @@ stands for (``modelyard.hub.ref``), and then:
 
 1. does nothing when the record beside the files says they are there at that checksum;
 2. refuses to start when the disk cannot hold what is left to fetch;
-3. downloads each file to ``<dir>/.partial/<file>.part``, resuming a partial file with a
+3. downloads each file to ``<dir>/.partial/<file>.<checksum>.part``, resuming a partial file with a
    ``Range`` request (after an interruption, or when a connection drops mid-file: up to
    ``RETRIES`` times in a row), hashing as it writes;
 4. checks every file's size and checksum (sha256 for LFS files, Git's blob id for the rest);
@@ -274,7 +274,9 @@ def _record(
 
 
 def _part(partial: Path, f: RemoteFile) -> Path:
-    return partial / f"{f.path}.part"
+    """Where ``f`` downloads to. The name carries the checksum, so a partial file of another
+    version of the same path (the repo changed since) is never resumed into this one."""
+    return partial / f"{f.path}.{(f.sha256 or f.blob_id or 'unknown')[:16]}.part"
 
 
 @contextlib.contextmanager

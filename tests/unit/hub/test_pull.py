@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -134,9 +135,12 @@ def test_pull_resumes_a_partial_file_left_by_an_earlier_run(
 ) -> None:
     files = gguf_repo(hub)
     data = files["tiny-Q4_K_M.gguf"]
-    part = target_dir(tmp_path, "acme/tiny-GGUF") / ".partial" / "tiny-Q4_K_M.gguf.part"
+    sha = hashlib.sha256(data).hexdigest()[:16]
+    part = target_dir(tmp_path, "acme/tiny-GGUF") / ".partial" / f"tiny-Q4_K_M.gguf.{sha}.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(data[:2_000_000])
+    stale = part.with_name("tiny-Q4_K_M.gguf.0123456789abcdef.part")
+    stale.write_bytes(b"an older version of the file")
     assert discover(tmp_path, DEFAULTS) == []  # a partial download is no model
     result = pull(parse_reference("acme/tiny-GGUF:Q4_K_M"), tmp_path, client)
     assert [g.range for g in hub.state.downloads("tiny-Q4_K_M.gguf")] == ["bytes=2000000-"]
@@ -208,7 +212,7 @@ def test_pull_cancelled_keeps_the_partial_file_and_registers_nothing(
     with pytest.raises(PullCancelledError):
         pull(parse_reference("acme/tiny-GGUF:Q4_K_M"), tmp_path, client, progress, cancel)
     assert discover(tmp_path, DEFAULTS) == []
-    part = target_dir(tmp_path, "acme/tiny-GGUF") / ".partial" / "tiny-Q4_K_M.gguf.part"
+    [part] = (target_dir(tmp_path, "acme/tiny-GGUF") / ".partial").glob("tiny-Q4_K_M.gguf.*.part")
     assert 0 < part.stat().st_size < 3 * MiB
 
 

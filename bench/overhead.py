@@ -10,6 +10,7 @@ import itertools
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,30 +70,58 @@ class Canned:
 # ---- B2: saturation, closed loop -------------------------------------------------------------
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (LiteLLM may serve from a worker process)."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 async def b2(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
     canned = Canned()
     results: dict[str, dict[str, float]] = {}
     vs_litellm: dict[str, dict[str, float]] = {}
+    cpu: dict[str, list[float]] = {}
+    """Per side and level: CPU µs the gateway process (tree) spent per request, per round."""
     try:
         async with pooled_session() as session:
             bodies = [BODY] * requests
+
+            async def timed(key: str, seconds: Callable[[], float], url: str, c: int) -> float:
+                before = seconds()
+                rate = await crowd(session, url, bodies, c)
+                spent = seconds() - before
+                cpu.setdefault(key, []).append(spent / requests * 1e6)
+                return rate
+
+            # The gateway alone: its child, the responder, is the upstream both sides share.
+            ours = canned.gateway.cpu_seconds
             await crowd(session, canned.through, bodies[:100], 8)  # starts the model
             await crowd(session, canned.direct, bodies[:100], 8)
             for c in levels:
                 results[f"c={c}"] = await compare(
                     rounds,
                     lambda c=c: crowd(session, canned.direct, bodies, c),
-                    lambda c=c: crowd(session, canned.through, bodies, c),
+                    lambda c=c: timed(f"modelyard c={c}", ours, canned.through, c),
                 )
             if peers.available("litellm"):
                 proxy = peers.litellm(f"http://127.0.0.1:{canned.port}", "canned")
                 proxied = f"{proxy.url}/v1/chat/completions"
+                pid = proxy.process.pid
                 try:
                     await crowd(session, proxied, bodies[:100], 8)
                     for c in levels:
                         vs_litellm[f"c={c}"] = await compare(
                             rounds,
-                            lambda c=c: crowd(session, proxied, bodies, c),
+                            lambda c=c: timed(
+                                f"LiteLLM c={c}", lambda: tree_cpu_seconds(pid), proxied, c
+                            ),
                             lambda c=c: crowd(session, canned.through, bodies, c),
                         )
                 finally:
@@ -109,8 +138,18 @@ async def b2(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
             why = peers.status("litellm")
             value = results[k]["modelyard"]
             rows.append(Row(label, value, None, float("nan"), f"not judged: {why}", None))
+    for k in results:
+        mine = statistics.median(cpu[f"modelyard {k}"])
+        other = cpu.get(f"LiteLLM {k}")
+        peer_cpu = statistics.median(other) if other else None
+        share = mine / peer_cpu if peer_cpu else float("nan")
+        target = "-" if other else f"not judged: {peers.status('litellm')}"
+        rows.append(
+            Row(f"B2 gateway CPU µs/request vs LiteLLM {k}", mine, peer_cpu, share, target, None)
+        )
     return {
         "scenario": "B2",
+        "cpu_us_per_request": cpu,
         "levels": results,
         "vs_litellm": vs_litellm,
         "errors": 0,

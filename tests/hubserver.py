@@ -2,8 +2,9 @@
 
 Endpoints: repo info (``/api/models/{repo}/revision/{rev}``, with ``blobs=true`` file sizes,
 blob ids and LFS sha256), the tree (``/api/models/{repo}/tree/{rev}``), and file resolve
-(``HEAD``/``GET /{repo}/resolve/{rev}/{path}``) with ``ETag``, ``X-Repo-Commit``,
-``X-Linked-Size``/``X-Linked-Etag`` for LFS files, and ``Range`` requests. Faults on demand:
+(``HEAD``/``GET /{repo}/resolve/{rev}/{path}``) with ``ETag``, ``X-Repo-Commit``, and for
+LFS files ``X-Linked-Size``/``X-Linked-Etag`` and a 302 to a "CDN" path that serves the
+bytes, as the real hub does; ``Range`` requests everywhere. Faults on demand:
 drop the connection once part-way through a file, or serve bytes that do not match the
 published checksum. Every request is logged for the tests to inspect.
 """
@@ -82,22 +83,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def _serve(self, body: bool) -> None:
-        state = self.server.state
         url = urlsplit(self.path)
         path = unquote(url.path)
-        with state.lock:
-            state.hits.append(Hit(self.command, path, self.headers.get("Range")))
         info = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$", path)
         tree = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?$", path)
         resolve = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        cdn = re.match(r"^/cdn/([^/]+/[^/]+)/(.+)$", path)
+        if resolve:
+            self._resolve(resolve[1], resolve[2], resolve[3], body, path, cdn=False)
+            return
+        if cdn:
+            self._resolve(cdn[1], "main", cdn[2], body, path, cdn=True)
+            return
+        self._hit(path)
         if info:
             self._info(info[1], info[2] or "main", "blobs" in parse_qs(url.query))
         elif tree:
             self._tree(tree[1])
-        elif resolve:
-            self._resolve(resolve[1], resolve[2], resolve[3], body)
         else:
             self._json(404, {"error": "not found"})
+
+    def _hit(self, path: str, method: str | None = None) -> None:
+        state = self.server.state
+        with state.lock:
+            state.hits.append(Hit(method or self.command, path, self.headers.get("Range")))
 
     def _repo(self, name: str, revision: str) -> Repo | None:
         repo = self.server.state.repos.get(name)
@@ -133,7 +142,10 @@ class _Handler(BaseHTTPRequestHandler):
             entries.append(entry)
         self._json(200, entries)
 
-    def _resolve(self, name: str, revision: str, file: str, body: bool) -> None:
+    def _resolve(
+        self, name: str, revision: str, file: str, body: bool, path: str, cdn: bool
+    ) -> None:
+        """A file's bytes; an LFS file's resolve answers 302 to the "CDN", as the hub does."""
         state = self.server.state
         repo = self._repo(name, revision)
         if repo is None:
@@ -155,6 +167,17 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(lfs, dict):
             headers["X-Linked-Size"] = str(len(data))
             headers["X-Linked-Etag"] = f'"{etag}"'
+            if not cdn:
+                self._hit(path, "REDIRECT")
+                host, port = self.server.server_address[:2]
+                headers["Location"] = f"http://{host}:{port}/cdn/{name}/{file}"
+                self.send_response(302)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        self._hit(path)
         start = 0
         status = 200
         requested = self.headers.get("Range")

@@ -296,3 +296,24 @@ def test_live_reload_adds_removes_after_in_flight_and_survives_a_broken_edit(
     wait_for(lambda: server.model_ids() == ["a", "dropped"])
     assert httpx.get(f"{server.url}/api/models").json()["reload_error"] is None
     assert complete(server, "dropped").status_code == 200
+
+    # Changed settings: the loaded runner keeps its own; the next load takes the new ones.
+    def slot_ctx() -> tuple[object, int]:
+        [a] = [m for m in server.ps() if m["name"] == "a"]
+        slots = httpx.get(f"{a['base_url']}/slots").json()
+        return a["pid"], slots[0]["n_ctx"]
+
+    pid, ctx = slot_ctx()
+    config.write_text(head.replace("parallel = 2\n", "parallel = 2\nctx = 1024\n"))
+    wait_for(lambda: _catalog_ctx(server, "a") == 1024)
+    assert slot_ctx() == (pid, ctx)  # not restarted
+    httpx.post(f"{server.url}/api/unload", json={"model": "a"}, timeout=60).raise_for_status()
+    assert complete(server, "a").status_code == 200
+    new_pid, new_ctx = slot_ctx()
+    assert new_pid != pid
+    assert (ctx, new_ctx) == (4096, 1024)
+
+
+def _catalog_ctx(server: Server, name: str) -> int:
+    models = httpx.get(f"{server.url}/api/models").json()["models"]
+    return int(next(m["ctx"] for m in models if m["name"] == name))

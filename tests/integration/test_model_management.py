@@ -175,6 +175,34 @@ def test_pull_api_streams_progress_and_errors_as_events(
     assert "was not pulled by modelyard" in refused.json()["error"]["message"]
 
 
+def test_pull_and_rm_without_a_server_work_on_the_files(hub: FakeHub, tmp_path: Path) -> None:
+    hub.state.repos["acme/small-GGUF"] = Repo({"small-Q8_0.gguf": b"GGUF" + os.urandom(5000)})
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "MODELYARD_HOME": str(tmp_path),
+        "MODELYARD_URL": "http://127.0.0.1:9",
+    }
+    pulled = cli("pull", "acme/small-GGUF", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "pulled acme/small-GGUF:Q8_0" in pulled.stdout
+    assert "small-Q8_0.gguf" in pulled.stderr  # the progress bar
+    path = tmp_path / "models" / "acme" / "small-GGUF" / "small-Q8_0.gguf"
+    assert path.is_file()
+    listed = cli("show", "acme/small-GGUF:Q8_0", "--json", env=env)
+    shown = json.loads(listed.stdout)
+    assert shown["pulled"]["reference"] == "acme/small-GGUF:Q8_0"
+    # The "model" is random bytes after GGUF's magic: show says so instead of failing.
+    assert "damaged GGUF header" in shown["error"]
+    assert shown["memory"]["estimate"] is None
+    assert "damaged GGUF header" in shown["memory"]["error"]
+    removed = cli("rm", "acme/small-GGUF", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert not (tmp_path / "models" / "acme").exists()
+    missing = cli("pull", "acme/absent", env=env)
+    assert missing.returncode == 1
+    assert "acme/absent was not found" in missing.stderr
+
+
 # ---- show ------------------------------------------------------------------------------------
 
 

@@ -63,14 +63,10 @@ async def show(request: Request) -> dict[str, Any]:
     _, parsed = await read_json(request, ModelShowRequest)
     scheduler = scheduler_of(request)
     spec = scheduler.spec(parsed.model)
-    summary = await asyncio.to_thread(summarize, spec)
+    summary = await asyncio.to_thread(
+        summarize, spec, lambda: scheduler.estimate(spec.name), scheduler.measured(spec.name)
+    )
     summary["state"] = scheduler.state(spec.name)
-    memory: dict[str, Any] = {"estimate": None, "measured": scheduler.measured(spec.name)}
-    try:
-        memory["estimate"] = dict(scheduler.estimate(spec.name))
-    except ModelyardError as exc:
-        memory["error"] = exc.message
-    summary["memory"] = memory
     return summary
 
 

@@ -37,6 +37,8 @@ _KEEP_ARRAY_MAX = 4096
 # rows. Measured RSS of Gemma-3-270M Q4_K_M left 114-122 MiB over file + KV at
 # (ctx, parallel) = (512, 4), (4096, 4), (8192, 8); the vocabulary term is the logits share.
 _ENGINE_OVERHEAD = 100 * 1024**2
+_MAX_FIELD = 64 * 1024**2
+"""No string in a sound header is this long (chat templates are kilobytes)."""
 _UBATCH = 512
 
 
@@ -134,6 +136,8 @@ def _read_header(path: Path) -> tuple[int, int, dict[str, Any], int]:
 
 
 def _read(f: BinaryIO, n: int) -> bytes:
+    if n > _MAX_FIELD:
+        raise GGUFError(f"damaged GGUF header: a field claims {n} bytes")
     data = f.read(n)
     if len(data) != n:
         raise GGUFError("unexpected end of file in the GGUF header")

@@ -17,6 +17,7 @@ from typing import Any
 from modelyard.catalog.spec import ModelKind
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt")
+_MAX_HEADER = 100 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,14 @@ def parameter_count(path: Path) -> int | None:
     total = 0
     for file in files:
         with file.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
+            (length,) = struct.unpack("<Q", f.read(8).ljust(8, b"\xff"))
+            if length > min(file.stat().st_size - 8, _MAX_HEADER):
+                raise ValueError(f"{file.name} is not a safetensors file")
             header = json.loads(f.read(length))
-        for name, tensor in header.items():
-            if name != "__metadata__":
-                total += math.prod(tensor["shape"])
+        try:
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        except (AttributeError, KeyError, TypeError):
+            raise ValueError(f"{file.name} has a damaged safetensors header") from None
     return total
 
 

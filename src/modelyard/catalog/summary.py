@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from modelyard.catalog.gguf import GGUFError, read_gguf
 from modelyard.catalog.hf import parameter_count, read_config, weights_bytes
 from modelyard.catalog.manifest import find_pull
-from modelyard.catalog.spec import ModelSpec
+from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.errors import ModelyardError
 
 
-def summarize(spec: ModelSpec) -> dict[str, Any]:
-    """The model's identity, its files and, from their headers, what kind of network it is."""
+def summarize(
+    spec: ModelSpec, estimate: Callable[[], Footprint], measured: Footprint | None = None
+) -> dict[str, Any]:
+    """The model's identity, its files, what kind of network it is (from their headers) and
+    the memory it will take (``estimate``; its error instead when the files cannot say)."""
     summary: dict[str, Any] = {
         "name": spec.name,
         "aliases": list(spec.aliases),
@@ -38,6 +43,12 @@ def summarize(spec: ModelSpec) -> dict[str, Any]:
             summary.update(_hf(spec))
     except (OSError, ValueError, GGUFError, struct.error) as exc:
         summary["error"] = f"cannot read {spec.path}: {exc}"
+    memory: dict[str, Any] = {"estimate": None, "measured": dict(measured) if measured else None}
+    try:
+        memory["estimate"] = dict(estimate())
+    except ModelyardError as exc:
+        memory["error"] = exc.message
+    summary["memory"] = memory
     return summary
 
 

@@ -171,13 +171,12 @@ def _show_here(model: str) -> dict[str, Any]:
     config = _config()
     try:
         spec = Catalog(config.models).get(model)
-        summary = summarize(spec)
-        summary["state"] = "stopped (no server running)"
-        runner = default_runners(config.home)[spec.engine]
-        summary["memory"] = {"estimate": dict(estimate(spec, runner)), "measured": None}
     except ModelyardError as exc:
         err.print(f"[red]Error:[/] {escape(exc.message)}")
         raise typer.Exit(1) from None
+    runner = default_runners(config.home)[spec.engine]
+    summary = summarize(spec, lambda: estimate(spec, runner))
+    summary["state"] = "stopped (no server running)"
     return summary
 
 

@@ -60,3 +60,10 @@ def test_gguf_rejects_truncated_header(tmp_path: Path) -> None:
     (tmp_path / "x.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 5))
     with pytest.raises(GGUFError, match="end of file"):
         read_gguf(tmp_path / "x.gguf")
+
+
+def test_gguf_damaged_header_is_an_error_not_a_huge_read(tmp_path: Path) -> None:
+    path = tmp_path / "junk.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + struct.pack("<Q", 2**62) + b"x")
+    with pytest.raises(GGUFError, match="damaged GGUF header"):
+        read_gguf(path)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 import httpx
@@ -196,6 +196,10 @@ def pull(
     selection = select(ref, [f.path for f in remote])
     by_path = {f.path: f for f in remote}
     wanted = [by_path[p] for p in selection.files]
+    for f in wanted:
+        parts = PurePosixPath(f.path).parts
+        if not parts or f.path.startswith("/") or ".." in parts or "\\" in f.path:
+            raise HubError(f"The hub listed a file with an unsafe path: {f.path!r}")
     reference = f"{ref.repo}:{selection.tag}" if selection.tag else ref.repo
     model_path = directory if selection.model == "." else directory / selection.model
     pulls = read_manifest(directory)

@@ -251,3 +251,12 @@ def test_pull_into_a_repo_already_being_pulled_is_refused(
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(ConflictError, match="in progress"):
             pull(parse_reference("acme/tiny-GGUF:Q8_0"), tmp_path, client)
+
+
+def test_pull_refuses_a_file_path_that_leaves_the_directory(
+    hub: FakeHub, client: Hub, tmp_path: Path
+) -> None:
+    hub.state.repos["acme/evil-GGUF"] = Repo({"../../evil-Q4_K_M.gguf": blob("e", 100)})
+    with pytest.raises(HubError, match="unsafe path"):
+        pull(parse_reference("acme/evil-GGUF"), tmp_path / "models", client)
+    assert not list(tmp_path.rglob("*.gguf"))

@@ -119,7 +119,7 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
         memory = m["memory"]["measured"] or m["memory"]["estimate"]
         table.add_row(
             m["name"],
-            m["state"],
+            f"{m['state']} (removed)" if m.get("removed") else m["state"],
             _size(memory),
             f"{m['in_flight']}/{m['parallel']}",
             str(m["queued"]),

@@ -40,18 +40,18 @@ for name in "${names[@]}"; do
   } >"$log" 2>&1 || status=$?
   if [ $status -eq 0 ]; then
     version=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('${PACKAGE[$name]}'))")
-    result="{\"installed\": \"$version\"}"
+    key=installed value=$version
     echo "  $name $version"
   else
-    reason=$(grep -E "ERROR|error:" "$log" | tail -3 | tr '"\\\n' "'/ " | cut -c1-400)
-    result="{\"error\": \"pip failed ($status): $reason\"}"
+    reason=$(grep -E "ERROR|error:" "$log" | tail -3 | tr '\n' ' ' | cut -c1-400)
+    key=error value="pip failed ($status): $reason"
     echo "  $name NOT INSTALLABLE here: $reason" >&2
   fi
-  "$python" - "$PEERS/status.json" "$name" "$result" <<'PY'
+  "$python" - "$PEERS/status.json" "$name" "$key" "$value" <<'PY'
 import json, sys, pathlib
-path, name, result = pathlib.Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+path, name, key, value = pathlib.Path(sys.argv[1]), *sys.argv[2:5]
 status = json.loads(path.read_text()) if path.exists() else {}
-status[name] = result
+status[name] = {key: value}
 path.write_text(json.dumps(status, indent=1) + "\n")
 PY
 done

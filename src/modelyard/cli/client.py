@@ -1,19 +1,47 @@
-"""The CLI's HTTP client: the server's URL, errors turned into one clear line."""
+"""What every CLI command shares: the server's URL and options, errors turned into one clear
+line, the local configuration, and how memory figures are written."""
 
 from __future__ import annotations
 
 import json as jsonlib
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from modelyard.config import DEFAULT_PORT, Settings
+from modelyard.config import DEFAULT_PORT, Config, Settings, load_config
+from modelyard.errors import ConfigError
+from modelyard.quantity import format_size
 
 err = Console(stderr=True)
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The server (default $MODELYARD_URL or http://127.0.0.1:8000)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def config_or_exit(settings: Settings | None = None) -> Config:
+    """The configuration; an invalid one is printed and the command exits with status 2."""
+    try:
+        return load_config(settings)
+    except ConfigError as exc:
+        err.print("[red]Invalid configuration:[/]")
+        err.print(exc.message, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def footprint_text(footprint: dict[str, int] | None) -> str:
+    """``1.2 GiB`` for RAM, ``gpu0 3.0 GiB`` for a device; ``-`` for none."""
+    if not footprint:
+        return "-"
+    return ", ".join(
+        format_size(n) if d == "ram" else f"{d} {format_size(n)}" for d, n in footprint.items()
+    )
 
 
 def server_url(url: str | None) -> str:

@@ -12,9 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from modelyard.cli import models
-from modelyard.cli.client import call, err, server_url
-from modelyard.errors import ConfigError
-from modelyard.quantity import format_size
+from modelyard.cli.client import (
+    JsonOption,
+    UrlOption,
+    call,
+    config_or_exit,
+    err,
+    footprint_text,
+    server_url,
+)
 
 app = typer.Typer(
     help="One OpenAI-compatible endpoint for all your local models.",
@@ -22,16 +28,6 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console()
-
-UrlOption = Annotated[
-    str | None,
-    typer.Option("--url", help="The server (default $MODELYARD_URL or http://127.0.0.1:8000)."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-app.command()(models.pull)
-app.command()(models.show)
-app.command()(models.rm)
 
 
 @app.command()
@@ -48,11 +44,11 @@ def serve(
         str | None, typer.Option("--memory", help="RAM budget: bytes, '16GiB' or '75%'.")
     ] = None,
 ) -> None:
-    """Start the server (the demo model when there is no config)."""
+    """Start the server (on the demo models when there is no config)."""
     import uvicorn
 
     from modelyard.api.app import create_app
-    from modelyard.config import Settings, load_config
+    from modelyard.config import Settings
 
     overrides: dict[str, Any] = {
         "host": host,
@@ -62,12 +58,7 @@ def serve(
         "ram_budget": memory,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    try:
-        cfg = load_config(settings)
-    except ConfigError as exc:
-        err.print("[red]Invalid configuration:[/]")
-        err.print(exc.message, markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    cfg = config_or_exit(settings)
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -97,7 +88,7 @@ def list_models(url: UrlOption = None, as_json: JsonOption = False) -> None:
             m["kind"],
             m["state"],
             str(m["ctx"]),
-            _size(m["memory"]["estimate"]),
+            footprint_text(m["memory"]["estimate"]),
             ", ".join(m["aliases"]),
             m["path"],
         )
@@ -120,7 +111,7 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
         table.add_row(
             m["name"],
             f"{m['state']} (removed)" if m.get("removed") else m["state"],
-            _size(memory),
+            footprint_text(memory),
             f"{m['in_flight']}/{m['parallel']}",
             str(m["queued"]),
             m["loaded_since"] or "-",
@@ -128,7 +119,8 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
         )
     out.print(table)
     mem = data["memory"]
-    out.print(f"RAM: {_size(mem['reserved'])} of {_size(mem['budget'])} budget in use")
+    reserved, budget = footprint_text(mem["reserved"]), footprint_text(mem["budget"])
+    out.print(f"RAM: {reserved} of {budget} budget in use")
 
 
 @app.command()
@@ -154,9 +146,6 @@ def unload(model: str, url: UrlOption = None) -> None:
     out.print(f"{data['model']}: {data['state']}")
 
 
-def _size(footprint: dict[str, int] | None) -> str:
-    if not footprint:
-        return "-"
-    return ", ".join(
-        f"{format_size(n)}" if d == "ram" else f"{d} {format_size(n)}" for d, n in footprint.items()
-    )
+app.command()(models.pull)
+app.command()(models.show)
+app.command()(models.rm)

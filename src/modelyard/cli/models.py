@@ -24,17 +24,21 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from modelyard.cli.client import call, err, events, server_running, server_url
-from modelyard.config import Config, load_config
+from modelyard.cli.client import (
+    JsonOption,
+    UrlOption,
+    call,
+    config_or_exit,
+    err,
+    events,
+    footprint_text,
+    server_running,
+    server_url,
+)
 from modelyard.errors import ModelyardError
 from modelyard.quantity import format_size
 
 out = Console()
-
-UrlOption = Annotated[
-    str | None,
-    typer.Option("--url", help="The server (default $MODELYARD_URL or http://127.0.0.1:8000)."),
-]
 
 
 class PullView:
@@ -117,7 +121,7 @@ def _pull_here(model: str, view: PullView) -> dict[str, Any]:
     from modelyard.hub.pull import pull as run_pull
     from modelyard.hub.ref import parse_reference
 
-    config = _config()
+    config = config_or_exit()
     hub = Hub()
     try:
         result = run_pull(
@@ -143,7 +147,7 @@ def _pull_here(model: str, view: PullView) -> dict[str, Any]:
 def show(
     model: str,
     url: UrlOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """What a model is and how much memory it will take, without loading it."""
     base = server_url(url)
@@ -168,7 +172,7 @@ def _show_here(model: str) -> dict[str, Any]:
     from modelyard.catalog.summary import summarize
     from modelyard.scheduler import estimate
 
-    config = _config()
+    config = config_or_exit()
     try:
         spec = Catalog(config.models).get(model)
     except ModelyardError as exc:
@@ -205,9 +209,9 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("settings", settings))
     memory = data["memory"]
     if memory.get("estimate"):
-        rows.append(("memory estimate", _footprint(memory["estimate"])))
+        rows.append(("memory estimate", footprint_text(memory["estimate"])))
     if memory.get("measured"):
-        rows.append(("memory measured", _footprint(memory["measured"])))
+        rows.append(("memory measured", footprint_text(memory["measured"])))
     if memory.get("error"):
         rows.append(("memory estimate", memory["error"]))
     if "pulled" in data:
@@ -224,10 +228,6 @@ def _count(n: int) -> str:
         if n >= size:
             return f"{n / size:.3g}{unit} ({n:,})"
     return str(n)
-
-
-def _footprint(footprint: dict[str, int]) -> str:
-    return ", ".join(f"{device} {format_size(n)}" for device, n in footprint.items())
 
 
 def rm(
@@ -247,7 +247,7 @@ def rm(
         from modelyard.catalog.catalog import Catalog
         from modelyard.hub import store
 
-        config = _config()
+        config = config_or_exit()
         try:
             spec = Catalog(config.models).get(model)
             deleted = [str(p) for p in store.remove(spec, config.models_dir)]
@@ -256,12 +256,3 @@ def rm(
             raise typer.Exit(1) from None
         name = spec.name
     out.print(f"deleted {name} ({len(deleted)} file{'s' if len(deleted) != 1 else ''})")
-
-
-def _config() -> Config:
-    try:
-        return load_config()
-    except ModelyardError as exc:
-        err.print("[red]Invalid configuration:[/]")
-        err.print(exc.message, markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
-from modelyard.catalog.manifest import aliases, projectors
+from modelyard.catalog.manifest import aliases, projectors, read_manifest
 from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,9 @@ def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
     pulled_projectors: dict[Path, Path] = {}
     for directory, dirs, files in os.walk(models_dir, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        pulled.update(aliases(Path(directory)))
-        pulled_projectors.update(projectors(Path(directory)))
+        records = read_manifest(Path(directory))
+        pulled.update(aliases(Path(directory), records))
+        pulled_projectors.update(projectors(Path(directory), records))
         if is_hf_dir(Path(directory)):
             dirs.clear()
             spec = _hf_spec(Path(directory), defaults)

@@ -69,10 +69,10 @@ def write_manifest(directory: Path, pulls: list[Pull]) -> None:
     os.replace(tmp, path)
 
 
-def aliases(directory: Path) -> dict[Path, tuple[str, ...]]:
-    """The names each pulled model in ``directory`` is known by, keyed by its path."""
+def aliases(directory: Path, pulls: list[Pull]) -> dict[Path, tuple[str, ...]]:
+    """The names each model pulled into ``directory`` is known by, keyed by its path."""
     result: dict[Path, tuple[str, ...]] = {}
-    for i, pull in enumerate(read_manifest(directory)):
+    for i, pull in enumerate(pulls):
         names = [pull.reference]
         if i == 0 and pull.tag:
             names.append(pull.repo)
@@ -81,10 +81,10 @@ def aliases(directory: Path) -> dict[Path, tuple[str, ...]]:
     return result
 
 
-def projectors(directory: Path) -> dict[Path, Path]:
+def projectors(directory: Path, pulls: list[Pull]) -> dict[Path, Path]:
     """The multimodal projector pulled together with each model in ``directory``."""
     result: dict[Path, Path] = {}
-    for pull in read_manifest(directory):
+    for pull in pulls:
         for f in pull.files:
             if f.path.rsplit("/", 1)[-1].lower().startswith("mmproj"):
                 result[directory / pull.model] = directory / f.path

@@ -112,23 +112,19 @@ async def _pull_events(
     ref: Reference, reloader: Reloader, scheduler: Scheduler
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Progress] = asyncio.Queue()
+    queue: asyncio.Queue[Progress | None] = asyncio.Queue()
     cancel = threading.Event()
 
     def progress(p: Progress) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, p)
 
     task = asyncio.ensure_future(_pull(ref, reloader, cancel, progress))
+    # Queued after every progress event: the pull thread reported them before it returned.
+    task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
-        while not task.done() or not queue.empty():
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                event = getter.result()
-                if event.status != "success":
-                    yield _frame(asdict(event))
-            else:
-                getter.cancel()
+        while (event := await queue.get()) is not None:
+            if event.status != "success":
+                yield _frame(asdict(event))
         try:
             result = task.result()
         except ModelyardError as exc:

@@ -30,10 +30,6 @@ def gemma() -> Path:
     return Path(assemble())
 
 
-def not_judged(label: str, value: float, why: str) -> Row:
-    return Row(label, value, None, float("nan"), f"not judged: {why}", None)
-
-
 async def tokens_per_s(
     session: aiohttp.ClientSession, url: str, model: str, clients: int, tokens: int
 ) -> float:
@@ -98,7 +94,8 @@ async def b5(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
     targets = {1: 0.95, 8: 1.5}
     if peer is None:
         why = peers.status("llama-cpp-python")
-        rows = [not_judged(f"B5 tok/s vs llama-cpp-python c={c}", v, why) for c, v in alone.items()]
+        label = "B5 tok/s vs llama-cpp-python c={}"
+        rows = [peers.not_judged(label.format(c), v, "llama-cpp-python") for c, v in alone.items()]
         return {"scenario": "B5", "peer": why, "modelyard_tok_s": alone, "rows": rows}
     rows = []
     for c, r in results.items():

@@ -284,9 +284,8 @@ async def b10(rounds: int, requests: int, clients: int = 16) -> dict[str, Any]:
             peer.close()
     label = f"B10 emb/s vs Infinity (torch) c={clients}"
     if peer is None:
-        why = peers.status("infinity")
-        row = Row(label, alone, None, float("nan"), f"not judged: {why}", None)
-        return {"scenario": "B10", "peer": why, "rows": [row]}
+        row = peers.not_judged(label, alone, "infinity")
+        return {"scenario": "B10", "peer": peers.status("infinity"), "rows": [row]}
     version = peers.version("infinity")
     return {
         "scenario": "B10",

@@ -135,9 +135,7 @@ async def b2(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:
         if k in vs_litellm:
             rows.append(ratio_row(label, vs_litellm[k], 2.0))
         else:
-            why = peers.status("litellm")
-            value = results[k]["modelyard"]
-            rows.append(Row(label, value, None, float("nan"), f"not judged: {why}", None))
+            rows.append(peers.not_judged(label, results[k]["modelyard"], "litellm"))
     for k in results:
         mine = statistics.median(cpu[f"modelyard {k}"])
         other = cpu.get(f"LiteLLM {k}")

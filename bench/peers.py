@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import HERE, free_port, pinned, wait_http
+from common import HERE, Row, free_port, pinned, wait_http
 
 PEERS = HERE / ".peers"
 ENABLED = True
@@ -35,6 +35,11 @@ def status(name: str) -> str:
 
 def available(name: str) -> bool:
     return status(name).startswith("installed")
+
+
+def not_judged(label: str, value: float, name: str) -> Row:
+    """A row with modelyard's figure whose peer ``name`` is missing, saying why."""
+    return Row(label, value, None, float("nan"), f"not judged: {status(name)}", None)
 
 
 def version(name: str) -> str | None:

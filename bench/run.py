@@ -107,10 +107,7 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
     d99 = statistics.median(b - a for a, b in zip(*p99, strict=True))
     cpu_us = statistics.median(cpu)
     if litellm is None:
-        why = peers.status("litellm")
-        vs_litellm = Row(
-            "B1 Δp50 modelyard / LiteLLM", d50, None, float("nan"), f"not judged: {why}", None
-        )
+        vs_litellm = peers.not_judged("B1 Δp50 modelyard / LiteLLM", d50, "litellm")
     else:
         theirs = statistics.median(
             statistics.median(b) - statistics.median(a) for a, b in zip(*litellm, strict=True)

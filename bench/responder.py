@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""A canned OpenAI-compatible server, the upstream for the overhead scenarios.
+"""A canned OpenAI-compatible server, the upstream for the overhead scenarios and for the
+tests of the serving path that need no real model.
 
 It takes ``llama-server``'s flags (only ``--port`` matters), so modelyard can run it as a
-model's ``llama_server`` binary and the bench can run the very same program directly.
+model's ``llama_server`` binary and the bench can run the very same program directly. Like
+llama-server, it answers only requests carrying ``LLAMA_API_KEY`` when that is set.
+
+Tests script a request's fate with extra body fields (the gateway passes them on):
+``x_headers_after_ms`` (wait before answering at all), ``x_chunks`` and ``x_delay_ms``
+(stream length and pace), ``x_abort_after`` (drop the connection after that many chunks),
+``x_status`` (answer with that error status).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
+import os
 
 from aiohttp import web
 
@@ -37,26 +46,54 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=200)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     args, _ = parser.parse_known_args()
+    key = os.environ.get("LLAMA_API_KEY")
+    expected = f"Bearer {key}".encode() if key else None
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def chat(request: web.Request) -> web.StreamResponse:
+        if expected is not None and not hmac.compare_digest(
+            request.headers.get("Authorization", "").encode(), expected
+        ):
+            return web.json_response(
+                {
+                    "error": {
+                        "code": 401,
+                        "message": "Invalid API Key",
+                        "type": "authentication_error",
+                    }
+                },
+                status=401,
+            )
         body = await request.json()
+        if body.get("x_headers_after_ms"):
+            await asyncio.sleep(body["x_headers_after_ms"] / 1000)
+        if body.get("x_status"):
+            error = {"code": body["x_status"], "message": "scripted failure", "type": "x"}
+            return web.json_response({"error": error}, status=body["x_status"])
         if not body.get("stream"):
             return web.Response(body=ANSWER, content_type="application/json")
+        chunks = body.get("x_chunks", args.chunks)
+        delay = body.get("x_delay_ms", args.delay_ms) / 1000
+        abort_after = body.get("x_abort_after")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for i in range(args.chunks):
+        for i in range(chunks):
+            if i == abort_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
             chunk = {"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await asyncio.sleep(args.delay_ms / 1000)
+            await asyncio.sleep(delay)
         await response.write(b"data: [DONE]\n\n")
         return response
 
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", chat)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 

@@ -64,6 +64,10 @@ class FakeRunning:
     def base_url(self) -> str:
         return f"http://fake/{self.spec.name}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer key-of-{self.spec.name}"}
+
     def footprint(self) -> Footprint:
         return self._footprint
 

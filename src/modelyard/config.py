@@ -15,16 +15,16 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.catalog.discovery import discover, shard_set
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
 from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ENCODER_PARALLEL, ModelKind, ModelSpec
 from modelyard.errors import ConfigError
-from modelyard.quantity import parse_duration, parse_size
+from modelyard.quantity import parse_duration, parse_seconds, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,33 @@ class Settings(BaseSettings):
 Scalar = str | int | float | bool
 
 
+def _checked(parse: Any) -> Any:
+    """``parse`` for a pydantic ``BeforeValidator``: anything but a string or number is a
+    ValueError (so it is reported as a config error, never raised as something else)."""
+
+    def validate(value: object) -> object:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError(f"expected a number or a string, got {type(value).__name__}")
+        return parse(value)
+
+    return validate
+
+
+Duration = Annotated[float | None, BeforeValidator(_checked(parse_duration))]
+"""Seconds, parsed once here; ``None`` is forever (``-1``, or a century and more)."""
+Seconds = Annotated[float, BeforeValidator(_checked(parse_seconds))]
+"""Seconds that must end."""
+Size = Annotated[int, BeforeValidator(_checked(parse_size))]
+"""Bytes, parsed once here."""
+
+
+def _budget(value: str | int) -> str | int:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError("expected bytes, a size like '16GiB', or a share like '80%'")
+    parse_size(value, total=1)
+    return value
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -75,33 +102,21 @@ class _Entry(BaseModel):
     mmproj: str | None = None
     extra_args: list[str] = Field(default_factory=list)
     defaults: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
-    keep_alive: str | float | None = None
+    keep_alive: Duration = None
+    """Unset: the server's ``keep_alive``."""
     pinned: bool = False
     preload: bool = False
     max_queue: int = Field(default=64, ge=0)
-    queue_timeout: str | float = 120.0
-    memory: str | int | None = None
+    queue_timeout: Duration = 120.0
+    memory: Size | None = None
+    prompt_cache: Size | None = None
     llama_server: str | None = None
     backend: Literal["torch", "onnx"] = "torch"
     max_batch: int = Field(default=32, gt=0, le=1024)
-    batch_wait: str | float = 0.005
+    batch_wait: Seconds = 0.005
     max_batch_tokens: int = Field(default=16384, gt=0)
     truncate: bool = False
     matryoshka: bool = False
-
-    @field_validator("keep_alive", "queue_timeout", "batch_wait")
-    @classmethod
-    def _duration(cls, value: str | float | None) -> str | float | None:
-        if value is not None:
-            parse_duration(value)
-        return value
-
-    @field_validator("memory")
-    @classmethod
-    def _size(cls, value: str | int | None) -> str | int | None:
-        if value is not None:
-            parse_size(value)
-        return value
 
 
 class _Server(BaseModel):
@@ -111,46 +126,30 @@ class _Server(BaseModel):
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     models_dir: str | None = None
     llama_server: str | None = None
-    keep_alive: str | float = DEFAULT_KEEP_ALIVE
+    keep_alive: Duration = DEFAULT_KEEP_ALIVE
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    reload_interval: str | float = 2.0
+    reload_interval: Seconds = 2.0
     """How often the config file and the models directory are checked for changes; 0: never."""
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _duration(cls, value: str | float) -> str | float:
-        parse_duration(value)
-        return value
-
-    @field_validator("reload_interval")
-    @classmethod
-    def _interval(cls, value: str | float) -> str | float:
-        if parse_duration(value) is None:
-            raise ValueError("must be zero or more seconds")
-        return value
+    shutdown_timeout: Seconds = 10.0
+    """On SIGTERM, running requests get this long to finish; streams still open then end
+    with an error frame, and every runner is stopped."""
+    max_request_size: Size = 8 * 1024**2
+    """Larger request bodies are refused with 413 before they are read."""
+    header_timeout: Seconds = 10.0
+    """A client that does not finish sending a request's headers in this long (or goes quiet
+    this long while sending its body) is disconnected."""
 
 
 class _Memory(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ram: str | int = "80%"
+    ram: Annotated[str | int, BeforeValidator(_budget)] = "80%"
     """Share of the memory available at start, or bytes."""
-    min_residency: str | float = 1.0
+    min_residency: Seconds = 1.0
     """A freshly loaded model is not evicted for this long (avoids swap ping-pong)."""
-    stop_grace: str | float = 5.0
-
-    @field_validator("min_residency", "stop_grace")
-    @classmethod
-    def _duration(cls, value: str | float) -> str | float:
-        if parse_duration(value) is None:
-            raise ValueError("must be zero or more seconds")
-        return value
-
-    @field_validator("ram")
-    @classmethod
-    def _size(cls, value: str | int) -> str | int:
-        parse_size(value, total=1)
-        return value
+    stop_grace: Seconds = 5.0
+    measure_interval: Seconds = 2.0
+    """How often the memory of each running model is measured (0: only after loads)."""
 
 
 class _File(BaseModel):
@@ -172,6 +171,10 @@ class Config:
     stop_grace: float
     log_level: str
     reload_interval: float = 0.0
+    measure_interval: float = 2.0
+    shutdown_timeout: float = 10.0
+    max_request_size: int = 8 * 1024**2
+    header_timeout: float = 10.0
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None
     """The config file read, or ``None`` when running on defaults."""
@@ -206,7 +209,7 @@ def load_config(settings: Settings | None = None) -> Config:
     models_dir = settings.models_dir or (
         _resolve(server.models_dir, base_dir) if server.models_dir else home / "models"
     )
-    keep_alive = parse_duration(server.keep_alive)
+    keep_alive = server.keep_alive
     explicit = [
         _to_spec(name, entry, base_dir, origin, keep_alive, server.llama_server)
         for name, entry in parsed.models.items()
@@ -226,10 +229,14 @@ def load_config(settings: Settings | None = None) -> Config:
         home=home,
         models_dir=models_dir,
         ram=_env_size(settings.ram_budget) if settings.ram_budget else parsed.memory.ram,
-        min_residency=parse_duration(parsed.memory.min_residency) or 0.0,
-        stop_grace=parse_duration(parsed.memory.stop_grace) or 0.0,
+        min_residency=parsed.memory.min_residency,
+        stop_grace=parsed.memory.stop_grace,
+        measure_interval=parsed.memory.measure_interval,
         log_level=server.log_level,
-        reload_interval=parse_duration(server.reload_interval) or 0.0,
+        reload_interval=server.reload_interval,
+        shutdown_timeout=server.shutdown_timeout,
+        max_request_size=server.max_request_size,
+        header_timeout=server.header_timeout,
         models=models,
         source=source,
     )
@@ -320,17 +327,18 @@ def _to_spec(
         mmproj=mmproj,
         extra_args=tuple(entry.extra_args),
         defaults=dict(entry.defaults),
-        keep_alive=parse_duration(entry.keep_alive) if entry.keep_alive is not None else keep_alive,
+        keep_alive=entry.keep_alive if "keep_alive" in entry.model_fields_set else keep_alive,
         pinned=entry.pinned,
         preload=entry.preload,
         max_queue=entry.max_queue,
-        queue_timeout=parse_duration(entry.queue_timeout) or 0.0,
-        memory=parse_size(entry.memory) if entry.memory is not None else None,
+        queue_timeout=entry.queue_timeout,
+        memory=entry.memory,
+        prompt_cache=entry.prompt_cache,
         llama_server=_resolve(binary, base_dir) if binary else None,
         shards=shards,
         backend=entry.backend,
         max_batch=entry.max_batch,
-        batch_wait=parse_duration(entry.batch_wait) or 0.0,
+        batch_wait=entry.batch_wait,
         max_batch_tokens=entry.max_batch_tokens,
         truncate=entry.truncate,
         matryoshka=entry.matryoshka,

@@ -6,25 +6,36 @@ The tree::
     ├── ConfigError                     (never reaches a client: the server does not start)
     ├── InvalidRequestError             400 invalid_request_error
     │   ├── WrongModelKindError         400 invalid_request_error / model_kind_mismatch
-    │   └── ContextLengthError          400 invalid_request_error / context_length_exceeded
+    │   ├── ContextLengthError          400 invalid_request_error / context_length_exceeded
+    │   └── UnsupportedFeatureError     400 invalid_request_error / unsupported_feature
     ├── ModelNotFoundError              404 invalid_request_error / model_not_found
+    ├── PermissionDeniedError           403 invalid_request_error / cross_site_request
     ├── ConflictError                   409 invalid_request_error / conflict
+    ├── PayloadTooLargeError            413 invalid_request_error / request_too_large
+    ├── UnsupportedMediaTypeError       415 invalid_request_error / unsupported_media_type
     ├── HubError                        502 server_error / hub_error (pulling from the hub)
     │   ├── HubNotFoundError            404 invalid_request_error / not_found_on_hub
     │   ├── VerificationError           502 server_error / verification_failed
     │   └── DiskFullError               507 server_error / insufficient_storage
     ├── QueueFullError                  429 rate_limit_error / queue_full (Retry-After)
     ├── RunnerError                     502 server_error / runner_failed
+    │   └── RunnerUnreachableError      502 server_error / runner_unreachable (never took it)
     ├── LoadFailedError                 503 server_error / model_load_failed
     ├── QueueTimeoutError               503 server_error / queue_timeout (Retry-After)
     ├── ModelUnloadedError              503 server_error / model_unloaded
+    ├── ShuttingDownError               503 server_error / shutting_down
     ├── DoesNotFitError                 507 server_error / insufficient_memory
     └── UpstreamError                   the runner's own status and message
 
-Code raises these; ``modelyard.api.errors`` is the one place that turns them into responses.
+Code raises these; ``modelyard.api.errors`` is the one place that turns them into the
+gateway's responses. ``envelope`` and ``invalid_request`` are here, free of any web framework,
+so that the workers (standalone programs) answer in the same shape.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class ModelyardError(Exception):
@@ -44,6 +55,17 @@ class ModelyardError(Exception):
         self.param = param
         self.retry_after = retry_after
 
+    def envelope(self) -> dict[str, Any]:
+        """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
 
 class ConfigError(ModelyardError):
     """An invalid ``modelyard.toml`` or environment setting; names the file, table and key."""
@@ -62,6 +84,30 @@ class WrongModelKindError(InvalidRequestError):
 
 class ContextLengthError(InvalidRequestError):
     code = "context_length_exceeded"
+
+
+class UnsupportedFeatureError(InvalidRequestError):
+    """The request asks for something this model cannot do (images without a projector)."""
+
+    code = "unsupported_feature"
+
+
+class PermissionDeniedError(ModelyardError):
+    status = 403
+    type = "invalid_request_error"
+    code = "cross_site_request"
+
+
+class PayloadTooLargeError(ModelyardError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(ModelyardError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class ModelNotFoundError(ModelyardError):
@@ -115,6 +161,13 @@ class RunnerError(ModelyardError):
     code = "runner_failed"
 
 
+class RunnerUnreachableError(RunnerError):
+    """The runner refused the connection or dropped it before taking the request: it is
+    gone (or going), and the request can wait for its restart."""
+
+    code = "runner_unreachable"
+
+
 class LoadFailedError(ModelyardError):
     status = 503
     code = "model_load_failed"
@@ -128,6 +181,11 @@ class QueueTimeoutError(ModelyardError):
 class ModelUnloadedError(ModelyardError):
     status = 503
     code = "model_unloaded"
+
+
+class ShuttingDownError(ModelyardError):
+    status = 503
+    code = "shutting_down"
 
 
 class DoesNotFitError(ModelyardError):
@@ -151,3 +209,17 @@ class UpstreamError(ModelyardError):
         self.status = status
         self.type = type or ("invalid_request_error" if status < 500 else "server_error")
         self.code = code
+
+
+def invalid_request(errors: Sequence[Mapping[str, Any]]) -> InvalidRequestError:
+    """A validation failure (pydantic's ``errors()``) as a 400: the first problem, with its
+    dotted field path in ``param``."""
+    first: Mapping[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first["loc"] if p != "body"]
+    param = ".".join(loc) or None
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if param:
+        message = f"{param}: {message}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return InvalidRequestError(message, param=param)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import re
 
+FOREVER_AFTER = 100 * 365 * 86400.0
+"""Durations this long or longer mean forever: no timer or clock can represent much more."""
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -35,7 +38,8 @@ def parse_duration(value: str | float | int) -> float | None:
     """Seconds from Ollama's ``keep_alive`` forms; ``None`` means forever.
 
     Accepts a number of seconds or a Go-style duration (``"5m"``, ``"1h30m"``, ``"250ms"``).
-    Any negative value means forever; ``0`` means now.
+    Any negative value means forever, and so does anything of ``FOREVER_AFTER`` (a century)
+    or more; ``0`` means now.
     """
     if isinstance(value, bool):
         raise ValueError("a duration must be a number of seconds or a string like '5m'")
@@ -58,8 +62,16 @@ def parse_duration(value: str | float | int) -> float | None:
             seconds = -seconds
     if math.isnan(seconds):
         raise ValueError("a duration cannot be NaN")
-    if seconds < 0 or math.isinf(seconds):
+    if seconds < 0 or seconds >= FOREVER_AFTER:
         return None
+    return seconds
+
+
+def parse_seconds(value: str | float | int) -> float:
+    """A duration that must end: like ``parse_duration``, but forever is an error."""
+    seconds = parse_duration(value)
+    if seconds is None:
+        raise ValueError(f"must be zero or more seconds, not forever (got {value!r})")
     return seconds
 
 

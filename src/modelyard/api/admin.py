@@ -16,7 +16,13 @@ router = APIRouter()
 
 
 def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+    """An ISO time; ``None`` when there is none or it lies past any calendar (never)."""
+    if not ts:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
@@ -30,6 +36,7 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
         "memory": {
             "estimate": dict(status.estimate),
             "measured": dict(status.measured) if status.measured else None,
+            "prompt_cache": spec.prompt_cache_bytes if spec.engine == "llamacpp" else None,
         },
         "queued": status.queued,
         "in_flight": status.in_flight,
@@ -37,7 +44,7 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
         "loaded_since": _iso(status.loaded_since),
         "expires_at": _iso(status.expires_at),
         "pinned": status.pinned,
-        "base_url": running.base_url if running else None,
+        # The pid, not the runner's address: runners answer the gateway alone.
         "pid": getattr(running, "pid", None),
         "last_error": status.last_error,
         "removed": status.removed,

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
 from modelyard.api import admin, errors, models, openai
+from modelyard.api.guard import Guard
 from modelyard.api.proxy import Upstream
 from modelyard.api.reload import Reloader
 from modelyard.catalog.catalog import Catalog
@@ -88,7 +89,10 @@ def create_app(
             min_residency=config.min_residency,
             stop_grace=config.stop_grace,
             measured=MeasuredFootprints(config.home / "footprints.json"),
+            measure_interval=config.measure_interval,
         )
+        await scheduler.prepare()
+        scheduler.start_measuring()
         app.state.scheduler = scheduler
         app.state.upstream = Upstream()
         app.state.started_at = time.time()
@@ -125,6 +129,7 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(models.router)
+    app.add_middleware(Guard, max_body=config.max_request_size)
     app.add_middleware(RequestId)
     return app
 

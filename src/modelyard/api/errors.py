@@ -5,60 +5,79 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
-from modelyard.errors import InvalidRequestError, ModelyardError
+from modelyard.errors import InvalidRequestError, ModelyardError, invalid_request
 
 log = logging.getLogger(__name__)
 
+# A client retrying against a model that backs off produced 100,000 identical warnings in
+# ten minutes: the same error is logged once per window, with a count of the ones held back.
+_LOG_WINDOW = 10.0
+
+
+class _Throttle:
+    """Logs one line per (error class, model-ish message head) per window."""
+
+    def __init__(self, window: float = _LOG_WINDOW) -> None:
+        self._window = window
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def warn(self, exc: ModelyardError) -> None:
+        key = (type(exc).__name__, exc.message[:60])
+        now = time.monotonic()
+        last, held = self._seen.get(key, (-math.inf, 0))
+        if now - last < self._window:
+            self._seen[key] = (last, held + 1)
+            return
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        more = f" (and {held} more like it)" if held else ""
+        log.warning("%s: %s%s", type(exc).__name__, exc.message, more)
+
+
+throttle = _Throttle()
+
 
 def envelope(exc: ModelyardError) -> dict[str, object]:
-    return {
-        "error": {
-            "message": exc.message,
-            "type": exc.type,
-            "param": exc.param,
-            "code": exc.code,
-        }
-    }
+    return exc.envelope()
 
 
 def error_response(exc: ModelyardError) -> JSONResponse:
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return JSONResponse(envelope(exc), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.envelope(), status_code=exc.status, headers=headers)
 
 
 def sse_error_frame(exc: ModelyardError) -> bytes:
     """What a stream that already started sends instead of a status code."""
-    return b"data: " + json.dumps(envelope(exc)).encode() + b"\n\ndata: [DONE]\n\n"
+    return b"data: " + json.dumps(exc.envelope()).encode() + b"\n\ndata: [DONE]\n\n"
 
 
 def from_validation(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
     """The first problem, with its dotted field path in ``param``."""
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first["loc"] if p != "body"]
-    param = ".".join(loc) or None
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if param:
-        message = f"{param}: {message}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return InvalidRequestError(message, param=param)
+    return invalid_request(exc.errors())
+
+
+def report(exc: ModelyardError) -> None:
+    """Logs a server-side failure (throttled); client mistakes are not logged."""
+    if exc.status >= 500:
+        throttle.warn(exc)
 
 
 def install(app: FastAPI) -> None:
     async def on_modelyard(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ModelyardError)
-        if exc.status >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc.message)
+        report(exc)
         return error_response(exc)
 
     async def on_validation(_: Request, exc: Exception) -> Response:
@@ -71,7 +90,13 @@ def install(app: FastAPI) -> None:
         error.status = exc.status_code
         error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return error_response(error)
+        response = error_response(error)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def on_disconnect(_: Request, exc: Exception) -> Response:
+        return Response(status_code=499)  # the client left while sending: nobody reads this
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # Starlette re-raises it after this, so the traceback reaches the server log once.
@@ -82,4 +107,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(ValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
@@ -27,6 +28,7 @@ from modelyard.catalog.summary import summarize
 from modelyard.errors import (
     ConfigError,
     ConflictError,
+    HubError,
     InvalidRequestError,
     ModelyardError,
 )
@@ -37,6 +39,7 @@ from modelyard.protocol.openai import ModelDeleteRequest, ModelPullRequest, Mode
 from modelyard.scheduler import ModelState, Scheduler
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 def _reloader(request: Request) -> Reloader:
@@ -152,6 +155,12 @@ async def _pull(
         )
     except PullCancelledError:
         raise InvalidRequestError("The pull was cancelled") from None
+    except ModelyardError:
+        raise
+    except Exception as exc:
+        # A failure the hub adapter did not foresee (the network, a library's own error).
+        log.exception("pull of %s failed", ref)
+        raise HubError(f"The pull of {ref} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         hub.close()
     with contextlib.suppress(ConfigError):

@@ -6,22 +6,20 @@ import array
 import base64
 import json
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from modelyard.api.proxy import Upstream, read_answer, relay
-from modelyard.api.request import (
-    ClientGone,
-    DisconnectWatch,
-    keep_alive_of,
-    read_json,
-    scheduler_of,
-)
+from modelyard.api.dispatch import Dispatch, Shape
+from modelyard.api.request import keep_alive_of, read_json, scheduler_of
 from modelyard.catalog.spec import ModelSpec
-from modelyard.errors import InvalidRequestError, RunnerError, WrongModelKindError
+from modelyard.errors import (
+    InvalidRequestError,
+    RunnerError,
+    UnsupportedFeatureError,
+    WrongModelKindError,
+)
 from modelyard.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -30,12 +28,9 @@ from modelyard.protocol.openai import (
     ModelList,
     RerankRequest,
 )
-from modelyard.scheduler import Scheduler
-from modelyard.scheduler.scheduler import Unset
+from modelyard.scheduler import Scheduler, Unset
 
 router = APIRouter()
-
-_CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
 
 
 @router.get("/v1/models")
@@ -92,8 +87,18 @@ async def _generate(
     for key, value in spec.defaults.items():
         if payload.get(key) is None:
             payload[key] = value
+    if isinstance(parsed, ChatCompletionRequest) and spec.mmproj is None and parsed.has_media():
+        raise UnsupportedFeatureError(
+            f"Model {spec.name!r} cannot read images or audio: it has no multimodal projector. "
+            "Send text only, or give the model an mmproj file (mmproj in its catalog entry)",
+            param="messages",
+        )
+    # More than one slot's context can never be generated; llama.cpp's counter is 32-bit.
+    for key in ("max_tokens", "max_completion_tokens"):
+        if isinstance(payload.get(key), int) and payload[key] > spec.ctx:
+            payload[key] = spec.ctx
 
-    return await _forward(request, scheduler, spec.name, keep_alive, path, payload)
+    return _forward(request, scheduler, spec.name, keep_alive, path, payload)
 
 
 @router.post("/v1/embeddings")
@@ -121,7 +126,7 @@ async def embeddings(request: Request) -> Response:
             shape = _shortener(parsed.dimensions, parsed.encoding_format)
     keep_alive = keep_alive_of(parsed.keep_alive)
     path = "/v1/embeddings"
-    return await _forward(request, scheduler, spec.name, keep_alive, path, payload, shape)
+    return _forward(request, scheduler, spec.name, keep_alive, path, payload, shape)
 
 
 @router.post("/v1/rerank")
@@ -138,7 +143,7 @@ async def rerank(request: Request) -> Response:
         payload["truncate"] = parsed.truncate
     shape = _ranker(parsed, documents, request.state.request_id)
     keep_alive = keep_alive_of(parsed.keep_alive)
-    return await _forward(request, scheduler, spec.name, keep_alive, "/v1/rerank", payload, shape)
+    return _forward(request, scheduler, spec.name, keep_alive, "/v1/rerank", payload, shape)
 
 
 def _model_for(scheduler: Scheduler, model: str, capability: str, path: str) -> ModelSpec:
@@ -150,9 +155,6 @@ def _model_for(scheduler: Scheduler, model: str, capability: str, path: str) -> 
             param="model",
         )
     return spec
-
-
-Shape = Callable[[bytes], bytes]
 
 
 def _ranker(parsed: RerankRequest, documents: list[str], request_id: str) -> Shape:
@@ -207,7 +209,7 @@ def _shortener(dimensions: int, encoding_format: str) -> Shape:
     return shape
 
 
-async def _forward(
+def _forward(
     request: Request,
     scheduler: Scheduler,
     model: str,
@@ -216,36 +218,14 @@ async def _forward(
     payload: dict[str, Any],
     shape: Shape | None = None,
 ) -> Response:
-    """Lease (queue, load) → proxy → release; ``shape`` rewrites a non-streamed answer.
-
-    A client that leaves while queued or waiting for the answer gets nothing (499).
-    """
-    watch = DisconnectWatch(request)
-    try:
-        lease = await watch.guard(scheduler.acquire(model, keep_alive))
-        headers = {"X-Modelyard-Queue-Ms": f"{lease.queued * 1000:.1f}"}
-        upstream: Upstream = request.app.state.upstream
-        try:
-            response = await watch.guard(
-                upstream.post(
-                    lease.base_url + path, payload, {"X-Request-Id": request.state.request_id}
-                )
-            )
-            if payload.get("stream") and response.status < 400:
-                return StreamingResponse(
-                    relay(response, lambda: scheduler.release(lease)),
-                    media_type="text/event-stream",
-                    headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                )
-            answer = await watch.guard(read_answer(response))
-        except BaseException:
-            scheduler.release(lease)
-            raise
-        scheduler.release(lease)
-        if shape is not None:
-            answer = shape(answer)
-        return Response(answer, media_type="application/json", headers=headers)
-    except ClientGone:
-        return Response(status_code=_CLIENT_CLOSED)
-    finally:
-        watch.close()
+    """The response that serves ``payload`` (see ``modelyard.api.dispatch``)."""
+    return Dispatch(
+        scheduler,
+        request.app.state.upstream,
+        model=model,
+        keep_alive=keep_alive,
+        path=path,
+        payload=payload,
+        request_id=request.state.request_id,
+        shape=shape,
+    )

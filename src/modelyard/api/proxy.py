@@ -1,21 +1,20 @@
-"""The upstream client: one pooled aiohttp session for every runner, and the SSE relay.
+"""The upstream client: one pooled aiohttp session for every runner.
 
 Runners are OpenAI-compatible servers; a request is posted as-is and the answer is passed
-back. Streams are relayed chunk by chunk as they arrive, never re-assembled; closing the
-relay (the client left) closes the upstream connection, which makes llama.cpp stop
-generating for that slot.
+back (``modelyard.api.dispatch`` relays streams). Closing a response before its end (the
+client left) closes the upstream connection, which makes llama.cpp stop generating for that
+slot.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from modelyard.api.errors import sse_error_frame
-from modelyard.errors import RunnerError, UpstreamError
+from modelyard.errors import ModelyardError, RunnerError, RunnerUnreachableError, UpstreamError
 
 # llama.cpp's HTTP server closes keep-alive connections idle for 5 s: drop ours sooner so a
 # pooled connection is rarely dead when reused.
@@ -37,21 +36,22 @@ class Upstream:
         await self._session.close()
 
     async def post(
-        self, url: str, payload: dict[str, Any], headers: dict[str, str]
+        self, url: str, payload: dict[str, Any], headers: Mapping[str, str]
     ) -> aiohttp.ClientResponse:
         """POSTs JSON; retries once when the connection failed before anything came back.
 
-        Failures before a response are either a refused connection or a pooled connection
-        the runner had already closed: in both cases the runner never took the request.
+        Failures before a response are a refused connection, a reset one, or a pooled
+        connection the runner had already closed: the runner never took the request. Twice
+        in a row means the runner is gone: ``RunnerUnreachableError``.
         """
         body = json.dumps(payload).encode()
         headers = {**headers, "Content-Type": "application/json"}
         for attempt in (1, 2):
             try:
                 return await self._session.post(url, data=body, headers=headers)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectorError) as exc:
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 2:
-                    raise RunnerError(f"model server unreachable: {exc}") from exc
+                    raise RunnerUnreachableError(f"model server unreachable: {exc}") from exc
             except aiohttp.ClientError as exc:
                 raise RunnerError(f"model server request failed: {exc}") from exc
         raise AssertionError("unreachable")
@@ -70,8 +70,11 @@ async def read_answer(response: aiohttp.ClientResponse) -> bytes:
     return body
 
 
-def upstream_error(status: int, body: bytes) -> UpstreamError:
-    """llama.cpp's ``{"error": {"code": 400, "message", "type"}}`` into our envelope."""
+def upstream_error(status: int, body: bytes) -> ModelyardError:
+    """llama.cpp's ``{"error": {"code": 400, "message", "type"}}`` into our envelope.
+
+    A client mistake (4xx) keeps the runner's status and words; a failure of the runner
+    itself (5xx) is a 502 ``runner_failed`` that quotes it: the gateway did not fail."""
     message = body.decode("utf-8", errors="replace")[:2000]
     fields: dict[str, str | None] = {"type": None, "param": None, "code": None}
     try:
@@ -85,32 +88,6 @@ def upstream_error(status: int, body: bytes) -> UpstreamError:
             message = error
     except ValueError:
         pass
+    if status >= 500:
+        return RunnerError(f"model server failed ({status}): {message}")
     return UpstreamError(message or f"model server answered {status}", status=status, **fields)
-
-
-async def relay(
-    response: aiohttp.ClientResponse, on_close: Callable[[], None]
-) -> AsyncIterator[bytes]:
-    """Yields the upstream body as it arrives; a broken upstream ends with an SSE error frame.
-
-    ``on_close`` runs exactly once, however the relay ends (done, upstream failure, or the
-    client going away, which cancels the consumer and closes the upstream connection).
-    """
-    complete = False
-    tail = b""
-    try:
-        async for chunk in response.content.iter_any():
-            tail = chunk[-2:]
-            yield chunk
-        complete = True
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        # Terminate a half-written event first so the error frame parses on its own.
-        prefix = b"" if tail in (b"", b"\n\n") else b"\n\n"
-        error = RunnerError(f"model server failed while streaming: {exc}")
-        yield prefix + sse_error_frame(error)
-    finally:
-        if complete:
-            response.release()
-        else:
-            response.close()
-        on_close()

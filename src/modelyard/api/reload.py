@@ -87,6 +87,7 @@ class Reloader:
             if _outside_models(config) != _outside_models(self.config):
                 log.warning("settings outside [models] changed; they take effect at restart")
             self.config = replace(self.config, models=config.models, models_dir=config.models_dir)
+            await self._scheduler.prepare(config.models)
             change = self._scheduler.update_catalog(Catalog(config.models))
         if change.added or change.removed or change.changed:
             log.info(

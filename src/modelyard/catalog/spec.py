@@ -18,6 +18,11 @@ Footprint = Mapping[str, int]
 """Bytes per device: ``{"ram": ...}`` and, where a GPU is used, ``{"gpu0": ...}``."""
 
 DEFAULT_KEEP_ALIVE = 300.0
+PROMPT_CACHE_SHARE = 0.25
+"""Default host-RAM prompt cache of a llama.cpp model: this share of its weight files."""
+PROMPT_CACHE_MIN = 32 * 1024**2
+PROMPT_CACHE_MAX = 8 * 1024**3
+"""llama.cpp's own default, reached only by weights of 32 GiB and more."""
 ENCODER_PARALLEL = 64
 """Requests let through to an encoder worker at once (it batches them) unless configured."""
 
@@ -46,7 +51,8 @@ class ModelSpec:
     pinned: bool = False
     preload: bool = False
     max_queue: int = 64
-    queue_timeout: float = 120.0
+    queue_timeout: float | None = 120.0
+    """Seconds a request may wait for a slot (and a load); ``None`` means forever."""
     memory: int | None = None
     """Bytes; overrides the estimate (and the measurement) when set."""
     llama_server: Path | None = None
@@ -65,6 +71,25 @@ class ModelSpec:
     """Over-long inputs are cut to the model's limit (``True``) or rejected with a 400."""
     matryoshka: bool = False
     """The embedding model was trained to be cut short: requests may ask for ``dimensions``."""
+    prompt_cache: int | None = None
+    """llama.cpp: bytes of host RAM for cached prompt states (0: none); ``None``: the default
+    share of the weights (see ``prompt_cache_bytes``)."""
+
+    @functools.cached_property
+    def prompt_cache_bytes(self) -> int:
+        """The prompt cache a llama.cpp runner is given and counted for: the configured size,
+        else ``PROMPT_CACHE_SHARE`` of the weight files (from one ``stat`` of each, once).
+        Left to itself llama.cpp keeps up to 8 GiB per model, beyond any estimate."""
+        if self.engine != "llamacpp":
+            return 0
+        if self.prompt_cache is not None:
+            return self.prompt_cache
+        try:
+            weights = sum(p.stat().st_size for p in self.files)
+        except OSError:
+            weights = 0
+        share = int(weights * PROMPT_CACHE_SHARE)
+        return min(max(share, PROMPT_CACHE_MIN), PROMPT_CACHE_MAX) // 1024**2 * 1024**2
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -93,6 +118,7 @@ class ModelSpec:
             "llama_server": str(self.llama_server) if self.llama_server else None,
             "backend": self.backend,
             "max_batch_tokens": self.max_batch_tokens,
+            "prompt_cache": self.prompt_cache,
         }
         blob = json.dumps(settings, sort_keys=True).encode()
         return f"{self.name}:{hashlib.sha256(blob).hexdigest()[:16]}"

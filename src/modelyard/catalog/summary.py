@@ -44,6 +44,8 @@ def summarize(
     except (OSError, ValueError, GGUFError, struct.error) as exc:
         summary["error"] = f"cannot read {spec.path}: {exc}"
     memory: dict[str, Any] = {"estimate": None, "measured": dict(measured) if measured else None}
+    if spec.engine == "llamacpp":
+        memory["prompt_cache"] = spec.prompt_cache_bytes  # part of the estimate
     try:
         memory["estimate"] = dict(estimate())
     except ModelyardError as exc:

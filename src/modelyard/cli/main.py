@@ -45,8 +45,7 @@ def serve(
     ] = None,
 ) -> None:
     """Start the server (on the demo models when there is no config)."""
-    import uvicorn
-
+    from modelyard.api import server
     from modelyard.api.app import create_app
     from modelyard.config import Settings
 
@@ -65,13 +64,7 @@ def serve(
     names = ", ".join(s.name for s in cfg.models) or "(none)"
     err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
     err.print(f"modelyard: OpenAI endpoint at http://{cfg.host}:{cfg.port}/v1")
-    uvicorn.run(
-        create_app(cfg, settings=settings),
-        host=cfg.host,
-        port=cfg.port,
-        log_level=cfg.log_level,
-        access_log=False,
-    )
+    server.run(create_app(cfg, settings=settings), cfg)
 
 
 @app.command("ls")
@@ -107,11 +100,13 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
         return
     table = Table("NAME", "STATE", "MEMORY", "IN FLIGHT", "QUEUED", "SINCE", "EXPIRES", box=None)
     for m in data["models"]:
-        memory = m["memory"]["measured"] or m["memory"]["estimate"]
+        memory = footprint_text(m["memory"]["measured"] or m["memory"]["estimate"])
+        if m["memory"].get("prompt_cache"):
+            memory += f" (cache {footprint_text({'ram': m['memory']['prompt_cache']})})"
         table.add_row(
             m["name"],
             f"{m['state']} (removed)" if m.get("removed") else m["state"],
-            footprint_text(memory),
+            memory,
             f"{m['in_flight']}/{m['parallel']}",
             str(m["queued"]),
             m["loaded_since"] or "-",

@@ -209,7 +209,10 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("settings", settings))
     memory = data["memory"]
     if memory.get("estimate"):
-        rows.append(("memory estimate", footprint_text(memory["estimate"])))
+        text = footprint_text(memory["estimate"])
+        if memory.get("prompt_cache"):
+            text += f", of it {footprint_text({'ram': memory['prompt_cache']})} prompt cache"
+        rows.append(("memory estimate", text))
     if memory.get("measured"):
         rows.append(("memory measured", footprint_text(memory["measured"])))
     if memory.get("error"):

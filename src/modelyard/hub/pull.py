@@ -154,11 +154,14 @@ class Hub:
         return info.sha, files
 
     def url(self, repo: str, commit: str, path: str) -> str:
-        return f"{self.endpoint}/{repo}/resolve/{commit}/{path}"
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(repo, path, revision=commit, endpoint=self.endpoint)
 
     def client(self) -> httpx.Client:
         if self._client is None:
-            from huggingface_hub.utils._headers import build_hf_headers
+            # Documented as public; the package does not list it in an __all__.
+            from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
             headers = build_hf_headers(
                 token=self.token, library_name="modelyard", library_version=__version__

@@ -25,7 +25,13 @@ DEFAULT_QUANTS = (
 )  # fmt: skip
 """The quantisation chosen when a GGUF reference names none: the first the repo has."""
 
-_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Hugging Face's rules for an ``owner/name`` (``huggingface_hub``'s ``validate_repo_id``):
+# letters, digits, ``-``, ``_``, ``.``; no ``--`` or ``..``; not starting or ending with
+# ``-`` or ``.``; at most 96 characters a part.
+_REPO_PART = re.compile(r"^(?!.*(?:--|\.\.))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
+# A branch, tag or commit: what Git allows in a ref, without anything that leaves a path.
+_REVISION = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[\w./-]{1,200}(?<![./])$")
+_TAG_MAX = 200
 _QUANT = re.compile(
     r"(?<![A-Za-z0-9])("
     r"I?Q\d_K_(?:XL|XS|S|M|L)|I?Q\d_K|IQ\d_(?:XXS|XS|NL|S|M)|Q\d_[01]|TQ\d_0|MXFP4(?:_MOE)?"
@@ -70,7 +76,14 @@ def parse_reference(text: str) -> Reference:
     tag: str | None = None
     if ":" in value:
         value, tag = value.split(":", 1)
-    if not _REPO.match(value) or not revision or tag == "":
+    parts = value.split("/")
+    if (
+        len(parts) != 2
+        or not all(_REPO_PART.match(part) for part in parts)
+        or not _REVISION.match(revision)
+        or tag == ""
+        or (tag is not None and (len(tag) > _TAG_MAX or "/" in tag or "\\" in tag))
+    ):
         raise InvalidRequestError(
             f"{text!r} is not a model reference; expected owner/repo, owner/repo:QUANT "
             "(for example Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M) or owner/repo@revision",

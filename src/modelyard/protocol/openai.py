@@ -6,9 +6,19 @@ Requests allow extra fields: engines take more than OpenAI defines (llama.cpp's 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_TOKENS = 2**31 - 1
+"""Engines count tokens in 32 bits; a larger ``max_tokens`` wrapped to a negative number."""
+MAX_NAME = 512
+"""Longest model name or reference (Hugging Face allows 96 characters per part)."""
+MAX_LOGIT_BIAS = 1024
+MAX_CHOICES = 16
+MEDIA_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio"})
+
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 
 
 class _Request(BaseModel):
@@ -25,18 +35,23 @@ class ChatCompletionMessageParam(_Request):
 
 
 class _SamplingRequest(_Request):
-    model: str = Field(min_length=1)
+    model: ModelName
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logprobs: bool | int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, float] | list[list[Any]] | None = Field(
+        default=None, max_length=MAX_LOGIT_BIAS
+    )
+    """OpenAI's token id → bias map (llama.cpp also takes ``[[token, bias], …]``)."""
     user: str | None = None
     keep_alive: str | float | None = None
     """Ollama's: how long the model stays loaded after this request (``"5m"``, ``0``, ``-1``)."""
@@ -44,10 +59,19 @@ class _SamplingRequest(_Request):
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatCompletionMessageParam] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+
+    def has_media(self) -> bool:
+        """Whether any message carries an image or audio part."""
+        return any(
+            isinstance(part, dict) and part.get("type") in MEDIA_PARTS
+            for message in self.messages
+            if isinstance(message.content, list)
+            for part in message.content
+        )
 
 
 class CompletionRequest(_SamplingRequest):
@@ -57,7 +81,7 @@ class CompletionRequest(_SamplingRequest):
 
 
 class EmbeddingRequest(_Request):
-    model: str = Field(min_length=1)
+    model: ModelName
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
@@ -94,7 +118,7 @@ class RerankDocument(_Request):
 class RerankRequest(_Request):
     """Cohere's (v1 and v2) and Jina's rerank request; documents as strings or ``{"text"}``."""
 
-    model: str = Field(min_length=1)
+    model: ModelName
     query: str = Field(min_length=1)
     documents: list[str | RerankDocument] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1)
@@ -107,26 +131,26 @@ class RerankRequest(_Request):
 
 
 class ModelLoadRequest(_Request):
-    model: str = Field(min_length=1)
+    model: ModelName
     keep_alive: str | float | None = None
 
 
 class ModelUnloadRequest(_Request):
-    model: str = Field(min_length=1)
+    model: ModelName
 
 
 class ModelPullRequest(_Request):
-    model: str = Field(min_length=1)
+    model: ModelName
     """``owner/repo``, ``owner/repo:QUANT`` or ``owner/repo:file.gguf``, optionally ``@rev``."""
     stream: bool = True
 
 
 class ModelShowRequest(_Request):
-    model: str = Field(min_length=1)
+    model: ModelName
 
 
 class ModelDeleteRequest(_Request):
-    model: str = Field(min_length=1)
+    model: ModelName
     force: bool = False
     """Unload the model first if it is loaded (else a loaded model is not deleted)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from modelyard.catalog.spec import Footprint, ModelSpec
@@ -12,6 +13,11 @@ class RunningModel(Protocol):
 
     @property
     def base_url(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Sent with every request to it: the key only the gateway knows."""
+        ...
 
     def footprint(self) -> Footprint:
         """Memory in use now, per device (measured, not estimated)."""

@@ -15,7 +15,8 @@ from pathlib import Path
 from modelyard.catalog.hf import weights_bytes
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
-from modelyard.runners.process import ChildServer, free_port, log_file
+from modelyard.runners.process import ChildServer, free_port, log_file, runner_key
+from modelyard.workers.encoder_auth import KEY_ENV
 
 # Resident memory of a worker besides weights and activations: Python, torch, transformers,
 # ONNX Runtime, uvicorn (measured with MiniLM: 509 MiB idle with torch, 582 with ONNX, 87 of
@@ -79,11 +80,14 @@ class EncoderRunner:
             "modelyard.workers.encoder",
             *worker_args(spec, port, self._cache_dir / "onnx"),
         ]
+        key = runner_key()
         return await ChildServer.start(
             argv,
             port=port,
             log_path=log_file(self._log_dir, spec.name),
             load_timeout=self._load_timeout,
+            env={KEY_ENV: key},
+            key=key,
         )
 
 

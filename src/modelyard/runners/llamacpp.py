@@ -14,7 +14,10 @@ from pathlib import Path
 from modelyard.catalog.gguf import GGUFError, GGUFInfo, estimate_bytes, read_gguf
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
-from modelyard.runners.process import ChildServer, free_port, log_file
+from modelyard.runners.process import ChildServer, free_port, log_file, runner_key
+
+KEY_ENV = "LLAMA_API_KEY"
+"""llama-server reads its ``--api-key`` from here (so the key is not on its command line)."""
 
 # llama.cpp's legacy (non-Jinja) chat formats that a catalog may name instead of a file.
 BUILTIN_TEMPLATES = frozenset(
@@ -50,6 +53,7 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
         "--alias", spec.name,
         "--slots",
         "--metrics",
+        "--cache-ram", str(spec.prompt_cache_bytes // 1024**2),
     ]  # fmt: skip
     if spec.threads:
         args += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
@@ -80,7 +84,8 @@ class LlamaCppRunner:
         except (GGUFError, OSError) as exc:
             raise LoadFailedError(f"cannot read {spec.path}: {exc}") from exc
         projector = spec.mmproj.stat().st_size if spec.mmproj else 0
-        return {"ram": estimate_bytes(info, spec.ctx, spec.parallel) + projector}
+        engine = estimate_bytes(info, spec.ctx, spec.parallel)
+        return {"ram": engine + projector + spec.prompt_cache_bytes}
 
     async def start(self, spec: ModelSpec) -> ChildServer:
         port = free_port()
@@ -89,9 +94,13 @@ class LlamaCppRunner:
             argv = [str(spec.llama_server), *args]
         else:
             argv = [sys.executable, "-m", "modelyard.workers.llamacpp", *args]
+        key = runner_key()
         return await ChildServer.start(
             argv,
             port=port,
             log_path=log_file(self._log_dir, spec.name),
             load_timeout=self._load_timeout,
+            env={KEY_ENV: key},
+            key=key,
+            lifeline=spec.llama_server is not None,
         )

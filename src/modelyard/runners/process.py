@@ -2,22 +2,26 @@
 
 The child runs in a new session (its own process group, so a stop reaches every process it
 starts) and gets SIGKILL from the kernel when the gateway dies, even by SIGKILL
-(``PR_SET_PDEATHSIG``). Stopping sends SIGTERM to the group, then SIGKILL after a grace
-period.
+(``PR_SET_PDEATHSIG``, set by the child itself: see ``modelyard.workers.lifeline``).
+Stopping sends SIGTERM to the group, then SIGKILL after a grace period.
+
+Each child gets a random key that only the gateway knows: a runner answers only requests
+that carry it (its ``/health`` excepted), so nothing on the machine can reach a model
+around the gateway's queues and budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -25,10 +29,10 @@ import psutil
 
 from modelyard.catalog.spec import Footprint
 from modelyard.errors import LoadFailedError
+from modelyard.workers.lifeline import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _LOG_ROTATE_BYTES = 16 * 1024**2
 # /health is polled this often while a model loads: readiness is noticed within ~10 ms.
 _HEALTH_POLL = 0.01
@@ -40,14 +44,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent(parent: int) -> None:
-    """Runs in the child between fork and exec."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The parent may have died before prctl took effect.
-    if os.getppid() != parent:
-        os._exit(1)
+def runner_key() -> str:
+    """A fresh secret for one runner process."""
+    return secrets.token_urlsafe(24)
 
 
 def log_file(log_dir: Path, model: str) -> Path:
@@ -69,43 +68,72 @@ class ChildServer:
     """A running child process serving HTTP at ``base_url`` (a ``RunningModel``)."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, base_url: str, log_path: Path, log_start: int
+        self,
+        process: asyncio.subprocess.Process,
+        base_url: str,
+        log_path: Path,
+        log_start: int,
+        key: str | None = None,
     ) -> None:
         self._process = process
         self._base_url = base_url
         self._log_path = log_path
         self._log_start = log_start
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     @classmethod
     async def spawn(
-        cls, argv: Sequence[str], *, port: int, log_path: Path, env: dict[str, str] | None = None
+        cls,
+        argv: Sequence[str],
+        *,
+        port: int,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        key: str | None = None,
+        lifeline: bool = False,
     ) -> ChildServer:
+        """Starts ``argv`` with ``env`` added to ours.
+
+        ``lifeline``: the program does not set its own parent-death signal (it is not one of
+        our workers), so it is started through ``modelyard.workers.lifeline``.
+        """
         fd, start = open_log(log_path)
         header = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n"
         os.write(fd, header.encode())
-        parent = os.getpid()
+        if lifeline:
+            argv = [sys.executable, "-m", "modelyard.workers.lifeline", "--", *argv]
+        environ = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,
-                env=env,
+                env=environ,
                 start_new_session=True,
-                preexec_fn=lambda: _die_with_parent(parent),
             )
         except OSError as exc:
             raise LoadFailedError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
         finally:
             os.close(fd)
-        return cls(process, f"http://127.0.0.1:{port}", log_path, start)
+        return cls(process, f"http://127.0.0.1:{port}", log_path, start, key)
 
     @classmethod
     async def start(
-        cls, argv: Sequence[str], *, port: int, log_path: Path, load_timeout: float
+        cls,
+        argv: Sequence[str],
+        *,
+        port: int,
+        log_path: Path,
+        load_timeout: float,
+        env: Mapping[str, str] | None = None,
+        key: str | None = None,
+        lifeline: bool = False,
     ) -> ChildServer:
         """Spawns the server and returns once it is healthy; stops it if it never gets there."""
-        server = await cls.spawn(argv, port=port, log_path=log_path)
+        server = await cls.spawn(
+            argv, port=port, log_path=log_path, env=env, key=key, lifeline=lifeline
+        )
         try:
             await server.wait_healthy(load_timeout)
         except BaseException:
@@ -116,6 +144,10 @@ class ChildServer:
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._headers
 
     @property
     def pid(self) -> int:

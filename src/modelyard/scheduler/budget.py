@@ -23,10 +23,12 @@ def resolve_budget(ram: str | int) -> dict[str, int]:
 
 
 class MeasuredFootprints(MutableMapping[str, Footprint]):
-    """A dict of measured footprints by model+settings key, saved as JSON on every change."""
+    """A dict of measured footprints by model+settings key, saved as JSON by ``flush`` (the
+    scheduler flushes from a thread after it measures, and when it closes)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        self._dirty = False
         self._data: dict[str, Footprint] = {}
         with contextlib.suppress(FileNotFoundError):
             try:
@@ -44,11 +46,11 @@ class MeasuredFootprints(MutableMapping[str, Footprint]):
         if self._data.get(key) == value:
             return
         self._data[key] = dict(value)
-        self._save()
+        self._dirty = True
 
     def __delitem__(self, key: str) -> None:
         del self._data[key]
-        self._save()
+        self._dirty = True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -56,11 +58,16 @@ class MeasuredFootprints(MutableMapping[str, Footprint]):
     def __len__(self) -> int:
         return len(self._data)
 
-    def _save(self) -> None:
+    def flush(self) -> None:
+        """Writes the file if anything changed since the last write."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        text = json.dumps(dict(self._data), indent=1, sort_keys=True)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True))
+            tmp.write_text(text)
             os.replace(tmp, self._path)
         except OSError as exc:
             log.warning("cannot save %s: %s", self._path, exc)

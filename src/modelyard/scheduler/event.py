@@ -45,3 +45,11 @@ class Evicted(Event):
 class RunnerExited(Event):
     code: int
     log_tail: str
+
+
+@dataclass(frozen=True)
+class MemoryPressure(Event):
+    """The resident models together use more than the budget (``model`` is empty)."""
+
+    used: dict[str, int]
+    evicting: tuple[str, ...]

@@ -7,17 +7,24 @@ seam; time goes through the injected ``Clock``.
 Contracts:
 - ``acquire(model)`` returns a ``Lease`` once the model is ready and one of its ``parallel``
   slots is free. While any lease on a model is held, the model is never evicted.
-- Requests for one model wait in a FIFO queue of at most ``max_queue``; one more raises
-  ``QueueFullError`` (429); waiting longer than ``queue_timeout`` raises
-  ``QueueTimeoutError`` (503). A waiter that is cancelled (its client left) is removed and
-  starts nothing.
+- Requests for one model wait in a FIFO queue of at most ``max_queue`` beyond the slots
+  that are free or will be once it has loaded; one more raises ``QueueFullError`` (429);
+  waiting longer than ``queue_timeout`` raises ``QueueTimeoutError`` (503). A waiter that is
+  cancelled (its client left) is removed and starts nothing.
 - Concurrent requests for a cold model share one load. A model larger than the whole budget
   raises ``DoesNotFitError`` (507) at once. A load that fails fails its waiters with
   ``LoadFailedError`` (503) carrying the runner's log tail; repeated failures back off.
 - When the last lease is released the model's keep-alive starts (the last request's
   ``keep_alive`` if it gave one, else the catalog's): ``0`` unloads now, ``None`` never.
 - A runner that exits on its own moves its model to ``stopped``; leases taken before stay
-  valid objects but no longer count, and the next request starts it again.
+  valid objects but no longer count, and waiting requests start it again (after a delay
+  that grows while it keeps crashing before it serves a request: ``backoff``). A request
+  whose lease turned out to point at a dead runner (``runner_unreachable``) waits for the
+  restart like any request to a cold model.
+- Memory is measured on a timer (``measure_interval``), off the request path and never by
+  a query: each runner's peak counts from then on. When the resident models together
+  exceed the budget (an engine grew past its estimate), idle models are evicted, and new
+  loads wait until there is room.
 - ``update_catalog`` swaps the catalog while serving: new models can be requested at once;
   a removed model takes no new requests, finishes the ones it has (queued included), then
   unloads and is forgotten; a model whose settings changed keeps running as it is and takes
@@ -55,6 +62,7 @@ from modelyard.scheduler.event import (
     KeepAliveExpired,
     LeaseAcquired,
     LeaseReleased,
+    MemoryPressure,
     RunnerExited,
     StateChanged,
 )
@@ -81,6 +89,10 @@ def estimate(spec: ModelSpec, runner: Runner) -> Footprint:
     return runner.estimate(spec)
 
 
+def _estimate_key(spec: ModelSpec) -> str:
+    return f"{spec.settings_key}:{spec.memory}"
+
+
 def backoff(failures: int) -> float:
     """Seconds to refuse loads after ``failures`` failures in a row: 0, 1, 2, 4 … 60."""
     return 0.0 if failures <= 1 else min(2.0 ** (failures - 2), _BACKOFF_MAX)
@@ -92,6 +104,8 @@ class Lease:
 
     model: str
     base_url: str
+    headers: Mapping[str, str]
+    """Sent with the request: the runner's key."""
     queued: float
     """Seconds spent waiting (queue and load)."""
     generation: int
@@ -122,7 +136,14 @@ class _Model:
     expiry: Timer | None = None
     unload_when_idle: bool = False
     failures: int = 0
+    """Loads that failed in a row: waiting requests fail fast until ``retry_at``."""
     retry_at: float = 0.0
+    crashes: int = 0
+    """Runner exits in a row without a request served in between."""
+    restart_at: float = 0.0
+    """Waiting requests start the runner again no sooner than this."""
+    over_estimate: bool = False
+    """Its measured memory went past its estimate (reported once)."""
     last_error: str | None = None
     task: asyncio.Task[None] | None = None
     watcher: asyncio.Task[None] | None = None
@@ -177,6 +198,7 @@ class Scheduler:
         min_residency: float = 0.0,
         stop_grace: float = 5.0,
         measured: MutableMapping[str, Footprint] | None = None,
+        measure_interval: float = 0.0,
     ) -> None:
         self._catalog = catalog
         self._runners = runners
@@ -190,6 +212,12 @@ class Scheduler:
         self._seq = 0
         self._listeners: list[Callable[[Event], None]] = []
         self._pump_timer: Timer | None = None
+        self._restart_timer: Timer | None = None
+        self._restart_when = 0.0
+        self._measure_interval = measure_interval
+        self._measure_timer: Timer | None = None
+        self._measuring: asyncio.Task[None] | None = None
+        self._pressure = False
         self._closed = False
 
     # ---- public API -------------------------------------------------------------------------
@@ -214,30 +242,36 @@ class Scheduler:
         m.waiters.append(waiter)
         self._pump()
         if not waiter.future.done():
-            if len(m.waiters) > m.spec.max_queue:
+            # Slots that are free, or will be once the model has loaded, take waiters too.
+            free_slots = max(0, m.spec.parallel - m.leases)
+            if len(m.waiters) > m.spec.max_queue + free_slots:
                 m.waiters.remove(waiter)
                 raise QueueFullError(
                     f"Too many requests queued for model {m.spec.name!r} "
                     f"({m.spec.max_queue} waiting, {m.leases} in flight); retry later",
                     retry_after=max(1, math.ceil(len(m.waiters) / m.spec.parallel)),
                 )
-            waiter.timer = self._clock.call_at(
-                now + m.spec.queue_timeout, lambda: self._queue_timeout(m, waiter)
-            )
+            if m.spec.queue_timeout is not None:
+                waiter.timer = self._clock.call_at(
+                    now + m.spec.queue_timeout, lambda: self._queue_timeout(m, waiter)
+                )
         try:
             return await waiter.future
         except asyncio.CancelledError:
             self._abandon(m, waiter)
             raise
 
-    def release(self, lease: Lease) -> None:
-        """Returns a lease; safe to call twice."""
+    def release(self, lease: Lease, *, served: bool = False) -> None:
+        """Returns a lease; safe to call twice. ``served``: the runner answered the request
+        in full (so it is not crashing over and over)."""
         if lease.released:
             return
         lease.released = True
         m = self._models.get(lease.model)
         if m is None or lease.generation != m.generation:
             return  # the runner it was for has exited since (or the model is gone)
+        if served:
+            m.crashes = 0
         m.leases -= 1
         m.last_used = self._clock.now()
         self._emit(LeaseReleased(m.spec.name, m.last_used))
@@ -286,6 +320,69 @@ class Scheduler:
         """The most the model has been seen to use with its current settings."""
         return self._measured.get(self._catalog.get(name).settings_key)
 
+    async def runner_unreachable(self, lease: Lease, grace: float = 2.0) -> bool:
+        """The runner of ``lease`` refused or dropped a request before taking it. Waits (up
+        to ``grace`` seconds) for its process to exit and handles the exit at once, so that the
+        request can wait for the restart; ``False`` if it is still running (then the
+        request fails)."""
+        m = self._models.get(lease.model)
+        if m is None or lease.generation != m.generation or m.running is None:
+            return True  # already known to be gone
+        running = m.running
+        try:
+            code = await asyncio.wait_for(asyncio.shield(running.wait()), grace)
+        except TimeoutError:
+            return False
+        self._exited(m, running, code)
+        return True
+
+    async def prepare(self, specs: Iterable[ModelSpec] | None = None) -> None:
+        """Computes the estimates of ``specs`` (the whole catalog by default) in a thread, so
+        that reading model headers never blocks the event loop when a request comes."""
+        missing = [
+            spec
+            for spec in (self._catalog if specs is None else specs)
+            if _estimate_key(spec) not in self._estimates
+        ]
+        if not missing:
+            return
+
+        def compute() -> dict[str, Footprint]:
+            done = {}
+            for spec in missing:
+                with contextlib.suppress(ModelyardError, OSError, KeyError):
+                    done[_estimate_key(spec)] = estimate(spec, self._runners[spec.engine])
+            return done
+
+        self._estimates.update(await asyncio.to_thread(compute))
+
+    def start_measuring(self) -> None:
+        """Measures every running model each ``measure_interval`` from now on."""
+        if self._measure_interval > 0 and self._measure_timer is None and not self._closed:
+            self._measure_timer = self._clock.call_at(
+                self._clock.now() + self._measure_interval, self._measure_tick
+            )
+
+    async def measure(self) -> None:
+        """Measures every running model now (in a thread), then acts on what it found."""
+        targets = [
+            (m, m.running)
+            for m in self._models.values()
+            if m.state is ModelState.READY and m.running is not None
+        ]
+
+        def sample() -> list[Footprint]:
+            return [running.footprint() for _, running in targets]
+
+        footprints = await asyncio.to_thread(sample)
+        for (m, running), footprint in zip(targets, footprints, strict=True):
+            if m.running is running and m.state is ModelState.READY:
+                self._record(m, footprint)
+        flush = getattr(self._measured, "flush", None)
+        if flush is not None:
+            await asyncio.to_thread(flush)
+        self._check_pressure()
+
     def update_catalog(self, catalog: Catalog) -> CatalogChange:
         """Serves ``catalog`` from now on; see the module docstring."""
         self._catalog = catalog
@@ -317,12 +414,10 @@ class Scheduler:
         return CatalogChange(added, removed, changed)
 
     def status(self) -> list[ModelStatus]:
-        """Every model in the catalog, with memory measured now for loaded ones."""
+        """Every model in the catalog, with the memory last measured for loaded ones."""
         offset = time.time() - self._clock.now()
         result = []
         for m in self._models.values():
-            if m.state is ModelState.READY:
-                self._measure(m)
             result.append(
                 ModelStatus(
                     name=m.spec.name,
@@ -353,8 +448,11 @@ class Scheduler:
     async def close(self) -> None:
         """Stops every runner; waiting requests fail."""
         self._closed = True
-        if self._pump_timer is not None:
-            self._pump_timer.cancel()
+        for timer in (self._pump_timer, self._restart_timer, self._measure_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._measuring is not None:
+            self._measuring.cancel()
         for m in self._models.values():
             for waiter in list(m.waiters):
                 self._fail(m, waiter, LoadFailedError("the server is shutting down"))
@@ -372,6 +470,9 @@ class Scheduler:
                 stops.append(m.running.stop(self._stop_grace))
                 m.running = None
         await asyncio.gather(*stops, return_exceptions=True)
+        flush = getattr(self._measured, "flush", None)
+        if flush is not None:
+            flush()
 
     # ---- the decision ------------------------------------------------------------------------
 
@@ -381,7 +482,8 @@ class Scheduler:
         1. Grant waiters of ready models, oldest first, up to each model's ``parallel``.
         2. Consider cold models with waiters in order of their oldest waiter (memory is
            handed out first come, first served): fail fast while a model backs off after
-           failed loads; load it if it fits in free memory; if it will fit once models
+           failed loads; skip it (its waiters wait) until a crashed runner's restart
+           delay is over; load it if it fits in free memory; if it will fit once models
            already unloading are gone, wait; else evict idle models chosen by the policy
            and wait for them; if the policy finds none, wait. The first model that has to
            wait stops the pass, so a later request cannot take the memory it waits for.
@@ -413,15 +515,15 @@ class Scheduler:
                 for waiter in list(m.waiters):
                     self._fail(m, waiter, error)
                 continue
+            if m.restart_at > now:
+                self._pump_at(m.restart_at)
+                continue
             if not self._place(m, now):
                 break
 
     def _place(self, m: _Model, now: float) -> bool:
         """Loads ``m`` or makes room for it; ``False`` when it has to wait."""
         need = self._estimate(m)
-        for other in self._models.values():
-            if other.state is ModelState.READY:
-                self._measure(other)
         reserved = self.reserved()
         unloading = self._sum(x for x in self._models.values() if x.state is ModelState.UNLOADING)
         free_now = {d: self.budget.get(d, 0) - reserved.get(d, 0) for d in self.budget}
@@ -454,6 +556,20 @@ class Scheduler:
         self._load(m)
         return True
 
+    def _pump_at(self, when: float) -> None:
+        """Runs ``_pump`` again at ``when`` (the earliest of the times asked for)."""
+        if self._restart_timer is not None:
+            if self._restart_when <= when:
+                return
+            self._restart_timer.cancel()
+        self._restart_when = when
+
+        def fire() -> None:
+            self._restart_timer = None
+            self._pump()
+
+        self._restart_timer = self._clock.call_at(when, fire)
+
     def _repump_after_residency(self, loaded: Iterable[Loaded], now: float) -> None:
         young = [
             x.loaded_at + self._min_residency
@@ -481,7 +597,8 @@ class Scheduler:
         m.last_used = now
         assert m.running is not None
         queued = now - waiter.enqueued_at
-        waiter.future.set_result(Lease(m.spec.name, m.running.base_url, queued, m.generation))
+        lease = Lease(m.spec.name, m.running.base_url, m.running.headers, queued, m.generation)
+        waiter.future.set_result(lease)
         self._emit(LeaseAcquired(m.spec.name, now, queued=queued))
 
     def _fail(self, m: _Model, waiter: _Waiter, error: ModelyardError) -> None:
@@ -516,7 +633,7 @@ class Scheduler:
             QueueTimeoutError(
                 f"Timed out after {waited:.0f}s waiting for model {m.spec.name!r} "
                 f"(state {m.state}, {m.leases} in flight, {len(m.waiters)} queued)",
-                retry_after=max(1, math.ceil(m.spec.queue_timeout / 10)),
+                retry_after=max(1, math.ceil((m.spec.queue_timeout or 10) / 10)),
             ),
         )
         self._pump()
@@ -567,7 +684,8 @@ class Scheduler:
         m.failures = 0
         m.last_error = None
         m.loaded_at = m.last_used = self._clock.now()
-        self._measure(m)
+        # One process or two just started: measuring them takes well under a millisecond.
+        self._record(m, running.footprint())
         self._set_state(m, ModelState.READY)
         m.watcher = asyncio.create_task(self._watch(m, running), name=f"watch {m.spec.name}")
         if m.idle:
@@ -576,22 +694,39 @@ class Scheduler:
         self._pump()
 
     async def _watch(self, m: _Model, running: RunningModel) -> None:
-        code = await running.wait()
+        self._exited(m, running, await running.wait())
+
+    def _exited(self, m: _Model, running: RunningModel, code: int) -> None:
+        """``running`` exited with ``code``; a no-op unless it was ``m``'s ready runner."""
         if m.running is not running or m.state is not ModelState.READY:
-            return  # stopped by us
+            return  # stopped by us, or handled already
+        if m.watcher is not None and m.watcher is not asyncio.current_task():
+            m.watcher.cancel()
+        m.watcher = None
         tail = running.log_tail()
-        log.error("runner for %s exited with code %s:\n%s", m.spec.name, code, tail)
+        now = self._clock.now()
         m.running = None
         m.generation += 1
         m.leases = 0
-        m.failures += 1
-        m.retry_at = self._clock.now() + backoff(m.failures)
+        m.crashes += 1
+        m.restart_at = now + backoff(m.crashes)
         m.last_error = f"runner exited unexpectedly with code {code}: {tail[-500:]}"
+        if m.crashes <= 2:
+            log.error("runner for %s exited with code %s:\n%s", m.spec.name, code, tail)
+        else:
+            log.error(
+                "runner for %s exited with code %s again (%d times without serving a request); "
+                "restarting in %.0fs",
+                m.spec.name,
+                code,
+                m.crashes,
+                m.restart_at - now,
+            )
         if m.expiry is not None:
             m.expiry.cancel()
         m.expires_at = None
-        self._emit(RunnerExited(m.spec.name, self._clock.now(), code=code, log_tail=tail))
-        self._set_state(m, ModelState.STOPPED, m.last_error)
+        self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail))
+        self._set_state(m, ModelState.STOPPED, f"runner exited with code {code}")
         self._pump()
 
     def _unload(self, m: _Model, reason: str) -> None:
@@ -673,8 +808,9 @@ class Scheduler:
         return self._estimate_spec(m.spec)
 
     def _estimate_spec(self, spec: ModelSpec) -> Footprint:
-        """``estimate``, asked once per model and settings."""
-        key = f"{spec.settings_key}:{spec.memory}"
+        """``estimate``, asked once per model and settings (``prepare`` asks ahead, in a
+        thread; this asks on the loop only for a model it missed)."""
+        key = _estimate_key(spec)
         if key not in self._estimates:
             self._estimates[key] = estimate(spec, self._runners[spec.engine])
         return self._estimates[key]
@@ -691,16 +827,86 @@ class Scheduler:
             return self._estimate(m)
         return self._measured.get(m.spec.settings_key) or self._estimate(m)
 
-    def _measure(self, m: _Model) -> None:
+    def _record(self, m: _Model, footprint: Footprint) -> None:
         """Remembers the most the model has used: memory it reached once it can reach again
-        (an encoder's activations, pages of weights touched late)."""
-        if m.running is not None:
-            now = m.running.footprint()
-            if any(now.values()):
-                peak = dict(self._measured.get(m.spec.settings_key) or {})
-                for device, amount in now.items():
-                    peak[device] = max(peak.get(device, 0), amount)
-                self._measured[m.spec.settings_key] = peak
+        (an encoder's activations, pages of weights touched late, an engine's caches)."""
+        if not any(footprint.values()):
+            return
+        peak = dict(self._measured.get(m.spec.settings_key) or {})
+        for device, amount in footprint.items():
+            peak[device] = max(peak.get(device, 0), amount)
+        self._measured[m.spec.settings_key] = peak
+        if m.spec.memory is None and not m.over_estimate:
+            share = self._estimate_or_empty(m)
+            over = {d: n for d, n in peak.items() if n > share.get(d, 0) * 1.1 and share.get(d)}
+            if over:
+                m.over_estimate = True
+                parts = ", ".join(
+                    f"{format_size(n)} of {d} (estimated {format_size(share[d])})"
+                    for d, n in over.items()
+                )
+                log.warning("model %s grew past its estimate: %s", m.spec.name, parts)
+
+    def _measure_tick(self) -> None:
+        self._measure_timer = None
+        if self._closed:
+            return
+
+        async def run() -> None:
+            try:
+                await self.measure()
+            except Exception:
+                log.exception("measuring runners failed")
+            finally:
+                self._measuring = None
+                self.start_measuring()
+
+        self._measuring = asyncio.create_task(run(), name="measure runners")
+
+    def _check_pressure(self) -> None:
+        """Evicts idle models while the resident ones use more than the budget."""
+        reserved = self.reserved()
+        over = {
+            d: n - self.budget.get(d, 0) for d, n in reserved.items() if n > self.budget.get(d, 0)
+        }
+        if not over:
+            if self._pressure:
+                log.info("memory back within the budget")
+            self._pressure = False
+            return
+        now = self._clock.now()
+        loaded = [
+            Loaded(
+                name=x.spec.name,
+                footprint=self._footprint(x),
+                busy=not x.idle,
+                pinned=x.spec.pinned,
+                expires_at=x.expires_at,
+                last_used=x.last_used,
+                loaded_at=x.loaded_at,
+            )
+            for x in self._models.values()
+            if x.state is ModelState.READY
+        ]
+        # Evict as much as can be evicted, even if it is not enough: the rest waits.
+        victims = choose_victims(over, {}, loaded, now) or [
+            x.name for x in loaded if not x.busy and not x.pinned
+        ]
+        used = ", ".join(f"{format_size(reserved[d])} of {d}" for d in over)
+        budget = ", ".join(f"{format_size(self.budget.get(d, 0))}" for d in over)
+        if not self._pressure:
+            log.warning(
+                "memory pressure: models use %s, over the budget of %s; evicting %s",
+                used,
+                budget,
+                ", ".join(victims) or "nothing (every model is busy or pinned)",
+            )
+        self._pressure = True
+        self._emit(MemoryPressure("", now, used=dict(reserved), evicting=tuple(victims)))
+        for name in victims:
+            victim = self._models[name]
+            self._emit(Evicted(name, now, for_model=""))
+            self._unload(victim, f"memory pressure: {used} in use, budget {budget}")
 
     def _sum(self, models: Iterable[_Model]) -> dict[str, int]:
         total: dict[str, int] = {}

@@ -43,10 +43,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelyard.api.errors import error_response, from_validation
-from modelyard.errors import ContextLengthError, InvalidRequestError, ModelyardError
+from modelyard.errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    ModelyardError,
+    invalid_request,
+)
 from modelyard.protocol.openai import EmbeddingRequest, RerankRequest
+from modelyard.workers import lifeline
 from modelyard.workers.batcher import Batcher
+from modelyard.workers.encoder_auth import KEY_ENV, RequireKey
 
 log = logging.getLogger("modelyard.encoder")
 
@@ -370,12 +376,12 @@ async def _parse(request: Request, schema: type[M]) -> M:
     try:
         return schema.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise from_validation(exc) from None
+        raise invalid_request(exc.errors()) from None
 
 
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ModelyardError)
-    return error_response(exc)
+    return JSONResponse(exc.envelope(), status_code=exc.status)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -395,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--truncate", action="store_true")
     parser.add_argument("--matryoshka", action="store_true")
     args = parser.parse_args(argv)
+    lifeline.hold()
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
@@ -421,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_batch_tokens=args.max_batch_tokens,
         bucketing=not args.no_bucketing,
     )
-    uvicorn.run(server.app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    app = RequireKey(server.app, os.environ.get(KEY_ENV))
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -2,15 +2,19 @@
 
 Takes the ``llama-server`` flags that ``modelyard.runners.llamacpp.server_args`` builds (and
 the common ones a catalog's ``extra_args`` may add), so the same argv runs this program or a
-real ``llama-server`` binary. Runs until SIGTERM or SIGKILL.
+real ``llama-server`` binary, and its ``--api-key`` from ``LLAMA_API_KEY`` as llama-server
+does. Runs until SIGTERM or SIGKILL, or until the gateway dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
+
+from modelyard.workers import lifeline
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rope-freq-scale", type=float)
     p.add_argument("--keep", type=int)
     p.add_argument("--no-warmup", action="store_true")
+    p.add_argument("-cram", "--cache-ram", type=int, help="MiB of host RAM for prompt states")
+    p.add_argument("--api-key", default=os.environ.get("LLAMA_API_KEY"))
     return p
 
 
@@ -101,10 +107,15 @@ def build_params(argv: list[str]) -> Any:
         p.n_keep = a.keep
     if a.no_warmup:
         p.warmup = False
+    if a.cache_ram is not None:
+        p.cache_ram_mib = a.cache_ram
+    if a.api_key:
+        p.api_keys = [a.api_key]
     return p
 
 
 def main(argv: list[str]) -> None:
+    lifeline.hold()
     import xllamacpp as x
 
     params = build_params(argv)

@@ -357,8 +357,11 @@ async def test_scheduler_counts_a_model_at_the_most_it_used() -> None:
     scheduler, runner, _, _ = make(spec("a"), spec("b"), budget=1000, sizes={"a": 300})
     async with scheduler.lease("a"):
         runner.running["a"]._footprint = {"ram": 700}  # a full batch of activations
+    assert scheduler.status()[0].measured == {"ram": 300}  # a query only reads
+    await scheduler.measure()
     assert scheduler.status()[0].measured == {"ram": 700}
     runner.running["a"]._footprint = {"ram": 320}  # freed again, but it may come back
+    await scheduler.measure()
     assert scheduler.status()[0].measured == {"ram": 700}
     assert scheduler.reserved() == {"ram": 700}
 

@@ -1,0 +1,253 @@
+"""The serving path: one ASGI response that takes a lease, forwards, relays and releases.
+
+Routes parse and shape; ``Dispatch`` does the rest inside its own ``__call__``, so the lease
+lives in exactly one ``try/finally`` that runs however the exchange ends: answered, upstream
+failure, the client leaving while queued, while the model loads, before or after the first
+streamed byte, or the task being cancelled at shutdown.
+
+The order of a request:
+1. ``acquire`` the model's lease (queue, load, evict); the client leaving cancels the wait.
+2. POST the payload to the runner with its key. A runner that refuses the connection or
+   drops it before taking the request is dead or dying: the lease is returned, the
+   scheduler confirms the exit, and the request waits for the restart like a request to a
+   cold model (at most ``_ATTEMPTS`` times).
+3. Relay: a stream chunk by chunk as it comes (a broken upstream ends with one SSE error
+   frame), or the whole answer, shaped by the route's ``shape``.
+4. Release, telling the scheduler whether the runner served the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from modelyard.api.errors import error_response, report, sse_error_frame
+from modelyard.api.proxy import Upstream, read_answer
+from modelyard.errors import (
+    ModelyardError,
+    RunnerError,
+    RunnerUnreachableError,
+    ShuttingDownError,
+)
+from modelyard.scheduler import Lease, Scheduler, Unset
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Shape = Callable[[bytes], bytes]
+
+_CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
+_ATTEMPTS = 3
+"""Leases tried for one request when runners turn out to be dead (a kill storm)."""
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_FINAL_SEND = 1.0
+"""Seconds a last message (an error frame at shutdown) may take to go out."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was complete."""
+
+
+class _Watch:
+    """Notices the client leaving (``http.disconnect``) while the dispatcher waits."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = asyncio.ensure_future(self._disconnected(receive))
+
+    @staticmethod
+    async def _disconnected(receive: Receive) -> None:
+        # The route has read the whole body: what comes now is the disconnect.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def guard(self, work: Awaitable[T], discard: Callable[[T], object] | None = None) -> T:
+        """Awaits ``work``; if the client leaves first, cancels it and raises ``ClientGone``.
+
+        A result that was ready when the cancellation came is handed to ``discard``.
+        """
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({task, self.gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await _cancel(task, discard)
+            raise
+        if task.done():
+            return task.result()
+        await _cancel(task, discard)
+        raise ClientGone
+
+    def close(self) -> None:
+        self.gone.cancel()
+
+
+async def _cancel(task: asyncio.Future[T], discard: Callable[[T], object] | None) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if discard is not None and task.done() and not task.cancelled() and not task.exception():
+        discard(task.result())
+
+
+class Dispatch(Response):
+    """Serves one validated request through ``scheduler`` and ``upstream`` (see the module)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        upstream: Upstream,
+        *,
+        model: str,
+        keep_alive: float | Unset | None,
+        path: str,
+        payload: dict[str, Any],
+        request_id: str,
+        shape: Shape | None = None,
+    ) -> None:
+        super().__init__()
+        self._scheduler = scheduler
+        self._upstream = upstream
+        self._model = model
+        self._keep_alive = keep_alive
+        self._path = path
+        self._payload = payload
+        self._request_id = request_id
+        self._shape = shape
+        self._stream = bool(payload.get("stream"))
+        self._started = False
+        self._finished = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = _Watch(receive)
+        lease: Lease | None = None
+        served = False
+        try:
+            lease, upstream = await self._open(watch)
+            headers = [(b"x-modelyard-queue-ms", f"{lease.queued * 1000:.1f}".encode())]
+            if self._stream and upstream.status < 400:
+                await self._start(send, 200, [*_STREAM_HEADERS, *headers])
+                served = await watch.guard(self._relay(upstream, send))
+            else:
+                answer = await watch.guard(read_answer(upstream))
+                if self._shape is not None:
+                    answer = self._shape(answer)
+                await self._answer(send, 200, answer, headers)
+                served = True
+        except ClientGone:
+            if not self._started:
+                await self._answer(send, _CLIENT_CLOSED, b"", [])
+        except ModelyardError as exc:
+            report(exc)
+            served = exc.status < 500
+            await self._fail(send, exc)
+        except asyncio.CancelledError:
+            # Only shutdown cancels a request: end it in a way the client can read.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self._fail(send, ShuttingDownError("The server is shutting down")),
+                    _FINAL_SEND,
+                )
+            raise
+        finally:
+            watch.close()
+            if lease is not None:
+                self._scheduler.release(lease, served=served)
+
+    async def _open(self, watch: _Watch) -> tuple[Lease, aiohttp.ClientResponse]:
+        """A lease and the runner's response (its headers; the body is still to come)."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            lease = await watch.guard(
+                self._scheduler.acquire(self._model, self._keep_alive), self._scheduler.release
+            )
+            try:
+                response = await watch.guard(
+                    self._upstream.post(
+                        lease.base_url + self._path,
+                        self._payload,
+                        {**lease.headers, "X-Request-Id": self._request_id},
+                    ),
+                    _close_response,
+                )
+                return lease, response
+            except RunnerUnreachableError:
+                self._scheduler.release(lease)
+                gone = await watch.guard(self._scheduler.runner_unreachable(lease))
+                if not gone or attempt == _ATTEMPTS:
+                    raise
+                log.info("runner of %s is gone; request %s waits for its restart",
+                         self._model, self._request_id)  # fmt: skip
+            except BaseException:
+                self._scheduler.release(lease)
+                raise
+        raise AssertionError("unreachable")
+
+    async def _relay(self, upstream: aiohttp.ClientResponse, send: Send) -> bool:
+        """Passes the stream on as it arrives; ``True`` if it ended as the runner meant it."""
+        complete = False
+        tail = b""
+        try:
+            async for chunk in upstream.content.iter_any():
+                tail = chunk[-2:]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            complete = True
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Terminate a half-written event first so the error frame parses on its own.
+            prefix = b"" if tail in (b"", b"\n\n") else b"\n\n"
+            error = RunnerError(f"model server failed while streaming: {exc}")
+            report(error)
+            await self._finish(send, prefix + sse_error_frame(error))
+            return False
+        finally:
+            if complete:
+                upstream.release()
+            else:
+                upstream.close()
+        await self._finish(send, b"")
+        return True
+
+    async def _start(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._started = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _finish(self, send: Send, body: bytes) -> None:
+        self._finished = True
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _answer(
+        self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        await self._start(
+            send,
+            status,
+            [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        )
+        await self._finish(send, body)
+
+    async def _fail(self, send: Send, exc: ModelyardError) -> None:
+        """An error response, or one SSE error frame once a stream has started."""
+        if self._finished:
+            return
+        if self._started:
+            await self._finish(send, sse_error_frame(exc))
+            return
+        response = error_response(exc)
+        await self._start(send, response.status_code, response.raw_headers)
+        await self._finish(send, bytes(response.body))
+
+
+def _close_response(response: aiohttp.ClientResponse) -> None:
+    response.close()

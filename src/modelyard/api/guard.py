@@ -1,0 +1,116 @@
+"""What every request must pass before a route sees it: a size limit, and for the admin
+routes proof that no other web site sent it.
+
+- A body larger than ``max_body`` is refused with 413: at once when ``Content-Length`` says
+  so, else as soon as the bytes read pass the limit (so 50 MB never sit in memory).
+- Requests that change state under ``/api/`` (load, unload, pull, delete, reload…) must
+  come from a program or from a page of this server itself. A web page elsewhere can make
+  the browser send a "simple" cross-site POST (``text/plain``, no preflight) that the
+  server would act on; so such requests are refused with 403 when the browser says they
+  are cross-site (``Sec-Fetch-Site``) or their ``Origin`` is not this server, and 415 when
+  they carry a body that is not ``application/json`` (which no page can send cross-site
+  without a preflight that this server never answers).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.api.errors import error_response
+from modelyard.errors import (
+    ModelyardError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    UnsupportedMediaTypeError,
+)
+from modelyard.quantity import format_size
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_TRUSTED_FETCH_SITES = frozenset({b"same-origin", b"none"})
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        try:
+            length = _content_length(headers)
+            if length is not None and length > self.max_body:
+                raise self._too_large()
+            if scope["method"] not in _SAFE_METHODS and scope["path"].startswith("/api/"):
+                _check_admin(headers, length)
+        except ModelyardError as exc:
+            response = error_response(exc)
+            if isinstance(exc, PayloadTooLargeError):
+                response.headers["Connection"] = "close"  # the rest of the body stays unread
+            await response(scope, receive, send)
+            return
+        if length is not None:
+            await self.app(scope, receive, send)  # the server reads no more than it says
+            return
+        await self.app(scope, self._counting(receive), send)
+
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"The request body is larger than {format_size(self.max_body)}: send less "
+            "(or raise max_request_size in the [server] table)"
+        )
+
+    def _counting(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise self._too_large()
+            return message
+
+        return counted
+
+
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    value = headers.get(b"content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _check_admin(headers: dict[bytes, bytes], length: int | None) -> None:
+    site = headers.get(b"sec-fetch-site")
+    origin = headers.get(b"origin")
+    if (site is not None and site not in _TRUSTED_FETCH_SITES) or (
+        origin is not None and not _same_origin(origin, headers.get(b"host", b""))
+    ):
+        raise PermissionDeniedError(
+            "Admin requests are not accepted from other web sites (Origin "
+            f"{(origin or b'-').decode('latin-1')!r}, Sec-Fetch-Site "
+            f"{(site or b'-').decode('latin-1')!r})"
+        )
+    has_body = (length or 0) > 0 or b"transfer-encoding" in headers
+    media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if has_body and media != b"application/json":
+        raise UnsupportedMediaTypeError(
+            "Admin requests must send their body as JSON (Content-Type: application/json); "
+            f"got {media.decode('latin-1') or 'no Content-Type'!r}"
+        )
+
+
+def _same_origin(origin: bytes, host: bytes) -> bool:
+    parts = urlsplit(origin.decode("latin-1"))
+    return (
+        parts.scheme in ("http", "https") and parts.netloc.lower() == host.decode("latin-1").lower()
+    )

@@ -1,0 +1,93 @@
+"""Running the app under uvicorn, with the timeouts a server on a shared machine needs.
+
+uvicorn bounds how long an idle keep-alive connection stays open, but not how long a client
+may take to send a request: a client that sends half a header line and then nothing holds
+a connection (and its buffers) forever. ``_Protocol`` closes a connection whose request
+headers are not complete ``header_timeout`` seconds after its first byte (or after the
+connection opened), and one that goes quiet for as long while sending a body.
+
+On SIGTERM or Ctrl-C, running requests get ``shutdown_timeout`` seconds to finish; then
+uvicorn cancels them (a stream still open ends with an SSE error frame, see
+``modelyard.api.dispatch``), and the lifespan stops every runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from modelyard.config import Config
+
+
+def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a deadline for receiving each request."""
+
+    class _Protocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _reading_body = False
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(header_timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if self._reading_body and self.flow is not None and self.flow.read_paused:
+                self._arm()  # the app is not reading yet: the client is not the slow one
+                return
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._reading_body:
+                self._arm()
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._deadline is None:
+                self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._reading_body = True
+            self._arm()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._reading_body = False
+            self._disarm()
+            super().on_message_complete()
+
+    return _Protocol
+
+
+def run(app: FastAPI, config: Config, **options: Any) -> None:
+    """Serves ``app`` on ``config.host:config.port`` until SIGTERM or Ctrl-C."""
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        http=protocol(config.header_timeout),
+        timeout_graceful_shutdown=max(1, math.ceil(config.shutdown_timeout)),
+        log_level=config.log_level,
+        access_log=False,
+        **options,
+    )

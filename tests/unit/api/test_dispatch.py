@@ -1,0 +1,188 @@
+"""The serving path owns its lease: released however the exchange ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.api.conftest import Harness, canned_spec
+
+CHAT = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def stream(**script: Any) -> dict[str, Any]:
+    return {**CHAT, "stream": True, **script}
+
+
+async def idle(h: Harness, within: float = 2.0) -> None:
+    """Waits until the model holds no lease and nobody queues; fails after ``within``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while h.ps() != {"in_flight": 0, "queued": 0}:
+        assert asyncio.get_running_loop().time() < deadline, f"lease leaked: {h.ps()}"
+        await asyncio.sleep(0.01)
+
+
+async def test_dispatch_answer_and_stream_release_their_lease(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        answer = await h.call("/v1/chat/completions", CHAT)
+        assert answer.status == 200
+        assert answer.json()["choices"][0]["message"]["content"]
+        assert float(answer.headers["x-modelyard-queue-ms"]) > 0  # it waited for the load
+        streamed = await h.call("/v1/chat/completions", stream(x_chunks=5, x_delay_ms=1))
+        assert streamed.status == 200
+        events = streamed.events()
+        assert len(events) == 6
+        assert events[-1] == "[DONE]"
+        await idle(h, within=0)
+
+
+async def test_dispatch_client_gone_while_queued(make_harness: Callable, tmp_path: Path) -> None:
+    async with make_harness(canned_spec(tmp_path, parallel=1)) as h:
+        first = h.exchange("/v1/chat/completions", stream(x_chunks=20, x_delay_ms=20))
+        await first.first_chunk.wait()
+        queued = h.exchange("/v1/chat/completions", CHAT)
+        await asyncio.sleep(0.05)
+        assert h.ps() == {"in_flight": 1, "queued": 1}
+        queued.leave()
+        await queued.done
+        assert queued.status == 499
+        assert h.ps() == {"in_flight": 1, "queued": 0}
+        await first.done
+        await idle(h)
+
+
+async def test_dispatch_client_gone_while_loading(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        h.runner.gate = asyncio.Event()
+        waiting = h.exchange("/v1/chat/completions", CHAT)
+        await asyncio.sleep(0.05)
+        assert h.scheduler.state("canned") == "loading"
+        waiting.leave()
+        await waiting.done
+        h.runner.gate.set()
+        deadline = asyncio.get_running_loop().time() + 10
+        while h.scheduler.state("canned") != "ready":
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        await idle(h)
+
+
+async def test_dispatch_client_gone_before_first_byte(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        await h.call("/v1/chat/completions", CHAT)  # loaded
+        slow = h.exchange("/v1/chat/completions", stream(x_headers_after_ms=300))
+        await asyncio.sleep(0.05)
+        assert h.ps()["in_flight"] == 1
+        slow.leave()
+        await slow.done
+        assert slow.status == 499
+        await idle(h, within=0)
+
+
+async def test_dispatch_client_gone_mid_stream(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        exchange = h.exchange("/v1/chat/completions", stream(x_chunks=200, x_delay_ms=10))
+        await exchange.first_chunk.wait()
+        exchange.leave()
+        await asyncio.wait_for(exchange.done, 1)
+        assert exchange.status == 200
+        await idle(h, within=0)
+
+
+async def test_dispatch_upstream_breaks_mid_stream_with_error_frame(
+    make_harness: Callable,
+) -> None:
+    async with make_harness() as h:
+        broken = await h.call("/v1/chat/completions", stream(x_chunks=10, x_abort_after=3))
+        events = broken.events()
+        assert len(events) == 5
+        assert events[-2]["error"]["code"] == "runner_failed"
+        assert events[-1] == "[DONE]"
+        await idle(h, within=0)
+
+
+async def test_dispatch_upstream_error_status_passes_through(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        refused = await h.call("/v1/chat/completions", {**CHAT, "x_status": 400})
+        assert refused.status == 400
+        assert refused.json()["error"]["message"] == "scripted failure"
+        failed = await h.call("/v1/chat/completions", stream(x_status=500))
+        assert failed.status == 502  # the runner failed, not the gateway
+        assert failed.json()["error"]["code"] == "runner_failed"
+        assert "scripted failure" in failed.json()["error"]["message"]
+        await idle(h, within=0)
+
+
+async def test_dispatch_cancelled_stream_ends_with_error_frame(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        exchange = h.exchange("/v1/chat/completions", stream(x_chunks=200, x_delay_ms=10))
+        await exchange.first_chunk.wait()
+        exchange.done.cancel()  # what uvicorn does once shutdown_timeout has passed
+        with pytest.raises(asyncio.CancelledError):
+            await exchange.done
+        events = exchange.events()
+        assert events[-2]["error"]["code"] == "shutting_down"
+        assert events[-1] == "[DONE]"
+        await idle(h, within=0)
+
+
+async def test_dispatch_cancelled_while_queued_releases(
+    make_harness: Callable, tmp_path: Path
+) -> None:
+    async with make_harness(canned_spec(tmp_path, parallel=1)) as h:
+        first = h.exchange("/v1/chat/completions", stream(x_chunks=10, x_delay_ms=20))
+        await first.first_chunk.wait()
+        queued = h.exchange("/v1/chat/completions", CHAT)
+        await asyncio.sleep(0.05)
+        queued.done.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued.done
+        assert h.ps() == {"in_flight": 1, "queued": 0}
+        await first.done
+        await idle(h)
+
+
+async def test_dispatch_dead_runner_request_waits_for_restart(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        assert (await h.call("/v1/chat/completions", CHAT)).status == 200
+        (old,) = h.runner.started
+        os.killpg(old.pid, signal.SIGKILL)
+        # Sent before the gateway has noticed: each meets the dead runner first.
+        answers = await asyncio.gather(*(h.call("/v1/chat/completions", CHAT) for _ in range(4)))
+        assert [a.status for a in answers] == [200] * 4
+        assert len(h.runner.started) == 2  # restarted once, for all of them
+        await idle(h, within=0)
+
+
+async def test_dispatch_in_flight_stream_fails_when_runner_dies(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        exchange = h.exchange("/v1/chat/completions", stream(x_chunks=200, x_delay_ms=10))
+        await exchange.first_chunk.wait()
+        os.killpg(h.runner.started[0].pid, signal.SIGKILL)
+        await asyncio.wait_for(exchange.done, 5)
+        events = exchange.events()
+        assert events[-2]["error"]["code"] == "runner_failed"
+        after = await h.call("/v1/chat/completions", CHAT)
+        assert after.status == 200
+        await idle(h, within=0)
+
+
+async def test_dispatch_cold_model_admits_its_slots_and_queue(
+    make_harness: Callable, tmp_path: Path
+) -> None:
+    async with make_harness(canned_spec(tmp_path, parallel=4, max_queue=4)) as h:
+        h.runner.gate = asyncio.Event()
+        exchanges = [h.exchange("/v1/chat/completions", CHAT) for _ in range(20)]
+        await asyncio.sleep(0.1)
+        h.runner.gate.set()
+        await asyncio.gather(*(e.done for e in exchanges))
+        statuses = sorted(e.status for e in exchanges)
+        assert statuses == [200] * 8 + [429] * 12  # 4 slots + 4 queued, as when warm
+        assert all("retry-after" in e.headers for e in exchanges if e.status == 429)
+        await idle(h, within=0)

@@ -105,7 +105,7 @@ class FakeRunner:
             await self.gate.wait()
         if spec.name in self.fail:
             raise LoadFailedError(self.fail[spec.name])
-        running = FakeRunning(spec, self.estimate(spec))
+        running = FakeRunning(spec, {"ram": self.sizes.get(spec.name, self.default_size)})
         self.running[spec.name] = running
         return running
 

@@ -51,6 +51,15 @@ def no_orphan_runners() -> Iterator[None]:
     assert not left, f"runner processes left behind: {left}"
 
 
+@dataclass(frozen=True)
+class Runner:
+    """A runner reached directly, as only the gateway may: its address and its key (read
+    from the process, which a test running as the same user can)."""
+
+    url: str
+    headers: dict[str, str]
+
+
 @dataclass
 class Server:
     url: str
@@ -68,6 +77,14 @@ class Server:
     def ps(self) -> list[dict[str, object]]:
         models: list[dict[str, object]] = httpx.get(f"{self.url}/api/ps").json()["models"]
         return models
+
+    def runner(self, model: str) -> Runner:
+        (entry,) = [m for m in self.ps() if m["name"] == model]
+        process = psutil.Process(int(str(entry["pid"])))
+        argv, environ = process.cmdline(), process.environ()
+        key = environ.get("LLAMA_API_KEY") or environ.get("MODELYARD_RUNNER_KEY")
+        port = argv[argv.index("--port") + 1]
+        return Runner(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -383,10 +383,11 @@ def test_gguf_rerank_through_llama_cpp(server: Server) -> None:
     answer = rerank(server, body)
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
-    (entry,) = [m for m in server.ps() if m["name"] == "gemma-rerank"]
+    runner = server.runner("gemma-rerank")
     direct = httpx.post(
-        f"{entry['base_url']}/v1/rerank",
+        f"{runner.url}/v1/rerank",
         json={"query": QUERY, "documents": DOCUMENTS},
+        headers=runner.headers,
         timeout=60,
     ).json()["results"]
     engine = {r["index"]: r["relevance_score"] for r in direct}
@@ -406,9 +407,38 @@ def test_encoder_workers_are_children_of_the_gateway(server: Server) -> None:
     assert memory["measured"]["ram"] > 100 * 1024**2
 
 
+@pytest.mark.parametrize(
+    ("model", "path", "body"),
+    [
+        ("minilm", "/v1/embeddings", {"input": "hello"}),
+        ("gemma-embed", "/v1/embeddings", {"input": "hello"}),
+    ],
+)
+def test_runners_answer_only_the_gateway(
+    server: Server, model: str, path: str, body: dict[str, Any]
+) -> None:
+    embed(server, {"model": model, "input": "load it"})
+    runner = server.runner(model)
+    assert str(runner.url) not in httpx.get(f"{server.url}/api/ps").text
+    bare = httpx.post(f"{runner.url}{path}", json={"model": model, **body}, timeout=60)
+    assert bare.status_code == 401
+    wrong = httpx.post(
+        f"{runner.url}{path}",
+        json={"model": model, **body},
+        headers={"Authorization": "Bearer guessed"},
+        timeout=60,
+    )
+    assert wrong.status_code == 401
+    keyed = httpx.post(
+        f"{runner.url}{path}", json={"model": model, **body}, headers=runner.headers, timeout=60
+    )
+    assert keyed.status_code == 200
+    assert httpx.get(f"{runner.url}/health", timeout=10).status_code == 200  # for probes
+
+
 def _worker_stats(server: Server, model: str) -> dict[str, Any]:
-    (entry,) = [m for m in server.ps() if m["name"] == model]
-    stats: dict[str, Any] = httpx.get(f"{entry['base_url']}/stats").json()
+    runner = server.runner(model)
+    stats: dict[str, Any] = httpx.get(f"{runner.url}/stats", headers=runner.headers).json()
     return stats
 
 

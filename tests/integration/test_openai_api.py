@@ -280,11 +280,12 @@ def test_openai_api_client_disconnect_frees_slot(server: Server) -> None:
             # One iterator for the whole stream: a discarded one would close the response.
             chunks = response.iter_bytes()
             next(chunks)
-            (entry,) = [m for m in server.ps() if m["name"] == "a"]
-            slots_url = f"{entry['base_url']}/slots"
-            assert any(s["is_processing"] for s in http.get(slots_url).json())
+            runner = server.runner("a")
+            slots_url = f"{runner.url}/slots"
+            slots = http.get(slots_url, headers=runner.headers).json()
+            assert any(s["is_processing"] for s in slots)
         closed = time.monotonic()
-        while any(s["is_processing"] for s in http.get(slots_url).json()):
+        while any(s["is_processing"] for s in http.get(slots_url, headers=runner.headers).json()):
             assert time.monotonic() - closed < 1.0, "slot still busy 1 s after disconnect"
             time.sleep(0.02)
     (entry,) = [m for m in server.ps() if m["name"] == "a"]

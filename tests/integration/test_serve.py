@@ -144,3 +144,57 @@ def test_serve_pinned_preloads_and_broken_model_reports_log(
     (failed,) = [m for m in server.ps() if m["name"] == "broken"]
     assert failed["state"] == "failed"
     assert failed["last_error"]
+
+
+def test_serve_sigterm_ends_streams_with_error_frame_and_stops_runners(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory(
+        "[server]\nshutdown_timeout = 2\n"
+        f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 4096\n'
+    )
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 3000,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    frames: list[str] = []
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        frames.append(next(lines))
+        (entry,) = server.ps()
+        runner = psutil.Process(int(str(entry["pid"])))
+        server.process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        frames += [line for line in lines if line.startswith("data: ")]
+    ended = time.monotonic() - sent
+    server.process.wait(timeout=15)
+    exited = time.monotonic() - sent
+    assert 1.5 < ended < 6  # the grace period, then the stream is ended for the client
+    assert frames[-1] == "data: [DONE]"
+    assert '"shutting_down"' in frames[-2]
+    runner.wait(timeout=5)
+    assert exited < 10
+    assert server.process.returncode == 0
+
+
+def test_serve_drops_clients_that_never_finish_their_headers(
+    server_factory: Callable[..., Server],
+) -> None:
+    import socket
+
+    server = server_factory("[server]\nheader_timeout = 1\n")
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as slow:
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and then nothing
+        t = time.monotonic()
+        assert slow.recv(1024) == b""  # closed by the server
+        assert 0.8 < time.monotonic() - t < 3
+    with socket.create_connection((host, int(port)), timeout=5) as quick:
+        quick.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert quick.recv(1024).startswith(b"HTTP/1.1 200")

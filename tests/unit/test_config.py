@@ -83,6 +83,8 @@ memory = "1GiB"
 [models.other]
 path = "m.gguf"
 keep_alive = -1
+queue_timeout = "-1"
+prompt_cache = "256MiB"
 """,
     )
     config = load_config(settings)
@@ -99,6 +101,19 @@ keep_alive = -1
     assert chat.memory == 1024**3
     assert chat.pinned
     assert other.keep_alive is None
+    assert other.queue_timeout is None  # -1: wait forever, not "time out at once"
+    assert other.prompt_cache == other.prompt_cache_bytes == 256 * 1024**2
+    assert chat.prompt_cache is None
+    assert chat.prompt_cache_bytes == 32 * 1024**2  # the least share of a tiny file
+
+
+def test_config_durations_beyond_a_century_are_forever(tmp_path: Path) -> None:
+    settings = write(
+        tmp_path, '[models.x]\npath = "m.gguf"\nkeep_alive = 1e308\nqueue_timeout = "1e12"\n'
+    )
+    (spec,) = load_config(settings).models
+    assert spec.keep_alive is None
+    assert spec.queue_timeout is None
 
 
 @pytest.mark.parametrize(
@@ -116,6 +131,11 @@ keep_alive = -1
         ("[models.x]\npath = 'clf'", r"\[models.x\] kind: .*a classifier with 3 labels"),
         ("[models.x]\npath = 'st'\nbackend = 'tpu'", r"\[models.x\] backend: Input should be"),
         ("[models.x]\npath = 'st'\nbatch_wait = 'soon'", r"\[models.x\] batch_wait: invalid"),
+        ("[models.x]\npath = 'st'\nbatch_wait = '-1'", r"\[models.x\] batch_wait: .*not forever"),
+        ("[memory]\nmin_residency = -1", r"\[memory\] min_residency: .*not forever"),
+        ("[memory]\nstop_grace = [1]", r"\[memory\] stop_grace: expected a number"),
+        ("[models.x]\npath = 'm.gguf'\nprompt_cache = 'lots'", r"prompt_cache: invalid size"),
+        ("[server]\nmax_request_size = -5", r"\[server\] max_request_size: .*negative"),
         (
             "[models.x]\npath = 'm.gguf'\n[models.y]\npath = 'm.gguf'\naliases = ['x']",
             r"\[models.y\] aliases: 'x' already names",

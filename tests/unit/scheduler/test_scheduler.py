@@ -309,6 +309,100 @@ async def test_scheduler_crash_then_next_request_restarts() -> None:
     assert [s.in_flight for s in scheduler.status()] == [0]
 
 
+async def test_scheduler_crashing_runner_restarts_later_and_requests_wait() -> None:
+    scheduler, runner, clock, _ = make(spec("a"))
+    for _ in range(2):  # two crashes in a row, nothing served in between
+        lease = await scheduler.acquire("a")
+        runner.running["a"].crash()
+        await settle()
+        scheduler.release(lease)
+    assert runner.starts == ["a", "a"]
+    waiting = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    assert not waiting.done()  # waits for the restart delay, does not fail
+    assert runner.starts == ["a", "a"]
+    clock.advance(1.0)
+    await settle()
+    lease = await waiting
+    assert runner.starts == ["a", "a", "a"]
+    scheduler.release(lease, served=True)  # it served one: not crashing over and over
+    again = await scheduler.acquire("a")
+    runner.running["a"].crash()
+    await settle()
+    scheduler.release(again)
+    async with scheduler.lease("a"):  # the first crash since: restarted at once
+        assert runner.starts == ["a"] * 4
+
+
+async def test_scheduler_runner_unreachable_handles_the_exit_at_once() -> None:
+    scheduler, runner, _, _ = make(spec("a"))
+    lease = await scheduler.acquire("a")
+    running = runner.running["a"]
+    running._exited.set_result(-9)  # exited; the watcher task has not run yet
+    assert await scheduler.runner_unreachable(lease)
+    assert scheduler.state("a") is ModelState.STOPPED
+    scheduler.release(lease)
+    async with scheduler.lease("a"):
+        assert runner.starts == ["a", "a"]
+
+
+async def test_scheduler_runner_unreachable_but_alive_is_not_gone() -> None:
+    scheduler, _, _, _ = make(spec("a"))
+    lease = await scheduler.acquire("a")
+    assert not await scheduler.runner_unreachable(lease, grace=0.01)
+    assert scheduler.state("a") is ModelState.READY
+    scheduler.release(lease)
+
+
+async def test_scheduler_queue_timeout_none_waits_forever() -> None:
+    scheduler, _, clock, _ = make(spec("a", parallel=1, queue_timeout=None))
+    held = await scheduler.acquire("a")
+    waiting = asyncio.create_task(scheduler.acquire("a"))
+    await settle()
+    clock.advance(10**9)
+    await settle()
+    assert not waiting.done()
+    scheduler.release(held)
+    scheduler.release(await waiting)
+
+
+async def test_scheduler_memory_pressure_evicts_idle_models() -> None:
+    scheduler, runner, _, events = make(spec("a"), spec("b"), spec("c"), budget=1000)
+    for name in ("a", "b", "c"):
+        scheduler.release(await scheduler.acquire(name))
+    busy = await scheduler.acquire("c")
+    # Each estimated at 100; "a" and "c" grow (prompt caches, batches) past the budget.
+    runner.running["a"]._footprint = {"ram": 600}
+    runner.running["c"]._footprint = {"ram": 450}
+    await scheduler.measure()
+    await settle()
+    assert {e.model for e in events if isinstance(e, Evicted)} == {"a"}  # idle; "c" is busy
+    assert scheduler.state("a") is ModelState.STOPPED
+    assert scheduler.state("c") is ModelState.READY
+    assert scheduler.reserved() == {"ram": 550}
+    scheduler.release(busy)
+
+
+async def test_scheduler_prepare_reads_estimates_off_the_event_loop() -> None:
+    import threading
+
+    scheduler, runner, _, _ = make(spec("a"), spec("b"))
+    threads: list[str] = []
+    estimate = runner.estimate
+
+    def recording(model: ModelSpec) -> dict[str, int]:
+        threads.append(threading.current_thread().name)
+        return dict(estimate(model))
+
+    runner.estimate = recording  # type: ignore[method-assign]
+    await scheduler.prepare()
+    assert len(threads) == 2
+    assert threading.main_thread().name not in threads
+    async with scheduler.lease("a"):
+        pass
+    assert len(threads) == 2  # the request used what prepare computed
+
+
 async def test_scheduler_load_failure_fails_waiters_then_backs_off() -> None:
     scheduler, runner, clock, _ = make(spec("a"))
     runner.fail["a"] = "boom: bad file"

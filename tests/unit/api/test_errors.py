@@ -1,0 +1,30 @@
+"""Server-side failures are logged, but a client retrying cannot flood the log."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from modelyard.api import errors
+from modelyard.errors import LoadFailedError
+
+
+def test_errors_same_failure_logged_once_per_window(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(errors.time, "monotonic", lambda: now[0])
+    throttle = errors._Throttle(window=10.0)
+    backing_off = LoadFailedError("Model 'm' failed to load and is backing off for 3s more")
+    with caplog.at_level(logging.WARNING, logger="modelyard.api.errors"):
+        for _ in range(10_000):
+            throttle.warn(backing_off)
+        throttle.warn(LoadFailedError("another failure"))
+        now[0] += 11
+        throttle.warn(backing_off)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert lines[0].startswith("LoadFailedError: Model 'm' failed to load")
+    assert lines[1] == "LoadFailedError: another failure"
+    assert lines[2].endswith("(and 9999 more like it)")

@@ -180,7 +180,8 @@ def test_serve_sigterm_ends_streams_with_error_frame_and_stops_runners(
     assert '"shutting_down"' in frames[-2]
     runner.wait(timeout=5)
     assert exited < 10
-    assert server.process.returncode == 0
+    assert server.process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    assert "Traceback" not in server.log.read_text()
 
 
 def test_serve_drops_clients_that_never_finish_their_headers(

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from modelyard.api.request import keep_alive_of, read_json, scheduler_of
+from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of
 from modelyard.protocol.openai import ModelLoadRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
 
@@ -99,7 +99,7 @@ async def models(request: Request) -> dict[str, Any]:
     return {"models": result, "reload_error": reloader.last_error if reloader else None}
 
 
-@router.post("/api/load")
+@router.post("/api/load", openapi_extra=documented(ModelLoadRequest))
 async def load(request: Request) -> dict[str, Any]:
     _, parsed = await read_json(request, ModelLoadRequest)
     scheduler = scheduler_of(request)
@@ -108,7 +108,7 @@ async def load(request: Request) -> dict[str, Any]:
     return {"model": spec.name, "state": scheduler.state(spec.name)}
 
 
-@router.post("/api/unload")
+@router.post("/api/unload", openapi_extra=documented(ModelUnloadRequest))
 async def unload(request: Request) -> dict[str, Any]:
     _, parsed = await read_json(request, ModelUnloadRequest)
     scheduler = scheduler_of(request)

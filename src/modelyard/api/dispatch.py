@@ -151,13 +151,15 @@ class Dispatch(Response):
             served = exc.status < 500
             await self._fail(send, exc)
         except asyncio.CancelledError:
-            # Only shutdown cancels a request: end it in a way the client can read.
+            # Only shutdown cancels a request (uvicorn, once shutdown_timeout has passed): end
+            # it in a way the client can read. Ended so, the request is over, not broken.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
                     self._fail(send, ShuttingDownError("The server is shutting down")),
                     _FINAL_SEND,
                 )
-            raise
+            if not self._finished:
+                raise
         finally:
             watch.close()
             if lease is not None:

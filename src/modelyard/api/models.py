@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from modelyard.api.errors import envelope
 from modelyard.api.reload import Reloader
-from modelyard.api.request import read_json, scheduler_of
+from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.summary import summarize
 from modelyard.errors import (
     ConfigError,
@@ -61,7 +61,7 @@ async def reload(request: Request) -> dict[str, Any]:
     return asdict(change)
 
 
-@router.post("/api/show")
+@router.post("/api/show", openapi_extra=documented(ModelShowRequest))
 async def show(request: Request) -> dict[str, Any]:
     _, parsed = await read_json(request, ModelShowRequest)
     scheduler = scheduler_of(request)
@@ -73,7 +73,7 @@ async def show(request: Request) -> dict[str, Any]:
     return summary
 
 
-@router.delete("/api/delete")
+@router.delete("/api/delete", openapi_extra=documented(ModelDeleteRequest))
 async def delete(request: Request) -> dict[str, Any]:
     """Deletes a pulled model's files; a loaded model only with ``force`` (unloaded first)."""
     _, parsed = await read_json(request, ModelDeleteRequest)
@@ -95,7 +95,7 @@ async def delete(request: Request) -> dict[str, Any]:
     return {"model": spec.name, "deleted": [str(p) for p in deleted]}
 
 
-@router.post("/api/pull")
+@router.post("/api/pull", openapi_extra=documented(ModelPullRequest))
 async def pull_model(request: Request) -> Response:
     _, parsed = await read_json(request, ModelPullRequest)
     ref = parse_reference(parsed.model)

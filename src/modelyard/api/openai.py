@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelyard.api.dispatch import Dispatch, Shape
-from modelyard.api.request import keep_alive_of, read_json, scheduler_of
+from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of
 from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import (
     InvalidRequestError,
@@ -62,12 +62,12 @@ def _rerank_method(spec: ModelSpec) -> Literal["cross-encoder", "cosine"] | None
     return "cosine" if spec.kind == "embedding" else "cross-encoder"
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=documented(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     return await _generate(request, ChatCompletionRequest, "/v1/chat/completions")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=documented(CompletionRequest))
 async def completions(request: Request) -> Response:
     return await _generate(request, CompletionRequest, "/v1/completions")
 
@@ -101,7 +101,7 @@ async def _generate(
     return _forward(request, scheduler, spec.name, keep_alive, path, payload)
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", openapi_extra=documented(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     body, parsed = await read_json(request, EmbeddingRequest)
     scheduler = scheduler_of(request)
@@ -129,9 +129,9 @@ async def embeddings(request: Request) -> Response:
     return _forward(request, scheduler, spec.name, keep_alive, path, payload, shape)
 
 
-@router.post("/v1/rerank")
-@router.post("/v2/rerank")
-@router.post("/rerank")
+@router.post("/v1/rerank", openapi_extra=documented(RerankRequest))
+@router.post("/v2/rerank", openapi_extra=documented(RerankRequest))
+@router.post("/rerank", openapi_extra=documented(RerankRequest))
 async def rerank(request: Request) -> Response:
     """Cohere (v1, v2) and Jina shapes in; ``results`` sorted by ``relevance_score`` out."""
     _, parsed = await read_json(request, RerankRequest)

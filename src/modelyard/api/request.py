@@ -68,3 +68,27 @@ def keep_alive_of(value: str | float | None) -> float | Unset | None:
         return parse_duration(value)
     except ValueError as exc:
         raise InvalidRequestError(str(exc), param="keep_alive") from None
+
+
+def documented(schema: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads ``schema`` itself (with ``read_json``), so
+    that ``/openapi.json`` still describes its body: self-contained, nested models inlined."""
+    full = schema.model_json_schema()
+    defs = full.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline(full)}},
+        }
+    }

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.unit.api.conftest import Harness, canned_spec
 
 CHAT = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}

@@ -91,7 +91,9 @@ def create_app(
             measured=MeasuredFootprints(config.home / "footprints.json"),
             measure_interval=config.measure_interval,
         )
-        await scheduler.prepare()
+        # Model headers are read in a thread while the server already answers; a request
+        # that comes first reads its own model's.
+        preparing = asyncio.create_task(scheduler.prepare(), name="estimates")
         scheduler.start_measuring()
         app.state.scheduler = scheduler
         app.state.upstream = Upstream()
@@ -111,6 +113,7 @@ def create_app(
         try:
             yield
         finally:
+            preparing.cancel()
             if watcher is not None:
                 watcher.cancel()
             if app.state.preload is not None:

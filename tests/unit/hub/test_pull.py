@@ -260,3 +260,9 @@ def test_pull_refuses_a_file_path_that_leaves_the_directory(
     with pytest.raises(HubError, match="unsafe path"):
         pull(parse_reference("acme/evil-GGUF"), tmp_path / "models", client)
     assert not list(tmp_path.rglob("*.gguf"))
+
+
+def test_pull_download_urls_are_percent_encoded() -> None:
+    hub = Hub(endpoint="http://hub.test", offline=False)
+    url = hub.url("owner/repo", "0123abc", "sub dir/model #1.gguf")
+    assert url == "http://hub.test/owner/repo/resolve/0123abc/sub%20dir/model%20%231.gguf"

@@ -28,6 +28,7 @@ from modelyard.protocol.openai import (
     ModelList,
     RerankRequest,
 )
+from modelyard.runners.llamacpp import can_call_tools
 from modelyard.scheduler import Scheduler, Unset
 
 router = APIRouter()
@@ -92,6 +93,13 @@ async def _generate(
             f"Model {spec.name!r} cannot read images or audio: it has no multimodal projector. "
             "Send text only, or give the model an mmproj file (mmproj in its catalog entry)",
             param="messages",
+        )
+    if isinstance(parsed, ChatCompletionRequest) and parsed.tools and not can_call_tools(spec):
+        raise UnsupportedFeatureError(
+            f"Model {spec.name!r} uses llama.cpp's built-in {spec.chat_template!r} chat format, "
+            "which cannot call tools. Give it a Jinja chat template (chat_template = a .jinja "
+            "file, or none to use the one in the GGUF), or send the request without tools",
+            param="tools",
         )
     # More than one slot's context can never be generated; llama.cpp's counter is 32-bit.
     for key in ("max_tokens", "max_completion_tokens"):

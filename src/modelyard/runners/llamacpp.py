@@ -32,6 +32,11 @@ BUILTIN_TEMPLATES = frozenset(
 )  # fmt: skip
 
 
+def can_call_tools(spec: ModelSpec) -> bool:
+    """llama.cpp calls tools only through a Jinja chat template, never a built-in format."""
+    return spec.engine != "llamacpp" or spec.chat_template not in BUILTIN_TEMPLATES
+
+
 @functools.lru_cache(maxsize=64)
 def _gguf_info(path: Path, shards: tuple[Path, ...], mtime: float) -> GGUFInfo:
     return read_gguf(path, shards)

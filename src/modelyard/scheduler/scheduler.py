@@ -528,19 +528,7 @@ class Scheduler:
         unloading = self._sum(x for x in self._models.values() if x.state is ModelState.UNLOADING)
         free_now = {d: self.budget.get(d, 0) - reserved.get(d, 0) for d in self.budget}
         free_soon = {d: free_now[d] + unloading.get(d, 0) for d in free_now}
-        loaded = [
-            Loaded(
-                name=x.spec.name,
-                footprint=self._footprint(x),
-                busy=not x.idle,
-                pinned=x.spec.pinned,
-                expires_at=x.expires_at,
-                last_used=x.last_used,
-                loaded_at=x.loaded_at,
-            )
-            for x in self._models.values()
-            if x.state is ModelState.READY
-        ]
+        loaded = self._loaded()
         victims = choose_victims(need, free_soon, loaded, now, self._min_residency)
         if victims is None:
             self._repump_after_residency(loaded, now)
@@ -875,19 +863,7 @@ class Scheduler:
             self._pressure = False
             return
         now = self._clock.now()
-        loaded = [
-            Loaded(
-                name=x.spec.name,
-                footprint=self._footprint(x),
-                busy=not x.idle,
-                pinned=x.spec.pinned,
-                expires_at=x.expires_at,
-                last_used=x.last_used,
-                loaded_at=x.loaded_at,
-            )
-            for x in self._models.values()
-            if x.state is ModelState.READY
-        ]
+        loaded = self._loaded()
         # Evict as much as can be evicted, even if it is not enough: the rest waits.
         victims = choose_victims(over, {}, loaded, now) or [
             x.name for x in loaded if not x.busy and not x.pinned
@@ -907,6 +883,22 @@ class Scheduler:
             victim = self._models[name]
             self._emit(Evicted(name, now, for_model=""))
             self._unload(victim, f"memory pressure: {used} in use, budget {budget}")
+
+    def _loaded(self) -> list[Loaded]:
+        """The ready models, as the eviction policy sees them."""
+        return [
+            Loaded(
+                name=x.spec.name,
+                footprint=self._footprint(x),
+                busy=not x.idle,
+                pinned=x.spec.pinned,
+                expires_at=x.expires_at,
+                last_used=x.last_used,
+                loaded_at=x.loaded_at,
+            )
+            for x in self._models.values()
+            if x.state is ModelState.READY
+        ]
 
     def _sum(self, models: Iterable[_Model]) -> dict[str, int]:
         total: dict[str, int] = {}

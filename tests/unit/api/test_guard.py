@@ -118,6 +118,17 @@ async def test_guard_image_for_a_model_without_projector_is_400(make_harness: Ca
         assert h.scheduler.state("canned") == "stopped"  # refused before loading anything
 
 
+async def test_guard_tools_for_a_builtin_chat_format_are_400(
+    make_harness: Callable, tmp_path: Path
+) -> None:
+    async with make_harness(canned_spec(tmp_path, chat_template="gemma")) as h:
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+        answer = await h.call("/v1/chat/completions", {**CHAT, "tools": tools})
+        assert answer.status == 400  # llama.cpp itself answers 500 "requires --jinja"
+        assert answer.json()["error"]["param"] == "tools"
+        assert "Jinja" in answer.json()["error"]["message"]
+
+
 async def test_guard_max_tokens_beyond_context_is_capped(
     make_harness: Callable, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelyard.catalog import flags
 from modelyard.catalog.discovery import discover, shard_set
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
 from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ENCODER_PARALLEL, ModelKind, ModelSpec
@@ -310,6 +311,11 @@ def _to_spec(
             raise ConfigError(f"{where} chat_template: file not found: {template_file}")
         template = str(template_file)
     binary = entry.llama_server or llama_server
+    if engine == "llamacpp" and not binary:
+        try:
+            flags.parse(entry.extra_args, allow_managed=False)
+        except flags.FlagError as exc:
+            raise ConfigError(f"{where} extra_args: {exc}") from None
     parallel = entry.parallel
     if engine == "encoder" and "parallel" not in entry.model_fields_set:
         parallel = ENCODER_PARALLEL

@@ -107,6 +107,16 @@ prompt_cache = "256MiB"
     assert chat.prompt_cache_bytes == 32 * 1024**2  # the least share of a tiny file
 
 
+def test_config_extra_args_of_an_own_llama_server_pass_unchecked(tmp_path: Path) -> None:
+    settings = write(
+        tmp_path,
+        '[models.x]\npath = "m.gguf"\nllama_server = "/opt/llama-server"\n'
+        'extra_args = ["--some-new-flag", "3"]\n',
+    )
+    (spec,) = load_config(settings).models
+    assert spec.extra_args == ("--some-new-flag", "3")
+
+
 def test_config_durations_beyond_a_century_are_forever(tmp_path: Path) -> None:
     settings = write(
         tmp_path, '[models.x]\npath = "m.gguf"\nkeep_alive = 1e308\nqueue_timeout = "1e12"\n'
@@ -136,6 +146,14 @@ def test_config_durations_beyond_a_century_are_forever(tmp_path: Path) -> None:
         ("[memory]\nstop_grace = [1]", r"\[memory\] stop_grace: expected a number"),
         ("[models.x]\npath = 'm.gguf'\nprompt_cache = 'lots'", r"prompt_cache: invalid size"),
         ("[server]\nmax_request_size = -5", r"\[server\] max_request_size: .*negative"),
+        (
+            "[models.x]\npath = 'm.gguf'\nextra_args = ['--flash-attn', 'on', '--turbo']",
+            r"\[models.x\] extra_args: unknown llama-server flag '--turbo'",
+        ),
+        (
+            "[models.x]\npath = 'm.gguf'\nextra_args = ['-c', '8192']",
+            r"\[models.x\] extra_args: '-c' is set by modelyard",
+        ),
         (
             "[models.x]\npath = 'm.gguf'\n[models.y]\npath = 'm.gguf'\naliases = ['x']",
             r"\[models.y\] aliases: 'x' already names",

@@ -73,7 +73,7 @@ async def ps(request: Request) -> dict[str, Any]:
     ]
     return {
         "models": models,
-        "memory": {"budget": dict(scheduler.budget), "reserved": scheduler.reserved()},
+        "memory": {"budget": dict(scheduler.ledger.budget), "reserved": scheduler.reserved()},
     }
 
 

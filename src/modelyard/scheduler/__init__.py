@@ -1,5 +1,6 @@
 """Which models are loaded, who waits, who is evicted."""
 
+from modelyard.scheduler.budget import estimate
 from modelyard.scheduler.scheduler import (
     UNSET,
     CatalogChange,
@@ -7,7 +8,6 @@ from modelyard.scheduler.scheduler import (
     ModelStatus,
     Scheduler,
     Unset,
-    estimate,
 )
 from modelyard.scheduler.state import ModelState
 

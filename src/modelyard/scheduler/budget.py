@@ -1,18 +1,22 @@
-"""The memory budget per device, and measured footprints remembered across restarts."""
+"""The memory budget per device, the ledger that accounts for it, and measured footprints
+remembered across restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 
 import psutil
 
-from modelyard.catalog.spec import Footprint
-from modelyard.quantity import parse_size
+from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.errors import DoesNotFitError, ModelyardError
+from modelyard.quantity import format_size, parse_size
+from modelyard.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +75,122 @@ class MeasuredFootprints(MutableMapping[str, Footprint]):
             os.replace(tmp, self._path)
         except OSError as exc:
             log.warning("cannot save %s: %s", self._path, exc)
+
+
+def _estimate_key(spec: ModelSpec) -> str:
+    return f"{spec.settings_key}:{spec.memory}"
+
+
+def estimate(spec: ModelSpec, runner: Runner) -> Footprint:
+    """What loading ``spec`` will take: its configured ``memory``, else the runner's estimate."""
+    if spec.memory is not None:
+        return {"ram": spec.memory}
+    return runner.estimate(spec)
+
+
+class Ledger:
+    """The one account of memory: the budget per device, what each model will take (its
+    estimate, asked once per settings, ahead of need in a thread), the most each has used
+    (measured peaks, remembered across restarts) and what a set of models holds.
+
+    Keyed by device today (``ram``, ``gpu0``); a cluster keys the same by node and device.
+    """
+
+    def __init__(
+        self,
+        budget: Footprint,
+        runners: Mapping[str, Runner],
+        measured: MutableMapping[str, Footprint] | None = None,
+    ) -> None:
+        self.budget: dict[str, int] = dict(budget)
+        self._runners = runners
+        self._measured: MutableMapping[str, Footprint] = measured if measured is not None else {}
+        self._estimates: dict[str, Footprint] = {}
+
+    async def prepare(self, specs: Iterable[ModelSpec]) -> None:
+        """Computes the estimates of ``specs`` not known yet, in a thread, so that reading
+        model headers never blocks the event loop when a request comes."""
+        missing = [spec for spec in specs if _estimate_key(spec) not in self._estimates]
+        if not missing:
+            return
+
+        def compute() -> dict[str, Footprint]:
+            done = {}
+            for spec in missing:
+                with contextlib.suppress(ModelyardError, OSError, KeyError):
+                    done[_estimate_key(spec)] = estimate(spec, self._runners[spec.engine])
+            return done
+
+        self._estimates.update(await asyncio.to_thread(compute))
+
+    def estimate(self, spec: ModelSpec) -> Footprint:
+        """``estimate`` of ``spec`` (``LoadFailedError`` if its files cannot say); asked on
+        the loop only for a model ``prepare`` has not seen."""
+        key = _estimate_key(spec)
+        if key not in self._estimates:
+            self._estimates[key] = estimate(spec, self._runners[spec.engine])
+        return self._estimates[key]
+
+    def estimate_or_empty(self, spec: ModelSpec) -> Footprint:
+        try:
+            return self.estimate(spec)
+        except ModelyardError:
+            return {}
+
+    def measured(self, spec: ModelSpec) -> Footprint | None:
+        """The most the model has been seen to use with these settings."""
+        return self._measured.get(spec.settings_key)
+
+    def record(self, spec: ModelSpec, footprint: Footprint) -> Footprint | None:
+        """Remembers the most the model has used (memory it reached once, it can reach
+        again: an encoder's activations, pages of weights touched late, an engine's caches);
+        the peak, or ``None`` for an empty sample."""
+        if not any(footprint.values()):
+            return None
+        peak = dict(self._measured.get(spec.settings_key) or {})
+        for device, amount in footprint.items():
+            peak[device] = max(peak.get(device, 0), amount)
+        self._measured[spec.settings_key] = peak
+        return peak
+
+    def footprint(self, spec: ModelSpec) -> Footprint:
+        """What a model counts for: the override, else the measured peak, else the estimate."""
+        if spec.memory is not None:
+            return self.estimate(spec)
+        return self._measured.get(spec.settings_key) or self.estimate(spec)
+
+    def total(self, specs: Iterable[ModelSpec]) -> dict[str, int]:
+        """What ``specs`` hold together, per device."""
+        total: dict[str, int] = {}
+        for spec in specs:
+            for device, amount in self.footprint(spec).items():
+                total[device] = total.get(device, 0) + amount
+        return total
+
+    def free(self, held: Footprint) -> dict[str, int]:
+        """The budget left per device once ``held`` is taken."""
+        return {d: self.budget.get(d, 0) - held.get(d, 0) for d in self.budget}
+
+    def over(self, held: Footprint) -> dict[str, int]:
+        """By how much ``held`` exceeds the budget, on the devices where it does."""
+        return {d: n - self.budget.get(d, 0) for d, n in held.items() if n > self.budget.get(d, 0)}
+
+    def check_fits(self, spec: ModelSpec) -> None:
+        """``DoesNotFitError`` (507) for a model larger than the whole budget."""
+        need = self.footprint(spec)
+        over = {d: n for d, n in need.items() if n > self.budget.get(d, 0)}
+        if over:
+            parts = ", ".join(
+                f"{format_size(n)} of {d} (budget {format_size(self.budget.get(d, 0))})"
+                for d, n in over.items()
+            )
+            raise DoesNotFitError(
+                f"Model {spec.name!r} needs {parts}: it cannot be loaded even with every "
+                "other model unloaded. Lower its ctx or parallel, or raise the memory budget."
+            )
+
+    def flush(self) -> None:
+        """Saves the measured peaks (from a thread: it writes a file)."""
+        flush = getattr(self._measured, "flush", None)
+        if flush is not None:
+            flush()

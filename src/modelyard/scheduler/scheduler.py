@@ -2,7 +2,10 @@
 
 Everything runs on one event loop and every decision is made synchronously in ``_pump``, so
 no locks are needed. Side effects (starting and stopping runners) go through the ``Runner``
-seam; time goes through the injected ``Clock``.
+seam; time goes through the injected ``Clock``; memory is accounted by the ``Ledger``
+(``budget.py``) and the eviction choice is the pure ``policy``. The file is long on purpose:
+it is the one owner of the models' state, and splitting that state would bring back the
+locks and the implied states this design avoids.
 
 Contracts:
 - ``acquire(model)`` returns a ``Lease`` once the model is ready and one of its ``parallel``
@@ -46,7 +49,6 @@ from typing import Final
 from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import (
-    DoesNotFitError,
     LoadFailedError,
     ModelNotFoundError,
     ModelyardError,
@@ -55,6 +57,7 @@ from modelyard.errors import (
 )
 from modelyard.quantity import format_size
 from modelyard.runners.base import Runner, RunningModel
+from modelyard.scheduler.budget import Ledger
 from modelyard.scheduler.clock import Clock, LoopClock, Timer
 from modelyard.scheduler.event import (
     Event,
@@ -80,17 +83,6 @@ UNSET: Final = Unset()
 """``keep_alive`` not given by the request: use the catalog's."""
 
 _BACKOFF_MAX = 60.0
-
-
-def estimate(spec: ModelSpec, runner: Runner) -> Footprint:
-    """What loading ``spec`` will take: its configured ``memory``, else the runner's estimate."""
-    if spec.memory is not None:
-        return {"ram": spec.memory}
-    return runner.estimate(spec)
-
-
-def _estimate_key(spec: ModelSpec) -> str:
-    return f"{spec.settings_key}:{spec.memory}"
 
 
 def backoff(failures: int) -> float:
@@ -202,13 +194,11 @@ class Scheduler:
     ) -> None:
         self._catalog = catalog
         self._runners = runners
-        self.budget: Footprint = dict(budget)
         self._clock: Clock = clock or LoopClock()
         self._min_residency = min_residency
         self._stop_grace = stop_grace
-        self._measured: MutableMapping[str, Footprint] = measured if measured is not None else {}
+        self.ledger = Ledger(budget, runners, measured)
         self._models: dict[str, _Model] = {spec.name: _Model(spec) for spec in catalog}
-        self._estimates: dict[str, Footprint] = {}
         self._seq = 0
         self._listeners: list[Callable[[Event], None]] = []
         self._pump_timer: Timer | None = None
@@ -235,7 +225,7 @@ class Scheduler:
     async def acquire(self, name: str, keep_alive: float | Unset | None = UNSET) -> Lease:
         """Waits for a slot on ``name`` (loading it, evicting idle models as needed)."""
         m = self._models[self._catalog.get(name).name]
-        self._check_fits(m)
+        self.ledger.check_fits(m.spec)
         now = self._clock.now()
         self._seq += 1
         waiter = _Waiter(self._seq, asyncio.get_running_loop().create_future(), now, keep_alive)
@@ -313,12 +303,11 @@ class Scheduler:
 
     def estimate(self, name: str) -> Footprint:
         """The memory loading ``name`` will take (``LoadFailedError`` if it cannot be read)."""
-        spec = self._catalog.get(name)
-        return self._estimate_spec(spec)
+        return self.ledger.estimate(self._catalog.get(name))
 
     def measured(self, name: str) -> Footprint | None:
         """The most the model has been seen to use with its current settings."""
-        return self._measured.get(self._catalog.get(name).settings_key)
+        return self.ledger.measured(self._catalog.get(name))
 
     async def runner_unreachable(self, lease: Lease, grace: float = 2.0) -> bool:
         """The runner of ``lease`` refused or dropped a request before taking it. Waits (up
@@ -337,24 +326,8 @@ class Scheduler:
         return True
 
     async def prepare(self, specs: Iterable[ModelSpec] | None = None) -> None:
-        """Computes the estimates of ``specs`` (the whole catalog by default) in a thread, so
-        that reading model headers never blocks the event loop when a request comes."""
-        missing = [
-            spec
-            for spec in (self._catalog if specs is None else specs)
-            if _estimate_key(spec) not in self._estimates
-        ]
-        if not missing:
-            return
-
-        def compute() -> dict[str, Footprint]:
-            done = {}
-            for spec in missing:
-                with contextlib.suppress(ModelyardError, OSError, KeyError):
-                    done[_estimate_key(spec)] = estimate(spec, self._runners[spec.engine])
-            return done
-
-        self._estimates.update(await asyncio.to_thread(compute))
+        """Reads the estimates of ``specs`` (the whole catalog by default) in a thread."""
+        await self.ledger.prepare(self._catalog if specs is None else specs)
 
     def start_measuring(self) -> None:
         """Measures every running model each ``measure_interval`` from now on."""
@@ -378,9 +351,7 @@ class Scheduler:
         for (m, running), footprint in zip(targets, footprints, strict=True):
             if m.running is running and m.state is ModelState.READY:
                 self._record(m, footprint)
-        flush = getattr(self._measured, "flush", None)
-        if flush is not None:
-            await asyncio.to_thread(flush)
+        await asyncio.to_thread(self.ledger.flush)
         self._check_pressure()
 
     def update_catalog(self, catalog: Catalog) -> CatalogChange:
@@ -424,8 +395,8 @@ class Scheduler:
                     spec=m.pending or m.spec,
                     removed=m.removed,
                     state=m.state,
-                    estimate=self._estimate_or_empty(m),
-                    measured=self._measured.get(m.spec.settings_key),
+                    estimate=self.ledger.estimate_or_empty(m.spec),
+                    measured=self.ledger.measured(m.spec),
                     queued=len(m.waiters),
                     in_flight=m.leases,
                     parallel=m.spec.parallel,
@@ -443,7 +414,7 @@ class Scheduler:
 
     def reserved(self) -> dict[str, int]:
         """Memory held by resident models, per device."""
-        return self._sum(m for m in self._models.values() if m.state in RESIDENT)
+        return self.ledger.total(m.spec for m in self._models.values() if m.state in RESIDENT)
 
     async def close(self) -> None:
         """Stops every runner; waiting requests fail."""
@@ -470,9 +441,7 @@ class Scheduler:
                 stops.append(m.running.stop(self._stop_grace))
                 m.running = None
         await asyncio.gather(*stops, return_exceptions=True)
-        flush = getattr(self._measured, "flush", None)
-        if flush is not None:
-            flush()
+        self.ledger.flush()
 
     # ---- the decision ------------------------------------------------------------------------
 
@@ -523,10 +492,11 @@ class Scheduler:
 
     def _place(self, m: _Model, now: float) -> bool:
         """Loads ``m`` or makes room for it; ``False`` when it has to wait."""
-        need = self._estimate(m)
-        reserved = self.reserved()
-        unloading = self._sum(x for x in self._models.values() if x.state is ModelState.UNLOADING)
-        free_now = {d: self.budget.get(d, 0) - reserved.get(d, 0) for d in self.budget}
+        need = self.ledger.estimate(m.spec)
+        unloading = self.ledger.total(
+            x.spec for x in self._models.values() if x.state is ModelState.UNLOADING
+        )
+        free_now = self.ledger.free(self.reserved())
         free_soon = {d: free_now[d] + unloading.get(d, 0) for d in free_now}
         loaded = self._loaded()
         victims = choose_victims(need, free_soon, loaded, now, self._min_residency)
@@ -792,48 +762,20 @@ class Scheduler:
             except Exception:
                 log.exception("event listener failed on %r", event)
 
-    def _estimate(self, m: _Model) -> Footprint:
-        return self._estimate_spec(m.spec)
-
-    def _estimate_spec(self, spec: ModelSpec) -> Footprint:
-        """``estimate``, asked once per model and settings (``prepare`` asks ahead, in a
-        thread; this asks on the loop only for a model it missed)."""
-        key = _estimate_key(spec)
-        if key not in self._estimates:
-            self._estimates[key] = estimate(spec, self._runners[spec.engine])
-        return self._estimates[key]
-
-    def _estimate_or_empty(self, m: _Model) -> Footprint:
-        try:
-            return self._estimate(m)
-        except ModelyardError:
-            return {}
-
-    def _footprint(self, m: _Model) -> Footprint:
-        """What a model counts for: the override, else the last measurement, else the estimate."""
-        if m.spec.memory is not None:
-            return self._estimate(m)
-        return self._measured.get(m.spec.settings_key) or self._estimate(m)
-
     def _record(self, m: _Model, footprint: Footprint) -> None:
-        """Remembers the most the model has used: memory it reached once it can reach again
-        (an encoder's activations, pages of weights touched late, an engine's caches)."""
-        if not any(footprint.values()):
+        """Counts a measurement of ``m``; growth past its estimate is reported once."""
+        peak = self.ledger.record(m.spec, footprint)
+        if peak is None or m.spec.memory is not None or m.over_estimate:
             return
-        peak = dict(self._measured.get(m.spec.settings_key) or {})
-        for device, amount in footprint.items():
-            peak[device] = max(peak.get(device, 0), amount)
-        self._measured[m.spec.settings_key] = peak
-        if m.spec.memory is None and not m.over_estimate:
-            share = self._estimate_or_empty(m)
-            over = {d: n for d, n in peak.items() if n > share.get(d, 0) * 1.1 and share.get(d)}
-            if over:
-                m.over_estimate = True
-                parts = ", ".join(
-                    f"{format_size(n)} of {d} (estimated {format_size(share[d])})"
-                    for d, n in over.items()
-                )
-                log.warning("model %s grew past its estimate: %s", m.spec.name, parts)
+        share = self.ledger.estimate_or_empty(m.spec)
+        over = {d: n for d, n in peak.items() if share.get(d) and n > share[d] * 1.1}
+        if over:
+            m.over_estimate = True
+            parts = ", ".join(
+                f"{format_size(n)} of {d} (estimated {format_size(share[d])})"
+                for d, n in over.items()
+            )
+            log.warning("model %s grew past its estimate: %s", m.spec.name, parts)
 
     def _measure_tick(self) -> None:
         self._measure_timer = None
@@ -854,9 +796,7 @@ class Scheduler:
     def _check_pressure(self) -> None:
         """Evicts idle models while the resident ones use more than the budget."""
         reserved = self.reserved()
-        over = {
-            d: n - self.budget.get(d, 0) for d, n in reserved.items() if n > self.budget.get(d, 0)
-        }
+        over = self.ledger.over(reserved)
         if not over:
             if self._pressure:
                 log.info("memory back within the budget")
@@ -869,7 +809,7 @@ class Scheduler:
             x.name for x in loaded if not x.busy and not x.pinned
         ]
         used = ", ".join(f"{format_size(reserved[d])} of {d}" for d in over)
-        budget = ", ".join(f"{format_size(self.budget.get(d, 0))}" for d in over)
+        budget = ", ".join(f"{format_size(self.ledger.budget.get(d, 0))}" for d in over)
         if not self._pressure:
             log.warning(
                 "memory pressure: models use %s, over the budget of %s; evicting %s",
@@ -889,7 +829,7 @@ class Scheduler:
         return [
             Loaded(
                 name=x.spec.name,
-                footprint=self._footprint(x),
+                footprint=self.ledger.footprint(x.spec),
                 busy=not x.idle,
                 pinned=x.spec.pinned,
                 expires_at=x.expires_at,
@@ -899,23 +839,3 @@ class Scheduler:
             for x in self._models.values()
             if x.state is ModelState.READY
         ]
-
-    def _sum(self, models: Iterable[_Model]) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for m in models:
-            for device, amount in self._footprint(m).items():
-                total[device] = total.get(device, 0) + amount
-        return total
-
-    def _check_fits(self, m: _Model) -> None:
-        need = self._footprint(m)
-        over = {d: n for d, n in need.items() if n > self.budget.get(d, 0)}
-        if over:
-            parts = ", ".join(
-                f"{format_size(n)} of {d} (budget {format_size(self.budget.get(d, 0))})"
-                for d, n in over.items()
-            )
-            raise DoesNotFitError(
-                f"Model {m.spec.name!r} needs {parts}: it cannot be loaded even with every "
-                "other model unloaded. Lower its ctx or parallel, or raise the memory budget."
-            )

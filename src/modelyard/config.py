@@ -23,7 +23,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from modelyard.catalog import flags
 from modelyard.catalog.discovery import discover, shard_set
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
-from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ENCODER_PARALLEL, ModelKind, ModelSpec
+from modelyard.catalog.spec import (
+    DEFAULT_KEEP_ALIVE,
+    ModelKind,
+    ModelSpec,
+    default,
+    default_parallel,
+)
 from modelyard.errors import ConfigError
 from modelyard.quantity import parse_duration, parse_seconds, parse_size
 
@@ -95,8 +101,9 @@ class _Entry(BaseModel):
     engine: Literal["llamacpp", "encoder"] | None = None
     """Default: ``llamacpp`` for a GGUF file, ``encoder`` for a model directory."""
     aliases: list[str] = Field(default_factory=list)
-    ctx: int = Field(default=4096, gt=0)
-    parallel: int = Field(default=4, gt=0, le=256)
+    ctx: int = Field(default=default("ctx"), gt=0)
+    parallel: int = Field(default=default("parallel"), gt=0, le=256)
+    """Unset: ``default_parallel`` of the engine."""
     threads: int | None = Field(default=None, gt=0)
     gpu_layers: int = 0
     chat_template: str | None = None
@@ -107,15 +114,15 @@ class _Entry(BaseModel):
     """Unset: the server's ``keep_alive``."""
     pinned: bool = False
     preload: bool = False
-    max_queue: int = Field(default=64, ge=0)
-    queue_timeout: Duration = 120.0
+    max_queue: int = Field(default=default("max_queue"), ge=0)
+    queue_timeout: Duration = default("queue_timeout")
     memory: Size | None = None
     prompt_cache: Size | None = None
     llama_server: str | None = None
-    backend: Literal["torch", "onnx"] = "torch"
-    max_batch: int = Field(default=32, gt=0, le=1024)
-    batch_wait: Seconds = 0.005
-    max_batch_tokens: int = Field(default=16384, gt=0)
+    backend: Literal["torch", "onnx"] = default("backend")
+    max_batch: int = Field(default=default("max_batch"), gt=0, le=1024)
+    batch_wait: Seconds = default("batch_wait")
+    max_batch_tokens: int = Field(default=default("max_batch_tokens"), gt=0)
     truncate: bool = False
     matryoshka: bool = False
 
@@ -316,9 +323,7 @@ def _to_spec(
             flags.parse(entry.extra_args, allow_managed=False)
         except flags.FlagError as exc:
             raise ConfigError(f"{where} extra_args: {exc}") from None
-    parallel = entry.parallel
-    if engine == "encoder" and "parallel" not in entry.model_fields_set:
-        parallel = ENCODER_PARALLEL
+    parallel = entry.parallel if "parallel" in entry.model_fields_set else default_parallel(engine)
     return ModelSpec(
         name=name,
         path=path,
@@ -391,7 +396,7 @@ def _demo_models(defaults: ModelSpec, cache: Path) -> list[ModelSpec]:
                 kind="embedding",
                 engine="encoder",
                 aliases=("all-minilm", "all-MiniLM-L6-v2"),
-                parallel=ENCODER_PARALLEL,
+                parallel=default_parallel("encoder"),
                 # On a CPU, ONNX Runtime serves this small model faster than torch, alone
                 # and batched; the export is made once, on first load.
                 backend="onnx",

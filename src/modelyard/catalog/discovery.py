@@ -23,7 +23,7 @@ from pathlib import Path
 
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
 from modelyard.catalog.manifest import aliases, projectors, read_manifest
-from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec
+from modelyard.catalog.spec import ModelSpec, default_parallel
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _hf_spec(directory: Path, defaults: ModelSpec) -> ModelSpec | None:
         path=directory,
         kind=info.kind,
         engine="encoder",
-        parallel=ENCODER_PARALLEL,
+        parallel=default_parallel("encoder"),
     )
 
 

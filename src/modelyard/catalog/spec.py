@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,3 +122,19 @@ class ModelSpec:
         }
         blob = json.dumps(settings, sort_keys=True).encode()
         return f"{self.name}:{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def default(name: str) -> Any:
+    """The default of a ``ModelSpec`` field: the one place each model default is written
+    (the config schema and the workers' command lines take theirs from here)."""
+    (spec_field,) = [f for f in fields(ModelSpec) if f.name == name]
+    if spec_field.default is not MISSING:
+        return spec_field.default
+    assert spec_field.default_factory is not MISSING, name
+    return spec_field.default_factory()
+
+
+def default_parallel(engine: Engine) -> int:
+    """Requests let through at once unless configured: llama.cpp's slots, or for the encoder
+    (which merges them into batches) ``ENCODER_PARALLEL``."""
+    return ENCODER_PARALLEL if engine == "encoder" else int(default("parallel"))

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelyard.catalog.spec import default
 from modelyard.errors import (
     ContextLengthError,
     InvalidRequestError,
@@ -392,11 +393,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default=default("backend"))
     parser.add_argument("--onnx-cache", type=Path, default=None)
-    parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--batch-wait", type=float, default=0.005, help="seconds")
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-batch", type=int, default=default("max_batch"))
+    parser.add_argument("--batch-wait", type=float, default=default("batch_wait"), help="seconds")
+    parser.add_argument("--max-batch-tokens", type=int, default=default("max_batch_tokens"))
     parser.add_argument("--no-bucketing", action="store_true", help="for benchmarks only")
     parser.add_argument("--truncate", action="store_true")
     parser.add_argument("--matryoshka", action="store_true")

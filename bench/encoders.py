@@ -43,7 +43,7 @@ def sentences(n: int, low: int, high: int, seed: int) -> list[str]:
 
 
 def minilm_dir() -> Path:
-    from modelyard.config import demo_embedding_dir
+    from modelyard.catalog.demo import demo_embedding_dir
 
     path = demo_embedding_dir()
     if path is None:

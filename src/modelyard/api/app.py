@@ -17,8 +17,8 @@ from modelyard import __version__
 from modelyard.api import admin, errors, models, openai
 from modelyard.api.guard import Guard
 from modelyard.api.proxy import Upstream
-from modelyard.api.reload import Reloader
 from modelyard.catalog.catalog import Catalog
+from modelyard.catalog.watch import Reloader
 from modelyard.config import Config, Settings
 from modelyard.runners.base import Runner
 from modelyard.runners.encoder import EncoderRunner

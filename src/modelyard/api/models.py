@@ -22,9 +22,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from modelyard.api.errors import envelope
-from modelyard.api.reload import Reloader
 from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.summary import summarize
+from modelyard.catalog.watch import Reloader
 from modelyard.errors import (
     ConfigError,
     ConflictError,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import ModelNotFoundError
@@ -33,3 +34,12 @@ class Catalog:
                 param="model",
             )
         return self._specs[canonical]
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """What a new catalog changed: model names added, removed, and with new settings."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]

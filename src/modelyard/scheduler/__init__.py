@@ -1,9 +1,9 @@
 """Which models are loaded, who waits, who is evicted."""
 
+from modelyard.catalog.catalog import CatalogChange
 from modelyard.scheduler.budget import estimate
 from modelyard.scheduler.scheduler import (
     UNSET,
-    CatalogChange,
     Lease,
     ModelStatus,
     Scheduler,

@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableM
 from dataclasses import dataclass, field
 from typing import Final
 
-from modelyard.catalog.catalog import Catalog
+from modelyard.catalog.catalog import Catalog, CatalogChange
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import (
     LoadFailedError,
@@ -147,13 +147,6 @@ class _Model:
     @property
     def idle(self) -> bool:
         return self.leases == 0 and not self.waiters
-
-
-@dataclass(frozen=True)
-class CatalogChange:
-    added: list[str]
-    removed: list[str]
-    changed: list[str]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ written is not read half-way. ``reload`` (also ``POST /api/reload``, and run aft
 applies at once. A config that does not load (bad TOML, an unknown key, a missing model
 file) changes nothing: the last good catalog stays and the error is logged and kept.
 Settings outside ``[models]`` (host, port, memory) are read at start only.
+
+A service beside the catalog, not an HTTP route: it knows what serves the catalog only as
+``Served`` (the scheduler).
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
-from modelyard.catalog.catalog import Catalog
+from modelyard.catalog.catalog import Catalog, CatalogChange
 from modelyard.catalog.manifest import MANIFEST
+from modelyard.catalog.spec import ModelSpec
 from modelyard.config import Config, Settings, find_config_file, load_config
 from modelyard.errors import ConfigError
-from modelyard.scheduler import CatalogChange, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +56,22 @@ def _entry(path: Path) -> tuple[str, int, int]:
     return str(path), st.st_size, st.st_mtime_ns
 
 
+class Served(Protocol):
+    """What serves the catalog (the scheduler): it learns of a new one through these."""
+
+    async def prepare(self, specs: Iterable[ModelSpec]) -> None: ...
+
+    def update_catalog(self, catalog: Catalog) -> CatalogChange: ...
+
+
 class Reloader:
-    """Owns the current ``Config``; swaps the scheduler's catalog when the files change."""
+    """Owns the current ``Config``; swaps the served catalog when the files change."""
 
     def __init__(
         self,
         config: Config,
         settings: Settings,
-        scheduler: Scheduler,
+        scheduler: Served,
         preload: Callable[[list[str]], asyncio.Task[None] | None] = lambda _: None,
     ) -> None:
         self.config = config

@@ -33,7 +33,8 @@ from modelyard.errors import (
     ModelyardError,
 )
 from modelyard.hub import store
-from modelyard.hub.pull import Hub, Progress, PullCancelledError, PullResult, pull
+from modelyard.hub.api import Hub
+from modelyard.hub.pull import Progress, PullCancelledError, PullResult, pull
 from modelyard.hub.ref import Reference, parse_reference
 from modelyard.protocol.openai import ModelDeleteRequest, ModelPullRequest, ModelShowRequest
 from modelyard.scheduler import ModelState, Scheduler

@@ -117,7 +117,7 @@ def _pull_through(base: str, model: str, view: PullView) -> dict[str, Any]:
 
 
 def _pull_here(model: str, view: PullView) -> dict[str, Any]:
-    from modelyard.hub.pull import Hub
+    from modelyard.hub.api import Hub
     from modelyard.hub.pull import pull as run_pull
     from modelyard.hub.ref import parse_reference
 

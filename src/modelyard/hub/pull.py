@@ -1,6 +1,6 @@
 """Downloads a model from the Hugging Face hub into the models directory.
 
-``pull`` resolves the reference to a commit and its files (``huggingface_hub``, so
+``pull`` resolves the reference to a commit and its files (``modelyard.hub.api``, so
 ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` apply), picks the files the reference
 stands for (``modelyard.hub.ref``), and then:
 
@@ -28,14 +28,13 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 import httpx
 
-from modelyard import __version__
 from modelyard.catalog.manifest import Pull, PulledFile, read_manifest, write_manifest
 from modelyard.errors import (
     ConflictError,
@@ -44,6 +43,7 @@ from modelyard.errors import (
     HubNotFoundError,
     VerificationError,
 )
+from modelyard.hub.api import Hub, RemoteFile
 from modelyard.hub.ref import Reference, Selection, select
 from modelyard.quantity import format_size
 
@@ -77,106 +77,6 @@ class PullResult:
 
 class PullCancelledError(Exception):
     """The caller set the ``cancel`` event; partial files are kept."""
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
-    sha256: str | None
-    blob_id: str | None
-
-
-@dataclass
-class Hub:
-    """Where models come from: the hub's address, credentials and offline switch.
-
-    ``None`` takes ``huggingface_hub``'s own settings (``HF_ENDPOINT``, ``HF_TOKEN`` or the
-    stored login, ``HF_HUB_OFFLINE``).
-    """
-
-    endpoint: str | None = None
-    token: str | None = None
-    offline: bool | None = None
-    timeout: float = 30.0
-    _client: httpx.Client | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        from huggingface_hub import constants
-
-        self.endpoint = (self.endpoint or constants.ENDPOINT).rstrip("/")
-        if self.offline is None:
-            self.offline = bool(constants.HF_HUB_OFFLINE)
-
-    def resolve(self, ref: Reference) -> tuple[str, list[RemoteFile]]:
-        """The commit ``ref.revision`` points at, and the repository's files there."""
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            HfHubHTTPError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-        from requests import RequestException
-
-        api = HfApi(endpoint=self.endpoint, token=self.token, library_name="modelyard")
-        try:
-            info = api.model_info(
-                ref.repo, revision=ref.revision, files_metadata=True, timeout=self.timeout
-            )
-        except GatedRepoError:
-            raise HubError(
-                f"{ref.repo} is gated: accept its terms on the hub, then set HF_TOKEN",
-                param="model",
-            ) from None
-        except RepositoryNotFoundError:
-            raise HubNotFoundError(
-                f"{ref.repo} was not found on {self.endpoint} (or it is private: set HF_TOKEN)",
-                param="model",
-            ) from None
-        except RevisionNotFoundError:
-            raise HubNotFoundError(
-                f"{ref.repo} has no revision {ref.revision!r}", param="model"
-            ) from None
-        except (HfHubHTTPError, RequestException) as exc:
-            raise HubError(f"cannot reach the hub at {self.endpoint}: {exc}") from None
-        if not info.sha or info.siblings is None:
-            raise HubError(f"{self.endpoint} sent no commit or file list for {ref.repo}")
-        files = [
-            RemoteFile(
-                path=s.rfilename,
-                size=s.lfs.size if s.lfs else (s.size or 0),
-                sha256=s.lfs.sha256 if s.lfs else None,
-                blob_id=s.blob_id,
-            )
-            for s in info.siblings
-        ]
-        return info.sha, files
-
-    def url(self, repo: str, commit: str, path: str) -> str:
-        from huggingface_hub import hf_hub_url
-
-        return hf_hub_url(repo, path, revision=commit, endpoint=self.endpoint)
-
-    def client(self) -> httpx.Client:
-        if self._client is None:
-            # Documented as public; the package does not list it in an __all__.
-            from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
-
-            headers = build_hf_headers(
-                token=self.token, library_name="modelyard", library_version=__version__
-            )
-            self._client = httpx.Client(
-                headers=headers,
-                follow_redirects=True,
-                timeout=httpx.Timeout(self.timeout, read=60.0),
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 def target_dir(models_dir: Path, repo: str) -> Path:

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelyard.hub.pull import Hub
+from modelyard.hub.api import Hub
 from tests.hubserver import FakeHub, Repo, running_hub
 
 MiB = 1024 * 1024

@@ -18,7 +18,8 @@ from modelyard.errors import (
     HubNotFoundError,
     VerificationError,
 )
-from modelyard.hub.pull import Hub, Progress, PullCancelledError, pull, target_dir
+from modelyard.hub.api import Hub
+from modelyard.hub.pull import Progress, PullCancelledError, pull, target_dir
 from modelyard.hub.ref import parse_reference
 from tests.hubserver import COMMIT, FakeHub, Repo
 from tests.unit.hub.conftest import MiB, blob, gguf_repo

@@ -8,7 +8,8 @@ from modelyard.catalog.discovery import discover
 from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import InvalidRequestError
 from modelyard.hub import store
-from modelyard.hub.pull import Hub, pull
+from modelyard.hub.api import Hub
+from modelyard.hub.pull import pull
 from modelyard.hub.ref import parse_reference
 from tests.hubserver import FakeHub, Repo
 from tests.unit.hub.conftest import blob, gguf_repo

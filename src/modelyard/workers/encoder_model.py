@@ -1,0 +1,170 @@
+"""The encoder worker's models: a sentence-transformers embedding model or cross-encoder,
+loaded from a local directory (never from a hub), with torch or exported to ONNX Runtime,
+and the token counts the server checks lengths with. ``modelyard.workers.encoder`` serves
+them over HTTP.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger("modelyard.encoder")
+
+Vector = npt.NDArray[np.float32]
+
+
+class Encoder(Protocol):
+    """What the HTTP layer needs from a loaded model."""
+
+    kind: str
+    max_tokens: int
+    dimensions: int
+    tokenizer: Any
+    """The model's tokenizer; ``compute`` uses it on the batch thread."""
+
+    def compute(self, items: list[Any]) -> Sequence[Any]:
+        """Embeddings of texts, or scores of ``(query, document)`` pairs; on the batch thread."""
+        ...
+
+
+class TokenCounter:
+    """Counts tokens as the model sees them, special tokens included.
+
+    A private copy of the model's tokenizer: fast tokenizers must not be used from two
+    threads at once ("Already borrowed"), and the batch thread uses the model's own. The Rust
+    tokenizer is used directly where there is one (about half the per-call cost).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._fast: Any = Tokenizer.from_str(backend.to_str())
+            self._fast.no_truncation()
+            self._fast.no_padding()
+        else:
+            self._fast = None
+            self._slow = copy.deepcopy(tokenizer)
+
+    def __call__(self, texts: Sequence[str], pairs_with: str | None = None) -> list[int]:
+        inputs: list[Any] = list(texts) if pairs_with is None else [(pairs_with, t) for t in texts]
+        if self._fast is not None:
+            return [len(e.ids) for e in self._fast.encode_batch(inputs, add_special_tokens=True)]
+        if pairs_with is None:
+            ids = self._slow(inputs, add_special_tokens=True, truncation=False)["input_ids"]
+        else:
+            ids = self._slow(
+                [pairs_with] * len(texts), list(texts), add_special_tokens=True, truncation=False
+            )["input_ids"]
+        return [len(x) for x in ids]
+
+
+class SentenceEncoder:
+    """A ``SentenceTransformer`` model: texts → vectors (as ``encode`` gives them)."""
+
+    kind = "embedding"
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self._model = model
+        self.max_tokens = int(model.max_seq_length or 512)
+        self.dimensions = int(model.get_embedding_dimension())
+        self.tokenizer = model.tokenizer
+
+    def compute(self, items: list[str]) -> list[Vector]:
+        # What ``encode`` does for one batch, without its per-call bookkeeping.
+        with self._torch.inference_mode():
+            features = self._model.preprocess(items)
+            output = self._model(features)["sentence_embedding"]
+        vectors: Vector = output.float().cpu().numpy()
+        return list(vectors)
+
+
+class CrossEncoderModel:
+    """A ``CrossEncoder`` reranker: ``(query, document)`` pairs → relevance scores."""
+
+    kind = "rerank"
+    dimensions = 0
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.max_tokens = int(model.max_seq_length or 512)
+        self.tokenizer = model.tokenizer
+
+    def compute(self, items: list[tuple[str, str]]) -> list[float]:
+        scores = self._model.predict(
+            items, batch_size=len(items), show_progress_bar=False, convert_to_numpy=True
+        )
+        return [float(s) for s in np.asarray(scores).reshape(len(items), -1)[:, 0]]
+
+
+def load(
+    path: Path, kind: str, backend: str, threads: int, onnx_cache: Path | None
+) -> SentenceEncoder | CrossEncoderModel:
+    import torch
+
+    torch.set_num_threads(threads)
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    cls = SentenceTransformer if kind == "embedding" else CrossEncoder
+    kwargs: dict[str, Any] = {"device": "cpu", "local_files_only": True}
+    if backend == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False
+        # Idle threads sleep instead of spinning: other models and the gateway share the CPU.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        kwargs["backend"] = "onnx"
+        kwargs["model_kwargs"] = {"provider": "CPUExecutionProvider", "session_options": options}
+        path = _onnx_export(cls, path, kwargs, onnx_cache)
+    model = cls(str(path), **kwargs)
+    model.eval()
+    return SentenceEncoder(model) if kind == "embedding" else CrossEncoderModel(model)
+
+
+def _onnx_export(cls: Any, path: Path, kwargs: dict[str, Any], cache: Path | None) -> Path:
+    """Where the ONNX export of ``path`` is, exporting it on first use.
+
+    The export is kept next to the model (``DIR/onnx/model.onnx``, where sentence-transformers
+    looks for it) or, when that directory is read-only, in ``cache``.
+    """
+    if (path / "onnx" / "model.onnx").is_file():
+        return path
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    cached = cache / f"{path.name}-{key}" if cache else None
+    if cached is not None and (cached / "onnx" / "model.onnx").is_file():
+        return cached
+    log.info("exporting %s to ONNX (once)", path)
+    model = cls(str(path), **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        exported = Path(tmp) / "onnx" / "model.onnx"
+        try:
+            (path / "onnx").mkdir(exist_ok=True)
+            partial = path / "onnx" / "model.onnx.partial"
+            shutil.copyfile(exported, partial)
+            partial.replace(path / "onnx" / "model.onnx")
+            return path
+        except OSError as exc:
+            if cached is None:
+                raise
+            log.info("cannot write next to the model (%s); keeping the export in %s", exc, cached)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(tmp, cached, dirs_exist_ok=True)
+            return cached

@@ -73,6 +73,7 @@ async def stream_once(http: httpx.AsyncClient, tokens: int) -> str:
     return "done"
 
 
+@pytest.mark.timeout(300)
 def test_chaos_runner_kill_storm(server_factory: Callable[..., Server]) -> None:
     server = server_factory(model("m", ctx=512, parallel=4, max_queue=32, keep_alive=-1))
     outcomes: list[str] = []
@@ -86,7 +87,7 @@ def test_chaos_runner_kill_storm(server_factory: Callable[..., Server]) -> None:
 
             async def streamer() -> None:
                 while not stop.is_set():
-                    outcomes.append(await stream_once(http, 48))
+                    outcomes.append(await stream_once(http, 32))
 
             async def poke(killed_at: float) -> None:
                 body = chat("Say hi.", max_tokens=2)
@@ -145,7 +146,7 @@ def test_chaos_overload_gets_exactly_the_overflow_429(
 
 
 def test_chaos_disconnect_storm_leaks_nothing(server_factory: Callable[..., Server]) -> None:
-    server = server_factory(model("m", ctx=512, parallel=2, max_queue=40, keep_alive="2s"))
+    server = server_factory(model("m", ctx=512, parallel=2, max_queue=40, keep_alive="3s"))
     rng = random.Random(7)
     left = {"queued or loading": 0, "streaming": 0, "waiting for an answer": 0}
 
@@ -180,12 +181,16 @@ def test_chaos_disconnect_storm_leaks_nothing(server_factory: Callable[..., Serv
         assert time.monotonic() - gone < 1.0, f"leases held 1 s after the storm: {now}"
         time.sleep(0.02)
     released = time.monotonic() - gone
-    runner = server.runner("m")
     # llama.cpp stops a stream whose connection closed at once, but finishes a non-streamed
     # answer (at most max_tokens = 64 here) before it notices.
-    while any(
-        s["is_processing"] for s in httpx.get(f"{runner.url}/slots", headers=runner.headers).json()
-    ):
+    runner = server.runner("m")
+    while entry(server) is not None:  # an unloaded model has nothing running
+        try:
+            slots = httpx.get(f"{runner.url}/slots", headers=runner.headers).json()
+        except httpx.ConnectError:
+            break  # unloaded between the two checks
+        if not any(s["is_processing"] for s in slots):
+            break
         assert time.monotonic() - gone < 5.0, "engine slots still busy 5 s after the storm"
         time.sleep(0.05)
     print(
@@ -198,7 +203,7 @@ def test_chaos_disconnect_storm_leaks_nothing(server_factory: Callable[..., Serv
     )
     assert answer.status_code == 200
     # No lease leaked: the keep-alive runs out and the model unloads by itself.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while entry(server) is not None:
         assert time.monotonic() < deadline, f"never idled out: {entry(server)}"
         time.sleep(0.1)

@@ -8,7 +8,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,9 +19,8 @@ from modelyard.api.proxy import Upstream
 from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.watch import Reloader
 from modelyard.config import Config, Settings
+from modelyard.runners import default_runners
 from modelyard.runners.base import Runner
-from modelyard.runners.encoder import EncoderRunner
-from modelyard.runners.llamacpp import LlamaCppRunner
 from modelyard.scheduler import Scheduler
 from modelyard.scheduler.budget import MeasuredFootprints, resolve_budget
 from modelyard.scheduler.clock import Clock
@@ -55,14 +53,6 @@ class RequestId:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
-
-
-def default_runners(home: Path) -> dict[str, Runner]:
-    """One runner per engine, logging under ``<home>/logs``."""
-    return {
-        "llamacpp": LlamaCppRunner(home / "logs"),
-        "encoder": EncoderRunner(home / "logs", home / "cache"),
-    }
 
 
 def create_app(

@@ -88,7 +88,12 @@ async def _generate(
     for key, value in spec.defaults.items():
         if payload.get(key) is None:
             payload[key] = value
-    if isinstance(parsed, ChatCompletionRequest) and spec.mmproj is None and parsed.has_media():
+    if (
+        isinstance(parsed, ChatCompletionRequest)
+        and spec.engine == "llamacpp"
+        and spec.mmproj is None
+        and parsed.has_media()
+    ):
         raise UnsupportedFeatureError(
             f"Model {spec.name!r} cannot read images or audio: it has no multimodal projector. "
             "Send text only, or give the model an mmproj file (mmproj in its catalog entry)",

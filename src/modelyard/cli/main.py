@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,9 +44,8 @@ def serve(
     ] = None,
 ) -> None:
     """Start the server (on the demo models when there is no config)."""
-    from modelyard.api import server
-    from modelyard.api.app import create_app
     from modelyard.config import Settings
+    from modelyard.server import serve as run_server
 
     overrides: dict[str, Any] = {
         "host": host,
@@ -58,13 +56,10 @@ def serve(
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     cfg = config_or_exit(settings)
-    logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     names = ", ".join(s.name for s in cfg.models) or "(none)"
     err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
     err.print(f"modelyard: OpenAI endpoint at http://{cfg.host}:{cfg.port}/v1")
-    server.run(create_app(cfg, settings=settings), cfg)
+    run_server(cfg, settings)
 
 
 @app.command("ls")

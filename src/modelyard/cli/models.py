@@ -167,9 +167,9 @@ def show(
 
 
 def _show_here(model: str) -> dict[str, Any]:
-    from modelyard.api.app import default_runners
     from modelyard.catalog.catalog import Catalog
     from modelyard.catalog.summary import summarize
+    from modelyard.runners import default_runners
     from modelyard.scheduler import estimate
 
     config = config_or_exit()

@@ -1,4 +1,6 @@
-"""Running the app under uvicorn, with the timeouts a server on a shared machine needs.
+"""The server process: the app (``modelyard.api``) under uvicorn, with the timeouts a server
+on a shared machine needs. ``modelyard serve`` calls ``serve``; the CLI itself only talks
+HTTP.
 
 uvicorn bounds how long an idle keep-alive connection stays open, but not how long a client
 may take to send a request: a client that sends half a header line and then nothing holds
@@ -14,6 +16,7 @@ uvicorn cancels them (a stream still open ends with an SSE error frame, see
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any
 
@@ -21,7 +24,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from modelyard.config import Config
+from modelyard.api.app import create_app
+from modelyard.config import Config, Settings
 
 
 def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
@@ -91,3 +95,11 @@ def run(app: FastAPI, config: Config, **options: Any) -> None:
         access_log=False,
         **options,
     )
+
+
+def serve(config: Config, settings: Settings) -> None:
+    """Logs as configured and serves ``config`` (reloadable from ``settings``)."""
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run(create_app(config, settings=settings), config)

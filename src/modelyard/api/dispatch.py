@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from starlette.responses import Response
@@ -40,7 +40,6 @@ from modelyard.scheduler import Lease, Scheduler, Unset
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Shape = Callable[[bytes], bytes]
 
 _CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
@@ -55,48 +54,29 @@ _FINAL_SEND = 1.0
 """Seconds a last message (an error frame at shutdown) may take to go out."""
 
 
-class ClientGone(Exception):
-    """The client disconnected before its answer was complete."""
-
-
 class _Watch:
-    """Notices the client leaving (``http.disconnect``) while the dispatcher waits."""
+    """Notices the client leaving (``http.disconnect``) and then cancels the request's own
+    task while it is ``armed``: whatever it waits for (the queue, a load, the answer, the next
+    chunk) ends at once, with no task per step. ``left`` tells that cancellation apart from
+    a shutdown's."""
 
     def __init__(self, receive: Receive) -> None:
-        self.gone = asyncio.ensure_future(self._disconnected(receive))
+        self.left = False
+        self.armed = True
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(self._disconnected(receive))
 
-    @staticmethod
-    async def _disconnected(receive: Receive) -> None:
+    async def _disconnected(self, receive: Receive) -> None:
         # The route has read the whole body: what comes now is the disconnect.
         while (await receive())["type"] != "http.disconnect":
             pass
-
-    async def guard(self, work: Awaitable[T], discard: Callable[[T], object] | None = None) -> T:
-        """Awaits ``work``; if the client leaves first, cancels it and raises ``ClientGone``.
-
-        A result that was ready when the cancellation came is handed to ``discard``.
-        """
-        task = asyncio.ensure_future(work)
-        try:
-            await asyncio.wait({task, self.gone}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            await _cancel(task, discard)
-            raise
-        if task.done():
-            return task.result()
-        await _cancel(task, discard)
-        raise ClientGone
+        self.left = True
+        if self.armed and self._task is not None:
+            self._task.cancel()
 
     def close(self) -> None:
-        self.gone.cancel()
-
-
-async def _cancel(task: asyncio.Future[T], discard: Callable[[T], object] | None) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    if discard is not None and task.done() and not task.cancelled() and not task.exception():
-        discard(task.result())
+        self.armed = False
+        self._watcher.cancel()
 
 
 class Dispatch(Response):
@@ -132,27 +112,35 @@ class Dispatch(Response):
         lease: Lease | None = None
         served = False
         try:
-            lease, upstream = await self._open(watch)
+            lease, upstream = await self._open()
             headers = [(b"x-modelyard-queue-ms", f"{lease.queued * 1000:.1f}".encode())]
             if self._stream and upstream.status < 400:
                 await self._start(send, 200, [*_STREAM_HEADERS, *headers])
-                served = await watch.guard(self._relay(upstream, send))
+                served = await self._relay(upstream, send)
             else:
-                answer = await watch.guard(read_answer(upstream))
+                answer = await read_answer(upstream)
+                watch.armed = False
                 if self._shape is not None:
                     answer = self._shape(answer)
                 await self._answer(send, 200, answer, headers)
                 served = True
-        except ClientGone:
-            if not self._started:
-                await self._answer(send, _CLIENT_CLOSED, b"", [])
         except ModelyardError as exc:
+            watch.armed = False
             report(exc)
             served = exc.status < 500
             await self._fail(send, exc)
         except asyncio.CancelledError:
-            # Only shutdown cancels a request (uvicorn, once shutdown_timeout has passed): end
-            # it in a way the client can read. Ended so, the request is over, not broken.
+            watch.close()
+            if watch.left:
+                # Our own cancellation: the client is gone, nobody reads an answer.
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                if not self._started:
+                    await self._answer(send, _CLIENT_CLOSED, b"", [])
+                return
+            # Else only shutdown cancels a request (uvicorn, once shutdown_timeout has
+            # passed): end it in a way the client can read. Ended so, it is over, not broken.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
                     self._fail(send, ShuttingDownError("The server is shutting down")),
@@ -165,25 +153,21 @@ class Dispatch(Response):
             if lease is not None:
                 self._scheduler.release(lease, served=served)
 
-    async def _open(self, watch: _Watch) -> tuple[Lease, aiohttp.ClientResponse]:
+    async def _open(self) -> tuple[Lease, aiohttp.ClientResponse]:
         """A lease and the runner's response (its headers; the body is still to come)."""
         for attempt in range(1, _ATTEMPTS + 1):
-            lease = await watch.guard(
-                self._scheduler.acquire(self._model, self._keep_alive), self._scheduler.release
-            )
+            # Cancelled while waiting, acquire returns a lease it had granted by itself.
+            lease = await self._scheduler.acquire(self._model, self._keep_alive)
             try:
-                response = await watch.guard(
-                    self._upstream.post(
-                        lease.base_url + self._path,
-                        self._payload,
-                        {**lease.headers, "X-Request-Id": self._request_id},
-                    ),
-                    _close_response,
+                response = await self._upstream.post(
+                    lease.base_url + self._path,
+                    self._payload,
+                    {**lease.headers, "X-Request-Id": self._request_id},
                 )
                 return lease, response
             except RunnerUnreachableError:
                 self._scheduler.release(lease)
-                gone = await watch.guard(self._scheduler.runner_unreachable(lease))
+                gone = await self._scheduler.runner_unreachable(lease)
                 if not gone or attempt == _ATTEMPTS:
                     raise
                 log.info("runner of %s is gone; request %s waits for its restart",
@@ -249,7 +233,3 @@ class Dispatch(Response):
         response = error_response(exc)
         await self._start(send, response.status_code, response.raw_headers)
         await self._finish(send, bytes(response.body))
-
-
-def _close_response(response: aiohttp.ClientResponse) -> None:
-    response.close()

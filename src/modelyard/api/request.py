@@ -35,7 +35,9 @@ async def read_json(request: Request, schema: type[M]) -> tuple[dict[str, Any], 
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
     except RecursionError:
         body = _TOO_DEEP  # deeper than Python's own parser goes
-    if body is _TOO_DEEP or _too_deep(body):
+    # Nesting deeper than MAX_DEPTH needs more openers than that: most bodies skip the walk.
+    openers = raw.count(b"[") + raw.count(b"{")
+    if body is _TOO_DEEP or (openers > MAX_DEPTH and _too_deep(body)):
         raise InvalidRequestError(f"The request body nests deeper than {MAX_DEPTH} levels")
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object")

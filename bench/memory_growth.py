@@ -21,12 +21,27 @@ import time
 
 import httpx
 import psutil
+
 from common import PY, free_port
 
-WORDS = (
-    "apple river stone cloud mountain music paper light forest window garden silver ocean "
-    "planet story engine"
-).split()
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "mountain",
+    "music",
+    "paper",
+    "light",
+    "forest",
+    "window",
+    "garden",
+    "silver",
+    "ocean",
+    "planet",
+    "story",
+    "engine",
+]
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from modelyard.workers import batcher as batcher_module
 from modelyard.workers.batcher import Batcher, plan_batches
+from tests.fake import ManualClock, settle
 
 
 def padded(costs: list[int], plan: list[list[int]], overhead: int) -> int:
@@ -93,7 +94,8 @@ class Recorder:
 
 async def test_batcher_lone_request_does_not_wait() -> None:
     compute = Recorder()
-    batcher = Batcher(compute, max_wait=30.0)  # a wait would blow the test's timeout
+    # A wait would never end: the manual clock does not move by itself.
+    batcher = Batcher(compute, max_wait=30.0, clock=ManualClock())
     assert await asyncio.wait_for(batcher.submit([(21, 1)]), 5) == [42]
     assert await asyncio.wait_for(batcher.submit([(5, 1), (6, 1)]), 5) == [10, 12]
     assert compute.batches == [[21], [5, 6]]
@@ -103,11 +105,11 @@ async def test_batcher_lone_request_does_not_wait() -> None:
 async def test_batcher_merges_concurrent_requests_and_routes_results() -> None:
     compute = Recorder()
     compute.gate.clear()  # the first batch blocks while the rest queue up
-    batcher = Batcher(compute, max_batch=64, max_wait=0.0)
+    batcher = Batcher(compute, max_batch=64, max_wait=0.0, clock=ManualClock())
     first = asyncio.create_task(batcher.submit([(0, 1)]))
-    await asyncio.sleep(0.05)
+    await settle()
     others = [asyncio.create_task(batcher.submit([(i, 1), (100 + i, 1)])) for i in range(1, 20)]
-    await asyncio.sleep(0.05)
+    await settle()
     compute.gate.set()
     assert await first == [0]
     for i, task in enumerate(others, start=1):
@@ -120,43 +122,47 @@ async def test_batcher_merges_concurrent_requests_and_routes_results() -> None:
 
 async def test_batcher_waits_for_the_crowd_it_saw_lately() -> None:
     compute = Recorder()
-    batcher = Batcher(compute, max_batch=8, max_wait=10.0)
+    clock = ManualClock()
+    batcher = Batcher(compute, max_batch=8, max_wait=0.005, clock=clock)
     compute.gate.clear()
     blocker = asyncio.create_task(batcher.submit([(0, 1)]))
-    await asyncio.sleep(0.05)
+    await settle()
     crowd = [asyncio.create_task(batcher.submit([(i, 1)])) for i in range(1, 5)]
-    await asyncio.sleep(0.05)
+    await settle()
     compute.gate.set()
     await asyncio.gather(blocker, *crowd)  # five requests were in flight at once
     # Now they come back one after the other: the batcher holds them until all five are in.
     late = [asyncio.create_task(batcher.submit([(10, 1)]))]
-    await asyncio.sleep(0.05)
+    await settle()
     late.append(asyncio.create_task(batcher.submit([(11, 1)])))
-    await asyncio.sleep(0.05)
+    await settle()
     assert not any(t.done() for t in late)  # still filling: 2 of the 5 it expects
     late += [asyncio.create_task(batcher.submit([(i, 1)])) for i in (12, 13, 14)]
     assert await asyncio.wait_for(asyncio.gather(*late), 5) == [[20], [22], [24], [26], [28]]
     assert compute.batches[-1] == [10, 11, 12, 13, 14]
+    # Two come back, the other three never do: the batch goes once max_wait has passed.
+    more = [asyncio.create_task(batcher.submit([(i, 1)])) for i in (20, 21)]
+    await settle()
+    assert not any(t.done() for t in more)
+    clock.advance(0.005)
+    assert await asyncio.wait_for(asyncio.gather(*more), 5) == [[40], [42]]
     await batcher.close()
 
 
 async def test_batcher_forgets_an_old_crowd() -> None:
     compute = Recorder()
-    batcher = Batcher(compute, max_batch=8, max_wait=30.0)
+    clock = ManualClock()
+    batcher = Batcher(compute, max_batch=8, max_wait=30.0, clock=clock)
     await asyncio.gather(*(batcher.submit([(i, 1)]) for i in range(4)))
-    batcher_module.PEAK_WINDOW, saved = 0.0, batcher_module.PEAK_WINDOW
-    try:
-        await asyncio.sleep(0.01)
-        assert await asyncio.wait_for(batcher.submit([(7, 1)]), 5) == [14]
-    finally:
-        batcher_module.PEAK_WINDOW = saved
+    clock.advance(batcher_module.PEAK_WINDOW + 0.1)  # the crowd of four is old news
+    assert await asyncio.wait_for(batcher.submit([(7, 1)]), 5) == [14]
     await batcher.close()
 
 
 async def test_batcher_failure_reaches_only_its_batch() -> None:
     compute = Recorder()
     compute.fail_on = 13
-    batcher = Batcher(compute)
+    batcher = Batcher(compute, clock=ManualClock())
     with pytest.raises(ValueError, match="cannot compute 13"):
         await batcher.submit([(13, 1)])
     assert await batcher.submit([(4, 1)]) == [8]
@@ -166,12 +172,12 @@ async def test_batcher_failure_reaches_only_its_batch() -> None:
 async def test_batcher_skips_requests_that_gave_up() -> None:
     compute = Recorder()
     compute.gate.clear()
-    batcher = Batcher(compute, max_wait=0.0)
+    batcher = Batcher(compute, max_wait=0.0, clock=ManualClock())
     blocker = asyncio.create_task(batcher.submit([(1, 1)]))
-    await asyncio.sleep(0.05)
+    await settle()
     gone = asyncio.create_task(batcher.submit([(2, 1), (3, 1)]))
     stays = asyncio.create_task(batcher.submit([(4, 1)]))
-    await asyncio.sleep(0.01)
+    await settle()
     gone.cancel()
     compute.gate.set()
     assert await blocker == [2]

@@ -18,12 +18,12 @@ from modelyard.api.guard import Guard
 from modelyard.api.proxy import Upstream
 from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.watch import Reloader
+from modelyard.clock import Clock
 from modelyard.config import Config, Settings
 from modelyard.runners import default_runners
 from modelyard.runners.base import Runner
 from modelyard.scheduler import Scheduler
 from modelyard.scheduler.budget import MeasuredFootprints, resolve_budget
-from modelyard.scheduler.clock import Clock
 
 log = logging.getLogger(__name__)
 

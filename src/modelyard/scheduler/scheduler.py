@@ -48,6 +48,7 @@ from typing import Final
 
 from modelyard.catalog.catalog import Catalog, CatalogChange
 from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.clock import Clock, LoopClock, Timer
 from modelyard.errors import (
     LoadFailedError,
     ModelNotFoundError,
@@ -58,7 +59,6 @@ from modelyard.errors import (
 from modelyard.quantity import format_size
 from modelyard.runners.base import Runner, RunningModel
 from modelyard.scheduler.budget import Ledger
-from modelyard.scheduler.clock import Clock, LoopClock, Timer
 from modelyard.scheduler.event import (
     Event,
     Evicted,

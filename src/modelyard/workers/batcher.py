@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from modelyard.clock import Clock, LoopClock, Timer
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -143,8 +145,10 @@ class Batcher(Generic[T, R]):
         max_tokens: int = 16384,
         overhead: int = DEFAULT_OVERHEAD_TOKENS,
         bucketing: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         self._compute = compute
+        self._clock: Clock = clock or LoopClock()
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._max_tokens = max_tokens
@@ -165,7 +169,7 @@ class Batcher(Generic[T, R]):
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="batcher")
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._clock.now()
         self._next_request += 1
         jobs = [
             _Job(item, cost, self._next_request, now, loop.create_future()) for item, cost in items
@@ -195,7 +199,7 @@ class Batcher(Generic[T, R]):
             while not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
-            await self._fill(loop)
+            await self._fill()
             jobs, self._pending = self._pending, []
             plan = plan_batches(
                 [job.cost for job in jobs],
@@ -209,19 +213,23 @@ class Batcher(Generic[T, R]):
                 if batch:
                     await self._run(loop, batch)
 
-    async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _fill(self) -> None:
         """Waits while the recent crowd is still arriving (never for a lone client)."""
-        if loop.time() - self._peak_since > PEAK_WINDOW:
-            self._peak, self._peak_since = self._in_flight, loop.time()
+        now = self._clock.now()
+        if now - self._peak_since > PEAK_WINDOW:
+            self._peak, self._peak_since = self._in_flight, now
         target = min(self._peak, self._max_batch)
-        deadline = loop.time() + self._max_wait
-        while self._in_flight < target:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+        deadline = now + self._max_wait
+        timer: Timer | None = None
+        try:
+            while self._in_flight < target and self._clock.now() < deadline:
+                self._wake.clear()
+                if timer is None:
+                    timer = self._clock.call_at(deadline, self._wake.set)
+                await self._wake.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Job[T, R]]) -> None:
         costs = [job.cost for job in batch]

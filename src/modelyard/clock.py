@@ -1,4 +1,5 @@
-"""Time as the scheduler sees it: injected, so tests drive it by hand without sleeping."""
+"""Time as the scheduler and the batcher see it: injected, so tests drive it by hand without
+sleeping."""
 
 from __future__ import annotations
 

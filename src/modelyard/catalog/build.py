@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     from modelyard.config import ModelEntry
 
 
+_AS_GIVEN = (
+    "ctx", "threads", "gpu_layers", "pinned", "preload", "max_queue", "queue_timeout",
+    "memory", "prompt_cache", "backend", "max_batch", "batch_wait", "max_batch_tokens",
+    "truncate", "matryoshka",
+)  # fmt: skip
+"""Entry fields that reach the spec as they are (validated and parsed by the schema)."""
+
+
 def resolve(value: str, base_dir: Path) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base_dir / path).resolve()
@@ -71,29 +79,15 @@ def entry_spec(
         kind=kind or "chat",
         engine=engine,
         aliases=tuple(entry.aliases),
-        ctx=entry.ctx,
         parallel=parallel,
-        threads=entry.threads,
-        gpu_layers=entry.gpu_layers,
         chat_template=template,
         mmproj=mmproj,
         extra_args=tuple(entry.extra_args),
         defaults=dict(entry.defaults),
         keep_alive=entry.keep_alive if "keep_alive" in entry.model_fields_set else keep_alive,
-        pinned=entry.pinned,
-        preload=entry.preload,
-        max_queue=entry.max_queue,
-        queue_timeout=entry.queue_timeout,
-        memory=entry.memory,
-        prompt_cache=entry.prompt_cache,
         llama_server=resolve(binary, base_dir) if binary else None,
         shards=shards,
-        backend=entry.backend,
-        max_batch=entry.max_batch,
-        batch_wait=entry.batch_wait,
-        max_batch_tokens=entry.max_batch_tokens,
-        truncate=entry.truncate,
-        matryoshka=entry.matryoshka,
+        **{key: getattr(entry, key) for key in _AS_GIVEN},
     )
 
 

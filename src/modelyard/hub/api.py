@@ -53,7 +53,6 @@ class Hub:
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
-        from requests import RequestException
 
         api = HfApi(endpoint=self.endpoint, token=self.token, library_name="modelyard")
         try:
@@ -74,7 +73,8 @@ class Hub:
             raise HubNotFoundError(
                 f"{ref.repo} has no revision {ref.revision!r}", param="model"
             ) from None
-        except (HfHubHTTPError, RequestException) as exc:
+        # The HTTP library under huggingface_hub raises OSError subclasses for the network.
+        except (HfHubHTTPError, OSError) as exc:
             raise HubError(f"cannot reach the hub at {self.endpoint}: {exc}") from None
         if not info.sha or info.siblings is None:
             raise HubError(f"{self.endpoint} sent no commit or file list for {ref.repo}")

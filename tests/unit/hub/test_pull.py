@@ -267,3 +267,13 @@ def test_pull_download_urls_are_percent_encoded() -> None:
     hub = Hub(endpoint="http://hub.test", offline=False)
     url = hub.url("owner/repo", "0123abc", "sub dir/model #1.gguf")
     assert url == "http://hub.test/owner/repo/resolve/0123abc/sub%20dir/model%20%231.gguf"
+
+
+def test_pull_hub_unreachable_is_a_hub_error() -> None:
+    from modelyard.errors import HubError
+    from modelyard.hub.ref import parse_reference
+    from modelyard.runners.process import free_port
+
+    hub = Hub(endpoint=f"http://127.0.0.1:{free_port()}", offline=False, timeout=5)
+    with pytest.raises(HubError, match="cannot reach the hub"):
+        hub.resolve(parse_reference("owner/repo"))

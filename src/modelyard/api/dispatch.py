@@ -156,7 +156,7 @@ class Dispatch(Response):
     async def _open(self) -> tuple[Lease, aiohttp.ClientResponse]:
         """A lease and the runner's response (its headers; the body is still to come)."""
         for attempt in range(1, _ATTEMPTS + 1):
-            # Cancelled while waiting, acquire returns a lease it had granted by itself.
+            # If the client leaves while this waits, acquire returns the lease it granted.
             lease = await self._scheduler.acquire(self._model, self._keep_alive)
             try:
                 response = await self._upstream.post(

@@ -42,7 +42,7 @@ async def test_dispatch_answer_and_stream_release_their_lease(make_harness: Call
 
 async def test_dispatch_client_gone_while_queued(make_harness: Callable, tmp_path: Path) -> None:
     async with make_harness(canned_spec(tmp_path, parallel=1)) as h:
-        first = h.exchange("/v1/chat/completions", stream(x_chunks=20, x_delay_ms=20))
+        first = h.exchange("/v1/chat/completions", stream(x_chunks=100, x_delay_ms=20))
         await first.first_chunk.wait()
         queued = h.exchange("/v1/chat/completions", CHAT)
         await asyncio.sleep(0.05)
@@ -74,7 +74,7 @@ async def test_dispatch_client_gone_while_loading(make_harness: Callable) -> Non
 async def test_dispatch_client_gone_before_first_byte(make_harness: Callable) -> None:
     async with make_harness() as h:
         await h.call("/v1/chat/completions", CHAT)  # loaded
-        slow = h.exchange("/v1/chat/completions", stream(x_headers_after_ms=300))
+        slow = h.exchange("/v1/chat/completions", stream(x_headers_after_ms=2000))
         await asyncio.sleep(0.05)
         assert h.ps()["in_flight"] == 1
         slow.leave()
@@ -133,7 +133,7 @@ async def test_dispatch_cancelled_while_queued_releases(
     make_harness: Callable, tmp_path: Path
 ) -> None:
     async with make_harness(canned_spec(tmp_path, parallel=1)) as h:
-        first = h.exchange("/v1/chat/completions", stream(x_chunks=10, x_delay_ms=20))
+        first = h.exchange("/v1/chat/completions", stream(x_chunks=100, x_delay_ms=20))
         await first.first_chunk.wait()
         queued = h.exchange("/v1/chat/completions", CHAT)
         await asyncio.sleep(0.05)

@@ -32,6 +32,9 @@ _TRUSTED_FETCH_SITES = frozenset({b"same-origin", b"none"})
 
 
 class Guard:
+    """ASGI middleware: the size limit for every request, the cross-site and JSON checks for
+    the admin routes (see the module)."""
+
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app = app
         self.max_body = max_body

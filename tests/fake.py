@@ -3,6 +3,7 @@
 ``FakeRunner`` starts ``FakeRunning`` models instantly (or when a test opens the gate), can be
 told to fail a load, and records every start and stop. ``FakeRunning.crash`` makes a running
 model exit on its own. ``ManualClock`` only moves when a test calls ``advance``.
+``responder_binary`` runs the canned responder (a real process) as a model's engine.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
@@ -114,3 +118,16 @@ async def settle(rounds: int = 20) -> None:
     """Lets every ready task run (no time passes)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+RESPONDER = Path(__file__).parents[1] / "bench" / "responder.py"
+"""The canned OpenAI-compatible responder: the engine of tests that need no model."""
+
+
+def responder_binary(directory: Path) -> Path:
+    """The responder as an executable taking llama-server's flags (a model's ``llama_server``),
+    run by this interpreter (no PATH needed)."""
+    script = directory / "llama-server"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{RESPONDER}" "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script

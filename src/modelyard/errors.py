@@ -9,6 +9,7 @@ The tree::
     │   ├── ContextLengthError          400 invalid_request_error / context_length_exceeded
     │   └── UnsupportedFeatureError     400 invalid_request_error / unsupported_feature
     ├── ModelNotFoundError              404 invalid_request_error / model_not_found
+    ├── AuthenticationError             401 authentication_error / invalid_api_key
     ├── PermissionDeniedError           403 invalid_request_error / cross_site_request
     ├── ConflictError                   409 invalid_request_error / conflict
     ├── PayloadTooLargeError            413 invalid_request_error / request_too_large
@@ -90,6 +91,12 @@ class UnsupportedFeatureError(InvalidRequestError):
     """The request asks for something this model cannot do (images without a projector)."""
 
     code = "unsupported_feature"
+
+
+class AuthenticationError(ModelyardError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
 
 
 class PermissionDeniedError(ModelyardError):

@@ -9,29 +9,24 @@ examples per operation keeps it to seconds.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from tests.fake import responder_binary
 from tests.hubserver import running_hub
 from tests.integration.conftest import Server, start_server
 
 pytestmark = pytest.mark.integration
 
-RESPONDER = Path(__file__).parents[2] / "bench" / "responder.py"
-
 
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    binary = tmp / "llama-server"
-    binary.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{RESPONDER}" "$@"\n')
-    binary.chmod(0o755)
+    binary = responder_binary(tmp)
     (tmp / "canned.gguf").write_bytes(b"GGUF")
     config = (
         '[server]\nreload_interval = "0"\n'

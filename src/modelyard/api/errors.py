@@ -47,10 +47,6 @@ class _Throttle:
 throttle = _Throttle()
 
 
-def envelope(exc: ModelyardError) -> dict[str, object]:
-    return exc.envelope()
-
-
 def error_response(exc: ModelyardError) -> JSONResponse:
     headers = {}
     if exc.retry_after is not None:

@@ -21,7 +21,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from modelyard.api.errors import envelope
 from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.summary import summarize
 from modelyard.catalog.watch import Reloader
@@ -132,7 +131,7 @@ async def _pull_events(
         try:
             result = task.result()
         except ModelyardError as exc:
-            yield _frame(envelope(exc))
+            yield _frame(exc.envelope())
         else:
             yield _frame(_success(result, scheduler))
         yield b"data: [DONE]\n\n"

@@ -13,18 +13,11 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelyard.errors import AuthenticationError
+
 KEY_ENV = "MODELYARD_RUNNER_KEY"
 _PUBLIC = frozenset({"/health"})
-_DENIED = json.dumps(
-    {
-        "error": {
-            "message": "This runner answers only the modelyard gateway that started it",
-            "type": "authentication_error",
-            "param": None,
-            "code": "invalid_api_key",
-        }
-    }
-).encode()
+_DENIED = AuthenticationError("This runner answers only the modelyard gateway that started it")
 
 
 class RequireKey:
@@ -45,8 +38,8 @@ class RequireKey:
         await send(
             {
                 "type": "http.response.start",
-                "status": 401,
+                "status": _DENIED.status,
                 "headers": [(b"content-type", b"application/json")],
             }
         )
-        await send({"type": "http.response.body", "body": _DENIED})
+        await send({"type": "http.response.body", "body": json.dumps(_DENIED.envelope()).encode()})

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import stat
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -28,8 +26,7 @@ from modelyard.config import Config
 from modelyard.runners.llamacpp import LlamaCppRunner
 from modelyard.runners.process import ChildServer
 from modelyard.scheduler import Scheduler
-
-RESPONDER = Path(__file__).parents[3] / "bench" / "responder.py"
+from tests.fake import responder_binary
 
 
 class GatedRunner:
@@ -158,14 +155,6 @@ class Exchange:
                 data = block[6:]
                 out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
         return out
-
-
-def responder_binary(tmp: Path) -> Path:
-    """The responder as an executable that takes llama-server's flags (no PATH needed)."""
-    script = tmp / "llama-server"
-    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{RESPONDER}" "$@"\n')
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return script
 
 
 def canned_spec(tmp: Path, **kw: Any) -> ModelSpec:

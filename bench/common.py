@@ -50,7 +50,8 @@ def wait_http(url: str, limit: float = 60) -> None:
 
 
 class Gateway:
-    """``modelyard serve`` on a config of ours, in a temporary home."""
+    """``modelyard serve`` on a config of ours, in a temporary home; its output goes to
+    ``gateway.log`` there, and ``BENCH_KEEP=1`` keeps the home (logs included) afterwards."""
 
     def __init__(self, config: str, core: int | None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="modelyard-bench-"))
@@ -60,8 +61,9 @@ class Gateway:
         env["PATH"] = f"{Path(PY).parent}:{env.get('PATH', '')}"
         argv = [PY, "-m", "modelyard", "serve", "--port", str(self.port)]
         argv += ["--config", str(self.home / "modelyard.toml")]
+        self.log = open(self.home / "gateway.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            pinned(argv, core), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            pinned(argv, core), env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(self.url + "/health")
@@ -73,7 +75,9 @@ class Gateway:
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(20)
-        shutil.rmtree(self.home, ignore_errors=True)
+        self.log.close()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def spawn(argv: list[str], url: str, core: int | None = None) -> subprocess.Popen[bytes]:

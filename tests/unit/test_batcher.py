@@ -6,9 +6,11 @@ import asyncio
 import itertools
 import random
 import threading
+from collections.abc import Callable
 
 import pytest
 
+from modelyard.clock import Timer
 from modelyard.workers import batcher as batcher_module
 from modelyard.workers.batcher import Batcher, plan_batches
 from tests.fake import ManualClock, settle
@@ -146,6 +148,26 @@ async def test_batcher_waits_for_the_crowd_it_saw_lately() -> None:
     assert not any(t.done() for t in more)
     clock.advance(0.005)
     assert await asyncio.wait_for(asyncio.gather(*more), 5) == [[40], [42]]
+    await batcher.close()
+
+
+class EarlyTimers(ManualClock):
+    """Timers that fire a millisecond before their time, as uvloop's may."""
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        return super().call_at(when - 0.001, callback)
+
+
+async def test_batcher_wait_ends_when_its_timer_fires_even_a_little_early() -> None:
+    compute = Recorder()
+    clock = EarlyTimers()
+    batcher = Batcher(compute, max_batch=8, max_wait=0.005, clock=clock)
+    await asyncio.gather(*(batcher.submit([(i, 1)]) for i in range(4)))  # a crowd of four
+    lone = asyncio.create_task(batcher.submit([(9, 1)]))
+    await settle()
+    assert not lone.done()  # waiting for the rest of the crowd
+    clock.advance(0.0045)  # the timer fires; the clock says 0.5 ms are still left
+    assert await asyncio.wait_for(lone, 5) == [18]
     await batcher.close()
 
 

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from modelyard.clock import Clock, LoopClock, Timer
+from modelyard.clock import Clock, LoopClock
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +219,25 @@ class Batcher(Generic[T, R]):
         if now - self._peak_since > PEAK_WINDOW:
             self._peak, self._peak_since = self._in_flight, now
         target = min(self._peak, self._max_batch)
-        deadline = now + self._max_wait
-        timer: Timer | None = None
+        if self._in_flight >= target or self._max_wait <= 0:
+            return
+        # The timer firing ends the wait, not a look at the clock: uvloop's timers have
+        # millisecond resolution and may fire just before ``now()`` reaches their time; a
+        # wait that compared the two would then sleep until the next request came.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            self._wake.set()
+
+        timer = self._clock.call_at(now + self._max_wait, expire)
         try:
-            while self._in_flight < target and self._clock.now() < deadline:
+            while self._in_flight < target and not expired:
                 self._wake.clear()
-                if timer is None:
-                    timer = self._clock.call_at(deadline, self._wake.set)
                 await self._wake.wait()
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Job[T, R]]) -> None:
         costs = [job.cost for job in batch]

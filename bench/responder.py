@@ -9,7 +9,9 @@ llama-server, it answers only requests carrying ``LLAMA_API_KEY`` when that is s
 Tests script a request's fate with extra body fields (the gateway passes them on):
 ``x_headers_after_ms`` (wait before answering at all), ``x_chunks`` and ``x_delay_ms``
 (stream length and pace), ``x_abort_after`` (drop the connection after that many chunks),
-``x_status`` (answer with that error status).
+``x_status`` (answer with that error status). A stream ends like llama.cpp's, with a chunk
+that carries ``timings`` (``prompt_n``, ``predicted_n``). ``/metrics`` counts the requests
+in llama.cpp's format; ``--metrics-delay-ms`` makes it slow.
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ ANSWER = json.dumps(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)  # llama-server's --metrics is not ours
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=200)
     parser.add_argument("--delay-ms", type=float, default=5.0)
+    parser.add_argument("--metrics-delay-ms", type=float, default=0.0)
     args, _ = parser.parse_known_args()
+    served = [0]
     key = os.environ.get("LLAMA_API_KEY")
     expected = f"Bearer {key}".encode() if key else None
 
@@ -67,6 +71,7 @@ def main() -> None:
                 status=401,
             )
         body = await request.json()
+        served[0] += 1
         if body.get("x_headers_after_ms"):
             await asyncio.sleep(body["x_headers_after_ms"] / 1000)
         if body.get("x_status"):
@@ -87,11 +92,27 @@ def main() -> None:
             chunk = {"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             await asyncio.sleep(delay)
+        final = {
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "timings": {"prompt_n": 5, "predicted_n": chunks},
+        }
+        await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         return response
 
+    async def metrics(_: web.Request) -> web.Response:
+        if args.metrics_delay_ms:
+            await asyncio.sleep(args.metrics_delay_ms / 1000)
+        text = (
+            "# HELP llamacpp:requests_total Requests received\n"
+            "# TYPE llamacpp:requests_total counter\n"
+            f"llamacpp:requests_total {served[0]}\n"
+        )
+        return web.Response(text=text, content_type="text/plain")
+
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", chat)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     ram_budget: str | None = None
     url: str | None = None
     """Where the CLI finds the server (``http://127.0.0.1:8000`` by default)."""
+    log_format: Literal["text", "json"] | None = None
 
     def data_home(self) -> Path:
         if self.home is not None:
@@ -139,6 +140,20 @@ class _Server(BaseModel):
     header_timeout: Seconds = 10.0
     """A client that does not finish sending a request's headers in this long (or goes quiet
     this long while sending its body) is disconnected."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line, with the request id."""
+    access_log: bool = True
+    """One log line per model request (model, status, tokens, waits; never the prompt)."""
+    metrics: bool = True
+    """``GET /metrics`` in the Prometheus format; off: 404 and nothing measured."""
+    log_max_size: Size = 16 * 1024**2
+    """A log file (the gateway's, each model's) is rotated when it grows past this."""
+    log_files: int = Field(default=3, ge=1, le=100)
+    """Rotated log files kept besides the current one."""
+    events_kept: int = Field(default=1000, ge=10, le=1_000_000)
+    """Scheduler events kept in memory for ``/api/events``."""
+    activity_kept: int = Field(default=200, ge=10, le=100_000)
+    """Finished requests kept for ``/api/activity``."""
 
 
 class _Memory(BaseModel):
@@ -176,6 +191,13 @@ class Config:
     shutdown_timeout: float = 10.0
     max_request_size: int = 8 * 1024**2
     header_timeout: float = 10.0
+    log_format: str = "text"
+    access_log: bool = True
+    metrics: bool = True
+    log_max_size: int = 16 * 1024**2
+    log_files: int = 3
+    events_kept: int = 1000
+    activity_kept: int = 200
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None
     """The config file read, or ``None`` when running on defaults."""
@@ -238,6 +260,13 @@ def load_config(settings: Settings | None = None) -> Config:
         shutdown_timeout=server.shutdown_timeout,
         max_request_size=server.max_request_size,
         header_timeout=server.header_timeout,
+        log_format=settings.log_format or server.log_format,
+        access_log=server.access_log,
+        metrics=server.metrics,
+        log_max_size=server.log_max_size,
+        log_files=server.log_files,
+        events_kept=server.events_kept,
+        activity_kept=server.activity_kept,
         models=models,
         source=source,
     )

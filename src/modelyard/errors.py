@@ -8,7 +8,8 @@ The tree::
     │   ├── WrongModelKindError         400 invalid_request_error / model_kind_mismatch
     │   ├── ContextLengthError          400 invalid_request_error / context_length_exceeded
     │   └── UnsupportedFeatureError     400 invalid_request_error / unsupported_feature
-    ├── ModelNotFoundError              404 invalid_request_error / model_not_found
+    ├── NotFoundError                   404 invalid_request_error / not_found
+    │   └── ModelNotFoundError          404 invalid_request_error / model_not_found
     ├── AuthenticationError             401 authentication_error / invalid_api_key
     ├── PermissionDeniedError           403 invalid_request_error / cross_site_request
     ├── ConflictError                   409 invalid_request_error / conflict
@@ -55,6 +56,12 @@ class ModelyardError(Exception):
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.event: int | None = None
+
+    def add_event(self, event: int) -> None:
+        """Names the event-log entry of the decision behind this error."""
+        self.event = event
+        self.message = f"{self.message} (event {event})"
 
     def envelope(self) -> dict[str, Any]:
         """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -117,9 +124,13 @@ class UnsupportedMediaTypeError(ModelyardError):
     code = "unsupported_media_type"
 
 
-class ModelNotFoundError(ModelyardError):
+class NotFoundError(ModelyardError):
     status = 404
     type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 

@@ -16,7 +16,6 @@ uvicorn cancels them (a stream still open ends with an SSE error frame, see
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from typing import Any
 
@@ -24,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from modelyard import logbook
 from modelyard.api.app import create_app
 from modelyard.config import Config, Settings
 
@@ -92,6 +92,7 @@ def run(app: FastAPI, config: Config, **options: Any) -> None:
         http=protocol(config.header_timeout),
         timeout_graceful_shutdown=max(1, math.ceil(config.shutdown_timeout)),
         log_level=config.log_level,
+        log_config=None,  # logging is ours (modelyard.logbook.setup)
         access_log=False,
         **options,
     )
@@ -99,7 +100,10 @@ def run(app: FastAPI, config: Config, **options: Any) -> None:
 
 def serve(config: Config, settings: Settings) -> None:
     """Logs as configured and serves ``config`` (reloadable from ``settings``)."""
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logbook.setup(
+        config.log_level,
+        config.log_format,
+        config.home / "logs",
+        logbook.Rotation(config.log_max_size, config.log_files),
     )
     run(create_app(config, settings=settings), config)

@@ -13,17 +13,21 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
-from modelyard.api import admin, errors, models, openai
+from modelyard.api import admin, errors, models, observe, openai
 from modelyard.api.guard import Guard
 from modelyard.api.proxy import Upstream
+from modelyard.api.telemetry import Observe, Telemetry
 from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.watch import Reloader
 from modelyard.clock import Clock
 from modelyard.config import Config, Settings
+from modelyard.logbook import Rotation
+from modelyard.logbook import request_id as current_request_id
 from modelyard.runners import default_runners
 from modelyard.runners.base import Runner
 from modelyard.scheduler import Scheduler
 from modelyard.scheduler.budget import MeasuredFootprints, resolve_budget
+from modelyard.scheduler.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class RequestId:
                 break
         request_id = request_id or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        current_request_id.set(request_id)  # for the log lines written while it is served
         header = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
@@ -71,21 +76,30 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rotation = Rotation(config.log_max_size, config.log_files)
         scheduler = Scheduler(
             Catalog(config.models),
-            runners or default_runners(config.home),
+            runners or default_runners(config.home, rotation),
             dict(budget) if budget is not None else resolve_budget(config.ram),
             clock=clock,
             min_residency=config.min_residency,
             stop_grace=config.stop_grace,
             measured=MeasuredFootprints(config.home / "footprints.json"),
             measure_interval=config.measure_interval,
+            journal=Journal(config.events_kept),
         )
         # Model headers are read in a thread while the server already answers; a request
         # that comes first reads its own model's.
         preparing = asyncio.create_task(scheduler.prepare(), name="estimates")
         scheduler.start_measuring()
         app.state.scheduler = scheduler
+        app.state.config = config
+        app.state.telemetry = Telemetry(
+            scheduler,
+            metrics=config.metrics,
+            access_log=config.access_log,
+            activity_kept=config.activity_kept,
+        )
         app.state.upstream = Upstream()
         app.state.started_at = time.time()
         app.state.preload = _preload(scheduler, [spec.name for spec in config.models])
@@ -122,7 +136,9 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(models.router)
+    app.include_router(observe.router)
     app.add_middleware(Guard, max_body=config.max_request_size)
+    app.add_middleware(Observe, paths=openai.MODEL_ROUTES)
     app.add_middleware(RequestId)
     return app
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelyard.api.errors import error_response, report, sse_error_frame
 from modelyard.api.proxy import Upstream, read_answer
+from modelyard.api.telemetry import Trace
 from modelyard.errors import (
     ModelyardError,
     RunnerError,
@@ -50,6 +52,8 @@ _STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+_USAGE_BYTES = 65536
+"""The most of a stream's final chunks kept to read its usage from."""
 _FINAL_SEND = 1.0
 """Seconds a last message (an error frame at shutdown) may take to go out."""
 
@@ -92,6 +96,7 @@ class Dispatch(Response):
         path: str,
         payload: dict[str, Any],
         request_id: str,
+        trace: Trace | None = None,
         shape: Shape | None = None,
     ) -> None:
         super().__init__()
@@ -104,22 +109,31 @@ class Dispatch(Response):
         self._request_id = request_id
         self._shape = shape
         self._stream = bool(payload.get("stream"))
+        self._trace = trace or Trace(request_id, "POST", path, time.perf_counter(), time.time())
+        self._trace.model = model
+        self._trace.stream = self._stream
         self._started = False
         self._finished = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = _Watch(receive)
+        trace = self._trace
         lease: Lease | None = None
         served = False
         try:
             lease, upstream = await self._open()
-            headers = [(b"x-modelyard-queue-ms", f"{lease.queued * 1000:.1f}".encode())]
+            trace.ttfb = time.perf_counter() - trace.started
+            headers = [
+                (b"x-modelyard-queue-ms", f"{lease.queued * 1000:.1f}".encode()),
+                (b"server-timing", trace.server_timing()),
+            ]
             if self._stream and upstream.status < 400:
                 await self._start(send, 200, [*_STREAM_HEADERS, *headers])
                 served = await self._relay(upstream, send)
             else:
                 answer = await read_answer(upstream)
                 watch.armed = False
+                trace.read_usage(answer)
                 if self._shape is not None:
                     answer = self._shape(answer)
                 await self._answer(send, 200, answer, headers)
@@ -131,6 +145,7 @@ class Dispatch(Response):
             await self._fail(send, exc)
         except asyncio.CancelledError:
             watch.close()
+            trace.cancelled = True
             if watch.left:
                 # Our own cancellation: the client is gone, nobody reads an answer.
                 current = asyncio.current_task()
@@ -157,7 +172,13 @@ class Dispatch(Response):
         """A lease and the runner's response (its headers; the body is still to come)."""
         for attempt in range(1, _ATTEMPTS + 1):
             # If the client leaves while this waits, acquire returns the lease it granted.
-            lease = await self._scheduler.acquire(self._model, self._keep_alive)
+            lease = await self._scheduler.acquire(
+                self._model, self._keep_alive, request=self._request_id
+            )
+            trace = self._trace
+            trace.lease_at = time.perf_counter() - trace.started
+            trace.load_wait = lease.load_wait
+            trace.queue_wait = max(0.0, lease.queued - lease.load_wait)
             try:
                 response = await self._upstream.post(
                     lease.base_url + self._path,
@@ -181,8 +202,17 @@ class Dispatch(Response):
         """Passes the stream on as it arrives; ``True`` if it ended as the runner meant it."""
         complete = False
         tail = b""
+        trace = self._trace
+        usage = b""
         try:
             async for chunk in upstream.content.iter_any():
+                if trace.ttft is None:
+                    trace.ttft = time.perf_counter() - trace.started
+                if usage:
+                    if len(usage) < _USAGE_BYTES:
+                        usage += chunk
+                elif b'"usage"' in chunk or b'"timings"' in chunk:
+                    usage = chunk  # the final chunks, kept to read the tokens from
                 tail = chunk[-2:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             complete = True
@@ -198,6 +228,8 @@ class Dispatch(Response):
                 upstream.release()
             else:
                 upstream.close()
+            if usage:
+                trace.read_usage(usage)
         await self._finish(send, b"")
         return True
 

@@ -33,6 +33,18 @@ from modelyard.scheduler import Scheduler, Unset
 
 router = APIRouter()
 
+MODEL_ROUTES = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/rerank",
+        "/rerank",
+        "/v2/rerank",
+    }
+)
+"""The routes that serve models: each request to them is traced (``api.telemetry``)."""
+
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
@@ -240,5 +252,6 @@ def _forward(
         path=path,
         payload=payload,
         request_id=request.state.request_id,
+        trace=request.scope["state"].get("trace"),
         shape=shape,
     )

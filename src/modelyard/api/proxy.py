@@ -32,6 +32,11 @@ class Upstream:
             auto_decompress=False,
         )
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session (for other calls to runners, e.g. their metrics)."""
+        return self._session
+
     async def close(self) -> None:
         await self._session.close()
 

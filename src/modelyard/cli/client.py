@@ -88,10 +88,14 @@ def server_running(url: str) -> bool:
         return False
 
 
-def events(url: str, path: str, json: Any) -> Iterator[dict[str, Any]]:
-    """The ``data:`` frames of a server-sent event stream, decoded, until ``[DONE]``."""
+def events(
+    url: str, path: str, json: Any = None, *, method: str = "POST", params: Any = None
+) -> Iterator[Any]:
+    """The ``data:`` frames of a server-sent event stream, decoded, until ``[DONE]`` or the
+    end of the stream."""
+    timeout = httpx.Timeout(30, read=None)
     try:
-        with httpx.stream("POST", url + path, json=json, timeout=httpx.Timeout(30, read=None)) as r:
+        with httpx.stream(method, url + path, json=json, params=params, timeout=timeout) as r:
             if r.status_code >= 400:
                 r.read()
                 _fail(r)

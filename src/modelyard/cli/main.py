@@ -1,4 +1,4 @@
-"""``modelyard serve | ls | ps | load | unload | pull | show | rm``."""
+"""``modelyard serve | ls | ps | load | unload | pull | show | rm | logs | events``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.cli import models
+from modelyard.cli import models, observe
 from modelyard.cli.client import (
     JsonOption,
     UrlOption,
@@ -139,3 +139,5 @@ def unload(model: str, url: UrlOption = None) -> None:
 app.command()(models.pull)
 app.command()(models.show)
 app.command()(models.rm)
+app.command()(observe.logs)
+app.command("events")(observe.events_command)

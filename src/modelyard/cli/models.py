@@ -110,7 +110,8 @@ def _pull_through(base: str, model: str, view: PullView) -> dict[str, Any]:
             err.print(f"[red]Pull failed:[/] {escape(event['error']['message'])}")
             raise typer.Exit(1)
         if event.get("status") == "success":
-            return event
+            result: dict[str, Any] = event
+            return result
         view.update(event)
     err.print("[red]The server ended the pull without a result[/]")
     raise typer.Exit(1)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelyard.logbook import DEFAULT_ROTATION, Rotation
 from modelyard.runners.base import Runner
 from modelyard.runners.encoder import EncoderRunner
 from modelyard.runners.llamacpp import LlamaCppRunner
 
 
-def default_runners(home: Path) -> dict[str, Runner]:
+def default_runners(home: Path, rotation: Rotation = DEFAULT_ROTATION) -> dict[str, Runner]:
     """One runner per engine, logging under ``<home>/logs``."""
     return {
-        "llamacpp": LlamaCppRunner(home / "logs"),
-        "encoder": EncoderRunner(home / "logs", home / "cache"),
+        "llamacpp": LlamaCppRunner(home / "logs", rotation=rotation),
+        "encoder": EncoderRunner(home / "logs", home / "cache", rotation=rotation),
     }

@@ -15,7 +15,8 @@ from pathlib import Path
 from modelyard.catalog.hf import weights_bytes
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
-from modelyard.runners.process import ChildServer, free_port, log_file, runner_key
+from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
+from modelyard.runners.process import ChildServer, free_port, runner_key
 from modelyard.workers.encoder_auth import KEY_ENV
 
 # Resident memory of a worker besides weights and activations: Python, torch, transformers,
@@ -53,10 +54,17 @@ def worker_args(spec: ModelSpec, port: int, onnx_cache: Path) -> list[str]:
 class EncoderRunner:
     """Starts one encoder worker per model; logs go to ``<log_dir>/<model>.log``."""
 
-    def __init__(self, log_dir: Path, cache_dir: Path, load_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        cache_dir: Path,
+        load_timeout: float = 300.0,
+        rotation: Rotation = DEFAULT_ROTATION,
+    ) -> None:
         self._log_dir = log_dir
         self._cache_dir = cache_dir
         self._load_timeout = load_timeout
+        self._rotation = rotation
 
     def estimate(self, spec: ModelSpec) -> Footprint:
         try:
@@ -84,7 +92,8 @@ class EncoderRunner:
         return await ChildServer.start(
             argv,
             port=port,
-            log_path=log_file(self._log_dir, spec.name),
+            log_path=log_path(self._log_dir, spec.name),
+            rotation=self._rotation,
             load_timeout=self._load_timeout,
             env={KEY_ENV: key},
             key=key,

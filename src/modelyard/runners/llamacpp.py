@@ -14,7 +14,8 @@ from pathlib import Path
 from modelyard.catalog.gguf import GGUFError, GGUFInfo, estimate_bytes, read_gguf
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
-from modelyard.runners.process import ChildServer, free_port, log_file, runner_key
+from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
+from modelyard.runners.process import ChildServer, free_port, runner_key
 
 KEY_ENV = "LLAMA_API_KEY"
 """llama-server reads its ``--api-key`` from here (so the key is not on its command line)."""
@@ -79,9 +80,12 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
 class LlamaCppRunner:
     """Starts one llama.cpp server per model; logs go to ``<log_dir>/<model>.log``."""
 
-    def __init__(self, log_dir: Path, load_timeout: float = 600.0) -> None:
+    def __init__(
+        self, log_dir: Path, load_timeout: float = 600.0, rotation: Rotation = DEFAULT_ROTATION
+    ) -> None:
         self._log_dir = log_dir
         self._load_timeout = load_timeout
+        self._rotation = rotation
 
     def estimate(self, spec: ModelSpec) -> Footprint:
         try:
@@ -103,7 +107,8 @@ class LlamaCppRunner:
         return await ChildServer.start(
             argv,
             port=port,
-            log_path=log_file(self._log_dir, spec.name),
+            log_path=log_path(self._log_dir, spec.name),
+            rotation=self._rotation,
             load_timeout=self._load_timeout,
             env={KEY_ENV: key},
             key=key,

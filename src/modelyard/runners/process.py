@@ -1,5 +1,9 @@
 """A model server as a child process of ours: own process group, log file, no orphans.
 
+The child's stdout and stderr come to the gateway through a pipe and are written to the
+model's log (``modelyard.logbook``), rotated by size however long the runner runs; the
+tail of the current run is kept in memory for error messages.
+
 The child runs in a new session (its own process group, so a stop reaches every process it
 starts) and gets SIGKILL from the kernel when the gateway dies, even by SIGKILL
 (``PR_SET_PDEATHSIG``, set by the child itself: see ``modelyard.workers.lifeline``).
@@ -21,6 +25,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,11 +34,13 @@ import psutil
 
 from modelyard.catalog.spec import Footprint
 from modelyard.errors import LoadFailedError
+from modelyard.logbook import DEFAULT_ROTATION, RotatingLog, Rotation
 from modelyard.workers.lifeline import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
-_LOG_ROTATE_BYTES = 16 * 1024**2
+_TAIL_BYTES = 8192
+"""The end of a run's output kept in memory (for errors)."""
 # /health is polled this often while a model loads: readiness is noticed within ~10 ms.
 _HEALTH_POLL = 0.01
 
@@ -49,21 +56,6 @@ def runner_key() -> str:
     return secrets.token_urlsafe(24)
 
 
-def log_file(log_dir: Path, model: str) -> Path:
-    """Where a model's server writes its output (``modelyard logs`` reads it)."""
-    return log_dir / f"{model.replace('/', '_')}.log"
-
-
-def open_log(path: Path) -> tuple[int, int]:
-    """Opens a model's log for appending (rotating a large one); returns (fd, start offset)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size > _LOG_ROTATE_BYTES:
-            path.replace(path.with_name(path.name + ".1"))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    return fd, os.lseek(fd, 0, os.SEEK_END)
-
-
 class ChildServer:
     """A running child process serving HTTP at ``base_url`` (a ``RunningModel``)."""
 
@@ -71,15 +63,15 @@ class ChildServer:
         self,
         process: asyncio.subprocess.Process,
         base_url: str,
-        log_path: Path,
-        log_start: int,
+        log: RotatingLog,
         key: str | None = None,
     ) -> None:
         self._process = process
         self._base_url = base_url
-        self._log_path = log_path
-        self._log_start = log_start
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self._pump = asyncio.create_task(self._copy_output(log), name=f"log of {process.pid}")
 
     @classmethod
     async def spawn(
@@ -88,6 +80,7 @@ class ChildServer:
         *,
         port: int,
         log_path: Path,
+        rotation: Rotation = DEFAULT_ROTATION,
         env: Mapping[str, str] | None = None,
         key: str | None = None,
         lifeline: bool = False,
@@ -97,9 +90,9 @@ class ChildServer:
         ``lifeline``: the program does not set its own parent-death signal (it is not one of
         our workers), so it is started through ``modelyard.workers.lifeline``.
         """
-        fd, start = open_log(log_path)
+        log_file = RotatingLog(log_path, rotation)
         header = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n"
-        os.write(fd, header.encode())
+        log_file.write(header.encode())
         if lifeline:
             argv = [sys.executable, "-m", "modelyard.workers.lifeline", "--", *argv]
         environ = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
@@ -107,16 +100,15 @@ class ChildServer:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd,
-                stderr=fd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
                 env=environ,
                 start_new_session=True,
             )
         except OSError as exc:
+            log_file.close()
             raise LoadFailedError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(fd)
-        return cls(process, f"http://127.0.0.1:{port}", log_path, start, key)
+        return cls(process, f"http://127.0.0.1:{port}", log_file, key)
 
     @classmethod
     async def start(
@@ -126,13 +118,20 @@ class ChildServer:
         port: int,
         log_path: Path,
         load_timeout: float,
+        rotation: Rotation = DEFAULT_ROTATION,
         env: Mapping[str, str] | None = None,
         key: str | None = None,
         lifeline: bool = False,
     ) -> ChildServer:
         """Spawns the server and returns once it is healthy; stops it if it never gets there."""
         server = await cls.spawn(
-            argv, port=port, log_path=log_path, env=env, key=key, lifeline=lifeline
+            argv,
+            port=port,
+            log_path=log_path,
+            rotation=rotation,
+            env=env,
+            key=key,
+            lifeline=lifeline,
         )
         try:
             await server.wait_healthy(load_timeout)
@@ -167,7 +166,29 @@ class ChildServer:
         return {"ram": total}
 
     async def wait(self) -> int:
-        return await self._process.wait()
+        code = await self._process.wait()
+        await self._drained()
+        return code
+
+    async def _copy_output(self, log_file: RotatingLog) -> None:
+        stream = self._process.stdout
+        assert stream is not None
+        try:
+            while data := await stream.read(65536):
+                log_file.write(data)
+                self._tail.append(data)
+                self._tail_size += len(data)
+                while self._tail_size - len(self._tail[0]) >= _TAIL_BYTES:
+                    self._tail_size -= len(self._tail.popleft())
+        except OSError:
+            log.exception("writing the log of runner %d failed", self._process.pid)
+        finally:
+            log_file.close()
+
+    async def _drained(self, limit: float = 1.0) -> None:
+        """Waits (briefly: a grandchild may hold the pipe open) for the output to be in."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._pump), limit)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -182,16 +203,12 @@ class ChildServer:
                 log.warning("runner %d ignored SIGTERM for %.1fs; killing", self.pid, grace)
         # Whatever is left in the group (grandchildren included) goes now.
         self._signal_group(signal.SIGKILL)
-        await self._process.wait()
+        await self.wait()
 
     def log_tail(self, max_bytes: int = 2000) -> str:
-        try:
-            with self._log_path.open("rb") as f:
-                end = f.seek(0, os.SEEK_END)
-                f.seek(max(self._log_start, end - max_bytes))
-                return f.read().decode("utf-8", errors="replace").strip()
-        except OSError:
-            return ""
+        """The end of what this run printed."""
+        data = b"".join(self._tail)[-max_bytes:]
+        return data.decode("utf-8", errors="replace").strip()
 
     async def wait_healthy(self, limit: float) -> None:
         """Polls ``/health`` until it answers 200; fails fast if the process exits."""
@@ -200,6 +217,7 @@ class ChildServer:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while True:
                 if self._process.returncode is not None:
+                    await self._drained()
                     raise LoadFailedError(
                         f"runner exited with code {self._process.returncode} while loading:\n"
                         f"{self.log_tail()}"

@@ -1,16 +1,45 @@
-"""What happened to a model, past tense, for logs, metrics and the web page."""
+"""What happened to a model, past tense, with its reason and numbers: for the event log
+(``journal.py``), metrics, error messages and the web page.
+
+Every event can say itself in one line (``describe``); ``DECISIONS`` are the ones the event
+log keeps (a lease taken or returned is one per request: metrics count those instead).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
+from typing import Literal
 
+from modelyard.quantity import format_size
 from modelyard.scheduler.state import ModelState
+
+EvictionReason = Literal["idle", "memory", "manual", "reload", "crash"]
+RefusalReason = Literal["queue_full", "queue_timeout", "too_big", "backing_off", "load_failed"]
+
+
+def _sizes(sizes: dict[str, int]) -> str:
+    return ", ".join(f"{format_size(n)} {device}" for device, n in sizes.items()) or "nothing"
+
+
+def exit_name(code: int) -> str:
+    """``code 1`` or ``signal SIGKILL`` (a negative code is the signal that ended it)."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
 
 
 @dataclass(frozen=True)
 class Event:
     model: str
     at: float
+    """The scheduler's clock (monotonic seconds)."""
+
+    def describe(self) -> str:
+        return type(self).__name__
 
 
 @dataclass(frozen=True)
@@ -19,11 +48,46 @@ class StateChanged(Event):
     new: ModelState
     reason: str = ""
 
+    def describe(self) -> str:
+        return f"{self.old} → {self.new}" + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class LoadRequested(Event):
+    request: str
+    """What asked for it: a request id, ``load`` (the admin API) or ``preload``."""
+    estimate: dict[str, int]
+
+    def describe(self) -> str:
+        return f"load requested by {self.request} (estimate {_sizes(self.estimate)})"
+
+
+@dataclass(frozen=True)
+class LoadFinished(Event):
+    seconds: float
+    measured: dict[str, int]
+
+    def describe(self) -> str:
+        return f"ready after {self.seconds:.2f}s, using {_sizes(self.measured)}"
+
+
+@dataclass(frozen=True)
+class LoadFailed(Event):
+    seconds: float
+    error: str
+    retry_in: float
+
+    def describe(self) -> str:
+        retry = f"; loads refused for {self.retry_in:.0f}s" if self.retry_in > 0 else ""
+        return f"load failed after {self.seconds:.2f}s: {self.error[:300]}{retry}"
+
 
 @dataclass(frozen=True)
 class LeaseAcquired(Event):
     queued: float
     """Seconds the request waited for the lease."""
+    load_wait: float = 0.0
+    """Of those, seconds it waited for the model to load."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +102,53 @@ class KeepAliveExpired(Event):
 
 @dataclass(frozen=True)
 class Evicted(Event):
-    for_model: str
+    """The model is being unloaded: ``reason`` says which kind of decision it was."""
+
+    reason: EvictionReason = "manual"
+    detail: str = ""
+    for_model: str = ""
+    """The model it made room for (``memory``), if one."""
+    freed: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        target = f" to make room for {self.for_model}" if self.for_model else ""
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"evicted ({self.reason}){target}{detail}, freeing {_sizes(self.freed)}"
+
+
+@dataclass(frozen=True)
+class Refused(Event):
+    """A request was refused; ``needed``/``budget``/``in_use`` where memory decided it."""
+
+    reason: RefusalReason
+    message: str
+    needed: dict[str, int] = field(default_factory=dict)
+    budget: dict[str, int] = field(default_factory=dict)
+    in_use: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"refused ({self.reason}): {self.message}"
 
 
 @dataclass(frozen=True)
 class RunnerExited(Event):
     code: int
     log_tail: str
+    expected: bool = False
+
+    def describe(self) -> str:
+        lines = self.log_tail.strip().splitlines()[-3:]
+        tail = (": " + " | ".join(lines)) if lines else ""
+        return f"runner exited unexpectedly with {exit_name(self.code)}{tail}"
+
+
+@dataclass(frozen=True)
+class Restarting(Event):
+    delay: float
+    crashes: int
+
+    def describe(self) -> str:
+        return f"restarting in {self.delay:.0f}s (crash {self.crashes} without a request served)"
 
 
 @dataclass(frozen=True)
@@ -53,3 +157,46 @@ class MemoryPressure(Event):
 
     used: dict[str, int]
     evicting: tuple[str, ...]
+    budget: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        victims = ", ".join(self.evicting) or "nothing (every model is busy or pinned)"
+        return (
+            f"memory pressure: {_sizes(self.used)} in use, budget {_sizes(self.budget)}; "
+            f"evicting {victims}"
+        )
+
+
+@dataclass(frozen=True)
+class CatalogReloaded(Event):
+    """``model`` is empty."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+    def describe(self) -> str:
+        parts = [
+            f"{word} {', '.join(names)}"
+            for word, names in (
+                ("added", self.added),
+                ("removed", self.removed),
+                ("changed", self.changed),
+            )
+            if names
+        ]
+        return "catalog reloaded: " + ("; ".join(parts) or "no model changed")
+
+
+DECISIONS: tuple[type[Event], ...] = (
+    StateChanged,
+    LoadRequested,
+    LoadFinished,
+    LoadFailed,
+    Evicted,
+    Refused,
+    RunnerExited,
+    Restarting,
+    MemoryPressure,
+    CatalogReloaded,
+)

@@ -50,6 +50,7 @@ from modelyard.catalog.catalog import Catalog, CatalogChange
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.clock import Clock, LoopClock, Timer
 from modelyard.errors import (
+    DoesNotFitError,
     LoadFailedError,
     ModelNotFoundError,
     ModelyardError,
@@ -60,15 +61,26 @@ from modelyard.quantity import format_size
 from modelyard.runners.base import Runner, RunningModel
 from modelyard.scheduler.budget import Ledger
 from modelyard.scheduler.event import (
+    DECISIONS,
+    CatalogReloaded,
     Event,
     Evicted,
+    EvictionReason,
     KeepAliveExpired,
     LeaseAcquired,
     LeaseReleased,
+    LoadFailed,
+    LoadFinished,
+    LoadRequested,
     MemoryPressure,
+    RefusalReason,
+    Refused,
+    Restarting,
     RunnerExited,
     StateChanged,
+    exit_name,
 )
+from modelyard.scheduler.journal import Journal
 from modelyard.scheduler.policy import Loaded, choose_victims, fits
 from modelyard.scheduler.state import RESIDENT, ModelState, check_transition
 
@@ -101,6 +113,8 @@ class Lease:
     queued: float
     """Seconds spent waiting (queue and load)."""
     generation: int
+    load_wait: float = 0.0
+    """Of ``queued``, the seconds spent waiting for the model to load."""
     released: bool = False
 
 
@@ -110,6 +124,8 @@ class _Waiter:
     future: asyncio.Future[Lease]
     enqueued_at: float
     keep_alive: float | Unset | None
+    request: str = ""
+    """What it waits for: a request id, ``load`` or ``preload``."""
     timer: Timer | None = None
 
 
@@ -123,10 +139,12 @@ class _Model:
     waiters: deque[_Waiter] = field(default_factory=deque)
     keep_alive: float | None = None
     loaded_at: float = 0.0
+    load_started: float = 0.0
     last_used: float = 0.0
     expires_at: float | None = None
     expiry: Timer | None = None
-    unload_when_idle: bool = False
+    unload_when_idle: tuple[EvictionReason, str] | None = None
+    """Unload once idle, and why."""
     failures: int = 0
     """Loads that failed in a row: waiting requests fail fast until ``retry_at``."""
     retry_at: float = 0.0
@@ -184,6 +202,7 @@ class Scheduler:
         stop_grace: float = 5.0,
         measured: MutableMapping[str, Footprint] | None = None,
         measure_interval: float = 0.0,
+        journal: Journal | None = None,
     ) -> None:
         self._catalog = catalog
         self._runners = runners
@@ -194,6 +213,7 @@ class Scheduler:
         self._models: dict[str, _Model] = {spec.name: _Model(spec) for spec in catalog}
         self._seq = 0
         self._listeners: list[Callable[[Event], None]] = []
+        self.journal = journal or Journal()
         self._pump_timer: Timer | None = None
         self._restart_timer: Timer | None = None
         self._restart_when = 0.0
@@ -215,13 +235,28 @@ class Scheduler:
     def state(self, name: str) -> ModelState:
         return self._models[self._catalog.get(name).name].state
 
-    async def acquire(self, name: str, keep_alive: float | Unset | None = UNSET) -> Lease:
-        """Waits for a slot on ``name`` (loading it, evicting idle models as needed)."""
+    async def acquire(
+        self, name: str, keep_alive: float | Unset | None = UNSET, *, request: str = ""
+    ) -> Lease:
+        """Waits for a slot on ``name`` (loading it, evicting idle models as needed).
+
+        ``request`` names who asks (a request id) in the event log."""
         m = self._models[self._catalog.get(name).name]
-        self.ledger.check_fits(m.spec)
         now = self._clock.now()
+        try:
+            self.ledger.check_fits(m.spec)
+        except DoesNotFitError as exc:
+            raise self._refuse(
+                m,
+                "too_big",
+                exc,
+                needed=self.ledger.footprint(m.spec),
+                budget=dict(self.ledger.budget),
+                in_use=self.reserved(),
+            ) from None
         self._seq += 1
-        waiter = _Waiter(self._seq, asyncio.get_running_loop().create_future(), now, keep_alive)
+        future = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(self._seq, future, now, keep_alive, request)
         m.waiters.append(waiter)
         self._pump()
         if not waiter.future.done():
@@ -229,10 +264,14 @@ class Scheduler:
             free_slots = max(0, m.spec.parallel - m.leases)
             if len(m.waiters) > m.spec.max_queue + free_slots:
                 m.waiters.remove(waiter)
-                raise QueueFullError(
-                    f"Too many requests queued for model {m.spec.name!r} "
-                    f"({m.spec.max_queue} waiting, {m.leases} in flight); retry later",
-                    retry_after=max(1, math.ceil(len(m.waiters) / m.spec.parallel)),
+                raise self._refuse(
+                    m,
+                    "queue_full",
+                    QueueFullError(
+                        f"Too many requests queued for model {m.spec.name!r} "
+                        f"({m.spec.max_queue} waiting, {m.leases} in flight); retry later",
+                        retry_after=max(1, math.ceil(len(m.waiters) / m.spec.parallel)),
+                    ),
                 )
             if m.spec.queue_timeout is not None:
                 waiter.timer = self._clock.call_at(
@@ -272,9 +311,11 @@ class Scheduler:
         finally:
             self.release(lease)
 
-    async def load(self, name: str, keep_alive: float | Unset | None = UNSET) -> None:
+    async def load(
+        self, name: str, keep_alive: float | Unset | None = UNSET, *, request: str = "load"
+    ) -> None:
         """Loads ``name`` (as a request would) and returns once it is ready."""
-        self.release(await self.acquire(name, keep_alive))
+        self.release(await self.acquire(name, keep_alive, request=request))
 
     async def unload(self, name: str) -> None:
         """Unloads ``name`` now if idle, else once its in-flight requests are done."""
@@ -283,9 +324,9 @@ class Scheduler:
             self._set_state(m, ModelState.STOPPED, "unload requested")
             return
         if m.state is ModelState.READY and m.idle:
-            self._unload(m, "unload requested")
+            self._unload(m, "manual", "unload requested")
         elif m.state in (ModelState.READY, ModelState.LOADING):
-            m.unload_when_idle = True
+            m.unload_when_idle = ("manual", "unload requested")
         if m.task is not None:
             await asyncio.shield(m.task)
 
@@ -359,7 +400,7 @@ class Scheduler:
                 continue
             if m.removed:
                 m.removed = False
-                m.unload_when_idle = False
+                m.unload_when_idle = None
             if spec == (m.pending or m.spec):
                 continue
             changed.append(spec.name)
@@ -375,6 +416,9 @@ class Scheduler:
                 removed.append(name)
                 self._retire(m)
         self._pump()
+        if added or removed or changed:
+            now = self._clock.now()
+            self._emit(CatalogReloaded("", now, tuple(added), tuple(removed), tuple(changed)))
         return CatalogChange(added, removed, changed)
 
     def status(self) -> list[ModelStatus]:
@@ -474,6 +518,7 @@ class Scheduler:
                     f"{m.retry_at - now:.0f}s more. Last error: {m.last_error}",
                     retry_after=max(1, math.ceil(m.retry_at - now)),
                 )
+                self._refuse(m, "backing_off", error)
                 for waiter in list(m.waiters):
                     self._fail(m, waiter, error)
                 continue
@@ -498,9 +543,7 @@ class Scheduler:
             return False
         if victims:
             for name in victims:
-                victim = self._models[name]
-                self._emit(Evicted(name, now, for_model=m.spec.name))
-                self._unload(victim, f"evicted to make room for {m.spec.name}")
+                self._unload(self._models[name], "memory", for_model=m.spec.name)
             return False
         if not fits(need, free_now):
             return False  # the memory is being freed by unloads in progress
@@ -548,9 +591,13 @@ class Scheduler:
         m.last_used = now
         assert m.running is not None
         queued = now - waiter.enqueued_at
-        lease = Lease(m.spec.name, m.running.base_url, m.running.headers, queued, m.generation)
+        # Time it waited while the model was not ready (for it, or for a load before it).
+        load_wait = max(0.0, min(queued, m.loaded_at - waiter.enqueued_at))
+        lease = Lease(
+            m.spec.name, m.running.base_url, m.running.headers, queued, m.generation, load_wait
+        )
         waiter.future.set_result(lease)
-        self._emit(LeaseAcquired(m.spec.name, now, queued=queued))
+        self._emit(LeaseAcquired(m.spec.name, now, queued=queued, load_wait=load_wait))
 
     def _fail(self, m: _Model, waiter: _Waiter, error: ModelyardError) -> None:
         if waiter.timer is not None:
@@ -578,20 +625,20 @@ class Scheduler:
         if waiter.future.done():
             return
         waited = self._clock.now() - waiter.enqueued_at
-        self._fail(
-            m,
-            waiter,
-            QueueTimeoutError(
-                f"Timed out after {waited:.0f}s waiting for model {m.spec.name!r} "
-                f"(state {m.state}, {m.leases} in flight, {len(m.waiters)} queued)",
-                retry_after=max(1, math.ceil((m.spec.queue_timeout or 10) / 10)),
-            ),
+        error = QueueTimeoutError(
+            f"Timed out after {waited:.0f}s waiting for model {m.spec.name!r} "
+            f"(state {m.state}, {m.leases} in flight, {len(m.waiters)} queued)",
+            retry_after=max(1, math.ceil((m.spec.queue_timeout or 10) / 10)),
         )
+        self._fail(m, waiter, self._refuse(m, "queue_timeout", error))
         self._pump()
 
     def _start_keep_alive(self, m: _Model) -> None:
-        if m.state is ModelState.READY and (m.unload_when_idle or m.keep_alive == 0):
-            self._unload(m, "keep_alive 0" if not m.unload_when_idle else "unload requested")
+        if m.state is ModelState.READY and m.unload_when_idle is not None:
+            self._unload(m, *m.unload_when_idle)
+            return
+        if m.state is ModelState.READY and m.keep_alive == 0:
+            self._unload(m, "idle", "keep_alive 0")
             return
         if m.spec.pinned or m.keep_alive is None or m.state is not ModelState.READY:
             m.expires_at = None
@@ -605,9 +652,13 @@ class Scheduler:
         m.expiry = None
         if m.state is ModelState.READY and m.idle and m.expires_at is not None:
             self._emit(KeepAliveExpired(m.spec.name, self._clock.now()))
-            self._unload(m, "keep-alive expired")
+            self._unload(m, "idle", "keep-alive expired")
 
     def _load(self, m: _Model) -> None:
+        m.load_started = self._clock.now()
+        who = m.waiters[0].request if m.waiters else ""
+        estimate = dict(self.ledger.estimate(m.spec))
+        self._emit(LoadRequested(m.spec.name, m.load_started, who or "a request", estimate))
         self._set_state(m, ModelState.LOADING)
         m.task = asyncio.create_task(self._run_load(m), name=f"load {m.spec.name}")
 
@@ -623,8 +674,14 @@ class Scheduler:
             m.last_error = exc.message if isinstance(exc, ModelyardError) else repr(exc)
             if not isinstance(exc, ModelyardError):
                 log.exception("loading %s failed", m.spec.name)
+            now = self._clock.now()
+            event = LoadFailed(
+                m.spec.name, now, now - m.load_started, m.last_error, m.retry_at - now
+            )
+            failed = self._emit(event)
             self._set_state(m, ModelState.FAILED, m.last_error)
             error = LoadFailedError(f"Model {m.spec.name!r} failed to load: {m.last_error}")
+            error.add_event(failed)
             for waiter in list(m.waiters):
                 self._fail(m, waiter, error)
             m.task = None
@@ -636,7 +693,11 @@ class Scheduler:
         m.last_error = None
         m.loaded_at = m.last_used = self._clock.now()
         # One process or two just started: measuring them takes well under a millisecond.
-        self._record(m, running.footprint())
+        measured = running.footprint()
+        self._record(m, measured)
+        self._emit(
+            LoadFinished(m.spec.name, m.loaded_at, m.loaded_at - m.load_started, dict(measured))
+        )
         self._set_state(m, ModelState.READY)
         m.watcher = asyncio.create_task(self._watch(m, running), name=f"watch {m.spec.name}")
         if m.idle:
@@ -677,16 +738,27 @@ class Scheduler:
             m.expiry.cancel()
         m.expires_at = None
         self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail))
-        self._set_state(m, ModelState.STOPPED, f"runner exited with code {code}")
+        freed = dict(self.ledger.footprint(m.spec))
+        self._emit(
+            Evicted(m.spec.name, now, "crash", f"runner exited with {exit_name(code)}", freed=freed)
+        )
+        self._emit(Restarting(m.spec.name, now, m.restart_at - now, m.crashes))
+        self._set_state(m, ModelState.STOPPED, f"runner exited with {exit_name(code)}")
         self._pump()
 
-    def _unload(self, m: _Model, reason: str) -> None:
+    def _unload(
+        self, m: _Model, reason: EvictionReason, detail: str = "", *, for_model: str = ""
+    ) -> None:
         if m.expiry is not None:
             m.expiry.cancel()
             m.expiry = None
         m.expires_at = None
-        m.unload_when_idle = False
-        self._set_state(m, ModelState.UNLOADING, reason)
+        m.unload_when_idle = None
+        freed = self.ledger.footprint(m.spec)
+        now = self._clock.now()
+        self._emit(Evicted(m.spec.name, now, reason, detail, for_model, dict(freed)))
+        text = detail or (f"evicted to make room for {for_model}" if for_model else reason)
+        self._set_state(m, ModelState.UNLOADING, text)
         m.task = asyncio.create_task(self._run_unload(m), name=f"unload {m.spec.name}")
 
     async def _run_unload(self, m: _Model) -> None:
@@ -697,6 +769,8 @@ class Scheduler:
         if running is not None:
             try:
                 await running.stop(self._stop_grace)
+                code = await asyncio.wait_for(running.wait(), 1.0)
+                self._emit(RunnerExited(m.spec.name, self._clock.now(), code, "", expected=True))
             except Exception:
                 log.exception("stopping %s failed", m.spec.name)
         m.task = None
@@ -710,9 +784,9 @@ class Scheduler:
         m.removed = True
         m.pending = None
         if m.state is ModelState.READY and m.idle:
-            self._unload(m, "removed from the catalog")
+            self._unload(m, "reload", "removed from the catalog")
         elif m.state in (ModelState.READY, ModelState.LOADING):
-            m.unload_when_idle = True
+            m.unload_when_idle = ("reload", "removed from the catalog")
         elif m.state in (ModelState.STOPPED, ModelState.FAILED):
             self._forget(m)
 
@@ -748,12 +822,39 @@ class Scheduler:
             elif m.pending is not None:
                 self._respec(m, m.pending)
 
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: Event) -> int:
+        """Tells the listeners; a decision also goes into the journal (its id is returned,
+        else 0)."""
+        entry = self.journal.record(event) if isinstance(event, DECISIONS) else 0
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:
                 log.exception("event listener failed on %r", event)
+        return entry
+
+    def _refuse(
+        self,
+        m: _Model,
+        reason: RefusalReason,
+        error: ModelyardError,
+        *,
+        needed: Footprint | None = None,
+        budget: Footprint | None = None,
+        in_use: Footprint | None = None,
+    ) -> ModelyardError:
+        """``error``, recorded as a ``Refused`` decision and naming its event."""
+        event = Refused(
+            m.spec.name,
+            self._clock.now(),
+            reason,
+            error.message,
+            dict(needed or {}),
+            dict(budget or {}),
+            dict(in_use or {}),
+        )
+        error.add_event(self._emit(event))
+        return error
 
     def _record(self, m: _Model, footprint: Footprint) -> None:
         """Counts a measurement of ``m``; growth past its estimate is reported once."""
@@ -811,11 +912,15 @@ class Scheduler:
                 ", ".join(victims) or "nothing (every model is busy or pinned)",
             )
         self._pressure = True
-        self._emit(MemoryPressure("", now, used=dict(reserved), evicting=tuple(victims)))
+        self._emit(
+            MemoryPressure(
+                "", now, used=dict(reserved), evicting=tuple(victims), budget=self.ledger.budget
+            )
+        )
         for name in victims:
-            victim = self._models[name]
-            self._emit(Evicted(name, now, for_model=""))
-            self._unload(victim, f"memory pressure: {used} in use, budget {budget}")
+            self._unload(
+                self._models[name], "memory", f"memory pressure: {used} in use, budget {budget}"
+            )
 
     def _loaded(self) -> list[Loaded]:
         """The ready models, as the eviction policy sees them."""

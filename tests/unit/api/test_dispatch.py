@@ -35,7 +35,8 @@ async def test_dispatch_answer_and_stream_release_their_lease(make_harness: Call
         streamed = await h.call("/v1/chat/completions", stream(x_chunks=5, x_delay_ms=1))
         assert streamed.status == 200
         events = streamed.events()
-        assert len(events) == 6
+        assert len(events) == 7  # five tokens, the final chunk (with timings), [DONE]
+        assert events[-2]["timings"]["predicted_n"] == 5
         assert events[-1] == "[DONE]"
         await idle(h, within=0)
 

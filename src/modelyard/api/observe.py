@@ -1,0 +1,285 @@
+"""What an operator looks at: ``/metrics``, the event log, logs, recent requests, the machine.
+
+History comes as JSON; with ``follow=true`` the same as server-sent events that go on
+live (``event:`` names the kind, ``id:`` the event id, so a client that reconnects with
+``Last-Event-ID`` misses nothing the server still keeps). A follower that stops reading
+is dropped after a bounded backlog (``modelyard.feed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response, StreamingResponse
+
+from modelyard.api.request import scheduler_of
+from modelyard.api.telemetry import Telemetry, Trace
+from modelyard.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
+from modelyard.feed import Feed
+from modelyard.logbook import GATEWAY, follow, log_path, tail
+from modelyard.quantity import parse_duration
+from modelyard.scheduler.journal import Entry, matches
+
+router = APIRouter()
+
+T = TypeVar("T")
+
+_MAX_LINES = 10_000
+_LAGGED = b'event: lagged\ndata: {"message": "this follower fell behind and was dropped"}\n\n'
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _telemetry(request: Request) -> Telemetry:
+    telemetry: Telemetry = request.app.state.telemetry
+    return telemetry
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """The Prometheus exposition (404 when ``metrics = false``)."""
+    telemetry = _telemetry(request)
+    if telemetry.metrics is None:
+        raise NotFoundError("Metrics are off ([server] metrics = false)")
+    body = await telemetry.metrics.render(request.app.state.upstream.session)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+@router.get("/api/events", response_model=None)
+async def events(
+    request: Request,
+    since: str | None = None,
+    model: str | None = None,
+    follow: bool = False,
+) -> dict[str, Any] | Response:
+    """The scheduler's decisions, oldest first: from ``since`` (ISO 8601 time, Unix seconds,
+    or a duration back from now such as ``10m``), of ``model`` (and those about every model).
+    """
+    scheduler = scheduler_of(request)
+    name = scheduler.spec(model).name if model else None
+    start = _since(since)
+    after = _last_event_id(request)
+    journal = scheduler.journal
+    if not follow:
+        entries = journal.entries(since=start, after=after, model=name)
+        return {"events": [e.to_dict() for e in entries], "next": _next_id(entries, after)}
+
+    def keep(entry: Entry) -> bool:
+        return matches(entry, since=start, after=after, model=name)
+
+    def encode(entry: Entry) -> bytes:
+        data = json.dumps(entry.to_dict())
+        return f"id: {entry.id}\nevent: {entry.to_dict()['type']}\ndata: {data}\n\n".encode()
+
+    return _stream(journal.feed, keep, encode)
+
+
+def _next_id(entries: list[Entry], after: int | None) -> int:
+    return entries[-1].id if entries else (after or 0)
+
+
+def _last_event_id(request: Request) -> int | None:
+    raw = request.query_params.get("after") or request.headers.get("last-event-id")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequestError(f"after: not an event id: {raw[:40]!r}", param="after") from None
+
+
+def _since(raw: str | None) -> float | None:
+    """Wall-clock seconds from an ISO time, Unix seconds or a duration ago."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+        if math.isfinite(value):
+            return value
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.astimezone()  # local time, as a user typed it
+        return parsed.timestamp()
+    except ValueError:
+        pass
+    try:
+        ago = parse_duration(raw)
+    except ValueError:
+        ago = None
+    if ago is None:
+        raise InvalidRequestError(
+            f"since: {raw[:40]!r} is not a time (2026-01-31T12:00:00Z), Unix seconds or a "
+            "duration such as 10m",
+            param="since",
+        )
+    return time.time() - ago
+
+
+# ---- activity -----------------------------------------------------------------------------
+
+
+@router.get("/api/activity", response_model=None)
+async def activity(
+    request: Request, follow: bool = False, limit: int = 100
+) -> dict[str, Any] | Response:
+    """The last requests to models, oldest first: model, status, tokens, waits, TTFT."""
+    feed = _telemetry(request).activity
+    if not follow:
+        items = feed.items()[-max(0, limit) :] if limit > 0 else []
+        return {"requests": [t.to_dict() for t in items]}
+
+    def encode(trace: Trace) -> bytes:
+        return f"event: request\ndata: {json.dumps(trace.to_dict())}\n\n".encode()
+
+    return _stream(feed, lambda _: True, encode, history=False)
+
+
+def _stream(
+    feed: Feed[T],
+    keep: Callable[[T], bool],
+    encode: Callable[[T], bytes],
+    *,
+    history: bool = True,
+) -> StreamingResponse:
+    """The kept history that ``keep`` selects, then every new item, as SSE."""
+
+    async def body() -> AsyncIterator[bytes]:
+        with feed.follow() as follower:
+            if history:
+                for item in feed.items():
+                    if keep(item):
+                        yield encode(item)
+            yield b": live\n\n"
+            while (new := await follower.get()) is not None:
+                if keep(new):
+                    yield encode(new)
+            yield _LAGGED
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+# ---- logs ---------------------------------------------------------------------------------
+
+
+@router.get("/api/logs", response_model=None)
+async def gateway_log(request: Request, n: int = 100, follow: bool = False) -> Any:
+    """The gateway's own log."""
+    return _log(_log_dir(request), GATEWAY, n, follow)
+
+
+@router.get("/api/logs/{model:path}", response_model=None)
+async def model_log(request: Request, model: str, n: int = 100, follow: bool = False) -> Any:
+    """What a model's runner printed (its current log file)."""
+    log_dir = _log_dir(request)
+    try:
+        name = scheduler_of(request).spec(model).name
+    except ModelNotFoundError:
+        if not log_path(log_dir, model).is_file():
+            raise
+        name = model  # gone from the catalog; its log is still there
+    return _log(log_dir, name, n, follow)
+
+
+def _log_dir(request: Request) -> Path:
+    home: Path = request.app.state.config.home
+    return home / "logs"
+
+
+def _log(log_dir: Path, name: str, n: int, following: bool) -> dict[str, Any] | Response:
+    if not 0 <= n <= _MAX_LINES:
+        raise InvalidRequestError(f"n: between 0 and {_MAX_LINES}", param="n")
+    path = log_path(log_dir, name)
+    try:
+        lines, end = tail(path, n)
+    except FileNotFoundError:
+        lines, end = [], 0
+    if not following:
+        return {"name": name, "path": str(path), "lines": lines}
+
+    async def body() -> AsyncIterator[bytes]:
+        for line in lines:
+            yield f"data: {json.dumps(line)}\n\n".encode()
+        yield b": live\n\n"
+        async for line in follow(path, end):
+            yield f"data: {json.dumps(line)}\n\n".encode()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+# ---- the machine --------------------------------------------------------------------------
+
+
+@router.get("/api/system")
+async def system(request: Request) -> dict[str, Any]:
+    """CPU, memory, each model's processes, disk free for models, and GPUs (with NVML)."""
+    scheduler = scheduler_of(request)
+    runners = {
+        s.name: running
+        for s in scheduler.status()
+        if (running := scheduler.running(s.name)) is not None
+    }
+    models_dir: Path = request.app.state.config.models_dir
+
+    def sample() -> dict[str, Any]:
+        memory = psutil.virtual_memory()
+        disk: dict[str, Any] | None = None
+        with contextlib.suppress(OSError):
+            usage = shutil.disk_usage(models_dir if models_dir.exists() else models_dir.parent)
+            disk = {"path": str(models_dir), "total": usage.total, "free": usage.free}
+        return {
+            "cpu": {"count": psutil.cpu_count(), "percent": psutil.cpu_percent(interval=None)},
+            "memory": {"total": memory.total, "available": memory.available},
+            "models": [
+                {"name": name, "pid": getattr(r, "pid", None), "memory": r.footprint()}
+                for name, r in runners.items()
+            ],
+            "disk": disk,
+            "gpus": _gpus(),
+        }
+
+    return await asyncio.to_thread(sample)
+
+
+def _gpus() -> list[dict[str, Any]]:
+    """Per GPU: name, memory and utilisation, when NVML (``nvidia-ml-py``) is installed."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            use = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            out.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory": {"total": memory.total, "used": memory.used, "free": memory.free},
+                    "utilization": use.gpu,
+                }
+            )
+        return out
+    finally:
+        pynvml.nvmlShutdown()

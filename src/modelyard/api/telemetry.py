@@ -1,0 +1,209 @@
+"""What each model request did, measured once and told three ways: metrics, the activity
+list (``GET /api/activity``) and the access log.
+
+``Observe`` (ASGI middleware) gives every request to a model route a ``Trace`` at arrival;
+the route names the model and ``Dispatch`` fills in the waits, the time to the runner's
+answer and to the first token, and the tokens the engine reported. When the response has
+ended, ``Telemetry.finish`` hands the trace on.
+
+The access log line names the model, status, tokens and times, and the request id; never
+the prompt or the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.api.metrics import Metrics
+from modelyard.feed import Feed
+from modelyard.scheduler import Scheduler
+
+access_log = logging.getLogger("modelyard.access")
+
+_decoder = json.JSONDecoder()
+
+
+@dataclass(slots=True)
+class Trace:
+    request_id: str
+    method: str
+    route: str
+    started: float
+    """``time.perf_counter()`` at arrival."""
+    wall: float
+    """``time.time()`` at arrival."""
+    model: str = ""
+    """The catalog name, once the route resolved it."""
+    stream: bool = False
+    status: int = 0
+    lease_at: float | None = None
+    """Seconds from arrival to the lease (``None``: it never got one)."""
+    queue_wait: float = 0.0
+    load_wait: float = 0.0
+    ttfb: float | None = None
+    """Seconds from arrival to the runner's response headers."""
+    ttft: float | None = None
+    total: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_tpot: float | None = None
+    """The engine's own time per generated token (non-streamed answers)."""
+    cancelled: bool = False
+
+    @property
+    def tpot(self) -> float | None:
+        """Seconds per generated token after the first."""
+        if self.engine_tpot is not None:
+            return self.engine_tpot
+        if self.ttft is not None and self.completion_tokens > 1:
+            return max(0.0, self.total - self.ttft) / (self.completion_tokens - 1)
+        return None
+
+    def read_usage(self, body: bytes) -> None:
+        """Tokens (and, from llama.cpp's ``timings``, its prompt time and time per token)
+        from an answer or the last chunks of a stream; anything unreadable is skipped."""
+        usage = _object_after(body, b'"usage"')
+        timings = _object_after(body, b'"timings"')
+        if usage is not None:
+            self.prompt_tokens = _int(usage.get("prompt_tokens"))
+            self.completion_tokens = _int(usage.get("completion_tokens"))
+        elif timings is not None:
+            self.prompt_tokens = _int(timings.get("prompt_n"))
+            self.completion_tokens = _int(timings.get("predicted_n"))
+        if timings is not None and not self.stream:
+            prompt_ms = timings.get("prompt_ms")
+            per_token = timings.get("predicted_per_token_ms")
+            if isinstance(prompt_ms, int | float) and self.lease_at is not None:
+                self.ttft = self.lease_at + prompt_ms / 1000
+            if isinstance(per_token, int | float) and self.completion_tokens > 1:
+                self.engine_tpot = per_token / 1000
+
+    def server_timing(self) -> bytes:
+        """The ``Server-Timing`` header: queue, load and time to the runner's first byte."""
+        parts = [f"queue;dur={self.queue_wait * 1000:.1f}", f"load;dur={self.load_wait * 1000:.1f}"]
+        if self.ttfb is not None:
+            parts.append(f"ttfb;dur={self.ttfb * 1000:.1f}")
+        return ", ".join(parts).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        tokens_per_s = None
+        if self.completion_tokens and self.ttft is not None and self.total > self.ttft:
+            tokens_per_s = round(self.completion_tokens / (self.total - self.ttft), 2)
+        return {
+            "request_id": self.request_id,
+            "time": self.wall,
+            "model": self.model or None,
+            "route": self.route,
+            "status": self.status,
+            "stream": self.stream,
+            "cancelled": self.cancelled,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "queue_ms": _ms(self.queue_wait),
+            "load_ms": _ms(self.load_wait),
+            "ttft_ms": _ms(self.ttft),
+            "total_ms": _ms(self.total),
+            "tokens_per_s": tokens_per_s,
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _object_after(body: bytes, key: bytes) -> dict[str, Any] | None:
+    """The JSON object that is the value of the last ``key`` in ``body``."""
+    at = body.rfind(key)
+    if at < 0:
+        return None
+    colon = body.find(b":", at + len(key))
+    if colon < 0:
+        return None
+    try:
+        text = body[colon + 1 : colon + 4096].decode("utf-8", errors="replace").lstrip()
+        value, _ = _decoder.raw_decode(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Telemetry:
+    def __init__(
+        self, scheduler: Scheduler, *, metrics: bool, access_log: bool, activity_kept: int
+    ) -> None:
+        self.metrics = Metrics(scheduler) if metrics else None
+        if self.metrics is not None:
+            scheduler.subscribe(self.metrics.on_event)
+        self.activity: Feed[Trace] = Feed(activity_kept)
+        self._access_log = access_log
+
+    def finish(self, trace: Trace) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(trace)
+        self.activity.append(trace)
+        if self._access_log and access_log.isEnabledFor(logging.INFO):
+            fields = trace.to_dict()
+            access_log.info(
+                "%s %s %s %s%s prompt=%d completion=%d queue_ms=%s load_ms=%s ttft_ms=%s "
+                "total_ms=%s",
+                trace.method,
+                trace.route,
+                trace.model or "-",
+                trace.status,
+                " cancelled" if trace.cancelled else "",
+                trace.prompt_tokens,
+                trace.completion_tokens,
+                fields["queue_ms"],
+                fields["load_ms"],
+                fields["ttft_ms"],
+                fields["total_ms"],
+                extra={"access": fields},
+            )
+
+
+class Observe:
+    """Traces the requests to ``paths`` (the model routes) from arrival to the last byte."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+        self.app = app
+        self._paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self._paths:
+            await self.app(scope, receive, send)
+            return
+        telemetry: Telemetry | None = getattr(scope["app"].state, "telemetry", None)
+        state = scope.setdefault("state", {})
+        trace = Trace(
+            state.get("request_id", ""),
+            scope["method"],
+            scope["path"],
+            time.perf_counter(),
+            time.time(),
+        )
+        state["trace"] = trace
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                trace.status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except BaseException:
+            trace.status = trace.status or 500
+            raise
+        finally:
+            trace.total = time.perf_counter() - trace.started
+            if telemetry is not None:
+                telemetry.finish(trace)

@@ -1,0 +1,195 @@
+"""Log files: the gateway's own (``<home>/logs/gateway.log``) and one per model runner
+(``<home>/logs/<model>.log``), each rotated by size (``name.log.1`` … ``name.log.N``).
+
+- ``setup`` configures the gateway's logging: text or JSON lines (with the request id of
+  the request being served), to stderr and to the rotating file.
+- ``RotatingLog`` is what a runner's output is written through (``runners.process`` pumps
+  the child's stdout and stderr into it, so that a runner that runs for weeks stays within
+  the cap too).
+- ``tail`` and ``follow`` read a log for ``modelyard logs`` and ``GET /api/logs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import logging.handlers
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+GATEWAY = "gateway"
+"""The gateway's own log (``<home>/logs/gateway.log``)."""
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+"""The id of the request the current task serves (set by the app's ``RequestId``)."""
+
+_FOLLOW_POLL = 0.25
+
+
+@dataclass(frozen=True)
+class Rotation:
+    max_bytes: int = 16 * 1024**2
+    files: int = 3
+    """Rotated files kept besides the current one."""
+
+
+DEFAULT_ROTATION = Rotation()
+
+
+def log_path(log_dir: Path, name: str) -> Path:
+    """The log of a model (or of the gateway: ``GATEWAY``)."""
+    return log_dir / f"{name.replace('/', '_')}.log"
+
+
+def rotate(path: Path, files: int) -> None:
+    """``path`` → ``path.1`` → … → ``path.<files>`` (the oldest is dropped)."""
+    for i in range(files - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i + 1}"))
+    if path.exists():
+        path.replace(path.with_name(f"{path.name}.1"))
+
+
+class RotatingLog:
+    """Appends bytes to ``path``, rotating it once it would grow past the cap."""
+
+    def __init__(self, path: Path, rotation: Rotation) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._rotation = rotation
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(self._fd).st_size
+
+    def write(self, data: bytes) -> None:
+        if self._size and self._size + len(data) > self._rotation.max_bytes:
+            os.close(self._fd)
+            rotate(self._path, self._rotation.files)
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._size = 0
+        os.write(self._fd, data)
+        self._size += len(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+# ---- the gateway's logging ------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, and the
+    ``extra`` fields a record carries (the access log's)."""
+
+    _PLAIN = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None) or request_id.get()
+        if rid:
+            data["request_id"] = rid
+        for key, value in vars(record).items():
+            if key not in self._PLAIN and key not in data:
+                data[key] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def setup(level: str, log_format: str, log_dir: Path | None, rotation: Rotation) -> None:
+    """Logs at ``level`` to stderr and, with ``log_dir``, to ``gateway.log`` there."""
+    formatter: logging.Formatter = (
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                log_path(log_dir, GATEWAY),
+                maxBytes=rotation.max_bytes,
+                backupCount=rotation.files,
+                encoding="utf-8",
+            )
+        )
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=handlers, force=True)
+    # uvicorn's own loggers write through ours (same format, same file).
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def tail(path: Path, lines: int, chunk: int = 64 * 1024) -> tuple[list[str], int]:
+    """The last ``lines`` lines of ``path`` and the offset of its end."""
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        pos, data = end, b""
+        while pos > 0 and data.count(b"\n") <= lines:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+    text = data.decode("utf-8", errors="replace").splitlines()
+    return (text[-lines:] if lines > 0 else []), end
+
+
+async def follow(path: Path, offset: int) -> AsyncIterator[str]:
+    """Lines appended to ``path`` from ``offset`` on, as they come (a rotated file is
+    followed into its successor)."""
+    reader = _Reader(path, offset)
+    while True:
+        lines = reader.poll()
+        for line in lines:
+            yield line
+        if not lines:
+            await asyncio.sleep(_FOLLOW_POLL)
+
+
+class _Reader:
+    def __init__(self, path: Path, offset: int) -> None:
+        self._path = path
+        self._offset = offset
+        self._inode = self._stat()[0]
+        self._pending = b""
+
+    def _stat(self) -> tuple[int | None, int]:
+        try:
+            st = self._path.stat()
+        except FileNotFoundError:
+            return None, 0
+        return st.st_ino, st.st_size
+
+    def poll(self) -> list[str]:
+        """The complete lines written since the last poll."""
+        inode, size = self._stat()
+        if inode != self._inode or size < self._offset:
+            self._inode, self._offset, self._pending = inode, 0, b""  # rotated or truncated
+        if inode is None or size == self._offset:
+            return []
+        with self._path.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read(1024 * 1024)
+        self._offset += len(data)
+        *complete, self._pending = (self._pending + data).split(b"\n")
+        return [line.decode("utf-8", errors="replace") for line in complete]

@@ -18,20 +18,18 @@ T = TypeVar("T")
 
 class Follower(Generic[T]):
     def __init__(self, buffer: int) -> None:
-        self._queue: asyncio.Queue[T | None] = asyncio.Queue(maxsize=buffer)
+        self._buffer = buffer
+        self._queue: asyncio.Queue[T | None] = asyncio.Queue()
         self.lagged = False
         """Dropped for falling ``buffer`` items behind; ``get`` then returns ``None``."""
 
     def _offer(self, item: T) -> bool:
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except asyncio.QueueFull:
+        if self._queue.qsize() >= self._buffer:
             self.lagged = True
-            # Make room for the end marker so that a waiting ``get`` wakes up.
-            self._queue.get_nowait()
-            self._queue.put_nowait(None)
+            self._queue.put_nowait(None)  # what it has, then the end
             return False
+        self._queue.put_nowait(item)
+        return True
 
     async def get(self) -> T | None:
         """The next item; ``None`` once dropped (``lagged``)."""

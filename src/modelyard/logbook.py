@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 GATEWAY = "gateway"
 """The gateway's own log (``<home>/logs/gateway.log``)."""
@@ -155,41 +156,59 @@ def tail(path: Path, lines: int, chunk: int = 64 * 1024) -> tuple[list[str], int
 
 
 async def follow(path: Path, offset: int) -> AsyncIterator[str]:
-    """Lines appended to ``path`` from ``offset`` on, as they come (a rotated file is
-    followed into its successor)."""
+    """Lines appended to ``path`` from ``offset`` on, as they come. Like ``tail -F``: when the
+    file is rotated, the rest of the old one is read first, then its successor."""
     reader = _Reader(path, offset)
-    while True:
-        lines = reader.poll()
-        for line in lines:
-            yield line
-        if not lines:
-            await asyncio.sleep(_FOLLOW_POLL)
+    try:
+        while True:
+            lines = reader.poll()
+            for line in lines:
+                yield line
+            if not lines:
+                await asyncio.sleep(_FOLLOW_POLL)
+    finally:
+        reader.close()
 
 
 class _Reader:
     def __init__(self, path: Path, offset: int) -> None:
         self._path = path
-        self._offset = offset
-        self._inode = self._stat()[0]
+        self._file: BinaryIO | None = None
         self._pending = b""
+        self._open(offset)
 
-    def _stat(self) -> tuple[int | None, int]:
+    def _open(self, offset: int) -> None:
         try:
-            st = self._path.stat()
+            self._file = self._path.open("rb")
         except FileNotFoundError:
-            return None, 0
-        return st.st_ino, st.st_size
+            self._file = None
+            return
+        if offset > os.fstat(self._file.fileno()).st_size:
+            offset = 0  # truncated since
+        self._file.seek(offset)
 
     def poll(self) -> list[str]:
         """The complete lines written since the last poll."""
-        inode, size = self._stat()
-        if inode != self._inode or size < self._offset:
-            self._inode, self._offset, self._pending = inode, 0, b""  # rotated or truncated
-        if inode is None or size == self._offset:
-            return []
-        with self._path.open("rb") as f:
-            f.seek(self._offset)
-            data = f.read(1024 * 1024)
-        self._offset += len(data)
+        data = b""
+        if self._file is not None:
+            data = self._file.read(1024 * 1024)
+            if not data and self._replaced():
+                self._file.close()
+                self._open(0)  # the old file is read to its end: on to the new one
+                return self.poll()
+        elif self._path.exists():
+            self._open(0)
+            return self.poll()
         *complete, self._pending = (self._pending + data).split(b"\n")
         return [line.decode("utf-8", errors="replace") for line in complete]
+
+    def _replaced(self) -> bool:
+        assert self._file is not None
+        try:
+            return self._path.stat().st_ino != os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()

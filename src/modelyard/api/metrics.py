@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from modelyard.api.telemetry import Trace
 
 # ``*_created`` series double every counter and histogram and nobody graphs them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 ENGINE_TIMEOUT = 0.1
 """Seconds an engine's ``/metrics`` may take before it is left out of a scrape."""

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import psutil
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response, StreamingResponse
 
 from modelyard.api.request import scheduler_of
@@ -36,6 +35,8 @@ router = APIRouter()
 
 T = TypeVar("T")
 
+_EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
+"""The text format every Prometheus reads (``generate_latest`` writes it)."""
 _MAX_LINES = 10_000
 _LAGGED = b'event: lagged\ndata: {"message": "this follower fell behind and was dropped"}\n\n'
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -53,7 +54,7 @@ async def metrics(request: Request) -> Response:
     if telemetry.metrics is None:
         raise NotFoundError("Metrics are off ([server] metrics = false)")
     body = await telemetry.metrics.render(request.app.state.upstream.session)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(body, media_type=_EXPOSITION)
 
 
 # ---- events -------------------------------------------------------------------------------

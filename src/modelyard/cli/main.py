@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,11 @@ app = typer.Typer(
 out = Console()
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
@@ -42,6 +48,10 @@ def serve(
     memory: Annotated[
         str | None, typer.Option("--memory", help="RAM budget: bytes, '16GiB' or '75%'.")
     ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option("--log-format", help="json: one object per line, with the request id."),
+    ] = None,
 ) -> None:
     """Start the server (on the demo models when there is no config)."""
     from modelyard.config import Settings
@@ -53,6 +63,7 @@ def serve(
         "config": config,
         "models_dir": models_dir,
         "ram_budget": memory,
+        "log_format": log_format.value if log_format else None,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     cfg = config_or_exit(settings)

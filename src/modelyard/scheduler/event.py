@@ -121,13 +121,14 @@ class Refused(Event):
     """A request was refused; ``needed``/``budget``/``in_use`` where memory decided it."""
 
     reason: RefusalReason
-    message: str
+    error: str
+    """The error message the request got."""
     needed: dict[str, int] = field(default_factory=dict)
     budget: dict[str, int] = field(default_factory=dict)
     in_use: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
-        return f"refused ({self.reason}): {self.message}"
+        return f"refused ({self.reason}): {self.error}"
 
 
 @dataclass(frozen=True)

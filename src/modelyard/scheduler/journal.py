@@ -37,12 +37,12 @@ class Entry:
             if f.name not in ("model", "at")
         }
         return {
+            **fields,
             "id": self.id,
             "time": self.time,
             "type": kind_of(self.event),
             "model": self.event.model or None,
             "message": self.event.describe(),
-            **fields,
         }
 
 

@@ -258,6 +258,9 @@ class Scheduler:
         future = asyncio.get_running_loop().create_future()
         waiter = _Waiter(self._seq, future, now, keep_alive, request)
         m.waiters.append(waiter)
+        if len(m.waiters) == 1 and m.state not in (ModelState.READY, ModelState.LOADING):
+            estimate = dict(self.ledger.estimate(m.spec))
+            self._emit(LoadRequested(m.spec.name, now, request or "a request", estimate))
         self._pump()
         if not waiter.future.done():
             # Slots that are free, or will be once the model has loaded, take waiters too.
@@ -303,9 +306,9 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, name: str, keep_alive: float | Unset | None = UNSET
+        self, name: str, keep_alive: float | Unset | None = UNSET, *, request: str = ""
     ) -> AsyncIterator[Lease]:
-        lease = await self.acquire(name, keep_alive)
+        lease = await self.acquire(name, keep_alive, request=request)
         try:
             yield lease
         finally:
@@ -656,9 +659,6 @@ class Scheduler:
 
     def _load(self, m: _Model) -> None:
         m.load_started = self._clock.now()
-        who = m.waiters[0].request if m.waiters else ""
-        estimate = dict(self.ledger.estimate(m.spec))
-        self._emit(LoadRequested(m.spec.name, m.load_started, who or "a request", estimate))
         self._set_state(m, ModelState.LOADING)
         m.task = asyncio.create_task(self._run_load(m), name=f"load {m.spec.name}")
 

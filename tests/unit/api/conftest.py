@@ -96,6 +96,7 @@ class Exchange:
         if data and "content-type" not in headers:
             headers["content-type"] = "application/json"
         headers.setdefault("content-length", str(len(data)))
+        path, _, query = path.partition("?")
         self.scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -104,7 +105,7 @@ class Exchange:
             "scheme": "http",
             "path": path,
             "raw_path": path.encode(),
-            "query_string": b"",
+            "query_string": query.encode(),
             "root_path": "",
             "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
             "client": ("127.0.0.1", 50000),
@@ -118,6 +119,10 @@ class Exchange:
         self.chunks: list[bytes] = []
         self.started = asyncio.Event()
         self.first_chunk = asyncio.Event()
+        self.reading = asyncio.Event()
+        """Cleared: the client stops reading (the server's next send blocks, as a full
+        socket buffer would make it)."""
+        self.reading.set()
         self.done = asyncio.ensure_future(app(self.scope, self._receive, self._send))
 
     async def _receive(self) -> Message:
@@ -133,6 +138,7 @@ class Exchange:
             self.headers = {k.decode(): v.decode() for k, v in message.get("headers", [])}
             self.started.set()
         elif message["type"] == "http.response.body" and message.get("body"):
+            await self.reading.wait()
             self.chunks.append(message["body"])
             self.first_chunk.set()
 

@@ -141,6 +141,20 @@ def pooled_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3))
 
 
+async def sequential(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], n: int
+) -> list[float]:
+    """Milliseconds of each of ``n`` requests sent one after the other."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        async with session.post(url, json=body) as r:
+            await r.read()
+            assert r.status == 200, r.status
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
 async def crowd(
     session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], clients: int
 ) -> float:

@@ -41,6 +41,7 @@ from common import (
     interleave,
     percentile,
     print_table,
+    sequential,
     spawn,
 )
 
@@ -67,14 +68,7 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
 
             async def run(url: str, n: int) -> list[float]:
-                times = []
-                for _ in range(n):
-                    t = time.perf_counter()
-                    async with session.post(url, json=body) as r:
-                        await r.read()
-                        assert r.status == 200, r.status
-                    times.append((time.perf_counter() - t) * 1000)
-                return times
+                return await sequential(session, url, body, n)
 
             await run(through_url, 50)  # warm-up: loads the model, fills pools
             await run(direct_url, 50)

@@ -155,12 +155,13 @@ def tail(path: Path, lines: int, chunk: int = 64 * 1024) -> tuple[list[str], int
     return (text[-lines:] if lines > 0 else []), end
 
 
-async def follow(path: Path, offset: int) -> AsyncIterator[str]:
-    """Lines appended to ``path`` from ``offset`` on, as they come. Like ``tail -F``: when the
-    file is rotated, the rest of the old one is read first, then its successor."""
+async def follow(path: Path, offset: int, stop: asyncio.Event) -> AsyncIterator[str]:
+    """Lines appended to ``path`` from ``offset`` on, as they come, until ``stop`` is set.
+    Like ``tail -F``: when the file is rotated, the rest of the old one is read first, then
+    its successor."""
     reader = _Reader(path, offset)
     try:
-        while True:
+        while not stop.is_set():
             lines = reader.poll()
             for line in lines:
                 yield line

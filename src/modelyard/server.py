@@ -8,15 +8,17 @@ a connection (and its buffers) forever. ``_Protocol`` closes a connection whose 
 headers are not complete ``header_timeout`` seconds after its first byte (or after the
 connection opened), and one that goes quiet for as long while sending a body.
 
-On SIGTERM or Ctrl-C, running requests get ``shutdown_timeout`` seconds to finish; then
-uvicorn cancels them (a stream still open ends with an SSE error frame, see
-``modelyard.api.dispatch``), and the lifespan stops every runner.
+On SIGTERM or Ctrl-C, live followers (``follow=true`` on events, activity and logs) end at
+once, running requests get ``shutdown_timeout`` seconds to finish; then uvicorn cancels them
+(a stream still open ends with an SSE error frame, see ``modelyard.api.dispatch``), and the
+lifespan stops every runner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from typing import Any
 
 import uvicorn
@@ -83,9 +85,21 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
     return _Protocol
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when shutdown begins (``app.state.stopping``)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._app.state.stopping.set()
+        await super().shutdown(sockets)
+
+
 def run(app: FastAPI, config: Config, **options: Any) -> None:
     """Serves ``app`` on ``config.host:config.port`` until SIGTERM or Ctrl-C."""
-    uvicorn.run(
+    settings = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
@@ -96,6 +110,7 @@ def run(app: FastAPI, config: Config, **options: Any) -> None:
         access_log=False,
         **options,
     )
+    _Server(settings, app).run()
 
 
 def serve(config: Config, settings: Settings) -> None:

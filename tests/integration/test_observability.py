@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -70,20 +72,28 @@ def test_metrics_pass_promtool_and_a_real_prometheus_scrape(json_server: Server)
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     with _prometheus(server.url) as prometheus:
-        deadline = time.monotonic() + 60
-        while True:
-            result = httpx.get(
-                f"{prometheus}/api/v1/query",
-                params={"query": 'modelyard_requests_total{model="m"}'},
-                timeout=5,
-            ).json()["data"]["result"]
-            if result or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    assert result, "Prometheus never scraped modelyard"
-    (series,) = [r for r in result if r["metric"]["status"] == "200"]
-    assert series["metric"]["route"] == "/v1/chat/completions"
-    assert float(series["value"][1]) == 2
+        result = _query(prometheus, 'modelyard_requests_total{model="m"}')
+        (series,) = [r for r in result if r["metric"]["status"] == "200"]
+        assert series["metric"]["route"] == "/v1/chat/completions"
+        assert float(series["value"][1]) == 2
+        (loads,) = _query(prometheus, 'modelyard_model_loads_total{model="m"}')
+        assert (loads["metric"]["outcome"], float(loads["value"][1])) == ("ok", 1)
+        (tokens,) = _query(prometheus, 'modelyard_tokens_total{model="m",type="completion"}')
+        assert float(tokens["value"][1]) > 0
+        (engine,) = _query(prometheus, 'llamacpp_tokens_predicted_total{model="m"}')
+        assert float(engine["value"][1]) == float(tokens["value"][1])
+
+
+def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    """The series of ``expr`` once Prometheus has scraped them (within a minute)."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+        result: list[dict[str, Any]] = response.json()["data"]["result"]
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"Prometheus never scraped {expr}"
+        time.sleep(0.5)
 
 
 def _binary(name: str) -> str:
@@ -226,3 +236,27 @@ def test_queue_full_names_its_event(server_factory: Callable[..., Server]) -> No
     events = httpx.get(f"{server.url}/api/events").json()["events"]
     (event,) = [e for e in events if e["id"] == event_id]
     assert (event["type"], event["reason"]) == ("refused", "queue_full")
+
+
+def test_live_followers_do_not_hold_up_shutdown(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(config())  # shutdown_timeout: 10 s
+    ended: list[str] = []
+
+    def follow(path: str) -> None:
+        with httpx.stream("GET", f"{server.url}{path}", timeout=30) as response:
+            for _ in response.iter_lines():
+                pass
+        ended.append(path)
+
+    paths = ("/api/events?follow=true", "/api/activity?follow=true", "/api/logs?follow=true")
+    readers = [threading.Thread(target=follow, args=(p,), daemon=True) for p in paths]
+    for reader in readers:
+        reader.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(10)
+    assert time.monotonic() - started < 3.0  # not the 10 s given to running requests
+    for reader in readers:
+        reader.join(5)
+    assert sorted(ended) == sorted(paths)

@@ -132,6 +132,7 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
+    app.state.stopping = asyncio.Event()  # set as shutdown begins: live followers end
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
@@ -151,7 +152,8 @@ def _preload(scheduler: Scheduler, candidates: list[str]) -> asyncio.Task[None] 
 
     async def run() -> None:
         results = await asyncio.gather(
-            *(scheduler.load(name) for name in names), return_exceptions=True
+            *(scheduler.load(name, request="preload") for name in names),
+            return_exceptions=True,
         )
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):

@@ -14,6 +14,10 @@ The order of a request:
 3. Relay: a stream chunk by chunk as it comes (a broken upstream ends with one SSE error
    frame), or the whole answer, shaped by the route's ``shape``.
 4. Release, telling the scheduler whether the runner served the request.
+
+Along the way the request's ``Trace`` (``modelyard.api.telemetry``) gets the waits, the time
+to the runner's answer and to the first chunk, and the tokens the engine reported; the
+response carries them as ``Server-Timing``.
 """
 
 from __future__ import annotations

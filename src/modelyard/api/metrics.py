@@ -150,10 +150,6 @@ class Metrics:
         elif isinstance(event, Refused):
             self.rejections.labels(event.model, event.reason).inc()
 
-    def rejected(self, model: str, reason: str) -> None:
-        """A refusal decided outside the scheduler."""
-        self.rejections.labels(model, reason).inc()
-
     # ---- the scrape ---------------------------------------------------------------------
 
     async def render(self, engines: aiohttp.ClientSession) -> bytes:

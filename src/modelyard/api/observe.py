@@ -86,7 +86,7 @@ async def events(
         data = json.dumps(entry.to_dict())
         return f"id: {entry.id}\nevent: {entry.to_dict()['type']}\ndata: {data}\n\n".encode()
 
-    return _stream(journal.feed, keep, encode)
+    return _stream(request, journal.feed, keep, encode)
 
 
 def _next_id(entries: list[Entry], after: int | None) -> int:
@@ -149,29 +149,47 @@ async def activity(
     def encode(trace: Trace) -> bytes:
         return f"event: request\ndata: {json.dumps(trace.to_dict())}\n\n".encode()
 
-    return _stream(feed, lambda _: True, encode, history=False)
+    return _stream(request, feed, lambda _: True, encode, history=False)
 
 
 def _stream(
+    request: Request,
     feed: Feed[T],
     keep: Callable[[T], bool],
     encode: Callable[[T], bytes],
     *,
     history: bool = True,
 ) -> StreamingResponse:
-    """The kept history that ``keep`` selects, then every new item, as SSE."""
+    """The kept history that ``keep`` selects, then every new item, as SSE, until the
+    server shuts down."""
+    stopping: asyncio.Event = request.app.state.stopping
 
     async def body() -> AsyncIterator[bytes]:
-        with feed.follow() as follower:
-            if history:
-                for item in feed.items():
-                    if keep(item):
-                        yield encode(item)
-            yield b": live\n\n"
-            while (new := await follower.get()) is not None:
-                if keep(new):
-                    yield encode(new)
-            yield _LAGGED
+        stopped = asyncio.ensure_future(stopping.wait())
+        getting: asyncio.Future[T | None] | None = None
+        try:
+            with feed.follow() as follower:
+                if history:
+                    for item in feed.items():
+                        if keep(item):
+                            yield encode(item)
+                yield b": live\n\n"
+                while True:
+                    getting = asyncio.ensure_future(follower.get())
+                    await asyncio.wait({getting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getting.done():
+                        getting.cancel()
+                        return  # shutting down
+                    new = getting.result()
+                    if new is None:
+                        yield _LAGGED
+                        return
+                    if keep(new):
+                        yield encode(new)
+        finally:
+            stopped.cancel()
+            if getting is not None:
+                getting.cancel()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
@@ -182,20 +200,19 @@ def _stream(
 @router.get("/api/logs", response_model=None)
 async def gateway_log(request: Request, n: int = 100, follow: bool = False) -> Any:
     """The gateway's own log."""
-    return _log(_log_dir(request), GATEWAY, n, follow)
+    return _log(request, GATEWAY, n, follow)
 
 
 @router.get("/api/logs/{model:path}", response_model=None)
 async def model_log(request: Request, model: str, n: int = 100, follow: bool = False) -> Any:
     """What a model's runner printed (its current log file)."""
-    log_dir = _log_dir(request)
     try:
         name = scheduler_of(request).spec(model).name
     except ModelNotFoundError:
-        if not log_path(log_dir, model).is_file():
+        if not log_path(_log_dir(request), model).is_file():
             raise
         name = model  # gone from the catalog; its log is still there
-    return _log(log_dir, name, n, follow)
+    return _log(request, name, n, follow)
 
 
 def _log_dir(request: Request) -> Path:
@@ -203,10 +220,11 @@ def _log_dir(request: Request) -> Path:
     return home / "logs"
 
 
-def _log(log_dir: Path, name: str, n: int, following: bool) -> dict[str, Any] | Response:
+def _log(request: Request, name: str, n: int, following: bool) -> dict[str, Any] | Response:
     if not 0 <= n <= _MAX_LINES:
         raise InvalidRequestError(f"n: between 0 and {_MAX_LINES}", param="n")
-    path = log_path(log_dir, name)
+    path = log_path(_log_dir(request), name)
+    stopping: asyncio.Event = request.app.state.stopping
     try:
         lines, end = tail(path, n)
     except FileNotFoundError:
@@ -218,7 +236,7 @@ def _log(log_dir: Path, name: str, n: int, following: bool) -> dict[str, Any] | 
         for line in lines:
             yield f"data: {json.dumps(line)}\n\n".encode()
         yield b": live\n\n"
-        async for line in follow(path, end):
+        async for line in follow(path, end, stopping):
             yield f"data: {json.dumps(line)}\n\n".encode()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)

@@ -125,7 +125,7 @@ class _Waiter:
     enqueued_at: float
     keep_alive: float | Unset | None
     request: str = ""
-    """What it waits for: a request id, ``load`` or ``preload``."""
+    """Who asks, for the event log: a request id, ``POST /api/load`` or ``preload``."""
     timer: Timer | None = None
 
 
@@ -315,7 +315,11 @@ class Scheduler:
             self.release(lease)
 
     async def load(
-        self, name: str, keep_alive: float | Unset | None = UNSET, *, request: str = "load"
+        self,
+        name: str,
+        keep_alive: float | Unset | None = UNSET,
+        *,
+        request: str = "POST /api/load",
     ) -> None:
         """Loads ``name`` (as a request would) and returns once it is ready."""
         self.release(await self.acquire(name, keep_alive, request=request))

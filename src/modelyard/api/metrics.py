@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -115,26 +116,48 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         r.register(_StateCollector(scheduler))
+        self._counted: dict[tuple[str, str, int], Counter] = {}
+        self._series: dict[str, _ModelSeries] = {}
 
     # ---- sources ------------------------------------------------------------------------
 
     def observe(self, trace: Trace) -> None:
         model = trace.model
-        self.requests.labels(model, trace.route, str(trace.status)).inc()
+        key = (model, trace.route, trace.status)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.requests.labels(model, trace.route, str(key[2]))
+        counter.inc()
         if not model or trace.lease_at is None:
             return  # refused before it had a lease: counted above (and as a rejection)
-        self.duration.labels(model).observe(trace.total)
-        self.queue_wait.labels(model).observe(trace.queue_wait)
+        series = self._series.get(model) or self._series_of(model)
+        series.duration.observe(trace.total)
+        series.queue_wait.observe(trace.queue_wait)
         if trace.load_wait > 0:
-            self.load_wait.labels(model).observe(trace.load_wait)
+            series.load_wait.observe(trace.load_wait)
         if trace.ttft is not None:
-            self.ttft.labels(model).observe(trace.ttft)
-        if trace.tpot is not None:
-            self.tpot.labels(model).observe(trace.tpot)
+            series.ttft.observe(trace.ttft)
+        tpot = trace.tpot
+        if tpot is not None:
+            series.tpot.observe(tpot)
         if trace.prompt_tokens:
-            self.tokens.labels(model, "prompt").inc(trace.prompt_tokens)
+            series.prompt_tokens.inc(trace.prompt_tokens)
         if trace.completion_tokens:
-            self.tokens.labels(model, "completion").inc(trace.completion_tokens)
+            series.completion_tokens.inc(trace.completion_tokens)
+
+    def _series_of(self, model: str) -> _ModelSeries:
+        """A model's children, looked up once (``labels`` costs a lock and a tuple)."""
+        series = _ModelSeries(
+            self.duration.labels(model),
+            self.queue_wait.labels(model),
+            self.load_wait.labels(model),
+            self.ttft.labels(model),
+            self.tpot.labels(model),
+            self.tokens.labels(model, "prompt"),
+            self.tokens.labels(model, "completion"),
+        )
+        self._series[model] = series
+        return series
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, LoadFinished):
@@ -180,6 +203,17 @@ class Metrics:
 
         results = await asyncio.gather(*(fetch(*target) for target in targets))
         return _merge(results)
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelSeries:
+    duration: Histogram
+    queue_wait: Histogram
+    load_wait: Histogram
+    ttft: Histogram
+    tpot: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
 
 
 class _StateCollector(Collector):

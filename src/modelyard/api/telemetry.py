@@ -91,6 +91,15 @@ class Trace:
             parts.append(f"ttfb;dur={self.ttfb * 1000:.1f}")
         return ", ".join(parts).encode()
 
+    def access_line(self) -> str:
+        cancelled = " cancelled" if self.cancelled else ""
+        return (
+            f"{self.method} {self.route} {self.model or '-'} {self.status}{cancelled} "
+            f"prompt={self.prompt_tokens} completion={self.completion_tokens} "
+            f"queue_ms={_ms(self.queue_wait)} load_ms={_ms(self.load_wait)} "
+            f"ttft_ms={_ms(self.ttft)} total_ms={_ms(self.total)}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         tokens_per_s = None
         if self.completion_tokens and self.ttft is not None and self.total > self.ttft:
@@ -152,23 +161,8 @@ class Telemetry:
             self.metrics.observe(trace)
         self.activity.append(trace)
         if self._access_log and access_log.isEnabledFor(logging.INFO):
-            fields = trace.to_dict()
-            access_log.info(
-                "%s %s %s %s%s prompt=%d completion=%d queue_ms=%s load_ms=%s ttft_ms=%s "
-                "total_ms=%s",
-                trace.method,
-                trace.route,
-                trace.model or "-",
-                trace.status,
-                " cancelled" if trace.cancelled else "",
-                trace.prompt_tokens,
-                trace.completion_tokens,
-                fields["queue_ms"],
-                fields["load_ms"],
-                fields["ttft_ms"],
-                fields["total_ms"],
-                extra={"access": fields},
-            )
+            # The JSON log writes ``access`` as its ``to_dict``.
+            access_log.info(trace.access_line(), extra={"access": trace})
 
 
 class Observe:

@@ -83,8 +83,8 @@ async def events(
         return matches(entry, since=start, after=after, model=name)
 
     def encode(entry: Entry) -> bytes:
-        data = json.dumps(entry.to_dict())
-        return f"id: {entry.id}\nevent: {entry.to_dict()['type']}\ndata: {data}\n\n".encode()
+        data = entry.to_dict()
+        return f"id: {entry.id}\nevent: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
 
     return _stream(request, journal.feed, keep, encode)
 

@@ -12,6 +12,10 @@ Tests script a request's fate with extra body fields (the gateway passes them on
 ``x_status`` (answer with that error status). A stream ends like llama.cpp's, with a chunk
 that carries ``timings`` (``prompt_n``, ``predicted_n``). ``/metrics`` counts the requests
 in llama.cpp's format; ``--metrics-delay-ms`` makes it slow.
+
+As any program run by the command engine, it also takes ``--api-key`` (like vLLM's),
+``--ignore-sigterm``, ``--noise-mb N`` (prints N MiB before serving), and answers
+``x_echo`` with the body and whether a key came.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import asyncio
 import hmac
 import json
 import os
+import signal
+import sys
 
 from aiohttp import web
 
@@ -48,9 +54,17 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=200)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--metrics-delay-ms", type=float, default=0.0)
+    parser.add_argument("--api-key")
+    parser.add_argument("--ignore-sigterm", action="store_true")
+    parser.add_argument("--noise-mb", type=int, default=0)
     args, _ = parser.parse_known_args()
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for _ in range(args.noise_mb * 1024):
+        sys.stdout.write("noise " * 170 + "\n")  # 1 KiB a line
+    sys.stdout.flush()
     served = [0]
-    key = os.environ.get("LLAMA_API_KEY")
+    key = args.api_key or os.environ.get("LLAMA_API_KEY")
     expected = f"Bearer {key}".encode() if key else None
 
     async def health(_: web.Request) -> web.Response:
@@ -72,6 +86,9 @@ def main() -> None:
             )
         body = await request.json()
         served[0] += 1
+        if body.get("x_echo"):
+            keyed = bool(request.headers.get("Authorization"))
+            return web.json_response({"received": body, "authorization": keyed})
         if body.get("x_headers_after_ms"):
             await asyncio.sleep(body["x_headers_after_ms"] / 1000)
         if body.get("x_status"):
@@ -115,7 +132,14 @@ def main() -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", chat)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+        handle_signals=not args.ignore_sigterm,
+    )
 
 
 if __name__ == "__main__":

@@ -92,8 +92,9 @@ class ModelEntry(BaseModel):
     path: str | None = None
     kind: Literal["chat", "embedding", "rerank"] | None = None
     """Default: ``chat`` for a GGUF file, read from the files of a model directory."""
-    engine: Literal["llamacpp", "encoder"] | None = None
-    """Default: ``llamacpp`` for a GGUF file, ``encoder`` for a model directory."""
+    engine: Literal["llamacpp", "encoder", "command"] | None = None
+    """Default: ``llamacpp`` for a GGUF file, ``encoder`` for a model directory, ``command``
+    when there is a ``command``."""
     aliases: list[str] = Field(default_factory=list)
     ctx: int = Field(default=default("ctx"), gt=0)
     parallel: int = Field(default=default("parallel"), gt=0, le=256)
@@ -119,6 +120,17 @@ class ModelEntry(BaseModel):
     max_batch_tokens: int = Field(default=default("max_batch_tokens"), gt=0)
     truncate: bool = False
     matryoshka: bool = False
+    command: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    health: str = default("health")
+    health_status: int = Field(default=default("health_status"), ge=100, le=599)
+    ready_timeout: Seconds = default("ready_timeout")
+    stop_signal: str = default("stop_signal")
+    stop_timeout: Seconds | None = None
+    upstream_model: str | None = Field(default=None, min_length=1, max_length=512)
+    capabilities: list[Literal["chat", "completion", "embedding", "rerank"]] = Field(
+        default_factory=list
+    )
 
 
 class _Server(BaseModel):

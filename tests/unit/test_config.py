@@ -239,3 +239,65 @@ def test_config_demo_gguf_is_verified_once_then_remembered(
     stamp.write_text(stamp.read_text().replace(str(first.stat().st_size), "1"))
     assert demo_gguf(tmp_path) == first
     assert calls == [1, 1]  # a file that changed is verified again
+
+
+def test_config_command_entries(tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    settings = write(
+        tmp_path,
+        """
+[models.qwen]
+command = ["vllm", "serve", "{path}", "--port", "{port}", "--api-key", "{key}"]
+path = "Qwen/Qwen2.5-0.5B-Instruct"
+upstream_model = "Qwen/Qwen2.5-0.5B-Instruct"
+memory = "6GiB"
+env = { VLLM_LOGGING_LEVEL = "WARNING" }
+ready_timeout = "15m"
+stop_signal = "INT"
+stop_timeout = "30s"
+
+[models.local]
+command = ["infinity_emb", "v2", "--model-id", "{path}", "--port", "{port}"]
+path = "weights"
+capabilities = ["embedding"]
+health = "/health"
+""",
+    )
+    specs = {m.name: m for m in load_config(settings).models}
+    qwen, local = specs["qwen"], specs["local"]
+    assert (qwen.engine, qwen.kind, qwen.capabilities) == (
+        "command",
+        "chat",
+        ("chat", "completion"),
+    )
+    assert qwen.path == Path("Qwen/Qwen2.5-0.5B-Instruct")  # no such file: a hub id, as written
+    assert (qwen.memory, qwen.ready_timeout, qwen.stop_signal, qwen.stop_timeout) == (
+        6 * 1024**3,
+        900.0,
+        "INT",
+        30.0,
+    )
+    assert dict(qwen.env) == {"VLLM_LOGGING_LEVEL": "WARNING"}
+    assert qwen.upstream_model == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert (local.kind, local.capabilities) == ("embedding", ("embedding",))
+    assert local.path == tmp_path / "weights"  # exists beside the config: resolved
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('command = ["srv", "--port", "{prot}"]', "command: unknown placeholder {prot}"),
+        ('command = ["srv"]', "command: must use {port}"),
+        ('command = ["srv", "{port", "x"]', "command:"),
+        ('command = ["srv", "{port}", "{path}"]', "path: required, the command uses {path}"),
+        ('command = ["srv", "{port}"]\nstop_signal = "SIGNOPE"', "stop_signal: not a signal"),
+        ('command = ["srv", "{port}"]\nhealth = "health"', "health: a path starting with /"),
+        ('engine = "command"', 'command: required for engine = "command"'),
+        ('engine = "encoder"\ncommand = ["srv", "{port}"]', "command: only for engine"),
+    ],
+)
+def test_config_command_entry_errors(tmp_path: Path, entry: str, expected: str) -> None:
+    settings = write(tmp_path, f"[models.x]\n{entry}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(settings)
+    assert f"[models.x] {expected}" in error.value.message

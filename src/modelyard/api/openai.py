@@ -95,7 +95,7 @@ async def _generate(
     keep_alive = keep_alive_of(parsed.keep_alive)
     payload: dict[str, Any] = dict(body)
     payload.pop("keep_alive", None)
-    payload["model"] = spec.name
+    payload["model"] = spec.upstream_model or spec.name
     payload["stream"] = parsed.stream
     for key, value in spec.defaults.items():
         if payload.get(key) is None:
@@ -140,7 +140,7 @@ async def embeddings(request: Request) -> Response:
         )
     payload: dict[str, Any] = dict(body)
     payload.pop("keep_alive", None)
-    payload["model"] = spec.name
+    payload["model"] = spec.upstream_model or spec.name
     shape = None
     if spec.engine == "llamacpp":
         # llama.cpp neither shortens vectors nor knows our truncate flag: shorten here.
@@ -163,7 +163,11 @@ async def rerank(request: Request) -> Response:
     scheduler = scheduler_of(request)
     spec = _model_for(scheduler, parsed.model, "rerank", request.url.path)
     documents = parsed.texts()
-    payload: dict[str, Any] = {"model": spec.name, "query": parsed.query, "documents": documents}
+    payload: dict[str, Any] = {
+        "model": spec.upstream_model or spec.name,
+        "query": parsed.query,
+        "documents": documents,
+    }
     if parsed.truncate is not None and spec.engine == "encoder":
         payload["truncate"] = parsed.truncate
     shape = _ranker(parsed, documents, request.state.request_id)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelyard.catalog import flags
+from modelyard.catalog.command import PLACEHOLDERS, placeholders, stop_signal
 from modelyard.catalog.discovery import shard_set
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
 from modelyard.catalog.spec import ModelKind, ModelSpec, default_parallel
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 _AS_GIVEN = (
     "ctx", "threads", "gpu_layers", "pinned", "preload", "max_queue", "queue_timeout",
     "memory", "prompt_cache", "backend", "max_batch", "batch_wait", "max_batch_tokens",
-    "truncate", "matryoshka",
+    "truncate", "matryoshka", "health", "health_status", "ready_timeout", "stop_signal",
+    "stop_timeout", "upstream_model",
 )  # fmt: skip
 """Entry fields that reach the spec as they are (validated and parsed by the schema)."""
 
@@ -47,6 +49,8 @@ def entry_spec(
 ) -> ModelSpec:
     """A ``[models.NAME]`` table, validated, resolved against the files it names."""
     where = f"{origin}: [models.{name}]"
+    if entry.command or entry.engine == "command":
+        return _command_spec(name, entry, base_dir, where, keep_alive)
     if not entry.path:
         raise ConfigError(f"{where} path: required (a .gguf file or a model directory)")
     path = resolve(entry.path, base_dir)
@@ -89,6 +93,64 @@ def entry_spec(
         shards=shards,
         **{key: getattr(entry, key) for key in _AS_GIVEN},
     )
+
+
+def _command_spec(
+    name: str, entry: ModelEntry, base_dir: Path, where: str, keep_alive: float | None
+) -> ModelSpec:
+    """An entry whose runner is its own ``command`` (``modelyard.runners.command``)."""
+    if entry.engine not in (None, "command"):
+        raise ConfigError(f'{where} command: only for engine = "command" (not {entry.engine})')
+    if not entry.command:
+        raise ConfigError(f'{where} command: required for engine = "command"')
+    try:
+        used = placeholders(entry.command)
+    except ValueError as exc:
+        raise ConfigError(f"{where} command: {exc}") from None
+    unknown = used - PLACEHOLDERS
+    if unknown:
+        known = ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS))
+        raise ConfigError(
+            f"{where} command: unknown placeholder {{{sorted(unknown)[0]}}} (known: {known})"
+        )
+    if "port" not in used:
+        raise ConfigError(f"{where} command: must use {{port}}, the port the server listens on")
+    if "path" in used and not entry.path:
+        raise ConfigError(f"{where} path: required, the command uses {{path}}")
+    try:
+        stop_signal(entry.stop_signal)
+    except (KeyError, ValueError):
+        raise ConfigError(f"{where} stop_signal: not a signal: {entry.stop_signal!r}") from None
+    if not entry.health.startswith("/"):
+        raise ConfigError(f"{where} health: a path starting with /: {entry.health!r}")
+    served = tuple(dict.fromkeys(entry.capabilities))
+    kind = entry.kind or _kind_of(served)
+    if not served:
+        served = ("chat", "completion") if kind == "chat" else (kind,)
+    path = Path()
+    if entry.path:
+        local = resolve(entry.path, base_dir)
+        path = local if local.exists() else Path(entry.path)
+    return ModelSpec(
+        name=name,
+        path=path,
+        kind=kind,
+        engine="command",
+        aliases=tuple(entry.aliases),
+        parallel=entry.parallel,
+        defaults=dict(entry.defaults),
+        keep_alive=entry.keep_alive if "keep_alive" in entry.model_fields_set else keep_alive,
+        command=tuple(entry.command),
+        env=dict(entry.env),
+        served=served,
+        **{key: getattr(entry, key) for key in _AS_GIVEN},
+    )
+
+
+def _kind_of(served: tuple[str, ...]) -> ModelKind:
+    if not served or "chat" in served or "completion" in served:
+        return "chat"
+    return "embedding" if "embedding" in served else "rerank"
 
 
 def encoder_kind(path: Path, kind: ModelKind | None, where: str) -> ModelKind:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 ModelKind = Literal["chat", "embedding", "rerank"]
-Engine = Literal["llamacpp", "encoder"]
+Engine = Literal["llamacpp", "encoder", "command"]
 EncoderBackend = Literal["torch", "onnx"]
 
 Footprint = Mapping[str, int]
@@ -74,6 +74,25 @@ class ModelSpec:
     prompt_cache: int | None = None
     """llama.cpp: bytes of host RAM for cached prompt states (0: none); ``None``: the default
     share of the weights (see ``prompt_cache_bytes``)."""
+    command: tuple[str, ...] = ()
+    """Command engine: the program and its arguments, with ``{port}``-style placeholders
+    (``modelyard.runners.command``)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Command engine: environment variables added to ours."""
+    health: str = "/health"
+    """Command engine: the path polled until it answers ``health_status``."""
+    health_status: int = 200
+    ready_timeout: float = 600.0
+    """Command engine: seconds the server may take to become healthy."""
+    stop_signal: str = "SIGTERM"
+    """Command engine: the signal that asks the server to stop (then SIGKILL)."""
+    stop_timeout: float | None = None
+    """Command engine: seconds between ``stop_signal`` and SIGKILL; ``None``: the server's
+    ``stop_grace``."""
+    upstream_model: str | None = None
+    """The model name the engine expects: requests' ``model`` is rewritten to it."""
+    served: tuple[str, ...] = ()
+    """Command engine: what it serves (``capabilities``); empty: what ``kind`` implies."""
 
     @functools.cached_property
     def prompt_cache_bytes(self) -> int:
@@ -98,6 +117,8 @@ class ModelSpec:
     @property
     def capabilities(self) -> tuple[str, ...]:
         """The endpoints the model serves: ``chat``, ``completion``, ``embedding``, ``rerank``."""
+        if self.served:
+            return self.served
         if self.kind == "chat":
             return ("chat", "completion")
         if self.kind == "embedding" and self.engine == "encoder":
@@ -119,6 +140,7 @@ class ModelSpec:
             "backend": self.backend,
             "max_batch_tokens": self.max_batch_tokens,
             "prompt_cache": self.prompt_cache,
+            "command": list(self.command),
         }
         blob = json.dumps(settings, sort_keys=True).encode()
         return f"{self.name}:{hashlib.sha256(blob).hexdigest()[:16]}"

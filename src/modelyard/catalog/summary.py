@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from modelyard.catalog.gguf import GGUFError, read_gguf
@@ -24,10 +25,10 @@ def summarize(
         "kind": spec.kind,
         "engine": spec.engine,
         "capabilities": list(spec.capabilities),
-        "path": str(spec.path),
+        "path": str(spec.path) if spec.path != Path() else None,
         "settings": _settings(spec),
     }
-    pulled = find_pull(spec.path)
+    pulled = find_pull(spec.path) if spec.path != Path() else None
     if pulled is not None:
         _, record = pulled
         summary["pulled"] = {
@@ -39,7 +40,7 @@ def summarize(
     try:
         if spec.engine == "llamacpp":
             summary.update(_gguf(spec))
-        else:
+        elif spec.engine == "encoder":
             summary.update(_hf(spec))
     except (OSError, ValueError, GGUFError, struct.error) as exc:
         summary["error"] = f"cannot read {spec.path}: {exc}"
@@ -55,6 +56,13 @@ def summarize(
 
 
 def _settings(spec: ModelSpec) -> dict[str, Any]:
+    if spec.engine == "command":
+        return {
+            "command": list(spec.command),
+            "parallel": spec.parallel,
+            "upstream_model": spec.upstream_model,
+            "health": spec.health,
+        }
     if spec.engine == "encoder":
         return {
             "parallel": spec.parallel,

@@ -89,7 +89,7 @@ def list_models(url: UrlOption = None, as_json: JsonOption = False) -> None:
             str(m["ctx"]),
             footprint_text(m["memory"]["estimate"]),
             ", ".join(m["aliases"]),
-            m["path"],
+            m["path"] or " ".join(m["settings"].get("command", [])) or "-",
         )
     out.print(table)
     if data.get("reload_error"):

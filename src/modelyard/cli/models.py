@@ -221,7 +221,7 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     if "pulled" in data:
         pulled = data["pulled"]
         rows.append(("pulled", f"{pulled['reference']} @ {pulled['commit'][:12]}, {pulled['at']}"))
-    rows.append(("path", data["path"]))
+    rows.append(("path", data["path"] or "-"))
     if data.get("error"):
         rows.append(("error", data["error"]))
     return rows

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from modelyard.logbook import DEFAULT_ROTATION, Rotation
 from modelyard.runners.base import Runner
+from modelyard.runners.command import CommandRunner
 from modelyard.runners.encoder import EncoderRunner
 from modelyard.runners.llamacpp import LlamaCppRunner
 
@@ -15,4 +16,5 @@ def default_runners(home: Path, rotation: Rotation = DEFAULT_ROTATION) -> dict[s
     return {
         "llamacpp": LlamaCppRunner(home / "logs", rotation=rotation),
         "encoder": EncoderRunner(home / "logs", home / "cache", rotation=rotation),
+        "command": CommandRunner(home / "logs", rotation=rotation),
     }

@@ -27,6 +27,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -56,6 +57,20 @@ def runner_key() -> str:
     return secrets.token_urlsafe(24)
 
 
+@dataclass(frozen=True)
+class Lifecycle:
+    """How a server says it is ready and how it is asked to stop."""
+
+    health: str = "/health"
+    health_status: int = 200
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float | None = None
+    """Seconds between ``stop_signal`` and SIGKILL; ``None``: what the caller gives."""
+
+
+DEFAULT_LIFECYCLE = Lifecycle()
+
+
 class ChildServer:
     """A running child process serving HTTP at ``base_url`` (a ``RunningModel``)."""
 
@@ -65,9 +80,11 @@ class ChildServer:
         base_url: str,
         log: RotatingLog,
         key: str | None = None,
+        lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
     ) -> None:
         self._process = process
         self._base_url = base_url
+        self._lifecycle = lifecycle
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._tail: deque[bytes] = deque()
         self._tail_size = 0
@@ -84,6 +101,7 @@ class ChildServer:
         env: Mapping[str, str] | None = None,
         key: str | None = None,
         lifeline: bool = False,
+        lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
     ) -> ChildServer:
         """Starts ``argv`` with ``env`` added to ours.
 
@@ -108,7 +126,7 @@ class ChildServer:
         except OSError as exc:
             log_file.close()
             raise LoadFailedError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-        return cls(process, f"http://127.0.0.1:{port}", log_file, key)
+        return cls(process, f"http://127.0.0.1:{port}", log_file, key, lifecycle)
 
     @classmethod
     async def start(
@@ -122,6 +140,7 @@ class ChildServer:
         env: Mapping[str, str] | None = None,
         key: str | None = None,
         lifeline: bool = False,
+        lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
     ) -> ChildServer:
         """Spawns the server and returns once it is healthy; stops it if it never gets there."""
         server = await cls.spawn(
@@ -132,6 +151,7 @@ class ChildServer:
             env=env,
             key=key,
             lifeline=lifeline,
+            lifecycle=lifecycle,
         )
         try:
             await server.wait_healthy(load_timeout)
@@ -195,12 +215,15 @@ class ChildServer:
             os.killpg(self._process.pid, sig)
 
     async def stop(self, grace: float) -> None:
+        if self._lifecycle.stop_timeout is not None:
+            grace = self._lifecycle.stop_timeout
         if self._process.returncode is None:
-            self._signal_group(signal.SIGTERM)
+            sig = self._lifecycle.stop_signal
+            self._signal_group(sig)
             try:
                 await asyncio.wait_for(self._process.wait(), grace)
             except TimeoutError:
-                log.warning("runner %d ignored SIGTERM for %.1fs; killing", self.pid, grace)
+                log.warning("runner %d ignored %s for %.1fs; killing", self.pid, sig.name, grace)
         # Whatever is left in the group (grandchildren included) goes now.
         self._signal_group(signal.SIGKILL)
         await self.wait()
@@ -211,9 +234,11 @@ class ChildServer:
         return data.decode("utf-8", errors="replace").strip()
 
     async def wait_healthy(self, limit: float) -> None:
-        """Polls ``/health`` until it answers 200; fails fast if the process exits."""
+        """Polls the health path until it answers the expected status (``/health``, 200);
+        fails fast if the process exits."""
         deadline = time.monotonic() + limit
-        url = f"{self._base_url}/health"
+        url = self._base_url + self._lifecycle.health
+        expected = self._lifecycle.health_status
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while True:
                 if self._process.returncode is not None:
@@ -223,8 +248,8 @@ class ChildServer:
                         f"{self.log_tail()}"
                     )
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(url) as response:
-                        if response.status == 200:
+                    async with session.get(url, headers=self._headers) as response:
+                        if response.status == expected:
                             return
                 if time.monotonic() > deadline:
                     await self.stop(grace=1.0)

@@ -23,6 +23,8 @@ from starlette.types import Message
 from modelyard.api.app import create_app
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.config import Config
+from modelyard.logbook import Rotation
+from modelyard.runners.command import CommandRunner
 from modelyard.runners.llamacpp import LlamaCppRunner
 from modelyard.runners.process import ChildServer
 from modelyard.scheduler import Scheduler
@@ -200,7 +202,9 @@ def make_harness(
             **config,
         )
         runner = GatedRunner(home / "logs")
-        app = create_app(cfg, runners={"llamacpp": runner}, budget={"ram": 1024**3})
+        rotation = Rotation(cfg.log_max_size, cfg.log_files)
+        runners = {"llamacpp": runner, "command": CommandRunner(home / "logs", rotation)}
+        app = create_app(cfg, runners=runners, budget={"ram": 1024**3})
         async with app.router.lifespan_context(app):
             yield Harness(app, runner)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -168,6 +169,10 @@ class _Server(BaseModel):
     """Finished requests kept for ``/api/activity``."""
 
 
+CapKey = Literal["all", "chat", "embedding", "rerank"]
+"""What ``max_loaded_models`` caps: all models, or those of one kind."""
+
+
 class _Memory(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -178,6 +183,11 @@ class _Memory(BaseModel):
     stop_grace: Seconds = 5.0
     measure_interval: Seconds = 2.0
     """How often the memory of each running model is measured (0: only after loads)."""
+    max_loaded_models: (
+        Annotated[int, Field(ge=1)] | dict[CapKey, Annotated[int, Field(ge=1)]] | None
+    ) = None
+    """At most this many models loaded at once (besides the memory budget): a number, or
+    per kind (``{ all = 3, chat = 1 }``)."""
 
 
 class _File(BaseModel):
@@ -210,6 +220,8 @@ class Config:
     log_files: int = 3
     events_kept: int = 1000
     activity_kept: int = 200
+    max_loaded: dict[str, int] = field(default_factory=dict)
+    """``all`` and/or a kind → the most models loaded at once."""
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None
     """The config file read, or ``None`` when running on defaults."""
@@ -279,9 +291,16 @@ def load_config(settings: Settings | None = None) -> Config:
         log_files=server.log_files,
         events_kept=server.events_kept,
         activity_kept=server.activity_kept,
+        max_loaded=_max_loaded(parsed.memory.max_loaded_models),
         models=models,
         source=source,
     )
+
+
+def _max_loaded(value: int | Mapping[CapKey, int] | None) -> dict[str, int]:
+    if value is None:
+        return {}
+    return {"all": value} if isinstance(value, int) else {str(k): n for k, n in value.items()}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

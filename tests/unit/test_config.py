@@ -301,3 +301,19 @@ def test_config_command_entry_errors(tmp_path: Path, entry: str, expected: str) 
     with pytest.raises(ConfigError) as error:
         load_config(settings)
     assert f"[models.x] {expected}" in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("2", {"all": 2}), ("{ all = 3, chat = 1 }", {"all": 3, "chat": 1}), (None, {})],
+)
+def test_config_max_loaded_models(tmp_path: Path, value: str | None, expected: dict) -> None:
+    text = f"[memory]\nmax_loaded_models = {value}\n" if value else ""
+    assert load_config(write(tmp_path, text)).max_loaded == expected
+
+
+@pytest.mark.parametrize("value", ["0", "{ chat = 0 }", "{ gpu = 1 }", '"two"'])
+def test_config_max_loaded_models_errors(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, f"[memory]\nmax_loaded_models = {value}\n"))
+    assert "[memory] max_loaded_models" in error.value.message

@@ -87,6 +87,7 @@ def create_app(
             measured=MeasuredFootprints(config.home / "footprints.json"),
             measure_interval=config.measure_interval,
             journal=Journal(config.events_kept),
+            max_loaded=config.max_loaded,
         )
         # Model headers are read in a thread while the server already answers; a request
         # that comes first reads its own model's.

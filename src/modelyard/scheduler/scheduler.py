@@ -43,7 +43,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from modelyard.catalog.catalog import Catalog, CatalogChange
@@ -95,6 +95,8 @@ UNSET: Final = Unset()
 """``keep_alive`` not given by the request: use the catalog's."""
 
 _BACKOFF_MAX = 60.0
+_MODELS = "models"
+"""The pseudo-device of the caps on loaded models."""
 
 
 def backoff(failures: int) -> float:
@@ -203,6 +205,7 @@ class Scheduler:
         measured: MutableMapping[str, Footprint] | None = None,
         measure_interval: float = 0.0,
         journal: Journal | None = None,
+        max_loaded: Mapping[str, int] | None = None,
     ) -> None:
         self._catalog = catalog
         self._runners = runners
@@ -214,6 +217,10 @@ class Scheduler:
         self._seq = 0
         self._listeners: list[Callable[[Event], None]] = []
         self.journal = journal or Journal()
+        self._max_loaded = {
+            _MODELS if kind == "all" else f"{_MODELS}:{kind}": n
+            for kind, n in (max_loaded or {}).items()
+        }
         self._pump_timer: Timer | None = None
         self._restart_timer: Timer | None = None
         self._restart_when = 0.0
@@ -536,26 +543,43 @@ class Scheduler:
                 break
 
     def _place(self, m: _Model, now: float) -> bool:
-        """Loads ``m`` or makes room for it; ``False`` when it has to wait."""
-        need = self.ledger.estimate(m.spec)
-        unloading = self.ledger.total(
-            x.spec for x in self._models.values() if x.state is ModelState.UNLOADING
-        )
+        """Loads ``m`` or makes room for it; ``False`` when it has to wait.
+
+        The caps on loaded models (``max_loaded``) are devices too, of one unit per model,
+        so that the same policy chooses whom to evict for a count as for memory."""
+        need = {**self.ledger.estimate(m.spec), **self._slots(m.spec)}
+        unloading = [x.spec for x in self._models.values() if x.state is ModelState.UNLOADING]
+        resident = [x.spec for x in self._models.values() if x.state in RESIDENT]
         free_now = self.ledger.free(self.reserved())
-        free_soon = {d: free_now[d] + unloading.get(d, 0) for d in free_now}
-        loaded = self._loaded()
+        free_soon = {d: n + self.ledger.total(unloading).get(d, 0) for d, n in free_now.items()}
+        for cap, limit in self._max_loaded.items():
+            held = sum(self._slots(spec).get(cap, 0) for spec in resident)
+            going = sum(self._slots(spec).get(cap, 0) for spec in unloading)
+            free_now[cap], free_soon[cap] = limit - held, limit - held + going
+        loaded = [
+            replace(x, footprint={**x.footprint, **self._slots(self._models[x.name].spec)})
+            for x in self._loaded()
+        ]
         victims = choose_victims(need, free_soon, loaded, now, self._min_residency)
         if victims is None:
             self._repump_after_residency(loaded, now)
             return False
         if victims:
+            short = {d for d, n in need.items() if n > free_soon.get(d, 0)}
+            reason: EvictionReason = "max_loaded" if short <= self._max_loaded.keys() else "memory"
             for name in victims:
-                self._unload(self._models[name], "memory", for_model=m.spec.name)
+                self._unload(self._models[name], reason, for_model=m.spec.name)
             return False
         if not fits(need, free_now):
             return False  # the memory is being freed by unloads in progress
         self._load(m)
         return True
+
+    def _slots(self, spec: ModelSpec) -> dict[str, int]:
+        """The units of the ``max_loaded`` caps a model takes: one of ``models`` and one of
+        its kind's (``models:chat``), for the caps there are."""
+        keys = (_MODELS, f"{_MODELS}:{spec.kind}")
+        return {key: 1 for key in keys if key in self._max_loaded}
 
     def _pump_at(self, when: float) -> None:
         """Runs ``_pump`` again at ``when`` (the earliest of the times asked for)."""

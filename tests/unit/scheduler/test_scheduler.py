@@ -33,6 +33,7 @@ def make(
     budget: int = 1000,
     sizes: dict[str, int] | None = None,
     min_residency: float = 0.0,
+    max_loaded: dict[str, int] | None = None,
 ) -> tuple[Scheduler, FakeRunner, ManualClock, list[Event]]:
     runner = FakeRunner(sizes)
     clock = ManualClock()
@@ -42,6 +43,7 @@ def make(
         {"ram": budget},
         clock=clock,
         min_residency=min_residency,
+        max_loaded=max_loaded,
     )
     events: list[Event] = []
     scheduler.subscribe(events.append)
@@ -557,3 +559,38 @@ async def test_scheduler_catalog_update_during_load_unloads_after_serving_waiter
     await settle()
     assert runner.running["a"].stopped
     assert scheduler.status() == []
+
+
+async def test_scheduler_max_loaded_evicts_by_count_with_the_same_policy() -> None:
+    scheduler, _, _, events = make(
+        spec("a", keep_alive=60.0), spec("b", keep_alive=10.0), spec("c"), max_loaded={"all": 2}
+    )
+    for name in ("a", "b"):
+        async with scheduler.lease(name):
+            pass
+    async with scheduler.lease("c"):  # plenty of memory, but two models are loaded
+        assert scheduler.state("b") is ModelState.STOPPED  # the nearest expiry goes
+        assert scheduler.state("a") is ModelState.READY
+    (evicted,) = [e for e in events if isinstance(e, Evicted)]
+    assert (evicted.model, evicted.reason, evicted.for_model) == ("b", "max_loaded", "c")
+
+
+async def test_scheduler_max_loaded_per_kind_and_waiting_for_a_busy_one() -> None:
+    scheduler, runner, _, _ = make(
+        spec("chat1"),
+        spec("chat2"),
+        spec("emb", kind="embedding"),
+        max_loaded={"chat": 1},
+    )
+    first = await scheduler.acquire("chat1")
+    async with scheduler.lease("emb"):  # another kind: not capped
+        assert scheduler.state("chat1") is ModelState.READY
+    waiting = asyncio.create_task(scheduler.acquire("chat2"))
+    await settle()
+    assert not waiting.done()  # chat1 is busy: chat2 waits for it
+    assert scheduler.state("chat2") is ModelState.STOPPED
+    scheduler.release(first)
+    second = await asyncio.wait_for(waiting, 5)
+    assert scheduler.state("chat1") is ModelState.STOPPED
+    assert runner.starts == ["chat1", "emb", "chat2"]
+    scheduler.release(second)

@@ -93,9 +93,9 @@ class ModelEntry(BaseModel):
     path: str | None = None
     kind: Literal["chat", "embedding", "rerank"] | None = None
     """Default: ``chat`` for a GGUF file, read from the files of a model directory."""
-    engine: Literal["llamacpp", "encoder", "command"] | None = None
+    engine: Literal["llamacpp", "encoder", "command", "remote"] | None = None
     """Default: ``llamacpp`` for a GGUF file, ``encoder`` for a model directory, ``command``
-    when there is a ``command``."""
+    when there is a ``command``, ``remote`` when there is a ``url``."""
     aliases: list[str] = Field(default_factory=list)
     ctx: int = Field(default=default("ctx"), gt=0)
     parallel: int = Field(default=default("parallel"), gt=0, le=256)
@@ -132,6 +132,11 @@ class ModelEntry(BaseModel):
     capabilities: list[Literal["chat", "completion", "embedding", "rerank"]] = Field(
         default_factory=list
     )
+    url: str | None = None
+    api_key: str | None = None
+    """``env:NAME``: the key is read from that environment variable, never from this file."""
+    max_concurrency: int | None = Field(default=None, gt=0, le=4096)
+    """Remote engine: requests sent at once (``parallel``)."""
 
 
 class _Server(BaseModel):

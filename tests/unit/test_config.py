@@ -317,3 +317,58 @@ def test_config_max_loaded_models_errors(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, f"[memory]\nmax_loaded_models = {value}\n"))
     assert "[memory] max_loaded_models" in error.value.message
+
+
+def test_config_remote_entries(tmp_path: Path) -> None:
+    settings = write(
+        tmp_path,
+        """
+[models.big]
+url = "https://gpu-box:8000/v1/"
+api_key = "env:GPU_BOX_KEY"
+upstream_model = "Qwen/Qwen2.5-72B-Instruct"
+max_concurrency = 16
+max_queue = 100
+
+[models.vectors]
+url = "http://127.0.0.1:7997"
+capabilities = ["embedding"]
+""",
+    )
+    specs = {m.name: m for m in load_config(settings).models}
+    big, vectors = specs["big"], specs["vectors"]
+    assert (big.engine, big.url, big.api_key_env) == (
+        "remote",
+        "https://gpu-box:8000",
+        "GPU_BOX_KEY",
+    )
+    assert (big.parallel, big.max_queue, big.keep_alive, big.health) == (
+        16,
+        100,
+        None,
+        "/v1/models",
+    )
+    assert (vectors.kind, vectors.capabilities, vectors.api_key_env) == (
+        "embedding",
+        ("embedding",),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('url = "http://h:1"\napi_key = "sk-plain"', 'api_key: "env:NAME"'),
+        ('url = "http://user:pw@h:1"', "url: no credentials in the URL"),
+        ('url = "ftp://h"', "url: an http(s) URL"),
+        ('url = "http://h:1"\npath = "m.gguf"', "path: not for a remote model"),
+        ('engine = "remote"', 'url: required for engine = "remote"'),
+        ('url = "http://h:1"\nparallel = 2\nmax_concurrency = 2', "max_concurrency: the same"),
+    ],
+)
+def test_config_remote_entry_errors(tmp_path: Path, entry: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, f"[models.x]\n{entry}\n"))
+    assert f"[models.x] {expected}" in error.value.message
+    assert "sk-plain" not in error.value.message
+    assert "pw@" not in error.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -88,7 +89,9 @@ async def models(request: Request) -> dict[str, Any]:
         spec = status.spec
         entry = _describe(scheduler, status)
         entry.update(
-            path=str(spec.path),
+            path=str(spec.path) if spec.path != Path() else None,
+            url=spec.url,
+            command=list(spec.command) or None,
             aliases=list(spec.aliases),
             ctx=spec.ctx,
             keep_alive=spec.keep_alive,

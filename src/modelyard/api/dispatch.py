@@ -113,6 +113,7 @@ class Dispatch(Response):
         self._request_id = request_id
         self._shape = shape
         self._stream = bool(payload.get("stream"))
+        self._remote = scheduler.spec(model).engine == "remote"
         self._trace = trace or Trace(request_id, "POST", path, time.perf_counter(), time.time())
         self._trace.model = model
         self._trace.stream = self._stream
@@ -135,7 +136,7 @@ class Dispatch(Response):
                 await self._start(send, 200, [*_STREAM_HEADERS, *headers])
                 served = await self._relay(upstream, send)
             else:
-                answer = await read_answer(upstream)
+                answer = await read_answer(upstream, passthrough=self._remote)
                 watch.armed = False
                 trace.read_usage(answer)
                 if self._shape is not None:
@@ -190,8 +191,13 @@ class Dispatch(Response):
                     {**lease.headers, "X-Request-Id": self._request_id},
                 )
                 return lease, response
-            except RunnerUnreachableError:
+            except RunnerUnreachableError as exc:
                 self._scheduler.release(lease)
+                if self._remote:  # no process to wait for: it is down or out of reach
+                    raise RunnerUnreachableError(
+                        f"remote model {self._model!r} at {lease.base_url} did not answer: "
+                        f"{exc.message}"
+                    ) from None
                 gone = await self._scheduler.runner_unreachable(lease)
                 if not gone or attempt == _ATTEMPTS:
                     raise

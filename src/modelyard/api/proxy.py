@@ -62,8 +62,9 @@ class Upstream:
         raise AssertionError("unreachable")
 
 
-async def read_answer(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body of a non-streamed answer; error answers become ``UpstreamError``."""
+async def read_answer(response: aiohttp.ClientResponse, *, passthrough: bool = False) -> bytes:
+    """The whole body of a non-streamed answer; error answers become ``UpstreamError``
+    (``passthrough``: a server error too keeps its status, as a remote's does)."""
     try:
         body = await response.read()
     except (TimeoutError, aiohttp.ClientError) as exc:
@@ -71,15 +72,20 @@ async def read_answer(response: aiohttp.ClientResponse) -> bytes:
     finally:
         response.release()
     if response.status >= 400:
-        raise upstream_error(response.status, body)
+        error = upstream_error(response.status, body, passthrough=passthrough)
+        retry_after = response.headers.get("Retry-After", "")
+        if retry_after.isdigit():
+            error.retry_after = float(retry_after)
+        raise error
     return body
 
 
-def upstream_error(status: int, body: bytes) -> ModelyardError:
+def upstream_error(status: int, body: bytes, *, passthrough: bool = False) -> ModelyardError:
     """llama.cpp's ``{"error": {"code": 400, "message", "type"}}`` into our envelope.
 
     A client mistake (4xx) keeps the runner's status and words; a failure of the runner
-    itself (5xx) is a 502 ``runner_failed`` that quotes it: the gateway did not fail."""
+    itself (5xx) is a 502 ``runner_failed`` that quotes it: the gateway did not fail.
+    ``passthrough`` (a remote server, itself a gateway): every status is kept."""
     message = body.decode("utf-8", errors="replace")[:2000]
     fields: dict[str, str | None] = {"type": None, "param": None, "code": None}
     try:
@@ -93,6 +99,6 @@ def upstream_error(status: int, body: bytes) -> ModelyardError:
             message = error
     except ValueError:
         pass
-    if status >= 500:
+    if status >= 500 and not passthrough:
         return RunnerError(f"model server failed ({status}): {message}")
     return UpstreamError(message or f"model server answered {status}", status=status, **fields)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from modelyard.catalog import flags
 from modelyard.catalog.command import PLACEHOLDERS, placeholders, stop_signal
@@ -49,6 +50,8 @@ def entry_spec(
 ) -> ModelSpec:
     """A ``[models.NAME]`` table, validated, resolved against the files it names."""
     where = f"{origin}: [models.{name}]"
+    if entry.url or entry.engine == "remote":
+        return _remote_spec(name, entry, where)
     if entry.command or entry.engine == "command":
         return _command_spec(name, entry, base_dir, where, keep_alive)
     if not entry.path:
@@ -144,6 +147,54 @@ def _command_spec(
         env=dict(entry.env),
         served=served,
         **{key: getattr(entry, key) for key in _AS_GIVEN},
+    )
+
+
+def _remote_spec(name: str, entry: ModelEntry, where: str) -> ModelSpec:
+    """An entry served elsewhere (``modelyard.runners.remote``)."""
+    if entry.engine not in (None, "remote"):
+        raise ConfigError(f'{where} url: only for engine = "remote" (not {entry.engine})')
+    if not entry.url:
+        raise ConfigError(f'{where} url: required for engine = "remote"')
+    url = entry.url.rstrip("/").removesuffix("/v1")
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{where} url: an http(s) URL such as http://host:8000: {entry.url!r}")
+    if parsed.username or parsed.password:
+        raise ConfigError(f'{where} url: no credentials in the URL; use api_key = "env:NAME"')
+    key_env = None
+    if entry.api_key is not None:
+        if not entry.api_key.startswith("env:") or not entry.api_key[4:]:
+            raise ConfigError(
+                f'{where} api_key: "env:NAME", the environment variable that holds the key '
+                "(a key is never written in this file)"
+            )
+        key_env = entry.api_key[4:]
+    if entry.path or entry.command:
+        key = "path" if entry.path else "command"
+        raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere)")
+    if "parallel" in entry.model_fields_set and entry.max_concurrency is not None:
+        raise ConfigError(f"{where} max_concurrency: the same as parallel; give one of them")
+    served = tuple(dict.fromkeys(entry.capabilities))
+    kind = entry.kind or _kind_of(served)
+    return ModelSpec(
+        name=name,
+        path=Path(),
+        kind=kind,
+        engine="remote",
+        aliases=tuple(entry.aliases),
+        parallel=entry.max_concurrency or entry.parallel,
+        defaults=dict(entry.defaults),
+        keep_alive=entry.keep_alive if "keep_alive" in entry.model_fields_set else None,
+        served=served or (("chat", "completion") if kind == "chat" else (kind,)),
+        url=url,
+        api_key_env=key_env,
+        max_queue=entry.max_queue,
+        queue_timeout=entry.queue_timeout,
+        health=entry.health if "health" in entry.model_fields_set else "/v1/models",
+        health_status=entry.health_status,
+        ready_timeout=entry.ready_timeout,
+        upstream_model=entry.upstream_model,
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 ModelKind = Literal["chat", "embedding", "rerank"]
-Engine = Literal["llamacpp", "encoder", "command"]
+Engine = Literal["llamacpp", "encoder", "command", "remote"]
 EncoderBackend = Literal["torch", "onnx"]
 
 Footprint = Mapping[str, int]
@@ -92,7 +92,12 @@ class ModelSpec:
     upstream_model: str | None = None
     """The model name the engine expects: requests' ``model`` is rewritten to it."""
     served: tuple[str, ...] = ()
-    """Command engine: what it serves (``capabilities``); empty: what ``kind`` implies."""
+    """Command and remote engines: what they serve (``capabilities``); empty: what ``kind``
+    implies."""
+    url: str | None = None
+    """Remote engine: the server's root URL (requests go to ``url + /v1/...``)."""
+    api_key_env: str | None = None
+    """Remote engine: the environment variable that holds its key."""
 
     @functools.cached_property
     def prompt_cache_bytes(self) -> int:
@@ -141,6 +146,7 @@ class ModelSpec:
             "max_batch_tokens": self.max_batch_tokens,
             "prompt_cache": self.prompt_cache,
             "command": list(self.command),
+            "url": self.url,
         }
         blob = json.dumps(settings, sort_keys=True).encode()
         return f"{self.name}:{hashlib.sha256(blob).hexdigest()[:16]}"

@@ -56,6 +56,13 @@ def summarize(
 
 
 def _settings(spec: ModelSpec) -> dict[str, Any]:
+    if spec.engine == "remote":
+        return {
+            "url": spec.url,
+            "max_concurrency": spec.parallel,
+            "upstream_model": spec.upstream_model,
+            "api_key": f"env:{spec.api_key_env}" if spec.api_key_env else None,
+        }
     if spec.engine == "command":
         return {
             "command": list(spec.command),

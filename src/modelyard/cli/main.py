@@ -89,7 +89,7 @@ def list_models(url: UrlOption = None, as_json: JsonOption = False) -> None:
             str(m["ctx"]),
             footprint_text(m["memory"]["estimate"]),
             ", ".join(m["aliases"]),
-            m["path"] or " ".join(m["settings"].get("command", [])) or "-",
+            m["path"] or m.get("url") or " ".join(m.get("command") or []) or "-",
         )
     out.print(table)
     if data.get("reload_error"):
@@ -111,7 +111,9 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
             memory += f" (cache {footprint_text({'ram': m['memory']['prompt_cache']})})"
         table.add_row(
             m["name"],
-            f"{m['state']} (removed)" if m.get("removed") else m["state"],
+            m["state"]
+            + (" (remote)" if m.get("engine") == "remote" else "")
+            + (" (removed)" if m.get("removed") else ""),
             memory,
             f"{m['in_flight']}/{m['parallel']}",
             str(m["queued"]),

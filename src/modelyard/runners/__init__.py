@@ -9,6 +9,7 @@ from modelyard.runners.base import Runner
 from modelyard.runners.command import CommandRunner
 from modelyard.runners.encoder import EncoderRunner
 from modelyard.runners.llamacpp import LlamaCppRunner
+from modelyard.runners.remote import RemoteRunner
 
 
 def default_runners(home: Path, rotation: Rotation = DEFAULT_ROTATION) -> dict[str, Runner]:
@@ -17,4 +18,5 @@ def default_runners(home: Path, rotation: Rotation = DEFAULT_ROTATION) -> dict[s
         "llamacpp": LlamaCppRunner(home / "logs", rotation=rotation),
         "encoder": EncoderRunner(home / "logs", home / "cache", rotation=rotation),
         "command": CommandRunner(home / "logs", rotation=rotation),
+        "remote": RemoteRunner(),
     }

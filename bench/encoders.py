@@ -258,11 +258,18 @@ async def b10(rounds: int, requests: int, clients: int = 16) -> dict[str, Any]:
     import peers
 
     model = minilm_dir()
-    gateway = Gateway(
-        f'[models.torch]\npath = "{model}"\nthreads = {THREADS}\npinned = true\n',
-        core=None,
-    )
+    config = f'[models.torch]\npath = "{model}"\nthreads = {THREADS}\npinned = true\n'
     peer = peers.infinity(model, THREADS) if peers.available("infinity") else None
+    if peer is not None:
+        # The same Infinity, run by modelyard's command engine.
+        argv = [*peers.infinity_argv("{path}", "{name}", "{port}"), "--url-prefix", "/v1"]
+        env = ", ".join(f'{k} = "{v}"' for k, v in peers.infinity_env(THREADS).items())
+        config += (
+            "[models.inf]\ncommand = [" + ", ".join(f'"{a}"' for a in argv) + "]\n"
+            f'path = "{model}"\ncapabilities = ["embedding"]\npinned = true\n'
+            f'parallel = 64\nready_timeout = "3m"\nenv = {{ {env} }}\n'
+        )
+    gateway = Gateway(config, core=None)
     texts = sentences(requests, 6, 14, seed=10)
     ours = f"{gateway.url}/v1/embeddings"
     try:
@@ -273,10 +280,16 @@ async def b10(rounds: int, requests: int, clients: int = 16) -> dict[str, Any]:
             else:
                 theirs = f"{peer.url}/embeddings"
                 await crowd(session, theirs, bodies(texts, "peer")[:64], 8)
+                await crowd(session, ours, bodies(texts, "inf")[:64], 8)
                 result = await compare(
                     rounds,
                     lambda: crowd(session, theirs, bodies(texts, "peer"), clients),
                     lambda: crowd(session, ours, bodies(texts, "torch"), clients),
+                )
+                relayed = await compare(
+                    rounds,
+                    lambda: crowd(session, theirs, bodies(texts, "peer"), clients),
+                    lambda: crowd(session, ours, bodies(texts, "inf"), clients),
                 )
     finally:
         gateway.close()
@@ -287,9 +300,11 @@ async def b10(rounds: int, requests: int, clients: int = 16) -> dict[str, Any]:
         row = peers.not_judged(label, alone, "infinity")
         return {"scenario": "B10", "peer": peers.status("infinity"), "rows": [row]}
     version = peers.version("infinity")
+    through = f"B10 emb/s Infinity through modelyard / direct c={clients}"
     return {
         "scenario": "B10",
         "peer": f"infinity-emb {version}",
         "result": result,
-        "rows": [ratio_row(label, result, 1.0)],
+        "relayed": relayed,
+        "rows": [ratio_row(label, result, 1.0), ratio_row(through, relayed, 0.97)],
     }

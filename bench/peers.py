@@ -120,11 +120,19 @@ def llama_cpp_python(model: Path, ctx: int, threads: int, core: int | None = Non
     return Peer(argv, "/v1/models", port, core)
 
 
-def infinity(model: Path, threads: int, core: int | None = None) -> Peer:
+def infinity_argv(model: str, name: str, port: str) -> list[str]:
     """Infinity serving the sentence-transformers directory ``model`` with torch on CPU."""
-    port = free_port()
-    argv = [_bin("infinity", "infinity_emb"), "v2", "--model-id", str(model)]
-    argv += ["--served-model-name", "peer", "--engine", "torch", "--device", "cpu"]
-    argv += ["--port", str(port), "--host", "127.0.0.1", "--no-model-warmup"]
+    argv = [_bin("infinity", "infinity_emb"), "v2", "--model-id", model]
+    argv += ["--served-model-name", name, "--engine", "torch", "--device", "cpu"]
+    return [*argv, "--port", port, "--host", "127.0.0.1", "--no-model-warmup"]
+
+
+def infinity_env(threads: int) -> dict[str, str]:
     threads_env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    return Peer(argv, "/health", port, core, HF_HUB_OFFLINE="1", **threads_env)
+    return {"HF_HUB_OFFLINE": "1", **threads_env}
+
+
+def infinity(model: Path, threads: int, core: int | None = None) -> Peer:
+    port = free_port()
+    argv = infinity_argv(str(model), "peer", str(port))
+    return Peer(argv, "/health", port, core, **infinity_env(threads))

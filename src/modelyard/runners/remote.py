@@ -25,17 +25,9 @@ class RemoteModel:
     """A ``RunningModel`` with no process: it ends when it is stopped."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str]) -> None:
-        self._base_url = base_url
-        self._headers = dict(headers)
+        self.base_url = base_url
+        self.headers: Mapping[str, str] = dict(headers)
         self._stopped = asyncio.Event()
-
-    @property
-    def base_url(self) -> str:
-        return self._base_url
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._headers
 
     def footprint(self) -> Footprint:
         return {}

@@ -45,7 +45,10 @@ def footprint_text(footprint: dict[str, int] | None) -> str:
 
 
 def server_url(url: str | None) -> str:
-    return (url or Settings().url or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
+    """``--url``, else ``$MODELYARD_URL``, else the default; ``localhost:9999`` means
+    ``http://localhost:9999``."""
+    chosen = (url or Settings().url or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
+    return chosen if "://" in chosen else f"http://{chosen}"
 
 
 def call(url: str, method: str, path: str, json: Any = None, timeout: float = 30.0) -> Any:

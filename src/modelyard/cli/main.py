@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelyard.cli import models, observe
@@ -26,8 +27,29 @@ app = typer.Typer(
     help="One OpenAI-compatible endpoint for all your local models.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from modelyard import __version__
+
+        out.print(f"modelyard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """One OpenAI-compatible endpoint for all your local models."""
 
 
 class LogFormat(StrEnum):
@@ -55,7 +77,20 @@ def serve(
 ) -> None:
     """Start the server (on the demo models when there is no config)."""
     from modelyard.config import Settings
+    from modelyard.quantity import parse_size
     from modelyard.server import serve as run_server
+
+    if memory is not None:
+        try:
+            parse_size(memory, total=1)
+        except ValueError as exc:
+            err.print(f"[red]--memory:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+    if models_dir is not None and not models_dir.expanduser().is_dir():
+        err.print(
+            f"[red]--models-dir:[/] no such directory: {escape(str(models_dir))}", soft_wrap=True
+        )
+        raise typer.Exit(2)
 
     overrides: dict[str, Any] = {
         "host": host,
@@ -67,10 +102,36 @@ def serve(
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     cfg = config_or_exit(settings)
+    busy = _port_in_use(cfg.host, cfg.port)
+    if busy:
+        err.print(
+            f"[red]modelyard: cannot listen on {cfg.host}:{cfg.port}:[/] {busy} "
+            "(another modelyard?). Choose another port with --port.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     names = ", ".join(s.name for s in cfg.models) or "(none)"
     err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
     err.print(f"modelyard: OpenAI endpoint at http://{cfg.host}:{cfg.port}/v1")
     run_server(cfg, settings)
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now, or ``None`` when it can."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc.strerror or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 @app.command("ls")

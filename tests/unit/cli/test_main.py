@@ -1,0 +1,68 @@
+"""The CLI's own checks, before any server starts: version, -h, flags named in their errors,
+a busy port, URLs without a scheme."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from modelyard import __version__
+
+
+def modelyard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "modelyard", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environ, **(env or {})},
+    )
+
+
+def test_cli_version_and_short_help() -> None:
+    assert modelyard("--version").stdout.strip() == f"modelyard {__version__}"
+    for args in (("-h",), ("serve", "-h"), ("logs", "-h")):
+        shown = modelyard(*args)
+        assert shown.returncode == 0
+        assert "Usage:" in shown.stdout
+
+
+def test_cli_serve_names_the_flag_in_its_errors(tmp_path: Path) -> None:
+    lots = modelyard("serve", "--memory", "lots")
+    assert lots.returncode == 2
+    assert lots.stderr.startswith("--memory: invalid size 'lots'")
+    missing = modelyard("serve", "--models-dir", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert "--models-dir: no such directory" in missing.stderr
+
+
+def test_cli_serve_on_a_busy_port_says_so_before_any_banner(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = modelyard(
+            "serve", "--port", str(port), env={"MODELYARD_HOME": str(tmp_path / "home")}
+        )
+    assert result.returncode == 1
+    assert time.monotonic() - started < 30
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
+    assert "--port" in lines[0]
+    assert "endpoint" not in result.stderr  # no banner
+
+
+def test_cli_url_without_a_scheme_is_http() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = modelyard("ps", env={"MODELYARD_URL": f"localhost:{port}"})
+    assert result.returncode == 1
+    assert f"No modelyard server is running at http://localhost:{port}" in result.stderr

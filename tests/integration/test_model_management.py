@@ -173,6 +173,13 @@ def test_pull_api_streams_progress_and_errors_as_events(
     refused = httpx.request("DELETE", f"{server.url}/api/delete", json={"model": "mine"})
     assert refused.status_code == 400
     assert "was not pulled by modelyard" in refused.json()["error"]["message"]
+    # Loaded, and asked with force: still refused, and not unloaded for nothing.
+    httpx.post(f"{server.url}/api/load", json={"model": "mine"}, timeout=120).raise_for_status()
+    forced = httpx.request(
+        "DELETE", f"{server.url}/api/delete", json={"model": "mine", "force": True}, timeout=60
+    )
+    assert forced.status_code == 400
+    assert [m["state"] for m in server.ps() if m["name"] == "mine"] == ["ready"]
 
 
 def test_pull_and_rm_without_a_server_work_on_the_files(hub: FakeHub, tmp_path: Path) -> None:

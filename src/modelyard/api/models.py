@@ -80,6 +80,7 @@ async def delete(request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     reloader = _reloader(request)
     spec = scheduler.spec(parsed.model)
+    await asyncio.to_thread(store.pulled, spec)  # may it be deleted at all? before unloading
     state = scheduler.state(spec.name)
     if state is not ModelState.STOPPED and state is not ModelState.FAILED:
         if not parsed.force:

@@ -5,9 +5,29 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from modelyard.catalog.manifest import MANIFEST, find_pull, read_manifest, write_manifest
+from modelyard.catalog.manifest import (
+    MANIFEST,
+    Pull,
+    find_pull,
+    read_manifest,
+    write_manifest,
+)
 from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import InvalidRequestError
+
+
+def pulled(spec: ModelSpec) -> tuple[Path, Pull]:
+    """Where ``spec`` was pulled to and its record; ``InvalidRequestError`` when modelyard did
+    not pull it (so it does not delete it either)."""
+    found = find_pull(spec.path) if spec.path != Path() else None
+    if found is None:
+        where = f" ({spec.path})" if spec.path != Path() else ""
+        raise InvalidRequestError(
+            f"Model {spec.name!r}{where} was not pulled by modelyard, so modelyard does not "
+            "delete it: remove the file or its [models] entry yourself",
+            param="model",
+        )
+    return found
 
 
 def remove(spec: ModelSpec, models_dir: Path) -> list[Path]:
@@ -18,14 +38,7 @@ def remove(spec: ModelSpec, models_dir: Path) -> list[Path]:
     empty folders up to ``models_dir`` go too. A model that was not pulled (a file the user
     put there, or a config entry) is not touched: ``InvalidRequestError``.
     """
-    found = find_pull(spec.path)
-    if found is None:
-        raise InvalidRequestError(
-            f"Model {spec.name!r} ({spec.path}) was not pulled by modelyard, so modelyard "
-            "does not delete it: remove the file or its [models] entry yourself",
-            param="model",
-        )
-    directory, record = found
+    directory, record = pulled(spec)
     pulls = read_manifest(directory)
     rest = [p for p in pulls if p.model != record.model]
     deleted: list[Path] = []

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +33,28 @@ def minilm() -> Path:
     return path
 
 
+_TAG = "TEST_RUN_TAG"
+"""Set in this test session's environment, so inherited by every gateway and runner it
+starts: the orphan check counts only those (another modelyard on the machine is not ours)."""
+
+
 def runner_pids() -> set[int]:
     pids = set()
+    tag = os.environ.get(_TAG)
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if "modelyard.workers.llamacpp" in cmdline or "modelyard.workers.encoder" in cmdline:
-            pids.add(proc.pid)
+            try:
+                if proc.environ().get(_TAG) == tag:
+                    pids.add(proc.pid)
+            except psutil.Error:
+                continue  # gone, or another user's
     return pids
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_orphan_runners() -> Iterator[None]:
+    os.environ[_TAG] = uuid.uuid4().hex
     before = runner_pids()
     yield
     deadline = time.monotonic() + 5

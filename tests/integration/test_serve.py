@@ -69,8 +69,10 @@ def test_serve_runner_dies_with_killed_gateway(server_factory: Callable[..., Ser
 
 
 def test_serve_cli_client_commands(server_factory: Callable[..., Server]) -> None:
+    long_alias = "an-alias-much-too-long-for-any-eighty-column-terminal-" + "x" * 40
     server = server_factory(
-        f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 512\naliases = ["mm"]\n'
+        f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 512\n'
+        f'aliases = ["mm", "{long_alias}"]\n'
     )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -84,6 +86,7 @@ def test_serve_cli_client_commands(server_factory: Callable[..., Server]) -> Non
     listed = cli("ls")
     assert listed.returncode == 0
     assert "mm" in listed.stdout
+    assert long_alias in listed.stdout  # piped: never cut
     assert cli("load", "mm", "--keep-alive", "-1").stdout.strip() == "m: ready"
     ps = cli("ps", "--json")
     assert '"state": "ready"' in ps.stdout
@@ -91,6 +94,7 @@ def test_serve_cli_client_commands(server_factory: Callable[..., Server]) -> Non
     table = cli("ps").stdout
     assert "m" in table
     assert "never" in table
+    assert "seconds ago" in table or "minute ago" in table  # since, relative
     assert cli("unload", "m").stdout.strip() == "m: stopped"
     assert server.ps() == []
     missing = cli("load", "nope")

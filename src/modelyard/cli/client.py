@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -17,6 +18,30 @@ from modelyard.errors import ConfigError
 from modelyard.quantity import format_size
 
 err = Console(stderr=True)
+
+
+def console() -> Console:
+    """Standard output: the terminal's width, or when piped, as wide as the content (a table
+    never cuts what a user must type)."""
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(width=10_000)
+
+
+def relative(iso: str | None, now: datetime | None = None) -> str | None:
+    """``in 4 minutes``, ``2 hours ago`` for an ISO time (``None`` stays ``None``)."""
+    if not iso:
+        return None
+    when = datetime.fromisoformat(iso)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    amount = abs(seconds)
+    unit, size = next(
+        ((u, s) for u, s in (("day", 86400), ("hour", 3600), ("minute", 60)) if amount >= s),
+        ("second", 1),
+    )
+    n = round(amount / size)
+    text = f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"in {text}" if seconds >= 0 else f"{text} ago"
+
 
 UrlOption = Annotated[
     str | None,

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -18,8 +17,10 @@ from modelyard.cli.client import (
     UrlOption,
     call,
     config_or_exit,
+    console,
     err,
     footprint_text,
+    relative,
     server_url,
 )
 
@@ -29,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
+out = console()
 
 
 def _version(value: bool) -> None:
@@ -141,7 +142,9 @@ def list_models(url: UrlOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         out.print_json(json.dumps(data))
         return
-    table = Table("NAME", "KIND", "STATE", "CTX", "ESTIMATE", "ALIASES", "PATH", box=None)
+    table = Table(box=None)
+    for column in ("NAME", "KIND", "STATE", "CTX", "ESTIMATE", "ALIASES", "PATH"):
+        table.add_column(column, overflow="fold")  # never cut: names are typed back
     for m in data["models"]:
         table.add_row(
             m["name"],
@@ -165,7 +168,9 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         out.print_json(json.dumps(data))
         return
-    table = Table("NAME", "STATE", "MEMORY", "IN FLIGHT", "QUEUED", "SINCE", "EXPIRES", box=None)
+    table = Table(box=None)
+    for column in ("NAME", "STATE", "MEMORY", "IN FLIGHT", "QUEUED", "SINCE", "EXPIRES"):
+        table.add_column(column, overflow="fold")
     for m in data["models"]:
         memory = footprint_text(m["memory"]["measured"] or m["memory"]["estimate"])
         if m["memory"].get("prompt_cache"):
@@ -178,8 +183,9 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
             memory,
             f"{m['in_flight']}/{m['parallel']}",
             str(m["queued"]),
-            m["loaded_since"] or "-",
-            m["expires_at"] or ("never" if m["state"] == "ready" and not m["in_flight"] else "-"),
+            relative(m["loaded_since"]) or "-",
+            relative(m["expires_at"])
+            or ("never" if m["state"] == "ready" and not m["in_flight"] else "-"),
         )
     out.print(table)
     mem = data["memory"]

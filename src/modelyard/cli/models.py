@@ -11,7 +11,6 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -29,6 +28,7 @@ from modelyard.cli.client import (
     UrlOption,
     call,
     config_or_exit,
+    console,
     err,
     events,
     footprint_text,
@@ -38,7 +38,7 @@ from modelyard.cli.client import (
 from modelyard.errors import ModelyardError
 from modelyard.quantity import format_size
 
-out = Console()
+out = console()
 
 
 class PullView:

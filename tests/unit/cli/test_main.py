@@ -66,3 +66,16 @@ def test_cli_url_without_a_scheme_is_http() -> None:
     result = modelyard("ps", env={"MODELYARD_URL": f"localhost:{port}"})
     assert result.returncode == 1
     assert f"No modelyard server is running at http://localhost:{port}" in result.stderr
+
+
+def test_cli_relative_times() -> None:
+    from datetime import UTC, datetime
+
+    from modelyard.cli.client import relative
+
+    now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+    assert relative("2026-11-28T12:04:00+00:00", now) == "in 4 minutes"
+    assert relative("2026-11-28T10:00:00+00:00", now) == "2 hours ago"
+    assert relative("2026-11-29T12:00:00+00:00", now) == "in 1 day"
+    assert relative("2026-11-28T11:59:59+00:00", now) == "1 second ago"
+    assert relative(None, now) is None

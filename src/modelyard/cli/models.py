@@ -107,7 +107,7 @@ def _pull_through(base: str, model: str, view: PullView) -> dict[str, Any]:
     for event in events(base, "/api/pull", {"model": model}):
         if "error" in event:
             view.__exit__()
-            err.print(f"[red]Pull failed:[/] {escape(event['error']['message'])}")
+            err.print(f"[red]Pull failed:[/] {escape(event['error']['message'])}", soft_wrap=True)
             raise typer.Exit(1)
         if event.get("status") == "success":
             result: dict[str, Any] = event
@@ -133,7 +133,7 @@ def _pull_here(model: str, view: PullView) -> dict[str, Any]:
         )
     except ModelyardError as exc:
         view.__exit__()
-        err.print(f"[red]Pull failed:[/] {escape(exc.message)}")
+        err.print(f"[red]Pull failed:[/] {escape(exc.message)}", soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
         hub.close()

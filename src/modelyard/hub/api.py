@@ -73,9 +73,15 @@ class Hub:
             raise HubNotFoundError(
                 f"{ref.repo} has no revision {ref.revision!r}", param="model"
             ) from None
+        except HfHubHTTPError as exc:  # the hub answered, with an error status
+            raise HubError(f"the hub at {self.endpoint} refused: {exc}") from None
         # The HTTP library under huggingface_hub raises OSError subclasses for the network.
-        except (HfHubHTTPError, OSError) as exc:
-            raise HubError(f"cannot reach the hub at {self.endpoint}: {exc}") from None
+        except OSError as exc:
+            raise HubError(
+                f"cannot reach the hub at {self.endpoint} ({network_reason(exc)}). Set "
+                "HF_ENDPOINT to reach a mirror, or HF_HUB_OFFLINE=1 to use only the models "
+                "already here"
+            ) from None
         if not info.sha or info.siblings is None:
             raise HubError(f"{self.endpoint} sent no commit or file list for {ref.repo}")
         files = [
@@ -113,3 +119,20 @@ class Hub:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def network_reason(exc: BaseException) -> str:
+    """A few words for why a connection failed, out of a chain of library wrappers."""
+    text = str(exc)
+    for needle, reason in (
+        ("Connection refused", "connection refused"),
+        ("Name or service not known", "host not found"),
+        ("Temporary failure in name resolution", "host not found"),
+        ("getaddrinfo failed", "host not found"),
+        ("timed out", "timed out"),
+        ("Network is unreachable", "network unreachable"),
+        ("CERTIFICATE_VERIFY_FAILED", "certificate not trusted"),
+    ):
+        if needle in text:
+            return reason
+    return type(exc).__name__

@@ -274,6 +274,12 @@ def test_pull_hub_unreachable_is_a_hub_error() -> None:
     from modelyard.hub.ref import parse_reference
     from modelyard.runners.process import free_port
 
-    hub = Hub(endpoint=f"http://127.0.0.1:{free_port()}", offline=False, timeout=5)
-    with pytest.raises(HubError, match="cannot reach the hub"):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    hub = Hub(endpoint=endpoint, offline=False, timeout=5)
+    with pytest.raises(HubError) as error:
         hub.resolve(parse_reference("owner/repo"))
+    # One sentence: where, why in a few words, and what to set; no library's traceback text.
+    assert error.value.message == (
+        f"cannot reach the hub at {endpoint} (connection refused). Set HF_ENDPOINT to reach a "
+        "mirror, or HF_HUB_OFFLINE=1 to use only the models already here"
+    )

@@ -17,8 +17,13 @@ lifespan stops every runner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
+import signal
 import socket
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -28,6 +33,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from modelyard import logbook
 from modelyard.api.app import create_app
 from modelyard.config import Config, Settings
+
+log = logging.getLogger(__name__)
 
 
 def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
@@ -86,14 +93,39 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling the app when shutdown begins (``app.state.stopping``)."""
+    """uvicorn's server, telling the app when shutdown begins (``app.state.stopping``),
+    saying what it waits for, and exiting 0 when asked to stop (uvicorn raises the signal
+    again once done, which makes the exit status say "killed"). A second Ctrl-C stops
+    waiting: the process exits at once, and its runners die with it (parent-death signal).
+    """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self._app = app
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            log.warning("second Ctrl-C: exiting now, without waiting for running requests")
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()  # a stop that was asked for is a clean exit
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._app.state.stopping.set()
+        scheduler = getattr(self._app.state, "scheduler", None)
+        busy = [s for s in scheduler.status() if s.in_flight] if scheduler is not None else []
+        if busy:
+            what = ", ".join(f"{s.in_flight} on {s.name}" for s in busy)
+            log.info(
+                "shutting down: waiting up to %.0fs for running requests (%s); Ctrl-C again "
+                "to stop now",
+                self.config.timeout_graceful_shutdown or 0,
+                what,
+            )
         await super().shutdown(sockets)
 
 

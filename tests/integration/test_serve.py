@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -184,8 +185,48 @@ def test_serve_sigterm_ends_streams_with_error_frame_and_stops_runners(
     assert '"shutting_down"' in frames[-2]
     runner.wait(timeout=5)
     assert exited < 10
-    assert server.process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
-    assert "Traceback" not in server.log.read_text()
+    assert server.process.returncode == 0  # a stop that was asked for
+    log = server.log.read_text()
+    assert "waiting up to 2s for running requests (1 on m)" in log
+    assert "Traceback" not in log
+
+
+def test_serve_second_ctrl_c_exits_at_once(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(
+        "[server]\nshutdown_timeout = 30\n"
+        f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 4096\n'
+    )
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 3000,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        next(lines)
+        (entry,) = server.ps()
+        runner = psutil.Process(int(str(entry["pid"])))
+        server.process.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # now waiting for the stream, up to 30 s
+        assert server.process.poll() is None
+        sent = time.monotonic()
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(timeout=10)
+        exited = time.monotonic() - sent
+        with contextlib.suppress(httpx.HTTPError):
+            for _ in lines:
+                pass
+    assert exited < 5
+    assert server.process.returncode == 0
+    runner.wait(timeout=10)  # gone with the gateway
+    log = server.log.read_text()
+    assert "second Ctrl-C: exiting now" in log
+    assert "Traceback" not in log
 
 
 def test_serve_drops_clients_that_never_finish_their_headers(

@@ -96,7 +96,8 @@ class _Server(uvicorn.Server):
     """uvicorn's server, telling the app when shutdown begins (``app.state.stopping``),
     saying what it waits for, and exiting 0 when asked to stop (uvicorn raises the signal
     again once done, which makes the exit status say "killed"). A second Ctrl-C stops
-    waiting: the process exits at once, and its runners die with it (parent-death signal).
+    waiting: running requests are cut off, the runners are stopped with no grace, and the
+    process exits.
     """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
@@ -127,6 +128,11 @@ class _Server(uvicorn.Server):
                 what,
             )
         await super().shutdown(sockets)
+        if self.force_exit:
+            # uvicorn leaves the app's shutdown out then; run it, with no grace for the
+            # runners, so that they are stopped and nothing is cancelled mid-way at exit.
+            self._app.state.stop_now = True
+            await self.lifespan.shutdown()
 
 
 def run(app: FastAPI, config: Config, **options: Any) -> None:

@@ -123,7 +123,7 @@ def create_app(
                 watcher.cancel()
             if app.state.preload is not None:
                 app.state.preload.cancel()
-            await scheduler.close()
+            await scheduler.close(grace=0.0 if app.state.stop_now else None)
             await app.state.upstream.close()
 
     app = FastAPI(
@@ -134,6 +134,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.stopping = asyncio.Event()  # set as shutdown begins: live followers end
+    app.state.stop_now = False  # set by a second Ctrl-C: runners get no grace
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(admin.router)

@@ -469,8 +469,10 @@ class Scheduler:
         """Memory held by resident models, per device."""
         return self.ledger.total(m.spec for m in self._models.values() if m.state in RESIDENT)
 
-    async def close(self) -> None:
-        """Stops every runner; waiting requests fail."""
+    async def close(self, grace: float | None = None) -> None:
+        """Stops every runner (each gets ``grace`` seconds, by default ``stop_grace``, before
+        SIGKILL); waiting requests fail."""
+        grace = self._stop_grace if grace is None else grace
         self._closed = True
         for timer in (self._pump_timer, self._restart_timer, self._measure_timer):
             if timer is not None:
@@ -491,7 +493,7 @@ class Scheduler:
             if m.watcher is not None:
                 m.watcher.cancel()
             if m.running is not None:
-                stops.append(m.running.stop(self._stop_grace))
+                stops.append(m.running.stop(grace))
                 m.running = None
         await asyncio.gather(*stops, return_exceptions=True)
         self.ledger.flush()

@@ -151,24 +151,31 @@ def test_serve_pinned_preloads_and_broken_model_reports_log(
     assert failed["last_error"]
 
 
+LONG_STORY = {
+    "model": "m",
+    "messages": [{"role": "user", "content": "Write a very long story."}],
+    "max_tokens": 3000,
+    "stream": True,
+    "ignore_eos": True,
+}
+"""A stream that runs for a minute: still going when the server is asked to stop."""
+
+
+def _long_story_server(server_factory: Callable[..., Server], shutdown_timeout: int) -> Server:
+    return server_factory(
+        f"[server]\nshutdown_timeout = {shutdown_timeout}\n"
+        f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 4096\n'
+    )
+
+
 def test_serve_sigterm_ends_streams_with_error_frame_and_stops_runners(
     server_factory: Callable[..., Server],
 ) -> None:
-    server = server_factory(
-        "[server]\nshutdown_timeout = 2\n"
-        f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 4096\n'
-    )
-    body = {
-        "model": "m",
-        "messages": [{"role": "user", "content": "Write a very long story."}],
-        "max_tokens": 3000,
-        "stream": True,
-        "ignore_eos": True,
-    }
+    server = _long_story_server(server_factory, shutdown_timeout=2)
     frames: list[str] = []
     with (
         httpx.Client(timeout=60) as http,
-        http.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response,
+        http.stream("POST", f"{server.url}/v1/chat/completions", json=LONG_STORY) as response,
     ):
         lines = response.iter_lines()
         frames.append(next(lines))
@@ -192,20 +199,10 @@ def test_serve_sigterm_ends_streams_with_error_frame_and_stops_runners(
 
 
 def test_serve_second_ctrl_c_exits_at_once(server_factory: Callable[..., Server]) -> None:
-    server = server_factory(
-        "[server]\nshutdown_timeout = 30\n"
-        f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 4096\n'
-    )
-    body = {
-        "model": "m",
-        "messages": [{"role": "user", "content": "Write a very long story."}],
-        "max_tokens": 3000,
-        "stream": True,
-        "ignore_eos": True,
-    }
+    server = _long_story_server(server_factory, shutdown_timeout=30)
     with (
         httpx.Client(timeout=60) as http,
-        http.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response,
+        http.stream("POST", f"{server.url}/v1/chat/completions", json=LONG_STORY) as response,
     ):
         lines = response.iter_lines()
         next(lines)

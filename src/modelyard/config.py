@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     url: str | None = None
     """Where the CLI finds the server (``http://127.0.0.1:8000`` by default)."""
     log_format: Literal["text", "json"] | None = None
+    demo: bool | None = None
+    """``false`` (``--no-demo``): no demo models, whatever the file says."""
 
     def data_home(self) -> Path:
         if self.home is not None:
@@ -146,6 +148,8 @@ class _Server(BaseModel):
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     models_dir: str | None = None
     llama_server: str | None = None
+    demo: bool = True
+    """Serve the demo models (when their packages are installed) besides this file's."""
     keep_alive: Duration = DEFAULT_KEEP_ALIVE
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     reload_interval: Seconds = 2.0
@@ -270,7 +274,7 @@ def load_config(settings: Settings | None = None) -> Config:
     if server.llama_server:
         defaults = replace(defaults, llama_server=resolve(server.llama_server, base_dir))
     found = discover(models_dir, defaults)
-    if source is None:
+    if settings.demo if settings.demo is not None else server.demo:
         found = demo_models(defaults, home / "cache") + found
     models = merge(explicit, found)
     check_names(models, origin)

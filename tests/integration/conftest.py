@@ -114,7 +114,10 @@ def start_server(
     *args: str,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    demo: bool = False,
 ) -> Server:
+    """``modelyard serve`` on ``config`` (``None``: no file); the demo models only when there
+    is no file or ``demo`` says so."""
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "modelyard", "serve", "--port", str(port := free_port())]
@@ -125,6 +128,8 @@ def start_server(
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
     environ["MODELYARD_HOME"] = str(home)
     environ["MODELYARD_MODELS_DIR"] = str(tmp / "models")
+    if config is not None and not demo:
+        environ["MODELYARD_DEMO"] = "false"
     environ.update(env or {})
     log = tmp / "server.log"
     with log.open("wb") as out:
@@ -152,9 +157,15 @@ def server_factory(
     servers: list[Server] = []
 
     def make(
-        config: str | None, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+        config: str | None,
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        demo: bool = False,
     ) -> Server:
-        server = start_server(tmp_path_factory.mktemp("srv"), config, *args, cwd=cwd, env=env)
+        server = start_server(
+            tmp_path_factory.mktemp("srv"), config, *args, cwd=cwd, env=env, demo=demo
+        )
         servers.append(server)
         return server
 

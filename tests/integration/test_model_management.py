@@ -355,6 +355,12 @@ def test_live_reload_adds_removes_after_in_flight_and_survives_a_broken_edit(
     assert new_pid != pid
     assert (ctx, new_ctx) == (4096, 1024)
 
+    # Only a change outside [models] is reported as one (it takes effect at restart).
+    outside = "settings outside [models] changed"
+    assert outside not in server.log.read_text()
+    config.write_text(head.replace("[server]\n", "[server]\nlog_files = 5\n"))
+    wait_for(lambda: outside in server.log.read_text())
+
 
 def _catalog_ctx(server: Server, name: str) -> int:
     models = httpx.get(f"{server.url}/api/models").json()["models"]

@@ -45,6 +45,24 @@ def test_serve_without_config_serves_demo(
     assert len(vectors.json()["data"][0]["embedding"]) == 384
 
 
+def test_serve_a_first_config_file_keeps_the_demo_and_no_demo_drops_it(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    (tmp_path / "mine.gguf").symlink_to(gemma())  # the demo's own file would replace it
+    mine = f'[models.mine]\npath = "{tmp_path / "mine.gguf"}"\nchat_template = "gemma"\n'
+    server = server_factory(mine, demo=True)
+    assert server.model_ids() == ["mine", "gemma-3-270m", "all-minilm-l6-v2"]
+    reply = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "demo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        timeout=60,
+    )
+    assert reply.status_code == 200
+    assert reply.json()["model"] == "gemma-3-270m"
+    assert server_factory(mine, "--no-demo", demo=True).model_ids() == ["mine"]
+    assert server_factory("[server]\ndemo = false\n" + mine, demo=True).model_ids() == ["mine"]
+
+
 def test_serve_invalid_config_does_not_start(tmp_path: Path) -> None:
     config = tmp_path / "modelyard.toml"
     config.write_text(f'[models.x]\npath = "{gemma()}"\nparallel = "lots"\n')

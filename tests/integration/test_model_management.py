@@ -225,6 +225,7 @@ def test_show_gemma_reports_metadata_and_an_estimate_near_the_measured_footprint
     assert (shown["layers"], shown["heads"], shown["kv_heads"]) == (18, 4, 1)
     assert shown["context_length"] == 32768
     assert shown["chat_template"] == "gemma"
+    assert shown["warnings"] == []
     assert shown["size"] == gemma().stat().st_size
     assert shown["settings"] == {"ctx": 2048, "parallel": 2, "gpu_layers": 0}
     estimate = shown["memory"]["estimate"]["ram"]
@@ -263,6 +264,25 @@ def test_show_gemma_reports_metadata_and_an_estimate_near_the_measured_footprint
     )
     assert "268M" in human.stdout
     assert "Q4_K_M" in human.stdout
+
+
+def test_a_gguf_without_a_chat_template_is_named_in_ls_show_and_the_log(
+    server_factory: Callable[..., Server],
+) -> None:
+    # The demo Gemma's GGUF carries no chat template (the demo entry sets "gemma").
+    server = server_factory(f'[models.bare]\npath = "{gemma()}"\nctx = 512\n')
+    fix = f'[models.bare] path = "{gemma()}", chat_template = "gemma"'
+    listed = cli("ls", "--url", server.url)
+    assert listed.returncode == 0
+    assert "bare" in listed.stdout
+    assert "warning: bare:" in listed.stderr
+    assert fix in " ".join(listed.stderr.split())
+    shown = cli("show", "bare", "--url", server.url)
+    assert "has no chat template" in shown.stdout
+    chat = {"model": "bare", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=120)
+    assert reply.status_code == 200  # it still answers (in ChatML), but nobody is surprised
+    assert f"bare: {gemma().name} has no chat template" in server.log.read_text()
 
 
 # ---- live reload -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of
+from modelyard.catalog.template import model_warnings
 from modelyard.protocol.openai import ModelLoadRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
 
@@ -82,10 +84,11 @@ async def ps(request: Request) -> dict[str, Any]:
 async def models(request: Request) -> dict[str, Any]:
     """The whole catalog, loaded or not."""
     scheduler = scheduler_of(request)
+    listed = [status for status in scheduler.status() if not status.removed]
+    # Reads each GGUF's header once (cached while the file stays the same).
+    warnings = await asyncio.to_thread(lambda: [model_warnings(s.spec) for s in listed])
     result = []
-    for status in scheduler.status():
-        if status.removed:
-            continue
+    for status, notes in zip(listed, warnings, strict=True):
         spec = status.spec
         entry = _describe(scheduler, status)
         entry.update(
@@ -96,6 +99,7 @@ async def models(request: Request) -> dict[str, Any]:
             ctx=spec.ctx,
             keep_alive=spec.keep_alive,
             preload=spec.preload,
+            warnings=notes,
         )
         result.append(entry)
     reloader = request.app.state.reloader

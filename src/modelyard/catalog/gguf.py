@@ -9,11 +9,15 @@ vocabulary costs one pass over its strings and no memory.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from modelyard.catalog.spec import ModelSpec
 
 _MAGIC = b"GGUF"
 _SCALARS: dict[int, str] = {
@@ -92,6 +96,16 @@ class GGUFInfo:
     def chat_template(self) -> str | None:
         value = self.metadata.get("tokenizer.chat_template")
         return value if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _cached(path: Path, shards: tuple[Path, ...], mtime_ns: int) -> GGUFInfo:
+    return read_gguf(path, shards)
+
+
+def gguf_info(spec: ModelSpec) -> GGUFInfo:
+    """``read_gguf`` of a model's file, read once while the file stays the same."""
+    return _cached(spec.path, spec.shards, spec.path.stat().st_mtime_ns)
 
 
 def read_gguf(path: Path, shards: Sequence[Path] = ()) -> GGUFInfo:

@@ -11,6 +11,7 @@ from modelyard.catalog.gguf import GGUFError, read_gguf
 from modelyard.catalog.hf import parameter_count, read_config, weights_bytes
 from modelyard.catalog.manifest import find_pull
 from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.catalog.template import model_warnings
 from modelyard.errors import ModelyardError
 
 
@@ -44,6 +45,7 @@ def summarize(
             summary.update(_hf(spec))
     except (OSError, ValueError, GGUFError, struct.error) as exc:
         summary["error"] = f"cannot read {spec.path}: {exc}"
+    summary["warnings"] = model_warnings(spec)
     memory: dict[str, Any] = {"estimate": None, "measured": dict(measured) if measured else None}
     if spec.engine == "llamacpp":
         memory["prompt_cache"] = spec.prompt_cache_bytes  # part of the estimate

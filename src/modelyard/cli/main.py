@@ -160,6 +160,9 @@ def list_models(url: UrlOption = None, as_json: JsonOption = False) -> None:
             m["path"] or m.get("url") or " ".join(m.get("command") or []) or "-",
         )
     out.print(table)
+    for m in data["models"]:
+        for warning in m.get("warnings") or []:
+            err.print(f"[yellow]warning:[/] {escape(m['name'])}: {escape(warning)}", soft_wrap=True)
     if data.get("reload_error"):
         err.print("[yellow]The config on disk did not load; serving the last good catalog:[/]")
         err.print(data["reload_error"], markup=False, soft_wrap=True)

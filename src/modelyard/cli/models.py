@@ -224,6 +224,7 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("path", data["path"] or "-"))
     if data.get("error"):
         rows.append(("error", data["error"]))
+    rows += [("warning", warning) for warning in data.get("warnings") or []]
     return rows
 
 

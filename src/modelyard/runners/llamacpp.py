@@ -7,44 +7,26 @@ configures a ``llama-server`` binary, or handed to our xllamacpp child program
 
 from __future__ import annotations
 
-import functools
+import logging
 import sys
 from pathlib import Path
 
-from modelyard.catalog.gguf import GGUFError, GGUFInfo, estimate_bytes, read_gguf
+from modelyard.catalog.gguf import GGUFError, estimate_bytes, gguf_info
 from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.catalog.template import BUILTIN_TEMPLATES, model_warnings
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
 from modelyard.runners.process import ChildServer, free_port, runner_key
 
+log = logging.getLogger(__name__)
+
 KEY_ENV = "LLAMA_API_KEY"
 """llama-server reads its ``--api-key`` from here (so the key is not on its command line)."""
-
-# llama.cpp's legacy (non-Jinja) chat formats that a catalog may name instead of a file.
-BUILTIN_TEMPLATES = frozenset(
-    {
-        "chatglm3", "chatglm4", "chatml", "command-r", "deepseek", "deepseek2", "deepseek3",
-        "exaone3", "falcon3", "gemma", "gigachat", "glmedge", "granite", "llama2",
-        "llama2-sys", "llama2-sys-bos", "llama2-sys-strip", "llama3", "llama4", "megrez",
-        "minicpm", "mistral-v1", "mistral-v3", "mistral-v3-tekken", "mistral-v7", "monarch",
-        "openchat", "orion", "phi3", "phi4", "rwkv-world", "smolvlm", "vicuna",
-        "vicuna-orca", "yandex", "zephyr",
-    }
-)  # fmt: skip
 
 
 def can_call_tools(spec: ModelSpec) -> bool:
     """llama.cpp calls tools only through a Jinja chat template, never a built-in format."""
     return spec.engine != "llamacpp" or spec.chat_template not in BUILTIN_TEMPLATES
-
-
-@functools.lru_cache(maxsize=64)
-def _gguf_info(path: Path, shards: tuple[Path, ...], mtime: float) -> GGUFInfo:
-    return read_gguf(path, shards)
-
-
-def gguf_info(spec: ModelSpec) -> GGUFInfo:
-    return _gguf_info(spec.path, spec.shards, spec.path.stat().st_mtime)
 
 
 def server_args(spec: ModelSpec, port: int) -> list[str]:
@@ -67,6 +49,8 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
         args += ["--no-jinja", "--chat-template", spec.chat_template]
     elif spec.chat_template:
         args += ["--jinja", "--chat-template-file", spec.chat_template]
+    else:
+        args += ["--jinja"]  # the GGUF's own template (tools work through it)
     if spec.mmproj:
         args += ["--mmproj", str(spec.mmproj)]
     if spec.kind != "chat":
@@ -97,6 +81,8 @@ class LlamaCppRunner:
         return {"ram": engine + projector + spec.prompt_cache_bytes}
 
     async def start(self, spec: ModelSpec) -> ChildServer:
+        for warning in model_warnings(spec):
+            log.warning("%s: %s", spec.name, warning)
         port = free_port()
         args = server_args(spec, port)
         if spec.llama_server is not None:

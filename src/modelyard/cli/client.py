@@ -76,7 +76,7 @@ def server_url(url: str | None) -> str:
     return chosen if "://" in chosen else f"http://{chosen}"
 
 
-def call(url: str, method: str, path: str, json: Any = None, timeout: float = 30.0) -> Any:
+def call(url: str, method: str, path: str, json: Any = None, timeout: float | None = 30.0) -> Any:
     """The decoded JSON answer; exits with a message when the server is absent or says no."""
     try:
         response = httpx.request(method, url + path, json=json, timeout=timeout)

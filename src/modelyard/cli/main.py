@@ -1,4 +1,4 @@
-"""``modelyard serve | ls | ps | load | unload | pull | show | rm | logs | events``."""
+"""``modelyard serve | run | ls | ps | load | unload | pull | show | rm | logs | events``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from modelyard.cli import models, observe
+from modelyard.cli import chat, models, observe
 from modelyard.cli.client import (
     JsonOption,
     UrlOption,
@@ -223,6 +223,7 @@ def unload(model: str, url: UrlOption = None) -> None:
     out.print(f"{data['model']}: {data['state']}")
 
 
+app.command()(chat.run)
 app.command()(models.pull)
 app.command()(models.show)
 app.command()(models.rm)

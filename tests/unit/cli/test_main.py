@@ -26,10 +26,15 @@ def modelyard(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 def test_cli_version_and_short_help() -> None:
     assert modelyard("--version").stdout.strip() == f"modelyard {__version__}"
-    for args in (("-h",), ("serve", "-h"), ("logs", "-h")):
+    for args in (("-h",), ("serve", "-h"), ("logs", "-h"), ("run", "-h"), ("ls", "--help")):
         shown = modelyard(*args)
         assert shown.returncode == 0
         assert "Usage:" in shown.stdout
+        assert "<bool>" not in shown.stdout  # plain flag names, no Python types
+        assert "<str>" not in shown.stdout
+    run = " ".join(modelyard("run", "-h").stdout.split())
+    assert "A model's name or alias" in run  # arguments keep their help
+    assert "[default: 100]" in " ".join(modelyard("logs", "-h").stdout.split())
 
 
 def test_cli_serve_names_the_flag_in_its_errors(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ line, the local configuration, and how memory figures are written."""
 from __future__ import annotations
 
 import json as jsonlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
@@ -118,7 +118,7 @@ def server_running(url: str) -> bool:
 
 def events(
     url: str, path: str, json: Any = None, *, method: str = "POST", params: Any = None
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """The ``data:`` frames of a server-sent event stream, decoded, until ``[DONE]`` or the
     end of the stream."""
     timeout = httpx.Timeout(30, read=None)

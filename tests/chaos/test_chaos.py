@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.conftest import Server, gemma
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORDS = [
     "apple", "river", "stone", "cloud", "mountain", "music", "paper", "light", "forest",

@@ -79,6 +79,7 @@ def test_infinity_through_modelyard_is_infinity(server: Server) -> None:
     assert np.all(cosine > 1 - 1e-4), cosine
 
 
+@pytest.mark.slow
 def test_infinity_killed_mid_request_then_restarted(server: Server) -> None:
     embed(server.url, "inf", TEXTS)  # loaded
     process = infinity_process(server)

@@ -228,19 +228,30 @@ def test_openai_api_swaps_models_within_budget(server: Server, client: openai.Op
 
 
 async def test_openai_api_queue_full_is_429_with_retry_after(server: Server) -> None:
-    # b has one slot and room for one waiter: of three overlapping requests, one is refused.
-    # ignore_eos (a llama.cpp field, passed through) keeps each request busy for seconds.
-    body = {"model": "b", "prompt": "Tell me a story", "max_tokens": 150, "ignore_eos": True}
-    async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+    # b has one slot and room for one waiter: with one request running and one waiting, the
+    # next is refused. ignore_eos (a llama.cpp field, passed through) keeps each one busy; the
+    # test waits for what the server reports, not for time, so a slow machine only waits longer.
+    body = {"model": "b", "prompt": "Tell me a story", "max_tokens": 2000, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
         await http.post("/api/load", json={"model": "b"})
 
-        async def send(delay: float) -> httpx.Response:
-            await asyncio.sleep(delay)
-            return await http.post("/v1/completions", json=body)
+        async def until(field: str) -> None:
+            for _ in range(1200):
+                (b,) = [m for m in (await http.get("/api/ps")).json()["models"] if m["name"] == "b"]
+                if b[field] == 1:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"b never had one request {field}")
 
-        responses = await asyncio.gather(*(send(0.3 * i) for i in range(3)))
-    assert sorted(r.status_code for r in responses) == [200, 200, 429]
-    (refused,) = [r for r in responses if r.status_code == 429]
+        running = asyncio.create_task(http.post("/v1/completions", json=body))
+        await until("in_flight")
+        waiting = asyncio.create_task(http.post("/v1/completions", json=body))
+        await until("queued")
+        refused = await http.post("/v1/completions", json=body)
+        running.cancel()  # the client leaves: both stop at once
+        waiting.cancel()
+        await asyncio.gather(running, waiting, return_exceptions=True)
+    assert refused.status_code == 429
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert refused.json()["error"]["code"] == "queue_full"

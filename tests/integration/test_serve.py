@@ -187,8 +187,9 @@ def _long_story_server(server_factory: Callable[..., Server], shutdown_timeout: 
     )
 
 
-def test_serve_sigterm_ends_streams_with_error_frame_and_stops_runners(
-    server_factory: Callable[..., Server],
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stop_ends_streams_with_error_frame_and_stops_runners(
+    server_factory: Callable[..., Server], signum: signal.Signals
 ) -> None:
     server = _long_story_server(server_factory, shutdown_timeout=2)
     frames: list[str] = []
@@ -200,7 +201,7 @@ def test_serve_sigterm_ends_streams_with_error_frame_and_stops_runners(
         frames.append(next(lines))
         (entry,) = server.ps()
         runner = psutil.Process(int(str(entry["pid"])))
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signum)
         sent = time.monotonic()
         frames += [line for line in lines if line.startswith("data: ")]
     ended = time.monotonic() - sent

@@ -9,6 +9,7 @@ Ctrl-D or ``/bye`` ends the chat. The model is loaded first, with a spinner whil
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -242,6 +243,9 @@ def run(
     url: UrlOption = None,
 ) -> None:
     """Chat with a model: answer PROMPT and exit, or an interactive chat without one."""
+    # Ctrl-C stops an answer, even when started from a shell that ignores SIGINT (a
+    # background job): that disposition is inherited, and Python then never raises.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     base = server_url(url)
     name = _find_chat_model(base, model)
     text = " ".join(prompt or [])

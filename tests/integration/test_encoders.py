@@ -477,6 +477,7 @@ memory = "400MiB"
 """
 
 
+@pytest.mark.slow
 def test_pinned_encoder_stays_through_chat_swaps(server_factory: Callable[..., Server]) -> None:
     server = server_factory(SWAP_CONFIG.format(minilm=minilm(), gemma=gemma()))
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.conftest import Server, minilm
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 INFINITY = Path(__file__).resolve().parents[2] / "bench" / ".peers" / "infinity" / "bin"
 TEXTS = ["The river carries the boat.", "A violin plays at dawn.", "Owls hunt at night."]
@@ -79,7 +79,6 @@ def test_infinity_through_modelyard_is_infinity(server: Server) -> None:
     assert np.all(cosine > 1 - 1e-4), cosine
 
 
-@pytest.mark.slow
 def test_infinity_killed_mid_request_then_restarted(server: Server) -> None:
     embed(server.url, "inf", TEXTS)  # loaded
     process = infinity_process(server)

@@ -288,6 +288,7 @@ def test_a_gguf_without_a_chat_template_is_named_in_ls_show_and_the_log(
 # ---- live reload -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_live_reload_adds_removes_after_in_flight_and_survives_a_broken_edit(
     server_factory: Callable[..., Server],
 ) -> None:

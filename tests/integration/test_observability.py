@@ -211,6 +211,7 @@ def test_cli_logs_and_events(json_server: Server) -> None:
     assert "does not exist" in missing.stderr
 
 
+@pytest.mark.slow
 def test_queue_full_names_its_event(server_factory: Callable[..., Server]) -> None:
     server = server_factory(
         f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 512\n'

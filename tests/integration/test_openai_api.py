@@ -202,6 +202,7 @@ def test_openai_api_every_response_has_request_id(server: Server) -> None:
     assert missing.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.slow
 def test_openai_api_swaps_models_within_budget(server: Server, client: openai.OpenAI) -> None:
     seen: list[list[str]] = []
     stop = threading.Event()

@@ -42,6 +42,7 @@ def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             server.stop()
 
 
+@pytest.mark.slow
 def test_schema_fuzz_never_5xx(fuzzed_server: Server) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzzed_server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]

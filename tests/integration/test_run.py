@@ -54,16 +54,28 @@ def requests(server: Server) -> list[dict[str, Any]]:
     return found
 
 
+def finished(server: Server, before: int) -> dict[str, Any]:
+    """The one request that finished after the first ``before`` (the server records it just
+    after the client has its answer, so it is waited for)."""
+    deadline = time.monotonic() + 10
+    while len(done := requests(server)) <= before:
+        assert time.monotonic() < deadline, "no request finished"
+        time.sleep(0.02)
+    (new,) = done[before:]
+    return new
+
+
 def test_run_with_a_prompt_streams_the_answer_and_exits(server: Server) -> None:
+    before = len(requests(server))
     answered = run(server, "chatty", "Once", "upon", "a", "time", "--max-tokens", "6")
     assert answered.returncode == 0, answered.stderr
     assert answered.stdout.strip()
-    last = requests(server)[-1]
+    last = finished(server, before)
     assert (last["model"], last["stream"], last["completion_tokens"]) == ("chatty", True, 6)
 
     piped = run(server, "chatty", "Summarise:", "--max-tokens", "3", stdin="A long text " * 20)
     assert piped.returncode == 0, piped.stderr
-    assert requests(server)[-1]["prompt_tokens"] > last["prompt_tokens"] + 40  # the text too
+    assert finished(server, before + 1)["prompt_tokens"] > last["prompt_tokens"] + 40
 
 
 def test_run_refuses_what_it_cannot_chat_with(server: Server) -> None:
@@ -95,21 +107,24 @@ def test_run_interactive_keeps_the_conversation_until_cleared(
     server: Server, tmp_path: Path
 ) -> None:
     child = chat(server, "--max-tokens", "4")
-    child.sendline("Hello there")
-    child.expect_exact(">>> ")
-    first = requests(server)[-1]
-    child.sendline("And again")
-    child.expect_exact(">>> ")
-    second = requests(server)[-1]
+    count = len(requests(server))
+
+    def ask(text: str) -> dict[str, Any]:
+        nonlocal count
+        child.sendline(text)
+        child.expect_exact(">>> ")
+        count += 1
+        return finished(server, count - 1)
+
+    first = ask("Hello there")
+    second = ask("And again")
     # The second request carries the first exchange.
     assert second["prompt_tokens"] >= first["prompt_tokens"] + first["completion_tokens"] + 3
 
     child.sendline("/clear")
     child.expect_exact("Cleared the conversation.")
     child.expect_exact(">>> ")
-    child.sendline("Hello there")
-    child.expect_exact(">>> ")
-    assert requests(server)[-1]["prompt_tokens"] == first["prompt_tokens"]
+    assert ask("Hello there")["prompt_tokens"] == first["prompt_tokens"]
 
     child.sendline("/set system You answer in French, always, whatever is asked.")
     child.expect_exact("Set the system message.")
@@ -119,14 +134,11 @@ def test_run_interactive_keeps_the_conversation_until_cleared(
     child.expect_exact(">>> ")
     child.sendline("/clear")
     child.expect_exact(">>> ")
-    child.sendline("Hello there")
-    child.expect_exact(">>> ")
-    assert requests(server)[-1]["prompt_tokens"] > first["prompt_tokens"] + 8
+    assert ask("Hello there")["prompt_tokens"] > first["prompt_tokens"] + 8
 
     child.sendline('"""First line')
     child.expect_exact("... ")
-    child.sendline('second line"""')
-    child.expect_exact(">>> ")
+    assert ask('second line"""')["prompt_tokens"] > first["prompt_tokens"]
     child.sendline("/nope")
     child.expect_exact("Unknown command '/nope'")
     child.expect_exact(">>> ")
@@ -157,7 +169,7 @@ def test_run_interactive_ctrl_c_stops_the_answer_and_ctrl_d_exits(server: Server
     ):
         assert time.monotonic() < deadline, "the stopped answer kept generating"
         time.sleep(0.1)
-    (stopped,) = requests(server)[before:]
+    stopped = finished(server, before)
     assert stopped["cancelled"] is True
     assert stopped["completion_tokens"] is None or stopped["completion_tokens"] < 2000
     child.sendeof()

@@ -126,6 +126,8 @@ class ModelEntry(BaseModel):
     command: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     health: str = default("health")
+    metrics: str | None = None
+    """Command engine: the path of its Prometheus metrics (``/metrics``), merged into ours."""
     health_status: int = Field(default=default("health_status"), ge=100, le=599)
     ready_timeout: Seconds = default("ready_timeout")
     stop_signal: str = default("stop_signal")

@@ -293,10 +293,12 @@ command = ["infinity_emb", "v2", "--model-id", "{path}", "--port", "{port}"]
 path = "weights"
 capabilities = ["embedding"]
 health = "/health"
+metrics = "/metrics"
 """,
     )
     specs = {m.name: m for m in load_config(settings).models}
     qwen, local = specs["qwen"], specs["local"]
+    assert (qwen.metrics, local.metrics) == (None, "/metrics")
     assert (qwen.engine, qwen.kind, qwen.capabilities) == (
         "command",
         "chat",
@@ -324,6 +326,9 @@ health = "/health"
         ('command = ["srv", "{port}", "{path}"]', "path: required, the command uses {path}"),
         ('command = ["srv", "{port}"]\nstop_signal = "SIGNOPE"', "stop_signal: not a signal"),
         ('command = ["srv", "{port}"]\nhealth = "health"', "health: a path starting with /"),
+        ('command = ["srv", "{port}"]\nmetrics = "metrics"', "metrics: a path starting with /"),
+        ('path = "m.gguf"\nmetrics = "/metrics"', "metrics: only for a command engine"),
+        ('url = "http://h:1"\nmetrics = "/metrics"', "metrics: not for a remote model"),
         ('engine = "command"', 'command: required for engine = "command"'),
         ('engine = "encoder"\ncommand = ["srv", "{port}"]', "command: only for engine"),
     ],

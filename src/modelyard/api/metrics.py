@@ -183,16 +183,18 @@ class Metrics:
     async def _engine_metrics(self, session: aiohttp.ClientSession) -> list[Metric]:
         targets = []
         for status in self._scheduler.status():
-            if status.state is not ModelState.READY or status.spec.engine != "llamacpp":
+            spec = status.spec
+            path = "/metrics" if spec.engine == "llamacpp" else spec.metrics
+            if status.state is not ModelState.READY or path is None:
                 continue
             running = self._scheduler.running(status.name)
             if running is not None:
-                targets.append((status.name, running.base_url, dict(running.headers)))
+                targets.append((status.name, running.base_url + path, dict(running.headers)))
 
         async def fetch(name: str, url: str, headers: dict[str, str]) -> list[Metric]:
             try:
                 async with asyncio.timeout(ENGINE_TIMEOUT):
-                    async with session.get(url + "/metrics", headers=headers) as response:
+                    async with session.get(url, headers=headers) as response:
                         if response.status != 200:
                             raise ValueError(f"status {response.status}")
                         text = await response.text()
@@ -278,14 +280,18 @@ def _labelled(families: Iterable[Metric], model: str) -> list[Metric]:
 
 def _merge(per_engine: list[list[Metric]]) -> list[Metric]:
     """One family per name, with the samples of every engine (the format wants them
-    together, under one HELP and TYPE)."""
+    together, under one HELP and TYPE). A family named like one of ours, or like another
+    engine's of a different type, is left out: the exposition must stay valid."""
     merged: dict[str, Metric] = {}
     for families in per_engine:
         for family in families:
+            if family.name.startswith("modelyard_"):
+                continue
             into = merged.setdefault(
                 family.name, Metric(family.name, family.documentation, family.type, family.unit)
             )
-            into.samples.extend(family.samples)
+            if into.type == family.type:
+                into.samples.extend(family.samples)
     return list(merged.values())
 
 

@@ -54,6 +54,10 @@ def entry_spec(
         return _remote_spec(name, entry, where)
     if entry.command or entry.engine == "command":
         return _command_spec(name, entry, base_dir, where, keep_alive)
+    if entry.metrics is not None:
+        raise ConfigError(
+            f"{where} metrics: only for a command engine (llama.cpp's are always merged)"
+        )
     if not entry.path:
         raise ConfigError(f"{where} path: required (a .gguf file or a model directory)")
     path = resolve(entry.path, base_dir)
@@ -124,8 +128,10 @@ def _command_spec(
         stop_signal(entry.stop_signal)
     except (KeyError, ValueError):
         raise ConfigError(f"{where} stop_signal: not a signal: {entry.stop_signal!r}") from None
-    if not entry.health.startswith("/"):
-        raise ConfigError(f"{where} health: a path starting with /: {entry.health!r}")
+    for key in ("health", "metrics"):
+        value = getattr(entry, key)
+        if value is not None and not value.startswith("/"):
+            raise ConfigError(f"{where} {key}: a path starting with /: {value!r}")
     served = tuple(dict.fromkeys(entry.capabilities))
     kind = entry.kind or _kind_of(served)
     if not served:
@@ -146,6 +152,7 @@ def _command_spec(
         command=tuple(entry.command),
         env=dict(entry.env),
         served=served,
+        metrics=entry.metrics,
         **{key: getattr(entry, key) for key in _AS_GIVEN},
     )
 
@@ -170,8 +177,8 @@ def _remote_spec(name: str, entry: ModelEntry, where: str) -> ModelSpec:
                 "(a key is never written in this file)"
             )
         key_env = entry.api_key[4:]
-    if entry.path or entry.command:
-        key = "path" if entry.path else "command"
+    if entry.path or entry.command or entry.metrics:
+        key = "path" if entry.path else "command" if entry.command else "metrics"
         raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere)")
     if "parallel" in entry.model_fields_set and entry.max_concurrency is not None:
         raise ConfigError(f"{where} max_concurrency: the same as parallel; give one of them")

@@ -81,6 +81,9 @@ class ModelSpec:
     """Command engine: environment variables added to ours."""
     health: str = "/health"
     """Command engine: the path polled until it answers ``health_status``."""
+    metrics: str | None = None
+    """Command engine: the path of its Prometheus metrics, merged into the gateway's
+    ``/metrics`` with a ``model`` label while it runs; ``None``: not scraped."""
     health_status: int = 200
     ready_timeout: float = 600.0
     """Command engine: seconds the server may take to become healthy."""

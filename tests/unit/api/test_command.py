@@ -138,6 +138,20 @@ async def test_command_engine_output_is_rotated(make_harness: Callable, tmp_path
         assert all(p.stat().st_size <= 2 * MiB + 65536 for p in logs)  # the cap, plus one read
 
 
+async def test_command_engine_metrics_are_merged_when_asked_for(make_harness: Callable) -> None:
+    from tests.unit.api.test_observe import scrape, value
+
+    plain, measured = command_spec(), command_spec(name="measured", metrics="/metrics")
+    async with make_harness(plain, measured) as h:
+        for model in ("cmd", "measured"):
+            assert (await h.call("/v1/chat/completions", chat(model=model))).status == 200
+        m = await scrape(h)
+        assert value(m, "llamacpp_requests_total", model="measured") == 1  # the engine's own
+        assert value(m, "llamacpp_requests_total", model="cmd") is None  # not asked for
+        assert value(m, "modelyard_requests_total", model="cmd",
+                     route="/v1/chat/completions", status="200") == 1  # fmt: skip
+
+
 async def test_command_engine_shows_its_command(make_harness: Callable) -> None:
     async with make_harness(command_spec()) as h:
         shown = (await h.call("/api/show", {"model": "cmd"})).json()

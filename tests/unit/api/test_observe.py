@@ -248,3 +248,21 @@ async def test_logs_api(make_harness: Callable, tmp_path: Path) -> None:
         await follow.done
         assert follow.body.endswith(b'data: "a line written now"\n\n')
         await idle(h)
+
+
+def test_engine_families_that_would_break_the_exposition_are_left_out() -> None:
+    from prometheus_client.metrics_core import Metric
+
+    from modelyard.api.metrics import _exposition, _labelled, _merge
+
+    def family(name: str, kind: str, value: float) -> Metric:
+        metric = Metric(name, "help", kind)
+        metric.add_sample(name + ("_total" if kind == "counter" else ""), {}, value)
+        return metric
+
+    vllm = _labelled([family("vllm:running", "gauge", 2), family("modelyard_x", "gauge", 1)], "a")
+    other = _labelled([family("vllm:running", "counter", 5)], "b")  # same name, other type
+    text = _exposition(_merge([vllm, other])).decode()
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert list(parsed) == ["vllm_running"]
+    assert [(s.labels, s.value) for s in parsed["vllm_running"].samples] == [({"model": "a"}, 2)]

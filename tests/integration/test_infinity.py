@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Server, minilm
 
@@ -41,6 +42,7 @@ def server(server_factory: Callable[..., Server]) -> Server:
     return server_factory(
         f'[models.inf]\ncommand = [{quoted}]\npath = "{minilm()}"\n'
         'capabilities = ["embedding"]\nmemory = "1GiB"\nready_timeout = "3m"\n'
+        'metrics = "/metrics"\n'
         'env = { HF_HUB_OFFLINE = "1", OMP_NUM_THREADS = "2" }\n'
         f'[models.encoder]\npath = "{minilm()}"\n'
     )
@@ -77,6 +79,12 @@ def test_infinity_through_modelyard_is_infinity(server: Server) -> None:
         np.linalg.norm(through, axis=1) * np.linalg.norm(ours, axis=1)
     )
     assert np.all(cosine > 1 - 1e-4), cosine
+
+    # Infinity's own metrics are merged into the gateway's, labelled with the model.
+    scraped = httpx.get(f"{server.url}/metrics").text
+    samples = [s for f in text_string_to_metric_families(scraped) for s in f.samples]
+    theirs = [s for s in samples if s.labels.get("model") == "inf" and "handler" in s.labels]
+    assert any(s.labels["handler"] == "/v1/embeddings" for s in theirs), scraped[-2000:]
 
 
 def test_infinity_killed_mid_request_then_restarted(server: Server) -> None:

@@ -319,6 +319,11 @@ def test_rerank_cohere_and_jina_shapes(server: Server) -> None:
     assert body["results"][0]["document"] == {"text": DOCUMENTS[body["results"][0]["index"]]}
     assert body["usage"]["total_tokens"] > 0
 
+    # top_k, as several self-hosted rerank APIs call top_n.
+    best = rerank(server, {"model": "minilm", "query": QUERY, "documents": DOCUMENTS, "top_k": 1})
+    assert best.status_code == 200, best.text
+    assert [r["index"] for r in best.json()["results"]] == [body["results"][0]["index"]]
+
 
 def test_cross_encoder_scores_match_predict(server: Server, reranker_dir: Path) -> None:
     from sentence_transformers import CrossEncoder
@@ -337,6 +342,7 @@ def test_cross_encoder_scores_match_predict(server: Server, reranker_dir: Path) 
         ({"model": "minilm", "query": QUERY, "documents": []}, "documents"),
         ({"model": "minilm", "query": "", "documents": ["a"]}, "query"),
         ({"model": "minilm", "query": QUERY, "documents": ["a"], "top_n": 0}, "top_n"),
+        ({"model": "minilm", "query": QUERY, "documents": ["a"], "top_n": 1, "top_k": 2}, "top_k"),
         ({"model": "minilm", "query": QUERY, "documents": [{"image": "x.png"}]}, "documents.0"),
         ({"model": "gemma-embed", "query": QUERY, "documents": ["a"]}, "model"),
     ],

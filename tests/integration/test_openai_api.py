@@ -149,6 +149,10 @@ def test_openai_api_lists_models_with_state(client: openai.OpenAI, server: Serve
     assert by_id["a"]["state"] == "ready"
     assert by_id["b"]["aliases"] == ["bee"]
     assert {m.id for m in client.models.list()} == {"a", "b"}
+    retrieved = client.models.retrieve("bee")  # by alias
+    assert (retrieved.id, retrieved.object) == ("b", "model")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
 
 
 def test_openai_api_unknown_model_is_404(client: openai.OpenAI) -> None:

@@ -29,7 +29,7 @@ from modelyard.protocol.openai import (
     RerankRequest,
 )
 from modelyard.runners.llamacpp import can_call_tools
-from modelyard.scheduler import Scheduler, Unset
+from modelyard.scheduler import ModelStatus, Scheduler, Unset
 
 router = APIRouter()
 
@@ -50,23 +50,30 @@ MODEL_ROUTES = frozenset(
 async def list_models(request: Request) -> ModelList:
     scheduler = scheduler_of(request)
     created = int(request.app.state.started_at)
-    data = []
-    for status in scheduler.status():
-        if status.removed:
-            continue  # finishing its last requests
-        spec = status.spec
-        data.append(
-            Model(
-                id=status.name,
-                created=created,
-                kind=spec.kind,
-                state=status.state,
-                aliases=list(spec.aliases),
-                capabilities=list(spec.capabilities),
-                rerank_method=_rerank_method(spec),
-            )
-        )
-    return ModelList(data=data)
+    # Removed models are finishing their last requests: not offered any more.
+    return ModelList(data=[_model(s, created) for s in scheduler.status() if not s.removed])
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> Model:
+    """One model by name or alias (OpenAI's ``models.retrieve``); ids may hold ``/``."""
+    scheduler = scheduler_of(request)
+    name = scheduler.spec(model).name  # 404 model_not_found when unknown (or removed)
+    (status,) = [s for s in scheduler.status() if s.name == name and not s.removed]
+    return _model(status, int(request.app.state.started_at))
+
+
+def _model(status: ModelStatus, created: int) -> Model:
+    spec = status.spec
+    return Model(
+        id=status.name,
+        created=created,
+        kind=spec.kind,
+        state=status.state,
+        aliases=list(spec.aliases),
+        capabilities=list(spec.capabilities),
+        rerank_method=_rerank_method(spec),
+    )
 
 
 def _rerank_method(spec: ModelSpec) -> Literal["cross-encoder", "cosine"] | None:

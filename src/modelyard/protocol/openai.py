@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MAX_TOKENS = 2**31 - 1
 """Engines count tokens in 32 bits; a larger ``max_tokens`` wrapped to a negative number."""
@@ -122,12 +129,27 @@ class RerankRequest(_Request):
     query: str = Field(min_length=1)
     documents: list[str | RerankDocument] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1)
+    top_k: int | None = Field(default=None, ge=1)
+    """What several self-hosted rerank APIs call ``top_n``."""
     return_documents: bool = True
     truncate: bool | None = None
     keep_alive: str | float | None = None
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
+
+    @field_validator("top_k")
+    @classmethod
+    def _one_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("top_n") not in (None, value):
+            raise ValueError("top_n and top_k are the same limit: give one of them")
+        return value
+
+    @model_validator(mode="after")
+    def _top_k_is_top_n(self) -> RerankRequest:
+        if self.top_k is not None:
+            self.top_n = self.top_k
+        return self
 
 
 class ModelLoadRequest(_Request):

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -26,6 +27,17 @@ MAX_CHOICES = 16
 MEDIA_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio"})
 
 ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+
+
+def _not_a_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError('a duration ("5m", seconds, 0 to unload at once, -1 to keep), not a bool')
+    return value
+
+
+KeepAlive = Annotated[str | float | None, BeforeValidator(_not_a_bool)]
+"""Ollama's ``keep_alive``: ``false`` would read as 0 and unload the model, so a bool is an
+error rather than a guess."""
 
 
 class _Request(BaseModel):
@@ -60,7 +72,7 @@ class _SamplingRequest(_Request):
     )
     """OpenAI's token id → bias map (llama.cpp also takes ``[[token, bias], …]``)."""
     user: str | None = None
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
     """Ollama's: how long the model stays loaded after this request (``"5m"``, ``0``, ``-1``)."""
 
 
@@ -95,7 +107,7 @@ class EmbeddingRequest(_Request):
     user: str | None = None
     truncate: bool | None = None
     """Cut over-long inputs to the model's limit instead of rejecting them (Ollama's)."""
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -133,7 +145,7 @@ class RerankRequest(_Request):
     """What several self-hosted rerank APIs call ``top_n``."""
     return_documents: bool = True
     truncate: bool | None = None
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -154,7 +166,7 @@ class RerankRequest(_Request):
 
 class ModelLoadRequest(_Request):
     model: ModelName
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
 
 
 class ModelUnloadRequest(_Request):

@@ -83,6 +83,7 @@ async def test_guard_body_too_large_is_413_before_reading(make_harness: Callable
         ({**CHAT, "logit_bias": {str(i): 1 for i in range(300_000)}}, "logit_bias", "at most"),
         ({**CHAT, "model": "m" * 10_000}, "model", "at most"),
         ({**CHAT, "keep_alive": "soon"}, "keep_alive", "invalid duration"),
+        ({**CHAT, "keep_alive": False}, "keep_alive", "not a bool"),  # would unload at once
     ],
 )
 async def test_guard_bounds_are_400_with_the_field(

@@ -16,8 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.catalog.build import check_names, entry_spec, merge, resolve
@@ -178,6 +186,22 @@ class _Server(BaseModel):
     """Scheduler events kept in memory for ``/api/events``."""
     activity_kept: int = Field(default=200, ge=10, le=100_000)
     """Finished requests kept for ``/api/activity``."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Web pages on these origins (``http://localhost:3000``; ``*``: any) may call the API
+    from a browser; none by default (this server's own pages need no CORS)."""
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            parts = urlsplit(origin)
+            plain = parts.scheme in ("http", "https") and parts.netloc and not parts.path
+            if origin != "*" and not (plain and not parts.query and not parts.fragment):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme and host, such as "
+                    "http://localhost:3000 (no path), or * for any"
+                )
+        return origins
 
 
 CapKey = Literal["all", "chat", "embedding", "rerank"]
@@ -231,6 +255,7 @@ class Config:
     log_files: int = 3
     events_kept: int = 1000
     activity_kept: int = 200
+    cors_origins: tuple[str, ...] = ()
     max_loaded: dict[str, int] = field(default_factory=dict)
     """``all`` and/or a kind → the most models loaded at once."""
     models: list[ModelSpec] = field(default_factory=list)
@@ -302,6 +327,7 @@ def load_config(settings: Settings | None = None) -> Config:
         log_files=server.log_files,
         events_kept=server.events_kept,
         activity_kept=server.activity_kept,
+        cors_origins=tuple(server.cors_origins),
         max_loaded=_max_loaded(parsed.memory.max_loaded_models),
         models=models,
         source=source,

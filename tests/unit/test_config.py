@@ -409,3 +409,11 @@ def test_config_remote_entry_errors(tmp_path: Path, entry: str, expected: str) -
     assert f"[models.x] {expected}" in error.value.message
     assert "sk-plain" not in error.value.message
     assert "pw@" not in error.value.message
+
+
+def test_config_cors_origins(tmp_path: Path) -> None:
+    text = '[server]\ncors_origins = ["http://localhost:3000", "*"]\n'
+    assert load_config(write(tmp_path, text)).cors_origins == ("http://localhost:3000", "*")
+    for bad in ("localhost:3000", "http://h/app", "ftp://h"):
+        with pytest.raises(ConfigError, match="is not an origin"):
+            load_config(write(tmp_path, f'[server]\ncors_origins = ["{bad}"]\n'))

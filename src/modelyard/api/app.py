@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
@@ -140,9 +141,20 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(models.router)
     app.include_router(observe.router)
-    app.add_middleware(Guard, max_body=config.max_request_size)
+    trusted = frozenset(o for o in config.cors_origins if o != "*")
+    app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)
     app.add_middleware(Observe, paths=openai.MODEL_ROUTES)
     app.add_middleware(RequestId)
+    if config.cors_origins:
+        # Outermost, so that every answer (a 413 or 429 too) carries its headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "retry-after", "server-timing"],
+            max_age=600,
+        )
     return app
 
 

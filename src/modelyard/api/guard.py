@@ -7,7 +7,8 @@ routes proof that no other web site sent it.
   come from a program or from a page of this server itself. A web page elsewhere can make
   the browser send a "simple" cross-site POST (``text/plain``, no preflight) that the
   server would act on; so such requests are refused with 403 when the browser says they
-  are cross-site (``Sec-Fetch-Site``) or their ``Origin`` is not this server, and 415 when
+  are cross-site (``Sec-Fetch-Site``) or their ``Origin`` is not this server (nor a page the
+  operator named in ``cors_origins``), and 415 when
   they carry a body that is not ``application/json`` (which no page can send cross-site
   without a preflight that this server never answers).
 """
@@ -35,9 +36,14 @@ class Guard:
     """ASGI middleware: the size limit for every request, the cross-site and JSON checks for
     the admin routes (see the module)."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body: int, trusted_origins: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.trusted = frozenset(o.encode("latin-1") for o in trusted_origins)
+        """Origins besides this server's own that may send admin requests (``cors_origins``
+        named explicitly; ``*`` opens the API to every page, never the admin routes)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,7 +55,7 @@ class Guard:
             if length is not None and length > self.max_body:
                 raise self._too_large()
             if scope["method"] not in _SAFE_METHODS and scope["path"].startswith("/api/"):
-                _check_admin(headers, length)
+                _check_admin(headers, length, self.trusted)
         except ModelyardError as exc:
             response = error_response(exc)
             if isinstance(exc, PayloadTooLargeError):
@@ -92,10 +98,14 @@ def _content_length(headers: dict[bytes, bytes]) -> int | None:
         return None
 
 
-def _check_admin(headers: dict[bytes, bytes], length: int | None) -> None:
+def _check_admin(
+    headers: dict[bytes, bytes], length: int | None, trusted: frozenset[bytes]
+) -> None:
     site = headers.get(b"sec-fetch-site")
     origin = headers.get(b"origin")
-    if (site is not None and site not in _TRUSTED_FETCH_SITES) or (
+    if origin is not None and origin in trusted:
+        pass  # a page the operator named in cors_origins
+    elif (site is not None and site not in _TRUSTED_FETCH_SITES) or (
         origin is not None and not _same_origin(origin, headers.get(b"host", b""))
     ):
         raise PermissionDeniedError(

@@ -75,6 +75,46 @@ async def test_guard_body_too_large_is_413_before_reading(make_harness: Callable
         assert fine.status == 200
 
 
+async def test_guard_cors_is_off_until_origins_are_named(make_harness: Callable) -> None:
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
+    async with make_harness() as h:
+        answer = await h.call("/v1/chat/completions", method="OPTIONS", headers=preflight)
+        assert "access-control-allow-origin" not in answer.headers
+        listed = await h.call("/v1/models", method="GET", headers={"Origin": preflight["Origin"]})
+        assert "access-control-allow-origin" not in listed.headers
+
+
+async def test_guard_cors_for_named_origins(make_harness: Callable) -> None:
+    page = "http://localhost:3000"
+    async with make_harness(cors_origins=(page,)) as h:
+        asked = {"Origin": page, "Access-Control-Request-Method": "POST"}
+        ok = await h.call("/v1/chat/completions", method="OPTIONS", headers=asked)
+        assert ok.status == 200
+        assert ok.headers["access-control-allow-origin"] == page
+        answered = await h.call("/v1/chat/completions", CHAT, headers={"Origin": page})
+        assert answered.status == 200
+        assert answered.headers["access-control-allow-origin"] == page
+        assert "x-request-id" in answered.headers["access-control-expose-headers"]
+        other = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+        refused = await h.call("/v1/chat/completions", method="OPTIONS", headers=other)
+        assert "access-control-allow-origin" not in refused.headers
+        # A named page may manage models too (JSON, after its preflight); others may not.
+        managed = await h.call("/api/load", {"model": "canned"}, headers={"Origin": page})
+        assert managed.status == 200
+        evil = await h.call("/api/unload", {"model": "canned"}, headers={"Origin": other["Origin"]})
+        assert evil.status == 403
+
+
+async def test_guard_cors_any_origin_never_opens_the_admin_routes(make_harness: Callable) -> None:
+    async with make_harness(cors_origins=("*",)) as h:
+        page = {"Origin": "http://anywhere.example"}
+        listed = await h.call("/v1/models", method="GET", headers=page)
+        assert listed.headers["access-control-allow-origin"] == "*"
+        admin = await h.call("/api/load", {"model": "canned"}, headers=page)
+        assert admin.status == 403
+        assert h.scheduler.state("canned") == "stopped"
+
+
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [

@@ -46,6 +46,11 @@ MODEL_ROUTES = frozenset(
 """The routes that serve models: each request to them is traced (``api.telemetry``)."""
 
 
+LEGACY_MAX_TOKENS = 16
+"""OpenAI's (and vLLM's) default for ``/v1/completions``; llama.cpp's own would fill the
+context."""
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
     scheduler = scheduler_of(request)
@@ -107,6 +112,8 @@ async def _generate(
     for key, value in spec.defaults.items():
         if payload.get(key) is None:
             payload[key] = value
+    if isinstance(parsed, CompletionRequest) and payload.get("max_tokens") is None:
+        payload["max_tokens"] = LEGACY_MAX_TOKENS
     if (
         isinstance(parsed, ChatCompletionRequest)
         and spec.engine == "llamacpp"

@@ -103,10 +103,10 @@ def _check_admin(
 ) -> None:
     site = headers.get(b"sec-fetch-site")
     origin = headers.get(b"origin")
-    if origin is not None and origin in trusted:
-        pass  # a page the operator named in cors_origins
-    elif (site is not None and site not in _TRUSTED_FETCH_SITES) or (
-        origin is not None and not _same_origin(origin, headers.get(b"host", b""))
+    named = origin is not None and origin in trusted  # a page named in cors_origins
+    if not named and (
+        (site is not None and site not in _TRUSTED_FETCH_SITES)
+        or (origin is not None and not _same_origin(origin, headers.get(b"host", b"")))
     ):
         raise PermissionDeniedError(
             "Admin requests are not accepted from other web sites (Origin "

@@ -16,6 +16,7 @@ from modelyard.api.request import documented, keep_alive_of, read_json, schedule
 from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import (
     InvalidRequestError,
+    ModelNotFoundError,
     RunnerError,
     UnsupportedFeatureError,
     WrongModelKindError,
@@ -63,9 +64,11 @@ async def list_models(request: Request) -> ModelList:
 async def retrieve_model(request: Request, model: str) -> Model:
     """One model by name or alias (OpenAI's ``models.retrieve``); ids may hold ``/``."""
     scheduler = scheduler_of(request)
-    name = scheduler.spec(model).name  # 404 model_not_found when unknown (or removed)
-    (status,) = [s for s in scheduler.status() if s.name == name and not s.removed]
-    return _model(status, int(request.app.state.started_at))
+    name = scheduler.spec(model).name  # 404 model_not_found when unknown
+    for status in scheduler.status():
+        if status.name == name and not status.removed:
+            return _model(status, int(request.app.state.started_at))
+    raise ModelNotFoundError(f"The model {model!r} was removed from the catalog", param="model")
 
 
 def _model(status: ModelStatus, created: int) -> Model:

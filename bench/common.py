@@ -53,11 +53,11 @@ class Gateway:
     """``modelyard serve`` on a config of ours, in a temporary home; its output goes to
     ``gateway.log`` there, and ``BENCH_KEEP=1`` keeps the home (logs included) afterwards."""
 
-    def __init__(self, config: str, core: int | None) -> None:
+    def __init__(self, config: str, core: int | None, env: dict[str, str] | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="modelyard-bench-"))
         (self.home / "modelyard.toml").write_text(config)
         self.port = free_port()
-        env = {**os.environ, "MODELYARD_HOME": str(self.home)}
+        env = {**os.environ, **(env or {}), "MODELYARD_HOME": str(self.home)}
         env["PATH"] = f"{Path(PY).parent}:{env.get('PATH', '')}"
         argv = [PY, "-m", "modelyard", "serve", "--port", str(self.port)]
         argv += ["--config", str(self.home / "modelyard.toml")]

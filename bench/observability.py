@@ -37,6 +37,15 @@ def canned(names: list[str], server: str = "") -> str:
 
 async def cost(rounds: int, requests: int, saturation: int) -> list[tuple[str, float, float]]:
     on, off = Gateway(canned(["canned"]), core=0), Gateway(canned(["canned"], OFF), core=0)
+    return await cost_of(on, off, rounds, requests, saturation)
+
+
+async def cost_of(
+    on: Gateway, off: Gateway, rounds: int, requests: int, saturation: int, names: str = "on/off"
+) -> list[tuple[str, float, float]]:
+    """B1 and B2 through ``on`` and ``off`` in interleaved rounds (both are closed after);
+    rows of (label, ``on``'s figure, ``off``'s or the target)."""
+    a, b = names.split("/")
     rows = []
     try:
         async with pooled_session() as session:
@@ -63,13 +72,13 @@ async def cost(rounds: int, requests: int, saturation: int) -> list[tuple[str, f
         off.close()
     deltas = [a - b for a, b in zip(p50_on, p50_off, strict=True)]
     ratios = [a / b for a, b in zip(rate_on, rate_off, strict=True)]
-    rows.append(("B1 p50 ms, on", statistics.median(p50_on), statistics.median(p50_off)))
-    rows.append(("B1 Δp50 ms on - off (median per round)", statistics.median(deltas), 0.1))
+    rows.append((f"B1 p50 ms, {a}", statistics.median(p50_on), statistics.median(p50_off)))
+    rows.append((f"B1 Δp50 ms {a} - {b} (median per round)", statistics.median(deltas), 0.1))
     rows.append(
         ("B1 gateway CPU µs/request", statistics.median(cpu[on]), statistics.median(cpu[off]))
     )
-    rows.append(("B2 req/s c=16, on", statistics.median(rate_on), statistics.median(rate_off)))
-    rows.append(("B2 req/s on / off (median per round)", statistics.median(ratios), 0.95))
+    rows.append((f"B2 req/s c=16, {a}", statistics.median(rate_on), statistics.median(rate_off)))
+    rows.append((f"B2 req/s {a} / {b} (median per round)", statistics.median(ratios), 0.95))
     return rows
 
 

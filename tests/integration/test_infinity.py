@@ -2,8 +2,8 @@
 embeddings modelyard relays are Infinity's own and agree with the bundled encoder's; a
 killed Infinity is started again, and no request is left hanging.
 
-Infinity lives in its own virtual environment (``bash bench/setup_peers.sh infinity``; the
-README's test command runs it)."""
+Infinity lives in its own virtual environment (``bash bench/setup_peers.sh infinity``, which
+``sh scripts/test-services --slow`` runs); these are slow tests, which CI runs."""
 
 from __future__ import annotations
 

@@ -359,11 +359,11 @@ class Scheduler:
         """The most the model has been seen to use with its current settings."""
         return self.ledger.measured(self._catalog.get(name))
 
-    async def runner_unreachable(self, lease: Lease, grace: float = 2.0) -> bool:
+    async def runner_unreachable(self, lease: Lease, grace: float = 5.0) -> bool:
         """The runner of ``lease`` refused or dropped a request before taking it. Waits (up
-        to ``grace`` seconds) for its process to exit and handles the exit at once, so that the
-        request can wait for the restart; ``False`` if it is still running (then the
-        request fails)."""
+        to ``grace`` seconds: a killed runner's exit is seen late on a busy machine) for its
+        process to exit and handles the exit at once, so that the request can wait for the
+        restart; ``False`` if it is still running (then the request fails)."""
         m = self._models.get(lease.model)
         if m is None or lease.generation != m.generation or m.running is None:
             return True  # already known to be gone

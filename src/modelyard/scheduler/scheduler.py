@@ -10,8 +10,9 @@ locks and the implied states this design avoids.
 Contracts:
 - ``acquire(model)`` returns a ``Lease`` once the model is ready and one of its ``parallel``
   slots is free. While any lease on a model is held, the model is never evicted.
-- Requests for one model wait in a FIFO queue of at most ``max_queue`` beyond the slots
-  that are free or will be once it has loaded; one more raises ``QueueFullError`` (429);
+- Requests for one model wait in a queue of at most ``max_queue`` beyond the slots that are
+  free or will be once it has loaded, first in, first out per client and taking turns
+  between clients (``queue.FairQueue``); one more raises ``QueueFullError`` (429);
   waiting longer than ``queue_timeout`` raises ``QueueTimeoutError`` (503). A waiter that is
   cancelled (its client left) is removed and starts nothing.
 - Concurrent requests for a cold model share one load. A model larger than the whole budget
@@ -43,7 +44,6 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -84,6 +84,7 @@ from modelyard.scheduler.event import (
 )
 from modelyard.scheduler.journal import Journal
 from modelyard.scheduler.policy import Loaded, choose_victims, fits
+from modelyard.scheduler.queue import FairQueue
 from modelyard.scheduler.state import RESIDENT, ModelState, check_transition
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,9 @@ class _Waiter:
     keep_alive: float | Unset | None
     request: str = ""
     """Who asks, for the event log: a request id, ``POST /api/load`` or ``preload``."""
+    client: str = ""
+    """Whose request it is (an API key), for the turns in the queue."""
+    weight: float = 1.0
     timer: Timer | None = None
 
 
@@ -140,7 +144,7 @@ class _Model:
     running: RunningModel | None = None
     generation: int = 0
     leases: int = 0
-    waiters: deque[_Waiter] = field(default_factory=deque)
+    waiters: FairQueue[_Waiter] = field(default_factory=FairQueue)
     keep_alive: float | None = None
     loaded_at: float = 0.0
     load_started: float = 0.0
@@ -245,11 +249,18 @@ class Scheduler:
         return self._models[self._catalog.get(name).name].state
 
     async def acquire(
-        self, name: str, keep_alive: float | Unset | None = UNSET, *, request: str = ""
+        self,
+        name: str,
+        keep_alive: float | Unset | None = UNSET,
+        *,
+        request: str = "",
+        client: str = "",
+        weight: float = 1.0,
     ) -> Lease:
         """Waits for a slot on ``name`` (loading it, evicting idle models as needed).
 
-        ``request`` names who asks (a request id) in the event log."""
+        ``request`` names who asks (a request id) in the event log; ``client`` whose request
+        it is, and ``weight`` its share, for the turns in the queue."""
         m = self._models[self._catalog.get(name).name]
         now = self._clock.now()
         try:
@@ -265,7 +276,7 @@ class Scheduler:
             ) from None
         self._seq += 1
         future = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(self._seq, future, now, keep_alive, request)
+        waiter = _Waiter(self._seq, future, now, keep_alive, request, client, weight)
         m.waiters.append(waiter)
         if len(m.waiters) == 1 and m.state not in (ModelState.READY, ModelState.LOADING):
             estimate = dict(self.ledger.estimate(m.spec))
@@ -528,7 +539,7 @@ class Scheduler:
             for m in self._models.values()
             if m.waiters and m.state in (ModelState.STOPPED, ModelState.FAILED)
         ]
-        cold.sort(key=lambda m: m.waiters[0].seq)
+        cold.sort(key=lambda m: m.waiters.oldest().seq)
         for m in cold:
             if m.retry_at > now:
                 error = LoadFailedError(

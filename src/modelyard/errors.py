@@ -12,6 +12,9 @@ The tree::
     │   └── ModelNotFoundError          404 invalid_request_error / model_not_found
     ├── AuthenticationError             401 authentication_error / invalid_api_key
     ├── PermissionDeniedError           403 invalid_request_error / cross_site_request
+    │   ├── ForbiddenError              403 permission_error / permission_denied
+    │   ├── RoleError                   403 permission_error / insufficient_role
+    │   └── ModelNotAllowedError        403 permission_error / model_not_allowed
     ├── ConflictError                   409 invalid_request_error / conflict
     ├── PayloadTooLargeError            413 invalid_request_error / request_too_large
     ├── UnsupportedMediaTypeError       415 invalid_request_error / unsupported_media_type
@@ -20,6 +23,8 @@ The tree::
     │   ├── VerificationError           502 server_error / verification_failed
     │   └── DiskFullError               507 server_error / insufficient_storage
     ├── QueueFullError                  429 rate_limit_error / queue_full (Retry-After)
+    ├── RateLimitError                  429 rate_limit_error / rate_limit_exceeded (Retry-After)
+    ├── InsufficientQuotaError          429 insufficient_quota / insufficient_quota
     ├── RunnerError                     502 server_error / runner_failed
     │   └── RunnerUnreachableError      502 server_error / runner_unreachable (never took it)
     ├── LoadFailedError                 503 server_error / model_load_failed
@@ -51,11 +56,14 @@ class ModelyardError(Exception):
         *,
         param: str | None = None,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.headers: Mapping[str, str] = headers or {}
+        """Sent with the error response (the rate limits' ``x-ratelimit-*``)."""
         self.event: int | None = None
 
     def add_event(self, event: int) -> None:
@@ -110,6 +118,25 @@ class PermissionDeniedError(ModelyardError):
     status = 403
     type = "invalid_request_error"
     code = "cross_site_request"
+
+
+class ForbiddenError(PermissionDeniedError):
+    """Not for this caller (someone else's key, sign-up turned off…)."""
+
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RoleError(PermissionDeniedError):
+    """The key's or user's role may not use this route."""
+
+    type = "permission_error"
+    code = "insufficient_role"
+
+
+class ModelNotAllowedError(PermissionDeniedError):
+    type = "permission_error"
+    code = "model_not_allowed"
 
 
 class PayloadTooLargeError(ModelyardError):
@@ -172,6 +199,22 @@ class QueueFullError(ModelyardError):
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
+
+
+class RateLimitError(ModelyardError):
+    """A key or user sent more requests or tokens per minute, or more at once, than allowed."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class InsufficientQuotaError(ModelyardError):
+    """The token balance cannot cover the request's worst case."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class RunnerError(ModelyardError):

@@ -202,6 +202,10 @@ def setup(level: str, log_format: str, log_dir: Path | None, rotation: Rotation)
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # At debug level these write every statement with its parameters (key and password
+    # hashes among them) into the log: never.
+    for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ---- reading ------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ throttle = _Throttle()
 
 
 def error_response(exc: ModelyardError) -> JSONResponse:
-    headers = {}
+    headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return JSONResponse(exc.envelope(), status_code=exc.status, headers=headers)

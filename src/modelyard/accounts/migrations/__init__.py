@@ -1,0 +1,1 @@
+"""Alembic migrations of the accounts database, applied at start (``Store.open``)."""

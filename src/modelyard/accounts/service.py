@@ -1,0 +1,377 @@
+"""What the API asks of accounts: who a token belongs to, whether a request may run (rate
+limits, token balance), what it cost, and the management of keys and users.
+
+Keys and sessions are looked up in the database at most once a second each (``CACHE_TTL``):
+the cache keeps the request path free of queries, and a key revoked on another gateway
+stops working within that second (at once on this one). Balances are the exception: they
+are reserved and given back in the database itself, never cached.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.accounts import identity
+from modelyard.accounts.credential import (
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    Sessions,
+    hash_password,
+    looks_like_session,
+    verify_password,
+)
+from modelyard.accounts.identity import LOCAL, Limits, Principal, Role
+from modelyard.accounts.ledger import LedgerWriter
+from modelyard.accounts.limits import Admission, RateLimiter
+from modelyard.accounts.store import Store, UsageRow
+from modelyard.errors import (
+    AuthenticationError,
+    InsufficientQuotaError,
+    InvalidRequestError,
+)
+
+CACHE_TTL = 1.0
+"""Seconds a key or session's user is trusted from memory before it is read again."""
+_SECRET = "session"
+
+
+@dataclass
+class Charge:
+    """An admitted request: its place in the rate limits and what it reserved."""
+
+    principal: Principal
+    admission: Admission
+    estimate: int
+    """Prompt tokens it may use (the bound it was admitted with)."""
+    reserved: int = 0
+    on_key: bool = False
+    on_user: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a finished request reports to the ledger."""
+
+    time: float
+    request_id: str
+    model: str | None
+    route: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    price: float
+    queue_ms: float | None
+    load_ms: float | None
+    ttft_ms: float | None
+    total_ms: float
+    cancelled: bool
+
+
+class Accounts:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        required: bool,
+        session_ttl: float = 3600.0,
+        allow_signup: bool = False,
+        signup_balance: int | None = None,
+        ledger: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.required = required
+        """Whether requests must carry a key or session (else they run as ``LOCAL``)."""
+        self.allow_signup = allow_signup
+        self.signup_balance = signup_balance
+        self.limiter = RateLimiter(clock)
+        self.ledger = LedgerWriter(store) if ledger else None
+        self._session_ttl = session_ttl
+        self._sessions: Sessions | None = None
+        self._clock = clock
+        self._keys: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._users: dict[int, tuple[float, dict[str, Any] | None]] = {}
+
+    async def start(self) -> None:
+        self._sessions = Sessions(await self.store.secret(_SECRET), self._session_ttl)
+        if self.ledger is not None:
+            self.ledger.start()
+
+    async def close(self) -> None:
+        if self.ledger is not None:
+            await self.ledger.close()
+        await self.store.close()
+
+    async def bootstrap(self) -> str | None:
+        """When keys are required and there are none, makes an admin key and prints it (to the
+        terminal, once; never to a log); returns it."""
+        if not self.required or await self.store.count_keys():
+            return None
+        key, _ = await self.create_key(name="admin", role=Role.ADMIN)
+        sys.stderr.write(
+            "\n  No API keys exist yet: this admin key was made (it is shown only now, keep "
+            f"it safe):\n\n    {key}\n\n  Use it as MODELYARD_API_KEY for the CLI, or "
+            "`Authorization: Bearer …` for clients.\n\n"
+        )
+        sys.stderr.flush()
+        return key
+
+    # ---- who is asking ----------------------------------------------------------------------
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal of a key or session token; ``AuthenticationError`` (401) else."""
+        if not self.required:
+            return LOCAL
+        if not token:
+            raise AuthenticationError(
+                "No API key: send one as 'Authorization: Bearer my-…' (or in 'x-api-key')"
+            )
+        if looks_like_session(token):
+            return await self._session(token)
+        ident = identity.key_id(token)
+        record = await self._key(ident) if ident is not None else None
+        if record is None or not identity.matches(token, record["hash"]):
+            raise AuthenticationError("Invalid API key")
+        if not record["enabled"] or record["user_enabled"] is False:
+            raise AuthenticationError("This API key was revoked")
+        if record["expires_at"] is not None and record["expires_at"] <= time.time():
+            raise AuthenticationError("This API key has expired")
+        return _key_principal(record)
+
+    async def _key(self, ident: str) -> dict[str, Any] | None:
+        now = self._clock()
+        cached = self._keys.get(ident)
+        if cached is not None and now - cached[0] < CACHE_TTL:
+            return cached[1]
+        record = await self.store.key(ident)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[ident] = (now, record)
+        return record
+
+    async def _session(self, token: str) -> Principal:
+        assert self._sessions is not None
+        session = self._sessions.check(token)
+        if session is None:
+            raise AuthenticationError("The session is invalid or has expired: log in again")
+        now = self._clock()
+        cached = self._users.get(session.user_id)
+        if cached is not None and now - cached[0] < CACHE_TTL:
+            user = cached[1]
+        else:
+            user = await self.store.user_by_id(session.user_id)
+            self._users[session.user_id] = (now, user)
+        if user is None or not user["enabled"]:
+            raise AuthenticationError("The session's user was removed or disabled")
+        return Principal(
+            Role(user["role"]),
+            "session",
+            user_id=user["id"],
+            username=user["name"],
+            user_models=tuple(user["models"]),
+            user_limits=_limits(user, ""),
+            user_balance=user["balance"] is not None,
+        )
+
+    def forget(self) -> None:
+        """Drops the cached keys and users (after this gateway changed some)."""
+        self._keys.clear()
+        self._users.clear()
+
+    async def login(self, username: str, password: str) -> tuple[str, float, str]:
+        """A session token for a user's password: ``(token, expires_at, role)``."""
+        assert self._sessions is not None
+        _check_password(password)
+        try:
+            user: dict[str, Any] | None = await self.store.user(username)
+        except Exception:
+            user = None
+        ok = await verify_password(user["password_hash"] if user else None, password)
+        if user is None or not ok or not user["enabled"]:
+            raise AuthenticationError("Wrong user name or password", param="password")
+        token, expires = self._sessions.issue(user["id"], user["name"])
+        return token, expires, str(user["role"])
+
+    # ---- limits and balances ----------------------------------------------------------------
+
+    async def admit(self, principal: Principal, estimate: int, worst: int, price: float) -> Charge:
+        """Counts a request against its rate limits and reserves its worst case on its
+        balances; raises 429 ``rate_limit_exceeded`` or ``insufficient_quota``."""
+        subjects: list[tuple[str, Limits]] = []
+        if principal.key_id is not None:
+            subjects.append((f"key:{principal.key_id}", principal.key_limits))
+        if principal.user_id is not None:
+            subjects.append((f"user:{principal.user_id}", principal.user_limits))
+        admission = self.limiter.admit(subjects, estimate)
+        charge = Charge(principal, admission, estimate)
+        if principal.key_balance or principal.user_balance:
+            amount = max(1, math.ceil(worst * price))
+            try:
+                ok = await self.store.reserve(
+                    principal.key_id if principal.key_balance else None,
+                    principal.user_id if principal.user_balance else None,
+                    amount,
+                )
+            except BaseException:
+                self.limiter.finish(admission, 0)
+                raise
+            if not ok:
+                self.limiter.finish(admission, 0)
+                raise InsufficientQuotaError(
+                    f"The token balance is too low for this request: it may use up to {worst} "
+                    f"tokens ({amount} at this model's price). Lower max_tokens, or ask an "
+                    "admin to add to the balance",
+                    headers=admission.headers,
+                )
+            charge.reserved = amount
+            charge.on_key = principal.key_balance
+            charge.on_user = principal.user_balance
+        return charge
+
+    def finish(self, principal: Principal | None, charge: Charge | None, usage: Usage) -> None:
+        """The request is over: frees its rate-limit place, settles its reservation and
+        writes its ledger row (in the next batch)."""
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        cost = math.ceil(tokens * usage.price)
+        refund = 0
+        if charge is not None:
+            self.limiter.finish(charge.admission, tokens)
+            if charge.reserved:
+                cost = min(cost, charge.reserved)  # never more than was reserved
+                refund = charge.reserved - cost
+        if self.ledger is None or principal is None:
+            return
+        self.ledger.append(
+            UsageRow(
+                time=usage.time,
+                request_id=usage.request_id,
+                key_id=principal.key_id,
+                key_name=principal.key_name,
+                username=principal.username,
+                user_id=principal.user_id,
+                model=usage.model,
+                route=usage.route,
+                status=usage.status,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost=cost,
+                queue_ms=usage.queue_ms,
+                load_ms=usage.load_ms,
+                ttft_ms=usage.ttft_ms,
+                total_ms=usage.total_ms,
+                cancelled=usage.cancelled,
+                refund_key=refund if charge is not None and charge.on_key else 0,
+                refund_user=refund if charge is not None and charge.on_user else 0,
+            )
+        )
+
+    # ---- keys and users ---------------------------------------------------------------------
+
+    async def create_key(
+        self, *, name: str, role: Role, user: str | None = None, **fields: Any
+    ) -> tuple[str, dict[str, Any]]:
+        """A new key (shown only now) and its record."""
+        user_id = None
+        if user is not None:
+            owner = await self.store.user(user)
+            user_id = owner["id"]
+            if _rank(role) > _rank(Role(owner["role"])):
+                raise InvalidRequestError(
+                    f"A key of user {user!r} ({owner['role']}) cannot have the role {role}",
+                    param="role",
+                )
+        key, ident, digest = identity.new_key()
+        values = {"priority": 1.0, "enabled": True, **fields}
+        await self.store.add_key(
+            {
+                "id": ident,
+                "hash": digest,
+                "name": name,
+                "role": str(role),
+                "user_id": user_id,
+                **values,
+            }
+        )
+        record = await self.store.key(ident)
+        assert record is not None
+        return key, record
+
+    async def update_key(self, ref: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        record = await self.store.find_key(ref)
+        if values:
+            await self.store.update_key(record["id"], values)
+        self.forget()
+        updated = await self.store.key(record["id"])
+        assert updated is not None
+        return updated
+
+    async def add_user(self, name: str, password: str | None, values: Mapping[str, Any]) -> int:
+        hashed = None
+        if password is not None:
+            _check_password(password)
+            hashed = await hash_password(password)
+        return await self.store.add_user(name, {"enabled": True, "password_hash": hashed, **values})
+
+    async def signup(self, name: str, password: str) -> int:
+        return await self.add_user(
+            name, password, {"role": str(Role.USER), "balance": self.signup_balance}
+        )
+
+    async def update_user(self, name: str, values: Mapping[str, Any]) -> None:
+        values = dict(values)
+        if "password" in values:
+            password = values.pop("password")
+            _check_password(password)
+            values["password_hash"] = await hash_password(password)
+        await self.store.update_user(name, values)
+        self.forget()
+
+    async def remove_user(self, name: str) -> None:
+        await self.store.remove_user(name)
+        self.forget()
+
+
+def _key_principal(record: Mapping[str, Any]) -> Principal:
+    has_user = record["user_id"] is not None
+    return Principal(
+        Role(record["role"]),
+        "key",
+        key_id=record["id"],
+        key_name=record["name"],
+        user_id=record["user_id"],
+        username=record["user_name"],
+        models=tuple(record["models"]),
+        user_models=tuple(record["user_models"]) if has_user else (),
+        key_limits=_limits(record, ""),
+        user_limits=_limits(record, "user_") if has_user else Limits(),
+        priority=float(record["priority"]),
+        key_balance=record["balance"] is not None,
+        user_balance=has_user and record["user_balance"] is not None,
+    )
+
+
+def _limits(record: Mapping[str, Any], prefix: str) -> Limits:
+    return Limits(record[f"{prefix}rpm"], record[f"{prefix}tpm"], record[f"{prefix}max_concurrent"])
+
+
+_RANKS = {Role.MONITOR: 0, Role.USER: 1, Role.ADMIN: 2}
+
+
+def _rank(role: Role) -> int:
+    return _RANKS[role]
+
+
+def _check_password(password: str) -> None:
+    if len(password) > MAX_PASSWORD:
+        raise InvalidRequestError(
+            f"The password is longer than {MAX_PASSWORD} characters", param="password"
+        )
+    if len(password) < MIN_PASSWORD:
+        raise InvalidRequestError(
+            f"The password must have at least {MIN_PASSWORD} characters", param="password"
+        )

@@ -1,0 +1,228 @@
+"""The accounts database on SQLite and PostgreSQL: migrations, balances under concurrency,
+atomic ledger batches, usage totals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from modelyard.accounts.identity import new_key
+from modelyard.accounts.ledger import LedgerWriter
+from modelyard.accounts.store import Store, UsageQuery, UsageRow
+from modelyard.errors import ConflictError, NotFoundError
+
+
+def row(n: int, key_id: str | None = None, cost: int = 3, **kw: object) -> UsageRow:
+    values: dict[str, object] = {
+        "time": time.time(),
+        "request_id": f"r{n}",
+        "key_id": key_id,
+        "key_name": "k",
+        "username": None,
+        "user_id": None,
+        "model": "m",
+        "route": "/v1/chat/completions",
+        "status": 200,
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "cost": cost,
+        "queue_ms": 0.0,
+        "load_ms": 0.0,
+        "ttft_ms": 1.0,
+        "total_ms": 2.0,
+        "cancelled": False,
+    }
+    values.update(kw)
+    return UsageRow(**values)  # type: ignore[arg-type]
+
+
+async def add_key(store: Store, balance: int | None = None, user_id: int | None = None) -> str:
+    _, ident, digest = new_key()
+    await store.add_key(
+        {
+            "id": ident,
+            "hash": digest,
+            "name": f"k-{ident}",
+            "role": "user",
+            "priority": 1.0,
+            "enabled": True,
+            "balance": balance,
+            "user_id": user_id,
+        }
+    )
+    return ident
+
+
+async def test_store_migrates_once_and_opens_again(database_url: str) -> None:
+    store = await Store.open(database_url)
+    ident = await add_key(store)
+    secret = await store.secret("session")
+    await store.close()
+    again = await Store.open(database_url)  # the migrations are applied already
+    try:
+        assert (await again.key(ident)) is not None
+        assert await again.secret("session") == secret
+    finally:
+        await again.close()
+
+
+async def test_store_balance_never_goes_below_zero_under_concurrency(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        uid = await store.add_user("carol", {"role": "user", "balance": 60, "enabled": True})
+        key = await add_key(store, balance=100, user_id=uid)
+        results = await asyncio.gather(*(store.reserve(key, uid, 7) for _ in range(40)))
+        # The user's 60 run out first: 8 reservations of 7, on both balances or neither.
+        assert sum(results) == 8
+        record = await store.key(key)
+        assert record is not None
+        assert (record["balance"], record["user_balance"]) == (100 - 56, 60 - 56)
+        keyless = await asyncio.gather(*(store.reserve(key, None, 10) for _ in range(10)))
+        assert sum(keyless) == 4
+        record = await store.key(key)
+        assert record is not None
+        assert record["balance"] == 4
+        # a key with no balance is never limited by it
+        free = await add_key(store)
+        assert await store.reserve(free, None, 10**9)
+    finally:
+        await store.close()
+
+
+async def test_store_writes_a_batch_with_its_refunds_or_nothing(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        key = await add_key(store, balance=100)
+        assert await store.reserve(key, None, 30)
+        await store.write([row(1, key, cost=12, refund_key=18)])
+        record = await store.key(key)
+        assert record is not None
+        assert record["balance"] == 88
+        bad = row(2, key, refund_key=5, route=None)  # NOT NULL: the whole batch fails
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's own error class
+            await store.write([row(3, key, refund_key=5), bad])
+        assert len(await store.usage(UsageQuery())) == 1
+        record = await store.key(key)
+        assert record is not None
+        assert record["balance"] == 88
+    finally:
+        await store.close()
+
+
+async def test_store_totals_usage_by_key_model_and_day(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        day = 1_780_000_000.0  # 2026-05-28 UTC
+        rows = [
+            row(1, "a", key_name="alpha", time=day),
+            row(2, "a", key_name="alpha", time=day),
+            row(3, "b", key_name="beta", model="n", time=day + 86400, status=429, cost=0),
+        ]
+        await store.write(rows)
+        by_key = await store.usage_by(UsageQuery(), "key")
+        assert by_key == [
+            {
+                "key": "alpha",
+                "requests": 2,
+                "prompt_tokens": 2,
+                "completion_tokens": 4,
+                "cost": 6,
+                "errors": 0,
+            },
+            {
+                "key": "beta",
+                "requests": 1,
+                "prompt_tokens": 1,
+                "completion_tokens": 2,
+                "cost": 0,
+                "errors": 1,
+            },
+        ]
+        by_day = await store.usage_by(UsageQuery(), "day")
+        assert [(r["day"], r["requests"]) for r in by_day] == [("2026-05-28", 2), ("2026-05-29", 1)]
+        only = await store.usage(UsageQuery(key="beta"))
+        assert [r["request_id"] for r in only] == ["r3"]
+        assert await store.usage(UsageQuery(since=day + 1)) == only
+        assert await store.usage_by(UsageQuery(model="n"), "model") == [
+            {
+                "model": "n",
+                "requests": 1,
+                "prompt_tokens": 1,
+                "completion_tokens": 2,
+                "cost": 0,
+                "errors": 1,
+            }
+        ]
+    finally:
+        await store.close()
+
+
+async def test_store_names_that_look_like_sql_are_only_names(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        name = "x'; DROP TABLE users; --"
+        await store.add_user(name, {"role": "user", "enabled": True})
+        assert (await store.user(name))["name"] == name
+        with pytest.raises(ConflictError):
+            await store.add_user(name, {"role": "user", "enabled": True})
+        with pytest.raises(NotFoundError):
+            await store.find_key("' OR 1=1 --")
+        assert [u["name"] for u in await store.users()] == [name]
+    finally:
+        await store.close()
+
+
+async def test_ledger_writer_batches_and_flushes_at_close(database_url: str) -> None:
+    store = await Store.open(database_url)
+    writer = LedgerWriter(store, interval=0.05, batch=10)
+    writer.start()
+    try:
+        for n in range(25):
+            writer.append(row(n))
+        for _ in range(100):
+            if writer.written == 25:
+                break
+            await asyncio.sleep(0.02)
+        assert writer.written == 25
+        writer.append(row(99))
+        await writer.close()  # written before close returns
+        assert len(await store.usage(UsageQuery())) == 26
+    finally:
+        await store.close()
+
+
+async def test_ledger_writer_keeps_rows_while_the_database_fails(tmp_path: object) -> None:
+    class Failing:
+        def __init__(self) -> None:
+            self.fail = True
+            self.rows: list[UsageRow] = []
+
+        async def write(self, rows: list[UsageRow]) -> None:
+            if self.fail:
+                raise OSError("disk gone")
+            self.rows.extend(rows)
+
+    failing = Failing()
+    writer = LedgerWriter(failing, interval=0.01)  # type: ignore[arg-type]
+    writer.append(row(1))
+    with pytest.raises(OSError, match="disk gone"):
+        await writer.flush()
+    assert writer.pending == 1
+    failing.fail = False
+    await writer.flush()
+    assert [r.request_id for r in failing.rows] == ["r1"]
+
+
+def test_store_schema_constant_is_the_newest_migration() -> None:
+    from pathlib import Path
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    import modelyard.accounts.store as store
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
+    assert ScriptDirectory.from_config(config).get_current_head() == store.SCHEMA

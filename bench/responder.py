@@ -10,8 +10,9 @@ Tests script a request's fate with extra body fields (the gateway passes them on
 ``x_headers_after_ms`` (wait before answering at all), ``x_chunks`` and ``x_delay_ms``
 (stream length and pace), ``x_abort_after`` (drop the connection after that many chunks),
 ``x_status`` (answer with that error status). A stream ends like llama.cpp's, with a chunk
-that carries ``timings`` (``prompt_n``, ``predicted_n``). ``/metrics`` counts the requests
-in llama.cpp's format; ``--metrics-delay-ms`` makes it slow.
+that carries ``timings`` (``prompt_n``, ``predicted_n``), then, when the request asks for
+``stream_options.include_usage``, one with ``usage`` and no choices. ``/metrics`` counts the
+requests in llama.cpp's format; ``--metrics-delay-ms`` makes it slow.
 
 As any program run by the command engine, it also takes ``--api-key`` (like vLLM's),
 ``--ignore-sigterm``, ``--noise-mb N`` (prints N MiB before serving), and answers
@@ -114,6 +115,10 @@ def main() -> None:
             "timings": {"prompt_n": 5, "predicted_n": chunks},
         }
         await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
+            last = {"choices": [], "usage": usage}
+            await response.write(b"data: " + json.dumps(last).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         return response
 

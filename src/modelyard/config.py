@@ -9,6 +9,7 @@ does not start.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import tomllib
@@ -56,6 +57,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] | None = None
     demo: bool | None = None
     """``false`` (``--no-demo``): no demo models, whatever the file says."""
+    database_url: str | None = None
+    auth: Literal["auto", "off", "keys"] | None = None
+    api_key: str | None = None
+    """The key the CLI sends (``Authorization: Bearer``)."""
 
     def data_home(self) -> Path:
         if self.home is not None:
@@ -149,6 +154,8 @@ class ModelEntry(BaseModel):
     """``env:NAME``: the key is read from that environment variable, never from this file."""
     max_concurrency: int | None = Field(default=None, gt=0, le=4096)
     """Remote engine: requests sent at once (``parallel``)."""
+    price: float = Field(default=default("price"), ge=0, le=1_000_000)
+    """Charged per token (prompt and completion) from a key's or user's token balance."""
 
 
 class _Server(BaseModel):
@@ -186,6 +193,11 @@ class _Server(BaseModel):
     """Scheduler events kept in memory for ``/api/events``."""
     activity_kept: int = Field(default=200, ge=10, le=100_000)
     """Finished requests kept for ``/api/activity``."""
+    database_url: str | None = None
+    """Keys, users and the usage ledger: ``<home>/modelyard.db`` (SQLite) by default, or
+    ``postgresql+asyncpg://user:pass@host/db``."""
+    usage_ledger: bool = True
+    """One row per model request in the database (``modelyard usage``)."""
     cors_origins: list[str] = Field(default_factory=list)
     """Web pages on these origins (``http://localhost:3000``; ``*``: any) may call the API
     from a browser; none by default (this server's own pages need no CORS)."""
@@ -202,6 +214,19 @@ class _Server(BaseModel):
                     "http://localhost:3000 (no path), or * for any"
                 )
         return origins
+
+
+class _Auth(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["auto", "off", "keys"] = "auto"
+    """``auto``: no keys on a loopback address, keys required on any other."""
+    allow_signup: bool = False
+    """``POST /api/signup`` makes a ``user`` with ``signup_balance`` tokens."""
+    signup_balance: int | None = Field(default=None, ge=0)
+    """Tokens a new user gets at sign-up; unset: no balance (unlimited)."""
+    session_ttl: Seconds = 3600.0
+    """How long a login (``POST /api/login``) lasts."""
 
 
 CapKey = Literal["all", "chat", "embedding", "rerank"]
@@ -229,6 +254,7 @@ class _File(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     server: _Server = Field(default_factory=_Server)
+    auth: _Auth = Field(default_factory=_Auth)
     memory: _Memory = Field(default_factory=_Memory)
     models: dict[str, ModelEntry] = Field(default_factory=dict)
 
@@ -256,11 +282,39 @@ class Config:
     events_kept: int = 1000
     activity_kept: int = 200
     cors_origins: tuple[str, ...] = ()
+    database_url: str = ""
+    """Empty: SQLite in ``home``."""
+    usage_ledger: bool = True
+    auth_mode: str = "off"
+    """``auto`` is resolved here: ``keys`` or ``off`` by the address listened on."""
+    allow_signup: bool = False
+    signup_balance: int | None = None
+    session_ttl: float = 3600.0
     max_loaded: dict[str, int] = field(default_factory=dict)
     """``all`` and/or a kind → the most models loaded at once."""
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None
     """The config file read, or ``None`` when running on defaults."""
+
+
+def keys_required(config: Config) -> bool:
+    """Whether requests need a key: ``keys``, or ``auto`` on an address other machines reach."""
+    if config.auth_mode == "auto":
+        return not is_loopback(config.host)
+    return config.auth_mode == "keys"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def database_url(config: Config) -> str:
+    return config.database_url or f"sqlite+aiosqlite:///{config.home / 'modelyard.db'}"
 
 
 def find_config_file(settings: Settings) -> Path | None:
@@ -328,6 +382,12 @@ def load_config(settings: Settings | None = None) -> Config:
         events_kept=server.events_kept,
         activity_kept=server.activity_kept,
         cors_origins=tuple(server.cors_origins),
+        database_url=settings.database_url or server.database_url or "",
+        usage_ledger=server.usage_ledger,
+        auth_mode=settings.auth or parsed.auth.mode,
+        allow_signup=parsed.auth.allow_signup,
+        signup_balance=parsed.auth.signup_balance,
+        session_ttl=parsed.auth.session_ttl,
         max_loaded=_max_loaded(parsed.memory.max_loaded_models),
         models=models,
         source=source,

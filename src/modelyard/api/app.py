@@ -14,14 +14,18 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard import __version__
+from modelyard.accounts.service import Accounts
+from modelyard.accounts.store import Store
+from modelyard.api import accounts as accounts_routes
 from modelyard.api import admin, errors, models, observe, openai
+from modelyard.api.auth import Auth
 from modelyard.api.guard import Guard
 from modelyard.api.proxy import Upstream
 from modelyard.api.telemetry import Observe, Telemetry
 from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.watch import Reloader
 from modelyard.clock import Clock
-from modelyard.config import Config, Settings
+from modelyard.config import Config, Settings, database_url, is_loopback, keys_required
 from modelyard.logbook import Rotation
 from modelyard.logbook import request_id as current_request_id
 from modelyard.runners import default_runners
@@ -92,6 +96,8 @@ def create_app(
         )
         # Model headers are read in a thread while the server already answers; a request
         # that comes first reads its own model's.
+        accounts = await _accounts(config)
+        app.state.accounts = accounts
         preparing = asyncio.create_task(scheduler.prepare(), name="estimates")
         scheduler.start_measuring()
         app.state.scheduler = scheduler
@@ -101,6 +107,7 @@ def create_app(
             metrics=config.metrics,
             access_log=config.access_log,
             activity_kept=config.activity_kept,
+            accounts=accounts,
         )
         app.state.upstream = Upstream()
         app.state.started_at = time.time()
@@ -126,6 +133,8 @@ def create_app(
                 app.state.preload.cancel()
             await scheduler.close(grace=0.0 if app.state.stop_now else None)
             await app.state.upstream.close()
+            if accounts is not None:
+                await accounts.close()  # after the last request: its usage row is written
 
     app = FastAPI(
         title="modelyard",
@@ -134,6 +143,7 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
+    app.state.accounts = None
     app.state.stopping = asyncio.Event()  # set as shutdown begins: live followers end
     app.state.stop_now = False  # set by a second Ctrl-C: runners get no grace
     errors.install(app)
@@ -141,7 +151,9 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(models.router)
     app.include_router(observe.router)
+    app.include_router(accounts_routes.router)
     trusted = frozenset(o for o in config.cors_origins if o != "*")
+    app.add_middleware(Auth)
     app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)
     app.add_middleware(Observe, paths=openai.MODEL_ROUTES)
     app.add_middleware(RequestId)
@@ -156,6 +168,30 @@ def create_app(
             max_age=600,
         )
     return app
+
+
+async def _accounts(config: Config) -> Accounts | None:
+    """Keys, users and the ledger, when keys are required or the ledger is on."""
+    required = keys_required(config)
+    if not required and not is_loopback(config.host):
+        log.warning(
+            "auth mode is off on %s: anyone who can reach this address can use every model "
+            "and the admin routes (load, unload, pull, rm, keys)",
+            config.host,
+        )
+    if not required and not config.usage_ledger:
+        return None
+    accounts = Accounts(
+        await Store.open(database_url(config)),
+        required=required,
+        session_ttl=config.session_ttl,
+        allow_signup=config.allow_signup,
+        signup_balance=config.signup_balance,
+        ledger=config.usage_ledger,
+    )
+    await accounts.start()
+    await accounts.bootstrap()
+    return accounts
 
 
 def _preload(scheduler: Scheduler, candidates: list[str]) -> asyncio.Task[None] | None:

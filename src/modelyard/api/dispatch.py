@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from modelyard.accounts.service import Charge
 from modelyard.api.errors import error_response, report, sse_error_frame
 from modelyard.api.proxy import Upstream, read_answer
 from modelyard.api.telemetry import Trace
@@ -102,6 +104,10 @@ class Dispatch(Response):
         request_id: str,
         trace: Trace | None = None,
         shape: Shape | None = None,
+        admit: Callable[[], Awaitable[Charge]] | None = None,
+        strip_usage: bool = False,
+        client: str = "",
+        weight: float = 1.0,
     ) -> None:
         super().__init__()
         self._scheduler = scheduler
@@ -112,6 +118,11 @@ class Dispatch(Response):
         self._payload = payload
         self._request_id = request_id
         self._shape = shape
+        self._admit = admit
+        self._client = client
+        self._weight = weight
+        self._strip_usage = strip_usage
+        """The stream's usage event was asked for by us, not the client: leave it out."""
         self._stream = bool(payload.get("stream"))
         self._remote = scheduler.spec(model).engine == "remote"
         self._trace = trace or Trace(request_id, "POST", path, time.perf_counter(), time.time())
@@ -126,11 +137,18 @@ class Dispatch(Response):
         lease: Lease | None = None
         served = False
         try:
+            limits: list[tuple[bytes, bytes]] = []
+            if self._admit is not None:
+                trace.charge = await self._admit()
+                limits = [
+                    (k.encode(), v.encode()) for k, v in trace.charge.admission.headers.items()
+                ]
             lease, upstream = await self._open()
             trace.ttfb = time.perf_counter() - trace.started
             headers = [
                 (b"x-modelyard-queue-ms", f"{lease.queued * 1000:.1f}".encode()),
                 (b"server-timing", trace.server_timing()),
+                *limits,
             ]
             if self._stream and upstream.status < 400:
                 await self._start(send, 200, [*_STREAM_HEADERS, *headers])
@@ -178,7 +196,11 @@ class Dispatch(Response):
         for attempt in range(1, _ATTEMPTS + 1):
             # If the client leaves while this waits, acquire returns the lease it granted.
             lease = await self._scheduler.acquire(
-                self._model, self._keep_alive, request=self._request_id
+                self._model,
+                self._keep_alive,
+                request=self._request_id,
+                client=self._client,
+                weight=self._weight,
             )
             trace = self._trace
             trace.lease_at = time.perf_counter() - trace.started
@@ -214,6 +236,8 @@ class Dispatch(Response):
         tail = b""
         trace = self._trace
         usage = b""
+        counting = trace.charge is not None
+        held = b""
         try:
             async for chunk in upstream.content.iter_any():
                 if trace.ttft is None:
@@ -223,8 +247,16 @@ class Dispatch(Response):
                         usage += chunk
                 elif b'"usage"' in chunk or b'"timings"' in chunk:
                     usage = chunk  # the final chunks, kept to read the tokens from
+                if counting:
+                    trace.events += chunk.count(b"data: ")
+                if self._strip_usage:
+                    chunk, held = _without_usage(held + chunk)
+                    if not chunk:
+                        continue
                 tail = chunk[-2:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if held:
+                await send({"type": "http.response.body", "body": held, "more_body": True})
             complete = True
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Terminate a half-written event first so the error frame parses on its own.
@@ -275,3 +307,26 @@ class Dispatch(Response):
         response = error_response(exc)
         await self._start(send, response.status_code, response.raw_headers)
         await self._finish(send, bytes(response.body))
+
+
+def _without_usage(data: bytes) -> tuple[bytes, bytes]:
+    """``data``'s complete events but a usage-only one (no choices), and the rest of an event
+    still to come."""
+    end = data.rfind(b"\n\n")
+    if end < 0:
+        return b"", data
+    complete, rest = data[: end + 2], data[end + 2 :]
+    if b'"usage"' in complete:
+        events = complete.split(b"\n\n")
+        complete = b"\n\n".join(e for e in events if not _usage_only(e))
+    return complete, rest
+
+
+def _usage_only(event: bytes) -> bool:
+    if b'"usage"' not in event or not event.startswith(b"data: "):
+        return False
+    try:
+        data = json.loads(event[6:])
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("choices") == [] and "usage" in data

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
-import math
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,12 +20,11 @@ import psutil
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from modelyard.api.request import scheduler_of
+from modelyard.api.request import scheduler_of, time_param
 from modelyard.api.telemetry import Telemetry, Trace
 from modelyard.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
 from modelyard.feed import Feed
 from modelyard.logbook import GATEWAY, follow, log_path, tail
-from modelyard.quantity import parse_duration
 from modelyard.scheduler.journal import Entry, matches
 
 router = APIRouter()
@@ -72,7 +68,7 @@ async def events(
     """
     scheduler = scheduler_of(request)
     name = scheduler.spec(model).name if model else None
-    start = _since(since)
+    start = time_param(since, "since")
     after = _last_event_id(request)
     journal = scheduler.journal
     if not follow:
@@ -101,36 +97,6 @@ def _last_event_id(request: Request) -> int | None:
         return int(raw)
     except ValueError:
         raise InvalidRequestError(f"after: not an event id: {raw[:40]!r}", param="after") from None
-
-
-def _since(raw: str | None) -> float | None:
-    """Wall-clock seconds from an ISO time, Unix seconds or a duration ago."""
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-        if math.isfinite(value):
-            return value
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.astimezone()  # local time, as a user typed it
-        return parsed.timestamp()
-    except ValueError:
-        pass
-    try:
-        ago = parse_duration(raw)
-    except ValueError:
-        ago = None
-    if ago is None:
-        raise InvalidRequestError(
-            f"since: {raw[:40]!r} is not a time (2026-01-31T12:00:00Z), Unix seconds or a "
-            "duration such as 10m",
-            param="since",
-        )
-    return time.time() - ago
 
 
 # ---- activity -----------------------------------------------------------------------------

@@ -6,11 +6,14 @@ import array
 import base64
 import json
 import math
+from collections.abc import Awaitable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from modelyard.accounts.service import Accounts, Charge
+from modelyard.api.auth import check_model, may_see, principal_of
 from modelyard.api.dispatch import Dispatch, Shape
 from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of
 from modelyard.catalog.spec import ModelSpec
@@ -55,18 +58,25 @@ context."""
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
     scheduler = scheduler_of(request)
+    principal = principal_of(request)
     created = int(request.app.state.started_at)
     # Removed models are finishing their last requests: not offered any more.
-    return ModelList(data=[_model(s, created) for s in scheduler.status() if not s.removed])
+    return ModelList(
+        data=[
+            _model(s, created)
+            for s in scheduler.status()
+            if not s.removed and may_see(principal, s.spec)
+        ]
+    )
 
 
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(request: Request, model: str) -> Model:
     """One model by name or alias (OpenAI's ``models.retrieve``); ids may hold ``/``."""
     scheduler = scheduler_of(request)
-    name = scheduler.spec(model).name  # 404 model_not_found when unknown
+    spec = scheduler.spec(model)  # 404 model_not_found when unknown
     for status in scheduler.status():
-        if status.name == name and not status.removed:
+        if status.name == spec.name and not status.removed and may_see(principal_of(request), spec):
             return _model(status, int(request.app.state.started_at))
     raise ModelNotFoundError(f"The model {model!r} was removed from the catalog", param="model")
 
@@ -106,7 +116,7 @@ async def _generate(
     """Validate → resolve → lease (queue, load) → proxy → release."""
     body, parsed = await read_json(request, schema)
     scheduler = scheduler_of(request)
-    spec = _model_for(scheduler, parsed.model, "chat", path)
+    spec = _model_for(request, scheduler, parsed.model, "chat", path)
     keep_alive = keep_alive_of(parsed.keep_alive)
     payload: dict[str, Any] = dict(body)
     payload.pop("keep_alive", None)
@@ -139,15 +149,30 @@ async def _generate(
     for key in ("max_tokens", "max_completion_tokens"):
         if isinstance(payload.get(key), int) and payload[key] > spec.ctx:
             payload[key] = spec.ctx
-
-    return _forward(request, scheduler, spec.name, keep_alive, path, payload)
+    strip_usage = False
+    if parsed.stream and request.app.state.accounts is not None:
+        # The ledger needs the usage: ask for it, and leave it out again if the client didn't.
+        options = payload.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage")):
+            payload["stream_options"] = {**(options or {}), "include_usage": True}
+            strip_usage = True
+    limit = payload.get("max_tokens")
+    if limit is None:
+        limit = payload.get("max_completion_tokens")
+    choices = parsed.n if isinstance(parsed.n, int) and parsed.n > 1 else 1
+    prompt = min(len(await request.body()), spec.ctx)
+    estimate = prompt + (limit or 0) * choices
+    worst = min(prompt + (limit if limit is not None else spec.ctx), spec.ctx) * choices
+    return await _forward(
+        request, scheduler, spec, keep_alive, path, payload, None, (estimate, worst), strip_usage
+    )
 
 
 @router.post("/v1/embeddings", openapi_extra=documented(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     body, parsed = await read_json(request, EmbeddingRequest)
     scheduler = scheduler_of(request)
-    spec = _model_for(scheduler, parsed.model, "embedding", "/v1/embeddings")
+    spec = _model_for(request, scheduler, parsed.model, "embedding", "/v1/embeddings")
     # The encoder worker checks `dimensions` itself (it knows the model's width).
     if parsed.dimensions is not None and not spec.matryoshka and spec.engine != "encoder":
         raise InvalidRequestError(
@@ -167,8 +192,10 @@ async def embeddings(request: Request) -> Response:
             payload["encoding_format"] = "float"
             shape = _shortener(parsed.dimensions, parsed.encoding_format)
     keep_alive = keep_alive_of(parsed.keep_alive)
+    # Every token of the input is read once: the body's bytes bound them.
+    size = len(await request.body())
     path = "/v1/embeddings"
-    return _forward(request, scheduler, spec.name, keep_alive, path, payload, shape)
+    return await _forward(request, scheduler, spec, keep_alive, path, payload, shape, (size, size))
 
 
 @router.post("/v1/rerank", openapi_extra=documented(RerankRequest))
@@ -178,7 +205,7 @@ async def rerank(request: Request) -> Response:
     """Cohere (v1, v2) and Jina shapes in; ``results`` sorted by ``relevance_score`` out."""
     _, parsed = await read_json(request, RerankRequest)
     scheduler = scheduler_of(request)
-    spec = _model_for(scheduler, parsed.model, "rerank", request.url.path)
+    spec = _model_for(request, scheduler, parsed.model, "rerank", request.url.path)
     documents = parsed.texts()
     payload: dict[str, Any] = {
         "model": spec.upstream_model or spec.name,
@@ -189,11 +216,17 @@ async def rerank(request: Request) -> Response:
         payload["truncate"] = parsed.truncate
     shape = _ranker(parsed, documents, request.state.request_id)
     keep_alive = keep_alive_of(parsed.keep_alive)
-    return _forward(request, scheduler, spec.name, keep_alive, "/v1/rerank", payload, shape)
+    # A cross-encoder reads the query once with every document.
+    size = len(await request.body()) + len(parsed.query.encode()) * len(documents)
+    path = "/v1/rerank"
+    return await _forward(request, scheduler, spec, keep_alive, path, payload, shape, (size, size))
 
 
-def _model_for(scheduler: Scheduler, model: str, capability: str, path: str) -> ModelSpec:
+def _model_for(
+    request: Request, scheduler: Scheduler, model: str, capability: str, path: str
+) -> ModelSpec:
     spec = scheduler.spec(model)
+    check_model(principal_of(request), spec)
     if capability not in spec.capabilities:
         raise WrongModelKindError(
             f"Model {spec.name!r} serves {', '.join(spec.capabilities)}; {path} needs one "
@@ -255,24 +288,43 @@ def _shortener(dimensions: int, encoding_format: str) -> Shape:
     return shape
 
 
-def _forward(
+async def _forward(
     request: Request,
     scheduler: Scheduler,
-    model: str,
+    spec: ModelSpec,
     keep_alive: float | Unset | None,
     path: str,
     payload: dict[str, Any],
-    shape: Shape | None = None,
+    shape: Shape | None,
+    tokens: tuple[int, int],
+    strip_usage: bool = False,
 ) -> Response:
-    """The response that serves ``payload`` (see ``modelyard.api.dispatch``)."""
+    """The response that serves ``payload`` (see ``modelyard.api.dispatch``); ``tokens``:
+    the most it is expected to use and may use at worst, for the limits and the balance."""
+    trace = request.scope["state"].get("trace")
+    if trace is not None:
+        trace.price = spec.price
+    principal = principal_of(request)
+    accounts: Accounts | None = request.app.state.accounts
+    admit = None
+    if accounts is not None and accounts.required:
+        estimate, worst = tokens
+
+        def admit() -> Awaitable[Charge]:
+            return accounts.admit(principal, estimate, worst, spec.price)
+
     return Dispatch(
         scheduler,
         request.app.state.upstream,
-        model=model,
+        model=spec.name,
         keep_alive=keep_alive,
         path=path,
         payload=payload,
         request_id=request.state.request_id,
-        trace=request.scope["state"].get("trace"),
+        trace=trace,
         shape=shape,
+        admit=admit,
+        strip_usage=strip_usage,
+        client=principal.client,
+        weight=principal.priority,
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
+import time
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -94,3 +97,33 @@ def documented(schema: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": inline(full)}},
         }
     }
+
+
+def time_param(raw: str | None, param: str) -> float | None:
+    """Wall-clock seconds from an ISO time, Unix seconds or a duration ago."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+        if math.isfinite(value):
+            return value
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.astimezone()  # local time, as a user typed it
+        return parsed.timestamp()
+    except ValueError:
+        pass
+    try:
+        ago = parse_duration(raw)
+    except ValueError:
+        ago = None
+    if ago is None:
+        raise InvalidRequestError(
+            f"{param}: {raw[:40]!r} is not a time (2026-01-31T12:00:00Z), Unix seconds or a "
+            "duration such as 10m",
+            param=param,
+        )
+    return time.time() - ago

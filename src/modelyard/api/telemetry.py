@@ -20,6 +20,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelyard.accounts.identity import Principal
+from modelyard.accounts.service import Accounts, Charge, Usage
 from modelyard.api.metrics import Metrics
 from modelyard.feed import Feed
 from modelyard.scheduler import Scheduler
@@ -55,6 +57,13 @@ class Trace:
     engine_tpot: float | None = None
     """The engine's own time per generated token (non-streamed answers)."""
     cancelled: bool = False
+    principal: Principal | None = None
+    """Whom it was served for (``None``: refused before it was known)."""
+    charge: Charge | None = None
+    """Its rate-limit place and balance reservation, once admitted."""
+    price: float = 1.0
+    events: int = 0
+    """Stream events relayed: the tokens generated when the engine reported none."""
 
     @property
     def tpot(self) -> float | None:
@@ -104,9 +113,12 @@ class Trace:
         tokens_per_s = None
         if self.completion_tokens and self.ttft is not None and self.total > self.ttft:
             tokens_per_s = round(self.completion_tokens / (self.total - self.ttft), 2)
+        principal = self.principal
         return {
             "request_id": self.request_id,
             "time": self.wall,
+            "key": principal.key_name if principal is not None else None,
+            "user": principal.username if principal is not None else None,
             "model": self.model or None,
             "route": self.route,
             "status": self.status,
@@ -148,21 +160,53 @@ def _object_after(body: bytes, key: bytes) -> dict[str, Any] | None:
 
 class Telemetry:
     def __init__(
-        self, scheduler: Scheduler, *, metrics: bool, access_log: bool, activity_kept: int
+        self,
+        scheduler: Scheduler,
+        *,
+        metrics: bool,
+        access_log: bool,
+        activity_kept: int,
+        accounts: Accounts | None = None,
     ) -> None:
         self.metrics = Metrics(scheduler) if metrics else None
         if self.metrics is not None:
             scheduler.subscribe(self.metrics.on_event)
         self.activity: Feed[Trace] = Feed(activity_kept)
         self._access_log = access_log
+        self._accounts = accounts
 
     def finish(self, trace: Trace) -> None:
+        if self._accounts is not None:
+            self._accounts.finish(trace.principal, trace.charge, _usage(trace))
         if self.metrics is not None:
             self.metrics.observe(trace)
         self.activity.append(trace)
         if self._access_log and access_log.isEnabledFor(logging.INFO):
             # The JSON log writes ``access`` as its ``to_dict``.
             access_log.info(trace.access_line(), extra={"access": trace})
+
+
+def _usage(trace: Trace) -> Usage:
+    prompt, completion = trace.prompt_tokens, trace.completion_tokens
+    if not prompt and not completion and trace.events and trace.charge is not None:
+        # A stream cut off before the engine's usage came: what it may have read, and an
+        # event per generated token (llama.cpp's and vLLM's way).
+        prompt, completion = trace.charge.estimate, trace.events
+    return Usage(
+        time=trace.wall,
+        request_id=trace.request_id,
+        model=trace.model or None,
+        route=trace.route,
+        status=trace.status,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        price=trace.price,
+        queue_ms=_ms(trace.queue_wait),
+        load_ms=_ms(trace.load_wait),
+        ttft_ms=_ms(trace.ttft),
+        total_ms=_ms(trace.total) or 0.0,
+        cancelled=trace.cancelled,
+    )
 
 
 class Observe:
@@ -199,5 +243,6 @@ class Observe:
             raise
         finally:
             trace.total = time.perf_counter() - trace.started
+            trace.principal = state.get("principal")
             if telemetry is not None:
                 telemetry.finish(trace)

@@ -30,7 +30,7 @@ _AS_GIVEN = (
     "ctx", "threads", "gpu_layers", "pinned", "preload", "max_queue", "queue_timeout",
     "memory", "prompt_cache", "backend", "max_batch", "batch_wait", "max_batch_tokens",
     "truncate", "matryoshka", "health", "health_status", "ready_timeout", "stop_signal",
-    "stop_timeout", "upstream_model",
+    "stop_timeout", "upstream_model", "price",
 )  # fmt: skip
 """Entry fields that reach the spec as they are (validated and parsed by the schema)."""
 

@@ -101,6 +101,8 @@ class ModelSpec:
     """Remote engine: the server's root URL (requests go to ``url + /v1/...``)."""
     api_key_env: str | None = None
     """Remote engine: the environment variable that holds its key."""
+    price: float = 1.0
+    """What a token costs from a token balance (prompt and completion alike)."""
 
     @functools.cached_property
     def prompt_cache_bytes(self) -> int:

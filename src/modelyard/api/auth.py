@@ -1,0 +1,208 @@
+"""Who may call which route: every request is authenticated (when accounts require it) and
+checked against the route's rule before any route code runs.
+
+A rule names the roles a route is for (``RULES``); a route without one answers nobody but an
+admin, and a test fails for every route that has none, so that a new route cannot be
+forgotten. Keys come in ``Authorization: Bearer`` or ``x-api-key`` (Anthropic's clients);
+sessions from ``POST /api/login`` as ``Bearer`` too. A key in the URL's query string is
+refused: URLs end up in logs and browser histories.
+
+The principal is put into the request's state; the routes that serve models check it
+against the model (``check_model``), and ``Dispatch`` charges it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelyard.accounts.identity import LOCAL, Principal, Role
+from modelyard.accounts.service import Accounts
+from modelyard.api.errors import error_response
+from modelyard.catalog.spec import ModelSpec
+from modelyard.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    ModelNotAllowedError,
+    ModelyardError,
+    RoleError,
+)
+
+
+@dataclass(frozen=True)
+class Access:
+    name: str
+    roles: frozenset[Role]
+    """Empty: anyone, no key needed."""
+
+    def allows(self, role: Role) -> bool:
+        return role in self.roles
+
+
+PUBLIC = Access("public", frozenset())
+ANY = Access("any role", frozenset(Role))
+INFERENCE = Access("inference", frozenset({Role.ADMIN, Role.USER}))
+MONITOR = Access("monitoring", frozenset({Role.ADMIN, Role.MONITOR}))
+ADMIN = Access("admin", frozenset({Role.ADMIN}))
+
+RULES: dict[tuple[str, str], Access] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/ready"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("POST", "/api/login"): PUBLIC,
+    ("POST", "/api/signup"): PUBLIC,
+    ("GET", "/v1/models"): ANY,
+    ("GET", "/v1/models/{model:path}"): ANY,
+    ("GET", "/api/me"): ANY,
+    ("GET", "/api/usage"): ANY,
+    ("GET", "/api/keys"): ANY,
+    ("POST", "/api/keys"): ANY,
+    ("DELETE", "/api/keys/{key}"): ANY,
+    ("PATCH", "/api/keys/{key}"): ADMIN,
+    ("POST", "/v1/chat/completions"): INFERENCE,
+    ("POST", "/v1/completions"): INFERENCE,
+    ("POST", "/v1/embeddings"): INFERENCE,
+    ("POST", "/v1/rerank"): INFERENCE,
+    ("POST", "/v2/rerank"): INFERENCE,
+    ("POST", "/rerank"): INFERENCE,
+    ("GET", "/api/ps"): MONITOR,
+    ("GET", "/api/models"): MONITOR,
+    ("POST", "/api/show"): MONITOR,
+    ("GET", "/metrics"): MONITOR,
+    ("GET", "/api/events"): MONITOR,
+    ("GET", "/api/activity"): MONITOR,
+    ("GET", "/api/logs"): MONITOR,
+    ("GET", "/api/logs/{model:path}"): MONITOR,
+    ("GET", "/api/system"): MONITOR,
+    ("POST", "/api/load"): ADMIN,
+    ("POST", "/api/unload"): ADMIN,
+    ("POST", "/api/reload"): ADMIN,
+    ("DELETE", "/api/delete"): ADMIN,
+    ("POST", "/api/pull"): ADMIN,
+    ("GET", "/api/users"): ADMIN,
+    ("POST", "/api/users"): ADMIN,
+    ("PATCH", "/api/users/{name}"): ADMIN,
+    ("DELETE", "/api/users/{name}"): ADMIN,
+}
+"""(method, route path as the router writes it) → who may call it."""
+
+_KEY_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "api-key"})
+
+
+class Rules:
+    """``RULES`` compiled for lookup by a request's method and concrete path."""
+
+    def __init__(self, rules: dict[tuple[str, str], Access]) -> None:
+        self._exact: dict[tuple[str, str], Access] = {}
+        self._prefixed: list[tuple[str, str, Access]] = []
+        for (method, path), access in rules.items():
+            if "{" in path:
+                self._prefixed.append((method, path[: path.index("{")], access))
+            else:
+                self._exact[(method, path)] = access
+        self._prefixed.sort(key=lambda r: -len(r[1]))
+
+    def access(self, method: str, path: str) -> Access | None:
+        """The rule for a request; ``None`` when no rule names it."""
+        method = "GET" if method == "HEAD" else method
+        found = self._exact.get((method, path))
+        if found is not None:
+            return found
+        for rule_method, prefix, access in self._prefixed:
+            if method == rule_method and path.startswith(prefix) and len(path) > len(prefix):
+                return access
+        return None
+
+
+class Auth:
+    """ASGI middleware: authenticates and applies ``RULES`` (see the module)."""
+
+    def __init__(self, app: ASGIApp, rules: Rules | None = None) -> None:
+        self.app = app
+        self.rules = rules or Rules(RULES)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        accounts: Accounts | None = getattr(scope["app"].state, "accounts", None)
+        state = scope.setdefault("state", {})
+        if accounts is None or not accounts.required:
+            state["principal"] = LOCAL
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        access = self.rules.access(method, scope["path"])
+        if method == "OPTIONS" or access is PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await accounts.authenticate(_credential(scope))
+            access = access or ANY  # no such route: the router answers 404 or 405
+            if not access.allows(principal.role):
+                raise RoleError(
+                    f"The role {principal.role} may not use {method} {scope['path']} "
+                    f"({access.name}: {', '.join(sorted(access.roles))})"
+                )
+        except ModelyardError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        state["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def _credential(scope: Scope) -> str | None:
+    query = scope.get("query_string", b"")
+    if query and any(name.lower() in _KEY_PARAMS for name, _ in _params(query)):
+        raise InvalidRequestError(
+            "API keys are not accepted in the URL (URLs are logged and kept in histories): "
+            "send 'Authorization: Bearer <key>'"
+        )
+    authorization: bytes | None = None
+    x_api_key: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"x-api-key":
+            x_api_key = value
+    raw = authorization if authorization is not None else x_api_key
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise AuthenticationError("Invalid API key") from None
+    if authorization is not None:
+        scheme, _, token = text.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError("The Authorization header must be 'Bearer <key>'")
+        return token.strip()
+    return text
+
+
+def _params(query: bytes) -> Iterable[tuple[str, str]]:
+    return parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+
+
+def principal_of(request: Request) -> Principal:
+    principal: Principal = request.scope.get("state", {}).get("principal", LOCAL)
+    return principal
+
+
+def check_model(principal: Principal, spec: ModelSpec) -> None:
+    """403 ``model_not_allowed`` unless the principal may use the model."""
+    if not principal.may_use((spec.name, *spec.aliases)):
+        raise ModelNotAllowedError(
+            f"This key may not use the model {spec.name!r} (see GET /v1/models for its models)",
+            param="model",
+        )
+
+
+def may_see(principal: Principal, spec: ModelSpec) -> bool:
+    return principal.may_use((spec.name, *spec.aliases))

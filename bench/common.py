@@ -68,6 +68,8 @@ class Gateway:
             pinned(argv, core), env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         self.url = f"http://127.0.0.1:{self.port}"
+        self.headers: dict[str, str] = {}
+        """Sent with every request of the scenarios (an API key)."""
         wait_http(self.url + "/health")
 
     def cpu_seconds(self) -> float:
@@ -146,9 +148,11 @@ def print_table(rows: list[Row]) -> None:
         print(f"{r.label:46s} {r.value:10.2f} {peer} {r.ratio:8.3f}  {r.target:8s} {verdict}")
 
 
-def pooled_session() -> aiohttp.ClientSession:
+def pooled_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
     # Idle connections are dropped before the gateway's own 5 s keep-alive ends.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3), headers=headers
+    )
 
 
 async def sequential(

@@ -48,15 +48,16 @@ async def cost_of(
     a, b = names.split("/")
     rows = []
     try:
-        async with pooled_session() as session:
+        async with pooled_session(on.headers) as s_on, pooled_session(off.headers) as s_off:
+            sessions = {on: s_on, off: s_off}
             urls = {g: f"{g.url}/v1/chat/completions" for g in (on, off)}
             for g in (on, off):
-                await sequential(session, urls[g], BODY, 50)  # loads the model, fills pools
+                await sequential(sessions[g], urls[g], BODY, 50)  # loads the model, fills pools
             cpu: dict[Gateway, list[float]] = {on: [], off: []}
 
             async def b1(g: Gateway) -> float:
                 before = g.cpu_seconds()
-                times = await sequential(session, urls[g], BODY, requests)
+                times = await sequential(sessions[g], urls[g], BODY, requests)
                 cpu[g].append((g.cpu_seconds() - before) / requests * 1e6)
                 return percentile(times, 50)
 
@@ -64,8 +65,8 @@ async def cost_of(
             bodies = [BODY] * saturation
             rate_off, rate_on = await interleave(
                 rounds,
-                lambda: crowd(session, urls[off], bodies, 16),
-                lambda: crowd(session, urls[on], bodies, 16),
+                lambda: crowd(sessions[off], urls[off], bodies, 16),
+                lambda: crowd(sessions[on], urls[on], bodies, 16),
             )
     finally:
         on.close()

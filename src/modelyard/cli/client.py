@@ -6,6 +6,7 @@ from __future__ import annotations
 import json as jsonlib
 from collections.abc import Generator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -76,10 +77,37 @@ def server_url(url: str | None) -> str:
     return chosen if "://" in chosen else f"http://{chosen}"
 
 
-def call(url: str, method: str, path: str, json: Any = None, timeout: float | None = 30.0) -> Any:
+def session_file() -> Path:
+    """Where ``modelyard login`` keeps its sessions (one per server URL), readable by the
+    user alone."""
+    return Settings().data_home() / "cli-sessions.json"
+
+
+def auth_headers(url: str) -> dict[str, str]:
+    """``$MODELYARD_API_KEY``, else the session ``modelyard login`` saved for ``url``."""
+    key = Settings().api_key
+    if not key:
+        try:
+            key = jsonlib.loads(session_file().read_text()).get(url)
+        except (OSError, ValueError, AttributeError):
+            key = None
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def call(
+    url: str,
+    method: str,
+    path: str,
+    json: Any = None,
+    timeout: float | None = 30.0,
+    params: Any = None,
+) -> Any:
     """The decoded JSON answer; exits with a message when the server is absent or says no."""
     try:
-        response = httpx.request(method, url + path, json=json, timeout=timeout)
+        response = httpx.request(
+            method, url + path, json=json, timeout=timeout, params=params,
+            headers=auth_headers(url),
+        )  # fmt: skip
     except httpx.ConnectError:
         err.print(
             f"[red]No modelyard server is running at {url}.[/] Start one with: modelyard serve"
@@ -104,6 +132,8 @@ def _fail(response: httpx.Response) -> NoReturn:
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         message = data["error"].get("message", message)
+    if response.status_code == 401:
+        message = f"{message}. Set MODELYARD_API_KEY, or run: modelyard login"
     err.print(f"[red]Error ({response.status_code}):[/] {escape(str(message))}", soft_wrap=True)
     raise typer.Exit(1)
 
@@ -123,7 +153,10 @@ def events(
     end of the stream."""
     timeout = httpx.Timeout(30, read=None)
     try:
-        with httpx.stream(method, url + path, json=json, params=params, timeout=timeout) as r:
+        with httpx.stream(
+            method, url + path, json=json, params=params, timeout=timeout,
+            headers=auth_headers(url),
+        ) as r:  # fmt: skip
             if r.status_code >= 400:
                 r.read()
                 _fail(r)

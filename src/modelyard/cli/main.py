@@ -1,4 +1,5 @@
-"""``modelyard serve | run | ls | ps | load | unload | pull | show | rm | logs | events``."""
+"""``modelyard serve | run | ls | ps | load | unload | pull | show | rm | logs | events |
+keys | users | usage | login | backup | restore``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from modelyard.cli import chat, models, observe
+from modelyard.cli import accounts, chat, models, observe
 from modelyard.cli.client import (
     JsonOption,
     UrlOption,
@@ -229,3 +230,9 @@ app.command()(models.show)
 app.command()(models.rm)
 app.command()(observe.logs)
 app.command("events")(observe.events_command)
+app.add_typer(accounts.keys, name="keys")
+app.add_typer(accounts.users, name="users")
+app.command()(accounts.usage)
+app.command()(accounts.login)
+app.command()(accounts.backup)
+app.command()(accounts.restore)

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 KEY_PREFIX = "my-"
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_LETTERS = frozenset(_ALPHABET)
 _ID_LENGTH = 8
 _SECRET_LENGTH = 32
 KEY_LENGTH = len(KEY_PREFIX) + _ID_LENGTH + _SECRET_LENGTH
@@ -46,7 +47,7 @@ def key_id(key: str) -> str | None:
     if len(key) != KEY_LENGTH or not key.startswith(KEY_PREFIX):
         return None
     body = key[len(KEY_PREFIX) :]
-    if not all(c in _ALPHABET for c in body):
+    if not _LETTERS.issuperset(body):
         return None
     return body[:_ID_LENGTH]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard.accounts import identity
+from modelyard.accounts.balance import Wallet, Wallets
 from modelyard.accounts.credential import (
     MAX_PASSWORD,
     MIN_PASSWORD,
@@ -33,6 +34,7 @@ from modelyard.errors import (
     AuthenticationError,
     InsufficientQuotaError,
     InvalidRequestError,
+    NotFoundError,
 )
 
 CACHE_TTL = 1.0
@@ -49,8 +51,8 @@ class Charge:
     estimate: int
     """Prompt tokens it may use (the bound it was admitted with)."""
     reserved: int = 0
-    on_key: bool = False
-    on_user: bool = False
+    wallets: tuple[Wallet, ...] = ()
+    """The balances ``reserved`` was taken from."""
 
 
 @dataclass(frozen=True)
@@ -90,21 +92,22 @@ class Accounts:
         self.allow_signup = allow_signup
         self.signup_balance = signup_balance
         self.limiter = RateLimiter(clock)
-        self.ledger = LedgerWriter(store) if ledger else None
+        self.wallets = Wallets(store)
+        self.ledger = LedgerWriter(store, self.wallets)
+        """Writes the usage rows (when ``keep_rows``) and the credit in hand back."""
+        self.keep_rows = ledger
         self._session_ttl = session_ttl
         self._sessions: Sessions | None = None
         self._clock = clock
-        self._keys: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._keys: dict[str, tuple[float, tuple[dict[str, Any], Principal] | None]] = {}
         self._users: dict[int, tuple[float, dict[str, Any] | None]] = {}
 
     async def start(self) -> None:
         self._sessions = Sessions(await self.store.secret(_SECRET), self._session_ttl)
-        if self.ledger is not None:
-            self.ledger.start()
+        self.ledger.start()
 
     async def close(self) -> None:
-        if self.ledger is not None:
-            await self.ledger.close()
+        await self.ledger.close()
         await self.store.close()
 
     async def bootstrap(self) -> str | None:
@@ -134,25 +137,27 @@ class Accounts:
         if looks_like_session(token):
             return await self._session(token)
         ident = identity.key_id(token)
-        record = await self._key(ident) if ident is not None else None
-        if record is None or not identity.matches(token, record["hash"]):
+        found = await self._key(ident) if ident is not None else None
+        if found is None or not identity.matches(token, found[0]["hash"]):
             raise AuthenticationError("Invalid API key")
+        record, principal = found
         if not record["enabled"] or record["user_enabled"] is False:
             raise AuthenticationError("This API key was revoked")
         if record["expires_at"] is not None and record["expires_at"] <= time.time():
             raise AuthenticationError("This API key has expired")
-        return _key_principal(record)
+        return principal
 
-    async def _key(self, ident: str) -> dict[str, Any] | None:
+    async def _key(self, ident: str) -> tuple[dict[str, Any], Principal] | None:
         now = self._clock()
         cached = self._keys.get(ident)
         if cached is not None and now - cached[0] < CACHE_TTL:
             return cached[1]
         record = await self.store.key(ident)
+        found = (record, _key_principal(record)) if record is not None else None
         if len(self._keys) > 10_000:
             self._keys.clear()
-        self._keys[ident] = (now, record)
-        return record
+        self._keys[ident] = (now, found)
+        return found
 
     async def _session(self, token: str) -> Principal:
         assert self._sessions is not None
@@ -189,7 +194,7 @@ class Accounts:
         _check_password(password)
         try:
             user: dict[str, Any] | None = await self.store.user(username)
-        except Exception:
+        except NotFoundError:
             user = None
         ok = await verify_password(user["password_hash"] if user else None, password)
         if user is None or not ok or not user["enabled"]:
@@ -209,14 +214,11 @@ class Accounts:
             subjects.append((f"user:{principal.user_id}", principal.user_limits))
         admission = self.limiter.admit(subjects, estimate)
         charge = Charge(principal, admission, estimate)
-        if principal.key_balance or principal.user_balance:
+        wallets = _wallets(principal)
+        if wallets:
             amount = max(1, math.ceil(worst * price))
             try:
-                ok = await self.store.reserve(
-                    principal.key_id if principal.key_balance else None,
-                    principal.user_id if principal.user_balance else None,
-                    amount,
-                )
+                ok = await self.wallets.reserve(wallets, amount)
             except BaseException:
                 self.limiter.finish(admission, 0)
                 raise
@@ -229,8 +231,7 @@ class Accounts:
                     headers=admission.headers,
                 )
             charge.reserved = amount
-            charge.on_key = principal.key_balance
-            charge.on_user = principal.user_balance
+            charge.wallets = wallets
         return charge
 
     def finish(self, principal: Principal | None, charge: Charge | None, usage: Usage) -> None:
@@ -238,13 +239,13 @@ class Accounts:
         writes its ledger row (in the next batch)."""
         tokens = usage.prompt_tokens + usage.completion_tokens
         cost = math.ceil(tokens * usage.price)
-        refund = 0
         if charge is not None:
             self.limiter.finish(charge.admission, tokens)
             if charge.reserved:
                 cost = min(cost, charge.reserved)  # never more than was reserved
-                refund = charge.reserved - cost
-        if self.ledger is None or principal is None:
+                for wallet in charge.wallets:
+                    self.wallets.give_back(wallet, charge.reserved - cost)
+        if principal is None or not self.keep_rows:
             return
         self.ledger.append(
             UsageRow(
@@ -265,8 +266,6 @@ class Accounts:
                 ttft_ms=usage.ttft_ms,
                 total_ms=usage.total_ms,
                 cancelled=usage.cancelled,
-                refund_key=refund if charge is not None and charge.on_key else 0,
-                refund_user=refund if charge is not None and charge.on_user else 0,
             )
         )
 
@@ -334,6 +333,15 @@ class Accounts:
     async def remove_user(self, name: str) -> None:
         await self.store.remove_user(name)
         self.forget()
+
+
+def _wallets(principal: Principal) -> tuple[Wallet, ...]:
+    wallets: list[Wallet] = []
+    if principal.key_balance and principal.key_id is not None:
+        wallets.append(("key", principal.key_id))
+    if principal.user_balance and principal.user_id is not None:
+        wallets.append(("user", principal.user_id))
+    return tuple(wallets)
 
 
 def _key_principal(record: Mapping[str, Any]) -> Principal:

@@ -21,7 +21,7 @@ from sqlalchemy import Select, and_, case, event, func, insert, select, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from modelyard.accounts import tables
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
@@ -55,9 +55,6 @@ class UsageRow:
     ttft_ms: float | None
     total_ms: float
     cancelled: bool
-    refund_key: int = 0
-    """Reserved on the key's balance and not used: given back with the row."""
-    refund_user: int = 0
 
     def values(self) -> dict[str, Any]:
         return {
@@ -234,6 +231,9 @@ class Store:
         return [_decoded(r._asdict()) for r in rows]
 
     async def update_user(self, name: str, values: Mapping[str, Any]) -> None:
+        if not values:
+            await self.user(name)  # that it exists
+            return
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(tables.users).where(tables.users.c.name == name).values(**_encoded(values))
@@ -263,39 +263,34 @@ class Store:
 
     # ---- balances and the ledger ------------------------------------------------------------
 
-    async def reserve(self, key_id: str | None, user_id: int | None, amount: int) -> bool:
-        """Takes ``amount`` from the key's and the user's balance (those that have one), both
-        or neither; ``False`` when one of them has less."""
+    async def take(self, wallet: tuple[str, object], want: int, need: int) -> int | None:
+        """Takes ``want`` tokens from a key's or user's balance, else ``need``, else nothing
+        (0); ``None`` when it has no balance (unlimited)."""
+        kind, ident = wallet
+        table = tables.keys if kind == "key" else tables.users
         async with self.engine.begin() as conn:
-            for table, ident in ((tables.keys, key_id), (tables.users, user_id)):
-                if ident is None:
-                    continue
+            for amount in dict.fromkeys((want, need)):
                 result = await conn.execute(
                     update(table)
-                    .where(table.c.id == ident, table.c.balance.is_not(None))
-                    .where(table.c.balance >= amount)
+                    .where(table.c.id == ident, table.c.balance >= amount)
                     .values(balance=table.c.balance - amount)
                 )
-                if result.rowcount == 0 and await _has_balance(conn, table, ident):
-                    await conn.rollback()
-                    return False
-        return True
+                if result.rowcount:
+                    return amount
+            balance = await conn.scalar(select(table.c.balance).where(table.c.id == ident))
+        return None if balance is None else 0
 
-    async def write(self, rows: Sequence[UsageRow]) -> None:
-        """Adds ``rows`` to the ledger and gives back their unused reservations, in one
-        transaction: after a crash either all of a batch is there or none of it."""
-        if not rows:
+    async def write(
+        self, rows: Sequence[UsageRow], returns: Mapping[tuple[str, object], int] | None = None
+    ) -> None:
+        """Adds ``rows`` to the ledger and ``returns`` (credit a gateway held) back to their
+        balances, in one transaction: after a crash either all of a batch is there or none."""
+        if not rows and not returns:
             return
-        refunds: dict[tuple[str, Any], int] = {}
-        for row in rows:
-            if row.refund_key and row.key_id is not None:
-                refunds[("key", row.key_id)] = refunds.get(("key", row.key_id), 0) + row.refund_key
-            if row.refund_user and row.user_id is not None:
-                ident = ("user", row.user_id)
-                refunds[ident] = refunds.get(ident, 0) + row.refund_user
         async with self.engine.begin() as conn:
-            await conn.execute(insert(tables.usage), [row.values() for row in rows])
-            for (kind, ident), amount in sorted(refunds.items(), key=str):
+            if rows:
+                await conn.execute(insert(tables.usage), [row.values() for row in rows])
+            for (kind, ident), amount in sorted((returns or {}).items(), key=str):
                 table = tables.keys if kind == "key" else tables.users
                 await conn.execute(
                     update(table)
@@ -374,11 +369,6 @@ def _usage_filters(query: UsageQuery) -> list[Any]:
     if query.until is not None:
         filters.append(u.c.time < query.until)
     return [and_(*filters)] if filters else []
-
-
-async def _has_balance(conn: AsyncConnection, table: Any, ident: object) -> bool:
-    balance = await conn.scalar(select(table.c.balance).where(table.c.id == ident))
-    return balance is not None
 
 
 def _encoded(values: Mapping[str, Any]) -> dict[str, Any]:

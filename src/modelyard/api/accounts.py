@@ -152,6 +152,7 @@ async def me(request: Request) -> dict[str, Any]:
 async def list_keys(request: Request) -> dict[str, Any]:
     principal = principal_of(request)
     accounts = accounts_of(request)
+    await accounts.ledger.flush()  # balances with the credit this gateway holds
     if principal.role is Role.ADMIN:
         records = await accounts.store.keys()
     elif principal.user_id is not None:
@@ -230,7 +231,9 @@ def _owns(principal: Principal, record: dict[str, Any]) -> bool:
 
 @router.get("/api/users")
 async def list_users(request: Request) -> dict[str, Any]:
-    return {"users": [user_view(u) for u in await accounts_of(request).store.users()]}
+    accounts = accounts_of(request)
+    await accounts.ledger.flush()
+    return {"users": [user_view(u) for u in await accounts.store.users()]}
 
 
 @router.post("/api/users", status_code=201, openapi_extra=documented(UserCreateRequest))
@@ -295,8 +298,7 @@ async def usage(
     query = UsageQuery(
         key, user, model, time_param(since, "since"), time_param(until, "until"), limit
     )
-    if accounts.ledger is not None:
-        await accounts.ledger.flush()  # what this gateway served so far is in
+    await accounts.ledger.flush()  # what this gateway served so far is in
     if by is None:
         rows = await accounts.store.usage(query)
         columns: tuple[str, ...] = _USAGE_COLUMNS

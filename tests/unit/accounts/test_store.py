@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
+from modelyard.accounts.balance import Wallets
 from modelyard.accounts.identity import new_key
 from modelyard.accounts.ledger import LedgerWriter
 from modelyard.accounts.store import Store, UsageQuery, UsageRow
@@ -73,40 +75,60 @@ async def test_store_balance_never_goes_below_zero_under_concurrency(database_ur
     try:
         uid = await store.add_user("carol", {"role": "user", "balance": 60, "enabled": True})
         key = await add_key(store, balance=100, user_id=uid)
-        results = await asyncio.gather(*(store.reserve(key, uid, 7) for _ in range(40)))
-        # The user's 60 run out first: 8 reservations of 7, on both balances or neither.
-        assert sum(results) == 8
+        # 40 gateways at once each want 8 tokens, or 3 at least.
+        got = await asyncio.gather(*(store.take(("key", key), 8, 3) for _ in range(40)))
+        assert all(n in (0, 3, 8) for n in got)
+        assert sum(got) <= 100
+        assert sum(got) >= 98  # it stops only when even 3 no longer fit
         record = await store.key(key)
         assert record is not None
-        assert (record["balance"], record["user_balance"]) == (100 - 56, 60 - 56)
-        keyless = await asyncio.gather(*(store.reserve(key, None, 10) for _ in range(10)))
-        assert sum(keyless) == 4
-        record = await store.key(key)
-        assert record is not None
-        assert record["balance"] == 4
-        # a key with no balance is never limited by it
+        assert record["balance"] == 100 - sum(got)
+        assert await store.take(("user", uid), 100, 61) == 0  # too little: nothing taken
+        assert await store.take(("user", uid), 100, 60) == 60
         free = await add_key(store)
-        assert await store.reserve(free, None, 10**9)
+        assert await store.take(("key", free), 10**9, 10**9) is None  # no balance: unlimited
     finally:
         await store.close()
 
 
-async def test_store_writes_a_batch_with_its_refunds_or_nothing(database_url: str) -> None:
+async def test_store_writes_a_batch_with_its_returns_or_nothing(database_url: str) -> None:
     store = await Store.open(database_url)
     try:
         key = await add_key(store, balance=100)
-        assert await store.reserve(key, None, 30)
-        await store.write([row(1, key, cost=12, refund_key=18)])
+        assert await store.take(("key", key), 30, 30) == 30
+        await store.write([row(1, key, cost=12)], {("key", key): 18})
         record = await store.key(key)
         assert record is not None
         assert record["balance"] == 88
-        bad = row(2, key, refund_key=5, route=None)  # NOT NULL: the whole batch fails
+        bad = row(2, key, route=None)  # NOT NULL: the whole batch fails
         with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's own error class
-            await store.write([row(3, key, refund_key=5), bad])
+            await store.write([row(3, key), bad], {("key", key): 5})
         assert len(await store.usage(UsageQuery())) == 1
         record = await store.key(key)
         assert record is not None
         assert record["balance"] == 88
+    finally:
+        await store.close()
+
+
+async def test_wallets_reserve_from_hand_and_never_below_zero(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        uid = await store.add_user("dan", {"role": "user", "balance": 50, "enabled": True})
+        key = await add_key(store, balance=1000, user_id=uid)
+        wallets = Wallets(store)
+        both = [("key", key), ("user", uid)]
+        results = await asyncio.gather(*(wallets.reserve(both, 7) for _ in range(20)))
+        assert sum(results) == 7  # the user's 50 hold 7 of them, on both or neither
+        for _ in range(7):
+            wallets.give_back(("key", key), 7)
+            wallets.give_back(("user", uid), 7)
+        writer = LedgerWriter(store, wallets)
+        await writer.flush()  # what was in hand goes back with the batch
+        record = await store.key(key)
+        assert record is not None
+        assert (record["balance"], record["user_balance"]) == (1000, 50)
+        assert wallets.held(("key", key)) == 0
     finally:
         await store.close()
 
@@ -199,7 +221,7 @@ async def test_ledger_writer_keeps_rows_while_the_database_fails(tmp_path: objec
             self.fail = True
             self.rows: list[UsageRow] = []
 
-        async def write(self, rows: list[UsageRow]) -> None:
+        async def write(self, rows: list[UsageRow], returns: object = None) -> None:
             if self.fail:
                 raise OSError("disk gone")
             self.rows.extend(rows)
@@ -226,3 +248,23 @@ def test_store_schema_constant_is_the_newest_migration() -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(store.__file__).parent / "migrations"))
     assert ScriptDirectory.from_config(config).get_current_head() == store.SCHEMA
+
+
+async def test_wallets_keep_a_busy_balance_in_hand_and_give_back_an_idle_one(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    try:
+        key = await add_key(store, balance=1000)
+        wallets = Wallets(store)
+        tasks = [wallets.reserve([("key", key)], 10) for _ in range(5)]
+        assert all(await asyncio.gather(*tasks))  # one top-up of 8 requests' worth
+        record = await store.key(key)
+        assert record is not None
+        assert record["balance"] == 1000 - 80
+        assert wallets.drain(everything=False) == {}  # used in this interval: kept
+        assert wallets.drain(everything=False) == {("key", key): 30}  # idle since: back
+        wallets.give_back(("key", key), 10)
+        assert wallets.drain() == {("key", key): 10}
+    finally:
+        await store.close()

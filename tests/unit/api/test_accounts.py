@@ -52,7 +52,6 @@ async def test_accounts_balances_hold_under_200_concurrent_requests(
             if answer.status == 429:
                 assert answer.json()["error"]["code"] == "insufficient_quota"
         accounts: Accounts = h.app.state.accounts
-        assert accounts.ledger is not None
         await accounts.ledger.flush()
         rows = await usage_rows(h, admin)
         assert len(rows) == 200
@@ -86,7 +85,6 @@ async def test_accounts_stream_usage_is_asked_for_and_left_out_again(
         usage = [e["usage"] for e in asked.events() if isinstance(e, dict) and "usage" in e]
         assert usage == [{"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}]
         accounts: Accounts = h.app.state.accounts
-        assert accounts.ledger is not None
         await accounts.ledger.flush()
         rows = await accounts.store.usage(UsageQuery())
         assert [(r["prompt_tokens"], r["completion_tokens"], r["cost"]) for r in rows] == [
@@ -175,3 +173,16 @@ async def test_accounts_fair_share_end_to_end(make_harness: Callable, tmp_path: 
         # Served right after the one running when it came (and at most one of A's that was
         # granted in the same instant), not after A's ten.
         assert order.index("b") <= 2, order
+
+
+async def test_accounts_without_the_ledger_still_give_back_reservations(
+    make_harness: Callable,
+) -> None:
+    async with make_harness(auth_mode="keys", usage_ledger=False) as h:
+        key = await make_key(h, balance=1000)
+        assert (await h.call("/v1/chat/completions", CHAT, headers=bearer(key))).status == 200
+        accounts: Accounts = h.app.state.accounts
+        await accounts.ledger.flush()
+        assert await accounts.store.usage(UsageQuery()) == []  # no rows kept
+        me = await h.call("/api/me", method="GET", headers=bearer(key))
+        assert me.json()["key"]["balance"] == 1000 - 12  # only what it used

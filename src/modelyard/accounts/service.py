@@ -9,6 +9,7 @@ are reserved and given back in the database itself, never cached.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 import time
@@ -101,6 +102,7 @@ class Accounts:
         self._clock = clock
         self._keys: dict[str, tuple[float, tuple[dict[str, Any], Principal] | None]] = {}
         self._users: dict[int, tuple[float, dict[str, Any] | None]] = {}
+        self._loading: dict[str, asyncio.Future[tuple[dict[str, Any], Principal] | None]] = {}
 
     async def start(self) -> None:
         self._sessions = Sessions(await self.store.secret(_SECRET), self._session_ttl)
@@ -152,6 +154,14 @@ class Accounts:
         cached = self._keys.get(ident)
         if cached is not None and now - cached[0] < CACHE_TTL:
             return cached[1]
+        # The requests that find it stale at once share one query.
+        loading = self._loading.get(ident)
+        if loading is None:
+            loading = self._loading[ident] = asyncio.ensure_future(self._load_key(ident, now))
+            loading.add_done_callback(lambda _: self._loading.pop(ident, None))
+        return await asyncio.shield(loading)
+
+    async def _load_key(self, ident: str, now: float) -> tuple[dict[str, Any], Principal] | None:
         record = await self.store.key(ident)
         found = (record, _key_principal(record)) if record is not None else None
         if len(self._keys) > 10_000:

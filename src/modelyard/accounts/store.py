@@ -29,6 +29,9 @@ from modelyard.errors import ConfigError, ConflictError, NotFoundError
 log = logging.getLogger(__name__)
 
 GROUPS = ("key", "user", "model", "day")
+USAGE_COLUMNS = ("time", "request_id", "key_id", "key_name", "username", "model", "route",
+                 "status", "prompt_tokens", "completion_tokens", "cost", "queue_ms", "load_ms",
+                 "ttft_ms", "total_ms", "cancelled")  # fmt: skip
 SCHEMA = "0001"
 """The newest migration: a database already there is opened without loading Alembic (a
 third of a second at every start)."""
@@ -56,25 +59,12 @@ class UsageRow:
     total_ms: float
     cancelled: bool
 
-    def values(self) -> dict[str, Any]:
-        return {
-            "time": self.time,
-            "request_id": self.request_id,
-            "key_id": self.key_id,
-            "key_name": self.key_name,
-            "username": self.username,
-            "model": self.model,
-            "route": self.route,
-            "status": self.status,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost": self.cost,
-            "queue_ms": self.queue_ms,
-            "load_ms": self.load_ms,
-            "ttft_ms": self.ttft_ms,
-            "total_ms": self.total_ms,
-            "cancelled": self.cancelled,
-        }
+    def params(self) -> tuple[Any, ...]:
+        """``values()`` in the order of ``USAGE_COLUMNS``."""
+        return (self.time, self.request_id, self.key_id, self.key_name, self.username,
+                self.model, self.route, self.status, self.prompt_tokens, self.completion_tokens,
+                self.cost, self.queue_ms, self.load_ms, self.ttft_ms, self.total_ms,
+                self.cancelled)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,6 +82,10 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        marks = {"qmark": "?", "format": "%s", "numeric_dollar": "${}", "numeric": ":{}"}
+        mark = marks[engine.dialect.paramstyle]
+        places = ", ".join(mark.format(n + 1) for n in range(len(USAGE_COLUMNS)))
+        self._insert_usage = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({places})"
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -289,7 +283,9 @@ class Store:
             return
         async with self.engine.begin() as conn:
             if rows:
-                await conn.execute(insert(tables.usage), [row.values() for row in rows])
+                # Straight to the driver: SQLAlchemy's handling of each row's parameters took
+                # three quarters of the event loop's time per row.
+                await conn.exec_driver_sql(self._insert_usage, [row.params() for row in rows])
             for (kind, ident), amount in sorted((returns or {}).items(), key=str):
                 table = tables.keys if kind == "key" else tables.users
                 await conn.execute(

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from modelyard.accounts.identity import Principal, Role, display
 from modelyard.accounts.service import Accounts
-from modelyard.accounts.store import GROUPS, UsageQuery
+from modelyard.accounts.store import GROUPS, USAGE_COLUMNS, UsageQuery
 from modelyard.api.auth import principal_of
 from modelyard.api.request import documented, read_json, time_param
 from modelyard.errors import (
@@ -35,26 +35,6 @@ from modelyard.protocol.accounts import (
 )
 
 router = APIRouter()
-
-_LIMITS = ("models", "rpm", "tpm", "max_concurrent")
-_USAGE_COLUMNS = (
-    "time",
-    "request_id",
-    "key_id",
-    "key_name",
-    "username",
-    "model",
-    "route",
-    "status",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-    "queue_ms",
-    "load_ms",
-    "ttft_ms",
-    "total_ms",
-    "cancelled",
-)
 
 
 def accounts_of(request: Request) -> Accounts:
@@ -301,7 +281,7 @@ async def usage(
     await accounts.ledger.flush()  # what this gateway served so far is in
     if by is None:
         rows = await accounts.store.usage(query)
-        columns: tuple[str, ...] = _USAGE_COLUMNS
+        columns: tuple[str, ...] = USAGE_COLUMNS
     else:
         rows = await accounts.store.usage_by(query, by)
         columns = (by, "requests", "prompt_tokens", "completion_tokens", "cost", "errors")

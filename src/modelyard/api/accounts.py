@@ -149,7 +149,7 @@ async def create_key(request: Request) -> dict[str, Any]:
     principal = principal_of(request)
     accounts = accounts_of(request)
     _, parsed = await read_json(request, KeyCreateRequest)
-    fields = parsed.model_dump(exclude_unset=True, exclude={"name", "role", "user", "expires_in"})
+    fields = parsed.model_dump(exclude_none=True, exclude={"name", "role", "user", "expires_in"})
     user: str | None
     role: Role
     if principal.role is not Role.ADMIN:
@@ -178,7 +178,7 @@ async def create_key(request: Request) -> dict[str, Any]:
 async def update_key(request: Request, key: str) -> dict[str, Any]:
     accounts = accounts_of(request)
     _, parsed = await read_json(request, KeyUpdateRequest)
-    values = parsed.model_dump(exclude_unset=True, exclude={"add_balance", "expires_in", "clear"})
+    values = parsed.model_dump(exclude_none=True, exclude={"add_balance", "expires_in", "clear"})
     if parsed.expires_in is not None:
         values["expires_at"] = time.time() + parsed.expires_in
     for name in parsed.clear:
@@ -220,7 +220,7 @@ async def list_users(request: Request) -> dict[str, Any]:
 async def add_user(request: Request) -> dict[str, Any]:
     accounts = accounts_of(request)
     _, parsed = await read_json(request, UserCreateRequest)
-    values = parsed.model_dump(exclude_unset=True, exclude={"name", "password"})
+    values = parsed.model_dump(exclude_none=True, exclude={"name", "password"})
     values["role"] = parsed.role
     await accounts.add_user(parsed.name, parsed.password, values)
     return user_view(await accounts.store.user(parsed.name))
@@ -230,7 +230,7 @@ async def add_user(request: Request) -> dict[str, Any]:
 async def update_user(request: Request, name: str) -> dict[str, Any]:
     accounts = accounts_of(request)
     _, parsed = await read_json(request, UserUpdateRequest)
-    values = parsed.model_dump(exclude_unset=True, exclude={"add_balance", "clear"})
+    values = parsed.model_dump(exclude_none=True, exclude={"add_balance", "clear"})
     for field in parsed.clear:
         values[field] = None
     user = await accounts.store.user(name)

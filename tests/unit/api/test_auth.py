@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from modelyard.accounts.identity import Role
 from modelyard.accounts.service import Accounts
@@ -46,6 +46,8 @@ def every_route(routes: list[Any]) -> list[APIRoute | Route]:
         inner = getattr(route, "original_router", None)
         if inner is not None:
             found += every_route(inner.routes)
+        elif isinstance(route, Mount):  # files: every GET below it
+            found.append(Route(route.path + "/{path:path}", endpoint=lambda _: None))
         else:
             assert isinstance(route, APIRoute | Route), route
             found.append(route)
@@ -312,3 +314,21 @@ async def test_auth_off_on_an_open_address_warns_who_can_reach_it(
     assert "anyone who can reach this address can use every model and the admin routes" in (
         caplog.text
     )
+
+
+async def test_auth_null_fields_change_nothing(make_harness: Callable) -> None:
+    """``null`` is "not given" (``clear`` removes a limit): never a 500 on a NOT NULL column."""
+    async with make_harness(auth_mode="keys") as h:
+        admin = await make_key(h, Role.ADMIN, name="root")
+        await h.call("/api/users", {"name": "ivy", "rpm": 5}, headers=bearer(admin))
+        nulls = {"enabled": None, "role": None, "password": None, "rpm": None}
+        changed = await h.call("/api/users/ivy", nulls, method="PATCH", headers=bearer(admin))
+        assert changed.status == 200
+        assert changed.json()["rpm"] == 5
+        cleared = await h.call("/api/users/ivy", {"clear": ["rpm"]}, method="PATCH",
+                               headers=bearer(admin))  # fmt: skip
+        assert cleared.json()["rpm"] is None
+        key = await h.call("/api/keys/root", {"name": None, "enabled": None}, method="PATCH",
+                           headers=bearer(admin))  # fmt: skip
+        assert key.status == 200
+        assert key.json()["name"] == "root"

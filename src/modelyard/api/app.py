@@ -17,7 +17,7 @@ from modelyard import __version__
 from modelyard.accounts.service import Accounts
 from modelyard.accounts.store import Store
 from modelyard.api import accounts as accounts_routes
-from modelyard.api import admin, errors, models, observe, openai
+from modelyard.api import admin, errors, models, observe, openai, ui
 from modelyard.api.auth import Auth
 from modelyard.api.guard import Guard
 from modelyard.api.proxy import Upstream
@@ -152,6 +152,8 @@ def create_app(
     app.include_router(models.router)
     app.include_router(observe.router)
     app.include_router(accounts_routes.router)
+    app.include_router(ui.router)
+    app.mount("/ui", ui.assets(), name="ui")
     trusted = frozenset(o for o in config.cors_origins if o != "*")
     app.add_middleware(Auth)
     app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)

@@ -50,6 +50,10 @@ MONITOR = Access("monitoring", frozenset({Role.ADMIN, Role.MONITOR}))
 ADMIN = Access("admin", frozenset({Role.ADMIN}))
 
 RULES: dict[tuple[str, str], Access] = {
+    ("GET", "/"): PUBLIC,
+    ("GET", "/ui"): PUBLIC,
+    ("GET", "/ui/"): PUBLIC,
+    ("GET", "/ui/{path:path}"): PUBLIC,
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
     ("GET", "/docs"): PUBLIC,

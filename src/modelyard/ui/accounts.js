@@ -1,0 +1,93 @@
+// Usage (charts and CSV) and keys (make, revoke, change limits), as the role allows.
+import { api, can, session } from "/ui/app.js";
+import { el } from "/ui/util.js";
+
+export async function usage(main, signal) {
+  const by = el("select", { name: "by" }, ["day", "model", "key", "user"].map((g) =>
+    el("option", { value: g }, `by ${g}`)));
+  const since = el("input", { name: "since", value: "168h" });
+  const chart = el("div");
+  const csv = el("a", { href: "#", download: "usage.csv" }, "Export CSV");
+  main.append(el("h1", {}, "Usage"), el("div", { class: "row" }, el("label", {}, "Totals", by),
+    el("label", {}, "Since (ISO time, or 24h, 168h…)", since)), chart, csv);
+  const draw = async () => {
+    const query = `by=${by.value}&since=${encodeURIComponent(since.value)}`;
+    const data = await api(`/api/usage?${query}`, { signal });
+    const top = Math.max(1, ...data.rows.map((r) => r.prompt_tokens + r.completion_tokens));
+    chart.replaceChildren(el("table", {}, el("thead", {}, el("tr", {},
+      [by.value, "Requests", "Tokens", "Cost", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, data.rows.map((r) => {
+        const tokens = r.prompt_tokens + r.completion_tokens;
+        return el("tr", {}, el("td", {}, r[by.value] ?? "-"), el("td", {}, r.requests),
+          el("td", {}, tokens), el("td", {}, r.cost), el("td", { style: "width:40%" },
+            el("div", { class: "bar", role: "img", "aria-label": `${tokens} tokens` },
+              el("span", { style: `width:${(100 * tokens / top).toFixed(1)}%` }))));
+      }))));
+  };
+  csv.addEventListener("click", async (event) => {
+    event.preventDefault();
+    const response = await fetch(`/api/usage?format=csv&limit=1000000&since=` +
+      encodeURIComponent(since.value), { headers: { Authorization: `Bearer ${session.token}` } });
+    const url = URL.createObjectURL(await response.blob());
+    const link = el("a", { href: url, download: "usage.csv" });
+    link.click();
+    URL.revokeObjectURL(url);
+  });
+  by.addEventListener("change", draw);
+  since.addEventListener("change", draw);
+  await draw();
+}
+
+export async function keys(main, signal) {
+  const admin = can("admin");
+  const body = el("tbody");
+  const made = el("div", { role: "status" });
+  const name = el("input", { name: "name", placeholder: "what it is for" });
+  const fields = admin ? {
+    role: el("select", { name: "role" }, ["user", "monitor", "admin"].map((r) =>
+      el("option", { value: r }, r))),
+    models: el("input", { name: "models", placeholder: "all, or qwen*, demo" }),
+    rpm: el("input", { name: "rpm", type: "number", min: 1 }),
+    tpm: el("input", { name: "tpm", type: "number", min: 1 }),
+    balance: el("input", { name: "balance", type: "number", min: 0 }),
+  } : {};
+  const form = el("form", { class: "row", onsubmit: async (event) => {
+    event.preventDefault();
+    const request = { name: name.value || "key" };
+    for (const [field, input] of Object.entries(fields)) {
+      if (!input.value) continue;
+      request[field] = field === "models" ? input.value.split(",").map((m) => m.trim()) :
+        field === "role" ? input.value : Number(input.value);
+    }
+    try {
+      const key = await api("/api/keys", { method: "POST", body: request, signal });
+      const box = el("div", { class: "keybox", "data-key": "" }, key.key);
+      made.replaceChildren(el("p", {}, `Key ${key.name} made. It is shown only now:`), box,
+        el("button", { type: "button", onclick: () => navigator.clipboard?.writeText(key.key) },
+          "Copy"));
+      await list();
+    } catch (error) {
+      made.replaceChildren(el("p", { class: "error" }, error.message));
+    }
+  } }, el("label", {}, "Name", name),
+    Object.entries(fields).map(([field, input]) => el("label", {}, field, input)),
+    el("button", { type: "submit", class: "primary" }, "Make a key"));
+  main.append(el("h1", {}, "Keys"), form, made, el("div", { class: "scroll" }, el("table", {},
+    el("thead", {}, el("tr", {}, ["Key", "Name", "User", "Role", "Models", "Limits", "Balance",
+      "Status", ""].map((h) => el("th", { scope: "col" }, h)))), body)));
+
+  async function list() {
+    const data = await api("/api/keys", { signal });
+    body.replaceChildren(...data.keys.map((k) => el("tr", { "data-key-id": k.id },
+      el("td", {}, k.prefix), el("td", {}, k.name), el("td", {}, k.user ?? "-"),
+      el("td", {}, k.role), el("td", {}, k.models.join(", ") || "all"),
+      el("td", {}, [k.rpm && `${k.rpm} rpm`, k.tpm && `${k.tpm} tpm`,
+        k.max_concurrent && `${k.max_concurrent} at once`].filter(Boolean).join(", ") || "-"),
+      el("td", {}, k.balance ?? "-"), el("td", {}, k.enabled ? "enabled" : "revoked"),
+      el("td", {}, k.enabled ? el("button", { type: "button", onclick: async () => {
+        await api(`/api/keys/${k.id}`, { method: "DELETE", signal });
+        await list();
+      } }, "Revoke") : ""))));
+  }
+  await list();
+}

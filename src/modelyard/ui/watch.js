@@ -1,0 +1,104 @@
+// Events, logs and activity: what the server decided, wrote and served, live.
+import { api, stream } from "/ui/app.js";
+import { el } from "/ui/util.js";
+
+const MAX_ROWS = 500;
+
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString();
+}
+
+export async function events(main, signal) {
+  const filter = el("input", { name: "model", placeholder: "all models" });
+  const body = el("tbody");
+  main.append(el("h1", {}, "Events"),
+    el("label", {}, "Model", filter),
+    el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
+      ["#", "Time", "Model", "Event", "What happened"].map((h) => el("th", { scope: "col" }, h)))),
+      body)));
+  const add = (e) => {
+    body.prepend(el("tr", { "data-kind": e.type, "data-model": e.model ?? "" },
+      el("td", {}, e.id), el("td", {}, clock(e.time)), el("td", {}, e.model ?? "-"),
+      el("td", {}, e.type), el("td", {}, e.message)));
+    while (body.children.length > MAX_ROWS) body.lastChild.remove();
+    applyFilter();
+  };
+  const applyFilter = () => {
+    for (const row of body.children) {
+      row.hidden = Boolean(filter.value) && !row.dataset.model.includes(filter.value);
+    }
+  };
+  filter.addEventListener("input", applyFilter);
+  // The last hour's, then each as it happens.
+  stream("/api/events?follow=true&since=1h", { signal, onData: add }).catch(() => {});
+}
+
+export async function logs(main, signal) {
+  const catalog = await api("/api/models", { signal });
+  const source = el("select", { name: "source" }, el("option", { value: "" }, "the server"),
+    catalog.models.map((m) => el("option", { value: m.name }, m.name)));
+  const search = el("input", { name: "search", placeholder: "text to look for" });
+  const pause = el("button", { type: "button", "aria-pressed": "false" }, "Pause");
+  const view = el("div", { class: "log", role: "log", "aria-live": "off", tabindex: 0 });
+  main.append(el("h1", {}, "Logs"), el("div", { class: "row" }, el("label", {}, "Log", source),
+    el("label", {}, "Search", search), pause), view);
+  let paused = false;
+  let lines = [];
+  let follow = null;
+  const draw = () => {
+    if (paused) return;
+    const shown = search.value ? lines.filter((l) => l.includes(search.value)) : lines;
+    view.textContent = shown.join("\n");
+    view.scrollTop = view.scrollHeight;
+  };
+  const open = () => {
+    follow?.abort();
+    follow = new AbortController();
+    signal.addEventListener("abort", () => follow.abort());
+    lines = [];
+    const path = source.value ? `/api/logs/${encodeURIComponent(source.value)}` : "/api/logs";
+    stream(`${path}?n=200&follow=true`, { signal: follow.signal, onData: (line) => {
+      lines.push(line);
+      if (lines.length > 2000) lines.splice(0, lines.length - 2000);
+      draw();
+    } }).catch((error) => {
+      if (error.name !== "AbortError") view.textContent = error.message;
+    });
+  };
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.textContent = paused ? "Resume" : "Pause";
+    pause.setAttribute("aria-pressed", String(paused));
+    draw();
+  });
+  search.addEventListener("input", draw);
+  source.addEventListener("change", open);
+  open();
+}
+
+export async function activity(main, signal) {
+  const filter = el("input", { name: "model", placeholder: "all models" });
+  const body = el("tbody");
+  const columns = ["Time", "Model", "Key", "Status", "Tokens", "TTFT ms", "Tokens/s", "Total ms"];
+  main.append(el("h1", {}, "Activity"), el("label", {}, "Model", filter),
+    el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
+      columns.map((h) => el("th", { scope: "col" }, h)))), body)));
+  const add = (r) => {
+    body.prepend(el("tr", { "data-model": r.model ?? "" }, el("td", {}, clock(r.time)),
+      el("td", {}, r.model ?? "-"), el("td", {}, r.key ?? r.user ?? "-"),
+      el("td", {}, r.cancelled ? `${r.status} (cancelled)` : r.status),
+      el("td", {}, `${r.prompt_tokens} + ${r.completion_tokens}`), el("td", {}, r.ttft_ms ?? "-"),
+      el("td", {}, r.tokens_per_s ?? "-"), el("td", {}, r.total_ms)));
+    while (body.children.length > MAX_ROWS) body.lastChild.remove();
+    applyFilter();
+  };
+  const applyFilter = () => {
+    for (const row of body.children) {
+      row.hidden = Boolean(filter.value) && !row.dataset.model.includes(filter.value);
+    }
+  };
+  filter.addEventListener("input", applyFilter);
+  const past = await api("/api/activity?limit=100", { signal });
+  for (const r of past.requests.slice().reverse()) add(r);
+  stream("/api/activity?follow=true&limit=0", { signal, onData: add }).catch(() => {});
+}

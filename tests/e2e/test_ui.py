@@ -1,0 +1,173 @@
+"""The web page in a real browser, against a real server with the demo models."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Watched, screenshot
+from tests.integration.conftest import Server
+
+GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
+
+
+def row(w: Watched, model: str) -> object:
+    return w.page.locator(f'tr[data-model="{model}"]')
+
+
+def test_ui_models_load_and_unload_with_the_memory_of_ps(
+    demo: Server, watched: Callable[..., Watched]
+) -> None:
+    w = watched(f"{demo.url}/")  # a browser is sent to /ui/
+    page = w.page
+    assert page.url.endswith("/ui/")
+    for model in (GEMMA, MINILM):
+        row(w, model).wait_for()
+    gemma = row(w, GEMMA)
+    badge = gemma.locator(".badge")
+    gemma.get_by_role("button", name="Load").click()
+    badge.filter(has_text="ready").wait_for(timeout=60_000)
+    (entry,) = [m for m in demo.ps() if m["name"] == GEMMA]
+    memory = entry["memory"]
+    shown = int(gemma.locator(".bar").get_attribute("data-bytes"))
+    assert shown == sum((memory["measured"] or memory["estimate"]).values())
+    screenshot(page, "models")
+    gemma.get_by_role("button", name="Unload").click()
+    badge.filter(has_text="stopped").wait_for(timeout=30_000)
+    assert all(m["name"] != GEMMA for m in demo.ps())
+
+
+def test_ui_chat_streams_and_stop_frees_the_slot(
+    demo: Server, watched: Callable[..., Watched]
+) -> None:
+    w = watched(f"{demo.url}/ui/#/playground")
+    page = w.page
+    page.get_by_label("Max tokens").fill("400")
+    page.get_by_label("Message", exact=False).fill("Once upon a time, in a small village,")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator(".msg.assistant")
+    page.wait_for_function(
+        "() => (document.querySelector('.msg.assistant')?.textContent ?? '').length > 20",
+        timeout=60_000,
+    )
+    assert "tokens/s" in page.locator(".stats").text_content()
+    screenshot(page, "playground")
+    runner = demo.runner(GEMMA)
+    slots = f"{runner.url}/slots"
+    assert any(s["is_processing"] for s in httpx.get(slots, headers=runner.headers).json())
+    page.get_by_role("button", name="Stop").click()
+    stopped = time.monotonic()
+    while any(s["is_processing"] for s in httpx.get(slots, headers=runner.headers).json()):
+        assert time.monotonic() - stopped < 1.0, "the slot is still busy 1 s after Stop"
+        time.sleep(0.02)
+    assert answer.text_content()
+    page.locator(".stats", has_text="stopped").wait_for()
+
+
+def test_ui_rerank_ranks_the_matching_document_first(
+    demo: Server, watched: Callable[..., Watched]
+) -> None:
+    w = watched(f"{demo.url}/ui/#/playground?tab=rerank")
+    page = w.page
+    page.get_by_label("Query").fill("Which animal purrs?")
+    page.get_by_label("Documents", exact=False).fill(
+        "The stock market closed higher today.\nCats purr when they are content.\n"
+        "Paris is the capital of France."
+    )
+    page.get_by_role("button", name="Rank").click()
+    first = page.locator("ol.ranked li").first
+    first.wait_for(timeout=60_000)
+    assert first.text_content().startswith("Cats purr")
+    screenshot(page, "rerank")
+
+
+def test_ui_events_show_an_eviction_and_logs_a_runner_line(
+    demo: Server, watched: Callable[..., Watched]
+) -> None:
+    w = watched(f"{demo.url}/ui/#/events")
+    page = w.page
+    httpx.post(f"{demo.url}/api/load", json={"model": MINILM}, timeout=120).raise_for_status()
+    httpx.post(f"{demo.url}/api/unload", json={"model": MINILM}, timeout=60).raise_for_status()
+    evicted = page.locator('tr[data-kind="evicted"]', has_text=MINILM)
+    evicted.first.wait_for(timeout=30_000)
+    assert "manual" in evicted.first.text_content()
+    screenshot(page, "events")
+    page.goto(f"{demo.url}/ui/#/logs")
+    page.locator("select[name=source]").select_option(GEMMA)
+    count = (
+        "() => (document.querySelector('.log').textContent.match(/stop processing/g) ?? []).length"
+    )
+    page.wait_for_timeout(500)
+    before = page.evaluate(count)
+    httpx.post(
+        f"{demo.url}/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": GEMMA,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+        },
+    ).raise_for_status()
+    # llama.cpp logs each request it served: the new line shows up while the page follows.
+    page.wait_for_function(f"() => ({count})() > {before}", timeout=30_000)
+    screenshot(page, "logs")
+
+
+@pytest.fixture(scope="module")
+def keyed(server_factory: Callable[..., Server]) -> tuple[Server, dict[str, str]]:
+    server = server_factory(None, env={"MODELYARD_AUTH": "keys"})
+    admin = next(line.strip() for line in server.log.read_text().splitlines()
+                 if line.strip().startswith("my-"))  # fmt: skip
+    headers = {"Authorization": f"Bearer {admin}"}
+    keys = {"admin": admin}
+    for name, body in (("user", {"role": "user", "models": [MINILM]}),
+                       ("monitor", {"role": "monitor"})):  # fmt: skip
+        made = httpx.post(f"{server.url}/api/keys", json={"name": name, **body}, headers=headers)
+        keys[name] = made.raise_for_status().json()["key"]
+    return server, keys
+
+
+UNAUTHENTICATED = "status of 401"  # the first /api/me, before logging in
+
+
+def log_in(w: Watched, key: str) -> None:
+    page = w.page
+    page.get_by_role("dialog").wait_for()
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("dialog").wait_for(state="hidden")
+
+
+def test_ui_with_keys_shows_what_each_role_may_do(
+    keyed: tuple[Server, dict[str, str]], watched: Callable[..., Watched]
+) -> None:
+    server, keys = keyed
+    w = watched(f"{server.url}/ui/", UNAUTHENTICATED)
+    screenshot(w.page, "login")
+    log_in(w, keys["user"])
+    page = w.page
+    row(w, MINILM).wait_for()
+    assert page.locator("tr[data-model]").count() == 1
+    assert page.get_by_role("button", name="Load").count() == 0
+    assert page.get_by_role("link", name="Playground").is_visible()
+    assert not page.get_by_role("link", name="Events").is_visible()
+
+    m = watched(f"{server.url}/ui/", UNAUTHENTICATED)
+    log_in(m, keys["monitor"])
+    row(m, GEMMA).wait_for()
+    assert not m.page.get_by_role("link", name="Playground").is_visible()
+    assert m.page.get_by_role("button", name="Load").count() == 0
+
+    a = watched(f"{server.url}/ui/#/keys", UNAUTHENTICATED)
+    log_in(a, keys["admin"])
+    a.page.get_by_label("Name", exact=True).fill("from-the-page")
+    a.page.get_by_role("button", name="Make a key").click()
+    made = a.page.locator("[data-key]")
+    made.wait_for()
+    key = made.text_content()
+    assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}
+                     ).status_code == 200  # fmt: skip
+    screenshot(a.page, "keys")

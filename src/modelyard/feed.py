@@ -37,6 +37,13 @@ class Follower(Generic[T]):
             return None
         return await self._queue.get()
 
+    def drain(self) -> list[T | None]:
+        """What has come and not been taken yet, without waiting."""
+        items: list[T | None] = []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
 
 class Feed(Generic[T]):
     def __init__(self, size: int, buffer: int = 1000) -> None:

@@ -18,6 +18,19 @@ def row(w: Watched, model: str) -> object:
     return w.page.locator(f'tr[data-model="{model}"]')
 
 
+def test_ui_idle_page_asks_at_most_once_a_second(
+    demo: Server, watched: Callable[..., Watched]
+) -> None:
+    w = watched(f"{demo.url}/ui/")
+    page = w.page
+    row(w, GEMMA).wait_for()
+    page.wait_for_timeout(1000)  # the first requests are done
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url))
+    page.wait_for_timeout(10_000)
+    assert len(sent) <= 10, sent
+
+
 def test_ui_models_load_and_unload_with_the_memory_of_ps(
     demo: Server, watched: Callable[..., Watched]
 ) -> None:
@@ -159,6 +172,9 @@ def test_ui_with_keys_shows_what_each_role_may_do(
     log_in(m, keys["monitor"])
     row(m, GEMMA).wait_for()
     assert not m.page.get_by_role("link", name="Playground").is_visible()
+    m.page.goto(f"{server.url}/ui/#/playground")  # not even by its address
+    m.page.get_by_role("alert").filter(has_text="may not use this page").wait_for()
+    assert m.page.get_by_role("button", name="Send").count() == 0
     assert m.page.get_by_role("button", name="Load").count() == 0
 
     a = watched(f"{server.url}/ui/#/keys", UNAUTHENTICATED)
@@ -168,6 +184,20 @@ def test_ui_with_keys_shows_what_each_role_may_do(
     made = a.page.locator("[data-key]")
     made.wait_for()
     key = made.text_content()
-    assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}
-                     ).status_code == 200  # fmt: skip
+    assert (
+        httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+        == 200
+    )
+    new = a.page.locator("tr[data-key-id]", has_text="from-the-page")
+    new.get_by_role("button", name="Edit").click()
+    new.get_by_label("rpm").fill("7")
+    new.get_by_label("models").fill(MINILM)
+    new.get_by_role("button", name="Save").click()
+    a.page.locator("tr[data-key-id]", has_text="7 rpm").wait_for()
+    listed = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert [m["id"] for m in listed.json()["data"]] == [MINILM]
+    a.page.locator("main").get_by_label("User name", exact=True).fill("walt")
+    a.page.locator("main").get_by_label("Password", exact=True).fill("walt-password")
+    a.page.get_by_role("button", name="Add user").click()
+    a.page.locator('tr[data-user="walt"]').wait_for()  # fmt: skip
     screenshot(a.page, "keys")

@@ -104,9 +104,13 @@ def _last_event_id(request: Request) -> int | None:
 
 @router.get("/api/activity", response_model=None)
 async def activity(
-    request: Request, follow: bool = False, limit: int = 100
+    request: Request, follow: bool = False, limit: int = 100, every: float = 0.0
 ) -> dict[str, Any] | Response:
-    """The last requests to models, oldest first: model, status, tokens, waits, TTFT."""
+    """The last requests to models, oldest first: model, status, tokens, waits, TTFT.
+    Following, ``every`` (seconds, up to 10) sends what came in batches that often rather
+    than each request as it ends (a page on a busy server)."""
+    if not 0 <= every <= 10:
+        raise InvalidRequestError("every: 0 to 10 seconds", param="every")
     feed = _telemetry(request).activity
     if not follow:
         items = feed.items()[-max(0, limit) :] if limit > 0 else []
@@ -115,7 +119,7 @@ async def activity(
     def encode(trace: Trace) -> bytes:
         return f"event: request\ndata: {json.dumps(trace.to_dict())}\n\n".encode()
 
-    return _stream(request, feed, lambda _: True, encode, history=False)
+    return _stream(request, feed, lambda _: True, encode, history=False, every=every)
 
 
 def _stream(
@@ -125,9 +129,10 @@ def _stream(
     encode: Callable[[T], bytes],
     *,
     history: bool = True,
+    every: float = 0.0,
 ) -> StreamingResponse:
     """The kept history that ``keep`` selects, then every new item, as SSE, until the
-    server shuts down."""
+    server shuts down; with ``every``, new items in one write at most that often."""
     stopping: asyncio.Event = request.app.state.stopping
 
     async def body() -> AsyncIterator[bytes]:
@@ -146,12 +151,17 @@ def _stream(
                     if not getting.done():
                         getting.cancel()
                         return  # shutting down
-                    new = getting.result()
-                    if new is None:
+                    batch = [getting.result()]
+                    if every:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(asyncio.shield(stopped), every)
+                        batch += follower.drain()
+                    out = b"".join(encode(x) for x in batch if x is not None and keep(x))
+                    if out:
+                        yield out
+                    if any(x is None for x in batch):
                         yield _LAGGED
                         return
-                    if keep(new):
-                        yield encode(new)
         finally:
             stopped.cancel()
             if getting is not None:

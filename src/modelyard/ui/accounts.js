@@ -84,10 +84,82 @@ export async function keys(main, signal) {
       el("td", {}, [k.rpm && `${k.rpm} rpm`, k.tpm && `${k.tpm} tpm`,
         k.max_concurrent && `${k.max_concurrent} at once`].filter(Boolean).join(", ") || "-"),
       el("td", {}, k.balance ?? "-"), el("td", {}, k.enabled ? "enabled" : "revoked"),
-      el("td", {}, k.enabled ? el("button", { type: "button", onclick: async () => {
+      el("td", { class: "row" }, k.enabled ? el("button", { type: "button", onclick: async () => {
         await api(`/api/keys/${k.id}`, { method: "DELETE", signal });
         await list();
-      } }, "Revoke") : ""))));
+      } }, "Revoke") : "", admin ? el("button", { type: "button",
+        onclick: (e) => e.target.closest("td").append(editor(k, signal, list)) }, "Edit") :
+        ""))));
+  }
+  await list();
+  if (admin) await users(main, signal);
+}
+
+// Limits, models and balance of one key, changed in place.
+function editor(k, signal, done) {
+  const inputs = {
+    models: el("input", { name: "models", value: k.models.join(", ") }),
+    rpm: el("input", { name: "rpm", type: "number", min: 1, value: k.rpm ?? "" }),
+    tpm: el("input", { name: "tpm", type: "number", min: 1, value: k.tpm ?? "" }),
+    max_concurrent: el("input", { name: "max_concurrent", type: "number", min: 1,
+      value: k.max_concurrent ?? "" }),
+    add_balance: el("input", { name: "add_balance", type: "number" }),
+  };
+  const message = el("p", { role: "status" });
+  return el("form", { class: "grid", onsubmit: async (event) => {
+    event.preventDefault();
+    const body = { clear: [] };
+    for (const [field, input] of Object.entries(inputs)) {
+      const value = input.value.trim();
+      if (field === "models") {
+        if (value) body.models = value.split(",").map((m) => m.trim()).filter(Boolean);
+        else body.clear.push("models");
+      } else if (value) body[field] = Number(value);
+      else if (field !== "add_balance") body.clear.push(field);
+    }
+    try {
+      await api(`/api/keys/${k.id}`, { method: "PATCH", body, signal });
+      await done();
+    } catch (error) {
+      message.textContent = error.message;
+    }
+  } }, Object.entries(inputs).map(([field, input]) => el("label", {},
+    field.replace("_", " "), input)), el("button", { type: "submit" }, "Save"), message);
+}
+
+async function users(main, signal) {
+  const body = el("tbody");
+  const name = el("input", { name: "new-user", autocomplete: "off" });
+  const password = el("input", { name: "new-password", type: "password",
+    autocomplete: "new-password" });
+  const role = el("select", { name: "user-role" }, ["user", "monitor", "admin"].map((r) =>
+    el("option", { value: r }, r)));
+  const message = el("p", { role: "status" });
+  const form = el("form", { class: "row", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      await api("/api/users", { method: "POST", signal, body: { name: name.value,
+        password: password.value || undefined, role: role.value } });
+      name.value = password.value = "";
+      message.textContent = "";
+      await list();
+    } catch (error) {
+      message.textContent = error.message;
+    }
+  } }, el("label", {}, "User name", name), el("label", {}, "Password", password),
+    el("label", {}, "Role", role), el("button", { type: "submit" }, "Add user"));
+  main.append(el("h2", {}, "Users"), form, message, el("div", { class: "scroll" },
+    el("table", {}, el("thead", {}, el("tr", {}, ["User", "Role", "Balance", "Status", ""]
+      .map((h) => el("th", { scope: "col" }, h)))), body)));
+  async function list() {
+    const data = await api("/api/users", { signal });
+    body.replaceChildren(...data.users.map((u) => el("tr", { "data-user": u.name },
+      el("td", {}, u.name), el("td", {}, u.role), el("td", {}, u.balance ?? "-"),
+      el("td", {}, u.enabled ? "enabled" : "disabled"),
+      el("td", {}, el("button", { type: "button", onclick: async () => {
+        await api(`/api/users/${encodeURIComponent(u.name)}`, { method: "DELETE", signal });
+        await list();
+      } }, "Remove")))));
   }
   await list();
 }

@@ -6,6 +6,8 @@ import { events, logs, activity } from "/ui/watch.js";
 import { usage, keys } from "/ui/accounts.js";
 
 const PAGES = { models, playground, events, logs, activity, usage, keys };
+const NEEDS = { playground: "inference", events: "monitor", logs: "monitor",
+  activity: "monitor", usage: "accounts", keys: "accounts" };
 const TOKEN = "modelyard.token";
 
 export const session = { token: localStorage.getItem(TOKEN), me: null };
@@ -136,6 +138,11 @@ async function route() {
   current = new AbortController();
   const main = document.getElementById("page");
   main.replaceChildren();
+  if (NEEDS[page] && !can(NEEDS[page])) {
+    main.append(el("p", { class: "error", role: "alert" },
+      `Your role (${session.me?.role}) may not use this page.`));
+    return;
+  }
   try {
     await PAGES[page](main, current.signal);
   } catch (error) {

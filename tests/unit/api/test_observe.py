@@ -179,6 +179,21 @@ async def test_activity_follow_is_live(make_harness: Callable) -> None:
         assert data["ttft_ms"] is not None
 
 
+async def test_activity_follow_in_batches_sends_them_together(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        follow = h.exchange("/api/activity?follow=true&every=0.3", method="GET")
+        await follow.first_chunk.wait()  # ": live"
+        for _ in range(3):
+            await h.call("/v1/chat/completions", chat("canned"))
+        await _until(lambda: follow.body.count(b"event: request") == 3)
+        follow.leave()
+        await follow.done
+        # the live line, then the three in one write
+        assert [c.count(b"event: request") for c in follow.chunks] == [0, 3]
+        bad = await h.call("/api/activity?follow=true&every=60", method="GET")
+        assert bad.status == 400
+
+
 async def test_events_history_follow_and_bad_input(make_harness: Callable) -> None:
     async with make_harness() as h:
         follow = h.exchange("/api/events?follow=true&model=canned", method="GET")

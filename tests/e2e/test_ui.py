@@ -45,9 +45,15 @@ def test_ui_models_load_and_unload_with_the_memory_of_ps(
     badge.filter(has_text="ready").wait_for(timeout=60_000)
     (entry,) = [m for m in demo.ps() if m["name"] == GEMMA]
     memory = entry["memory"]
-    shown = int(gemma.locator(".bar").get_attribute("data-bytes"))
-    assert shown == sum((memory["measured"] or memory["estimate"]).values())
+    shown = gemma.locator(".bar[data-device=ram]").get_attribute("data-bytes")
+    assert int(shown) == (memory["measured"] or memory["estimate"])["ram"]
     screenshot(page, "models")
+    gemma.get_by_role("button", name="Pin").click()
+    gemma.get_by_role("button", name="Unpin").wait_for()
+    assert [m["pinned"] for m in demo.ps() if m["name"] == GEMMA] == [True]
+    gemma.get_by_role("button", name="Unpin").click()
+    gemma.get_by_role("button", name="Pin").wait_for()
+    assert [m["pinned"] for m in demo.ps() if m["name"] == GEMMA] == [False]
     gemma.get_by_role("button", name="Unload").click()
     badge.filter(has_text="stopped").wait_for(timeout=30_000)
     assert all(m["name"] != GEMMA for m in demo.ps())
@@ -127,6 +133,24 @@ def test_ui_events_show_an_eviction_and_logs_a_runner_line(
     # llama.cpp logs each request it served: the new line shows up while the page follows.
     page.wait_for_function(f"() => ({count})() > {before}", timeout=30_000)
     screenshot(page, "logs")
+
+
+@pytest.mark.parametrize(
+    "page_name", ["models", "playground", "activity", "events", "logs", "usage", "keys"]
+)
+def test_ui_every_page_opens_cleanly(
+    keyed: tuple[Server, dict[str, str]], watched: Callable[..., Watched], page_name: str
+) -> None:
+    """No console error, no failed request, nothing fetched from elsewhere (checked by the
+    fixture), and the page's heading, as an admin on a server with keys."""
+    server, keys = keyed
+    w = watched(f"{server.url}/ui/#/{page_name}", UNAUTHENTICATED)
+    log_in(w, keys["admin"])
+    w.page.get_by_role("heading", level=1).wait_for()
+    w.page.wait_for_timeout(500)
+    assert not w.page.get_by_role("alert").filter(has_text="Error").count()
+    if page_name in ("activity", "usage"):
+        screenshot(w.page, page_name)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 
 from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of
 from modelyard.catalog.template import model_warnings
-from modelyard.protocol.openai import ModelLoadRequest, ModelUnloadRequest
+from modelyard.protocol.openai import ModelLoadRequest, ModelPinRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
 
 router = APIRouter()
@@ -122,3 +122,13 @@ async def unload(request: Request) -> dict[str, Any]:
     spec = scheduler.spec(parsed.model)
     await scheduler.unload(spec.name)
     return {"model": spec.name, "state": scheduler.state(spec.name)}
+
+
+@router.post("/api/pin", openapi_extra=documented(ModelPinRequest))
+async def pin(request: Request) -> dict[str, Any]:
+    """Pins a model (never evicted, never expires) or unpins it (``"pinned": false``)."""
+    _, parsed = await read_json(request, ModelPinRequest)
+    scheduler = scheduler_of(request)
+    spec = scheduler.spec(parsed.model)
+    scheduler.pin(spec.name, parsed.pinned)
+    return {"model": spec.name, "pinned": parsed.pinned, "state": scheduler.state(spec.name)}

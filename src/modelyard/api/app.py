@@ -17,7 +17,7 @@ from modelyard import __version__
 from modelyard.accounts.service import Accounts
 from modelyard.accounts.store import Store
 from modelyard.api import accounts as accounts_routes
-from modelyard.api import admin, errors, models, observe, openai, ui
+from modelyard.api import admin, errors, models, observe, openai, passthrough, ui
 from modelyard.api.auth import Auth
 from modelyard.api.guard import Guard
 from modelyard.api.proxy import Upstream
@@ -152,6 +152,7 @@ def create_app(
     app.include_router(models.router)
     app.include_router(observe.router)
     app.include_router(accounts_routes.router)
+    app.include_router(passthrough.router)
     app.include_router(ui.router)
     app.mount("/ui", ui.assets(), name="ui")
     trusted = frozenset(o for o in config.cors_origins if o != "*")

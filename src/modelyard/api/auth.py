@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelyard.accounts.identity import LOCAL, Principal, Role
 from modelyard.accounts.service import Accounts
 from modelyard.api.errors import error_response
+from modelyard.api.passthrough import METHODS as UPSTREAM_METHODS
 from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import (
     AuthenticationError,
@@ -86,9 +87,11 @@ RULES: dict[tuple[str, str], Access] = {
     ("GET", "/api/system"): MONITOR,
     ("POST", "/api/load"): ADMIN,
     ("POST", "/api/unload"): ADMIN,
+    ("POST", "/api/pin"): ADMIN,
     ("POST", "/api/reload"): ADMIN,
     ("DELETE", "/api/delete"): ADMIN,
     ("POST", "/api/pull"): ADMIN,
+    **{(method, "/upstream/{model}/{path:path}"): ADMIN for method in UPSTREAM_METHODS},
     ("GET", "/api/users"): ADMIN,
     ("POST", "/api/users"): ADMIN,
     ("PATCH", "/api/users/{name}"): ADMIN,

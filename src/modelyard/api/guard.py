@@ -3,7 +3,8 @@ routes proof that no other web site sent it.
 
 - A body larger than ``max_body`` is refused with 413: at once when ``Content-Length`` says
   so, else as soon as the bytes read pass the limit (so 50 MB never sit in memory).
-- Requests that change state under ``/api/`` (load, unload, pull, delete, reload…) must
+- Requests that change state under ``/api/`` (load, unload, pull, delete, reload…) and
+  ``/upstream/`` (an engine's own API, e.g. llama.cpp's slot actions) must
   come from a program or from a page of this server itself. A web page elsewhere can make
   the browser send a "simple" cross-site POST (``text/plain``, no preflight) that the
   server would act on; so such requests are refused with 403 when the browser says they
@@ -29,6 +30,8 @@ from modelyard.errors import (
 from modelyard.quantity import format_size
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_GUARDED = ("/api/", "/upstream/")
+"""Admin routes, and engines' own APIs reached through the gateway."""
 _TRUSTED_FETCH_SITES = frozenset({b"same-origin", b"none"})
 
 
@@ -54,7 +57,7 @@ class Guard:
             length = _content_length(headers)
             if length is not None and length > self.max_body:
                 raise self._too_large()
-            if scope["method"] not in _SAFE_METHODS and scope["path"].startswith("/api/"):
+            if scope["method"] not in _SAFE_METHODS and scope["path"].startswith(_GUARDED):
                 _check_admin(headers, length, self.trusted)
         except ModelyardError as exc:
             response = error_response(exc)

@@ -173,6 +173,11 @@ class ModelUnloadRequest(_Request):
     model: ModelName
 
 
+class ModelPinRequest(_Request):
+    model: ModelName
+    pinned: bool = True
+
+
 class ModelPullRequest(_Request):
     model: ModelName
     """``owner/repo``, ``owner/repo:QUANT`` or ``owner/repo:file.gguf``, optionally ``@rev``."""

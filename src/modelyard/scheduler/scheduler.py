@@ -344,6 +344,22 @@ class Scheduler:
         """Loads ``name`` (as a request would) and returns once it is ready."""
         self.release(await self.acquire(name, keep_alive, request=request))
 
+    def pin(self, name: str, pinned: bool) -> None:
+        """Pins ``name`` (never evicted, no keep-alive expiry) or unpins it, from now until
+        the server restarts or the catalog changes its entry."""
+        m = self._models[self._catalog.get(name).name]
+        m.spec = replace(m.spec, pinned=pinned)
+        if m.pending is not None:
+            m.pending = replace(m.pending, pinned=pinned)
+        if pinned:
+            if m.expiry is not None:
+                m.expiry.cancel()
+                m.expiry = None
+            m.expires_at = None
+        elif m.idle and m.state is ModelState.READY:
+            self._start_keep_alive(m)
+        self._pump()  # a model waiting for memory may now evict it
+
     async def unload(self, name: str) -> None:
         """Unloads ``name`` now if idle, else once its in-flight requests are done."""
         m = self._models[self._catalog.get(name).name]

@@ -12,15 +12,15 @@ export async function models(main, signal) {
   if (can("admin")) main.append(pullForm(signal));
 
   let rows = [];
-  let budget = 0;
+  let budgets = {};
   async function refresh() {
     if (can("monitor")) {
       const [catalog, ps] = await Promise.all([api("/api/models", { signal }),
         api("/api/ps", { signal })]);
       rows = catalog.models;
-      budget = total(ps.memory.budget);
-      status.textContent = `${rows.length} models · budget ${size(budget)} · in use ` +
-        size(total(ps.memory.reserved));
+      budgets = ps.memory.budget;
+      status.textContent = `${rows.length} models · budget ` + Object.entries(budgets)
+        .map(([d, n]) => `${d} ${size(n)}`).join(", ") + ` · in use ${size(total(ps.memory.reserved))}`;
     } else {
       const listed = await api("/v1/models", { signal });
       rows = listed.data.map((m) => ({ name: m.id, kind: m.kind, state: m.state,
@@ -35,19 +35,28 @@ export async function models(main, signal) {
   }
 
   function row(m) {
-    const used = m.memory ? total(m.memory.measured) || total(m.memory.estimate) : 0;
-    const share = budget ? Math.min(100, (100 * used) / budget) : 0;
-    const memory = m.memory ? el("div", { class: "grid" },
-      el("div", { class: "bar", role: "img", "aria-label": `${size(used)} of ${size(budget)}`,
-        "data-bytes": used }, el("span", { style: `width:${share.toFixed(1)}%` })),
-      el("span", { class: "muted" }, `${size(used)} ${m.memory.measured ? "measured" :
-        "estimated"}`)) : "-";
+    // One bar per device (RAM, gpu0, …) against that device's budget.
+    const footprint = m.memory ? (m.memory.measured ?? m.memory.estimate) : null;
+    const memory = footprint ? el("div", { class: "grid" }, Object.entries(footprint).map(
+      ([device, bytes]) => {
+        const budget = budgets[device] ?? 0;
+        const share = budget ? Math.min(100, (100 * bytes) / budget) : 0;
+        return el("div", { class: "bar", role: "img", "data-device": device,
+          "data-bytes": bytes, "aria-label": `${device}: ${size(bytes)} of ${size(budget)}` },
+        el("span", { style: `width:${share.toFixed(1)}%` }));
+      }),
+      el("span", { class: "muted" }, m.memory.measured ? `${size(total(footprint))} measured ` +
+        `(estimate ${size(total(m.memory.estimate))})` : `${size(total(footprint))} estimated`))
+      : "-";
     const actions = el("td", { class: "row" });
     if (can("admin")) {
       const resident = ["ready", "loading"].includes(m.state);
       actions.append(el("button", { type: "button", "data-action": resident ? "unload" : "load",
         onclick: (e) => act(e.target, resident ? "unload" : "load", m.name) },
         resident ? "Unload" : "Load"));
+      actions.append(el("button", { type: "button", "aria-pressed": String(Boolean(m.pinned)),
+        onclick: (e) => act(e.target, "pin", m.name, { pinned: !m.pinned }) },
+        m.pinned ? "Unpin" : "Pin"));
     }
     if (can("monitor")) {
       actions.append(el("button", { type: "button", onclick: () => show(m.name, actions) },
@@ -68,11 +77,12 @@ export async function models(main, signal) {
       actions);
   }
 
-  async function act(button, action, name) {
+  async function act(button, action, name, extra = {}) {
     button.disabled = true;
-    status.textContent = `${action === "load" ? "Loading" : "Unloading"} ${name}…`;
+    status.textContent = `${{ load: "Loading", unload: "Unloading", pin: "Pinning" }[action]} ` +
+      `${name}…`;
     try {
-      await api(`/api/${action}`, { method: "POST", body: { model: name }, signal });
+      await api(`/api/${action}`, { method: "POST", body: { model: name, ...extra }, signal });
       await refresh();
     } catch (error) {
       status.textContent = error.message;

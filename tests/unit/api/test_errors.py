@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -28,3 +29,14 @@ def test_errors_same_failure_logged_once_per_window(
     assert lines[0].startswith("LoadFailedError: Model 'm' failed to load")
     assert lines[1] == "LoadFailedError: another failure"
     assert lines[2].endswith("(and 9999 more like it)")
+
+
+async def test_errors_405_names_the_allowed_methods(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        wrong = await h.call("/v1/chat/completions", method="GET")
+        assert wrong.status == 405
+        assert wrong.headers["allow"] == "POST"
+        assert wrong.json()["error"]["code"] == "method_not_allowed"
+        listing = await h.call("/v1/models", {}, method="POST")
+        assert listing.status == 405
+        assert "GET" in listing.headers["allow"]

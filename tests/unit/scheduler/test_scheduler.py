@@ -270,6 +270,25 @@ async def test_scheduler_never_evicts_pinned() -> None:
     assert scheduler.state("p") is ModelState.READY
 
 
+async def test_scheduler_pin_at_run_time_keeps_and_unpin_lets_go() -> None:
+    scheduler, runner, clock, _ = make(spec("a", keep_alive=10.0), spec("b"), budget=150)
+    await scheduler.load("a")
+    scheduler.pin("a", True)
+    clock.advance(100)  # no keep-alive expiry while pinned
+    await settle()
+    assert scheduler.state("a") is ModelState.READY
+    waiting = asyncio.create_task(scheduler.acquire("b"))
+    await settle()
+    assert not waiting.done()  # b waits: a is not evicted for it
+    scheduler.pin("a", False)  # now a is idle and unpinned: evicted for b
+    lease = await waiting
+    assert runner.starts == ["a", "b"]
+    assert scheduler.state("a") is ModelState.STOPPED
+    scheduler.release(lease)
+    [status] = [s for s in scheduler.status() if s.name == "a"]
+    assert not status.pinned
+
+
 async def test_scheduler_serves_loaded_model_queue_before_swapping() -> None:
     scheduler, runner, _, _ = make(spec("a", parallel=1), spec("b"), budget=150)
     held = await scheduler.acquire("a")

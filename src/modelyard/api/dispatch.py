@@ -10,7 +10,8 @@ The order of a request:
 2. POST the payload to the runner with its key. A runner that refuses the connection or
    drops it before taking the request is dead or dying: the lease is returned, the
    scheduler confirms the exit, and the request waits for the restart like a request to a
-   cold model (at most ``_ATTEMPTS`` times).
+   cold model. One that is still running after all is tried again. At most ``_ATTEMPTS``
+   times in all.
 3. Relay: a stream chunk by chunk as it comes (a broken upstream ends with one SSE error
    frame), or the whole answer, shaped by the route's ``shape``.
 4. Release, telling the scheduler whether the runner served the request.
@@ -221,10 +222,16 @@ class Dispatch(Response):
                         f"{exc.message}"
                     ) from None
                 gone = await self._scheduler.runner_unreachable(lease)
-                if not gone or attempt == _ATTEMPTS:
+                if attempt == _ATTEMPTS:
                     raise
-                log.info("runner of %s is gone; request %s waits for its restart",
-                         self._model, self._request_id)  # fmt: skip
+                if gone:
+                    log.info("runner of %s is gone; request %s waits for its restart",
+                             self._model, self._request_id)  # fmt: skip
+                else:
+                    # Alive, but it closed the connection before taking the request (seen
+                    # once under a kill storm): another try, on a new connection.
+                    log.info("runner of %s closed request %s's connection; trying again",
+                             self._model, self._request_id)  # fmt: skip
             except BaseException:
                 self._scheduler.release(lease)
                 raise

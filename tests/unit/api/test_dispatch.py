@@ -185,3 +185,35 @@ async def test_dispatch_cold_model_admits_its_slots_and_queue(
         assert statuses == [200] * 8 + [429] * 12  # 4 slots + 4 queued, as when warm
         assert all("retry-after" in e.headers for e in exchanges if e.status == 429)
         await idle(h, within=0)
+
+
+async def test_dispatch_tries_again_when_a_live_runner_drops_the_connection(
+    make_harness: Callable, monkeypatch: Any
+) -> None:
+    """A runner that closes a connection before taking the request but keeps running: the
+    request is sent again, not failed with a 502."""
+    from modelyard.api.proxy import Upstream
+    from modelyard.errors import RunnerUnreachableError
+
+    real = Upstream.post
+    calls = 0
+
+    async def flaky(self: Upstream, url: str, payload: Any, headers: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RunnerUnreachableError("model server unreachable: Can not write request body")
+        return await real(self, url, payload, headers)
+
+    async with make_harness() as h:
+        monkeypatch.setattr(Upstream, "post", flaky)
+        original = h.scheduler.runner_unreachable
+
+        async def quick(lease: Any, grace: float = 5.0) -> bool:
+            return await original(lease, grace=0.05)
+
+        monkeypatch.setattr(h.scheduler, "runner_unreachable", quick)
+        answer = await h.call("/v1/chat/completions", CHAT)
+        assert answer.status == 200
+        assert calls == 2
+        await idle(h)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,7 +18,7 @@ from modelyard.accounts.identity import Principal, Role, display
 from modelyard.accounts.service import Accounts
 from modelyard.accounts.store import GROUPS, USAGE_COLUMNS, UsageQuery
 from modelyard.api.auth import principal_of
-from modelyard.api.request import documented, read_json, time_param
+from modelyard.api.request import documented, iso_time, read_json, time_param
 from modelyard.errors import (
     ForbiddenError,
     InvalidRequestError,
@@ -46,10 +45,6 @@ def accounts_of(request: Request) -> Accounts:
     return accounts
 
 
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
-
-
 def key_view(record: dict[str, Any]) -> dict[str, Any]:
     """A key as the API shows it: never its hash."""
     return {
@@ -64,9 +59,9 @@ def key_view(record: dict[str, Any]) -> dict[str, Any]:
         "max_concurrent": record["max_concurrent"],
         "priority": record["priority"],
         "balance": record["balance"],
-        "expires_at": _iso(record["expires_at"]),
+        "expires_at": iso_time(record["expires_at"]),
         "enabled": record["enabled"],
-        "created_at": _iso(record["created_at"]),
+        "created_at": iso_time(record["created_at"]),
     }
 
 
@@ -81,7 +76,7 @@ def user_view(record: dict[str, Any]) -> dict[str, Any]:
         "balance": record["balance"],
         "enabled": record["enabled"],
         "has_password": record["password_hash"] is not None,
-        "created_at": _iso(record["created_at"]),
+        "created_at": iso_time(record["created_at"]),
     }
 
 
@@ -93,7 +88,7 @@ async def login(request: Request) -> dict[str, Any]:
     """A short-lived session token for a user's password (send it as ``Bearer``)."""
     _, parsed = await read_json(request, LoginRequest)
     token, expires, role = await accounts_of(request).login(parsed.username, parsed.password)
-    return {"token": token, "expires_at": _iso(expires), "user": parsed.username, "role": role}
+    return {"token": token, "expires_at": iso_time(expires), "user": parsed.username, "role": role}
 
 
 @router.post("/api/signup", status_code=201, openapi_extra=documented(SignupRequest))

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of
+from modelyard.api.request import documented, iso_time, keep_alive_of, read_json, scheduler_of
 from modelyard.catalog.template import model_warnings
 from modelyard.protocol.openai import ModelLoadRequest, ModelPinRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
 
 router = APIRouter()
-
-
-def _iso(ts: float | None) -> str | None:
-    """An ISO time; ``None`` when there is none or it lies past any calendar (never)."""
-    if not ts:
-        return None
-    try:
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
@@ -44,8 +33,8 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
         "queued": status.queued,
         "in_flight": status.in_flight,
         "parallel": status.parallel,
-        "loaded_since": _iso(status.loaded_since),
-        "expires_at": _iso(status.expires_at),
+        "loaded_since": iso_time(status.loaded_since),
+        "expires_at": iso_time(status.expires_at),
         "pinned": status.pinned,
         # The pid, not the runner's address: runners answer the gateway alone.
         "pid": getattr(running, "pid", None),

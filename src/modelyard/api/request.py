@@ -6,6 +6,7 @@ import datetime
 import json
 import math
 import time
+from datetime import UTC
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -127,3 +128,13 @@ def time_param(raw: str | None, param: str) -> float | None:
             param=param,
         )
     return time.time() - ago
+
+
+def iso_time(ts: float | None) -> str | None:
+    """An ISO time; ``None`` when there is none or it lies past any calendar (never)."""
+    if not ts:
+        return None
+    try:
+        return datetime.datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -356,19 +357,8 @@ def usage(
     params["limit"] = str(limit)
     base = server_url(url)
     if as_csv:
-        import httpx
-
-        from modelyard.cli.client import auth_headers
-
-        response = httpx.get(
-            base + "/api/usage",
-            params={**params, "format": "csv"},
-            headers=auth_headers(base),
-            timeout=120,
-        )
-        if response.status_code >= 400:
-            call(base, "GET", "/api/usage", params=params)  # prints the error and exits
-        sys.stdout.write(response.text)
+        csv = {**params, "format": "csv"}
+        sys.stdout.write(call(base, "GET", "/api/usage", params=csv, timeout=120, text=True))
         return
     data = call(base, "GET", "/api/usage", params=params, timeout=120)
     if as_json:
@@ -397,8 +387,6 @@ def usage(
         for column in columns:
             value = row.get(column)
             if column == "time" and value is not None:
-                from datetime import datetime
-
                 value = datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
             cells.append("-" if value is None else str(value))
         table.add_row(*cells)

@@ -101,8 +101,10 @@ def call(
     json: Any = None,
     timeout: float | None = 30.0,
     params: Any = None,
+    text: bool = False,
 ) -> Any:
-    """The decoded JSON answer; exits with a message when the server is absent or says no."""
+    """The decoded JSON answer (``text``: the body as it is); exits with a message when the
+    server is absent or says no."""
     try:
         response = httpx.request(
             method, url + path, json=json, timeout=timeout, params=params,
@@ -118,6 +120,8 @@ def call(
         raise typer.Exit(1) from None
     if response.status_code >= 400:
         _fail(response)
+    if text:
+        return response.text
     try:
         return response.json()
     except ValueError:

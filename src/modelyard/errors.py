@@ -16,6 +16,7 @@ The tree::
     │   ├── RoleError                   403 permission_error / insufficient_role
     │   └── ModelNotAllowedError        403 permission_error / model_not_allowed
     ├── ConflictError                   409 invalid_request_error / conflict
+    ├── NotSupportedError               501 invalid_request_error / not_supported
     ├── PayloadTooLargeError            413 invalid_request_error / request_too_large
     ├── UnsupportedMediaTypeError       415 invalid_request_error / unsupported_media_type
     ├── HubError                        502 server_error / hub_error (pulling from the hub)
@@ -167,6 +168,14 @@ class ConflictError(ModelyardError):
     status = 409
     type = "invalid_request_error"
     code = "conflict"
+
+
+class NotSupportedError(ModelyardError):
+    """An operation of another API that modelyard does not offer (Ollama's ``create``)."""
+
+    status = 501
+    type = "invalid_request_error"
+    code = "not_supported"
 
 
 class HubError(ModelyardError):

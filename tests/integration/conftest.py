@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from modelyard.runners.process import free_port
+from tests.hubserver import FakeHub, Repo, running_hub
 
 
 def gemma() -> Path:
@@ -148,6 +149,20 @@ def start_server(
             time.sleep(0.05)
     server.stop()
     raise RuntimeError(f"server did not come up:\n{log.read_text()}")
+
+
+HUB_REPO = "google/gemma-3-270m-GGUF"
+HUB_FILE = "gemma-3-270m-it-Q4_K_M.gguf"
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[FakeHub]:
+    """The loopback hub (``HF_ENDPOINT``), with Gemma's real file as ``HUB_REPO``."""
+    for fake in running_hub():
+        fake.state.repos[HUB_REPO] = Repo(
+            {HUB_FILE: gemma().read_bytes(), "README.md": b"# Gemma 3 270M\n"}
+        )
+        yield fake
 
 
 @pytest.fixture(scope="module")

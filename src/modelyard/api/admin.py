@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
+from modelyard.api.ollama import ps_fields
 from modelyard.api.request import documented, iso_time, keep_alive_of, read_json, scheduler_of
+from modelyard.catalog.details import describe, ollama_name
 from modelyard.catalog.template import model_warnings
 from modelyard.protocol.openai import ModelLoadRequest, ModelPinRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
@@ -58,11 +60,20 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
-    """Models that are loaded, loading, unloading or failed."""
+    """Models that are loaded, loading, unloading or failed; each with Ollama's fields too
+    (``model``, ``size``, ``size_vram``, ``digest``, ``details``, ``context_length``)."""
     scheduler = scheduler_of(request)
-    models = [
-        _describe(scheduler, s) for s in scheduler.status() if s.state is not ModelState.STOPPED
-    ]
+    listed = [s for s in scheduler.status() if s.state is not ModelState.STOPPED]
+    described = await asyncio.to_thread(lambda: [describe(s.spec) for s in listed])
+    models = []
+    for status, details in zip(listed, described, strict=True):
+        entry = _describe(scheduler, status)
+        footprint = status.measured or status.estimate
+        vram = sum(n for device, n in footprint.items() if device != "ram")
+        entry.update(
+            model=ollama_name(status.spec), **ps_fields(details, sum(footprint.values()), vram)
+        )
+        models.append(entry)
     return {
         "models": models,
         "memory": {"budget": dict(scheduler.ledger.budget), "reserved": scheduler.reserved()},

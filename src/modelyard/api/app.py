@@ -17,9 +17,21 @@ from modelyard import __version__
 from modelyard.accounts.service import Accounts
 from modelyard.accounts.store import Store
 from modelyard.api import accounts as accounts_routes
-from modelyard.api import admin, errors, models, observe, openai, passthrough, ui
+from modelyard.api import (
+    admin,
+    anthropic,
+    errors,
+    models,
+    observe,
+    ollama,
+    openai,
+    passthrough,
+    responses,
+    ui,
+)
 from modelyard.api.auth import Auth
 from modelyard.api.guard import Guard
+from modelyard.api.openapi import document_errors
 from modelyard.api.proxy import Upstream
 from modelyard.api.telemetry import Observe, Telemetry
 from modelyard.catalog.catalog import Catalog
@@ -148,6 +160,9 @@ def create_app(
     app.state.stop_now = False  # set by a second Ctrl-C: runners get no grace
     errors.install(app)
     app.include_router(openai.router)
+    app.include_router(anthropic.router)
+    app.include_router(responses.router)
+    app.include_router(ollama.router)
     app.include_router(admin.router)
     app.include_router(models.router)
     app.include_router(observe.router)
@@ -155,6 +170,7 @@ def create_app(
     app.include_router(passthrough.router)
     app.include_router(ui.router)
     app.mount("/ui", ui.assets(), name="ui")
+    document_errors(app)
     trusted = frozenset(o for o in config.cors_origins if o != "*")
     app.add_middleware(Auth)
     app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)

@@ -70,7 +70,19 @@ RULES: dict[tuple[str, str], Access] = {
     ("POST", "/api/keys"): ANY,
     ("DELETE", "/api/keys/{key}"): ANY,
     ("PATCH", "/api/keys/{key}"): ADMIN,
+    ("GET", "/api/version"): PUBLIC,
+    ("GET", "/api/tags"): ANY,
     ("POST", "/v1/chat/completions"): INFERENCE,
+    ("POST", "/v1/messages"): INFERENCE,
+    ("POST", "/v1/responses"): INFERENCE,
+    ("POST", "/v1/messages/count_tokens"): INFERENCE,
+    ("POST", "/api/chat"): INFERENCE,
+    ("POST", "/api/generate"): INFERENCE,
+    ("POST", "/api/embed"): INFERENCE,
+    ("POST", "/api/embeddings"): INFERENCE,
+    ("POST", "/api/create"): ADMIN,
+    ("POST", "/api/copy"): ADMIN,
+    ("POST", "/api/push"): ADMIN,
     ("POST", "/v1/completions"): INFERENCE,
     ("POST", "/v1/embeddings"): INFERENCE,
     ("POST", "/v1/rerank"): INFERENCE,
@@ -78,7 +90,7 @@ RULES: dict[tuple[str, str], Access] = {
     ("POST", "/rerank"): INFERENCE,
     ("GET", "/api/ps"): MONITOR,
     ("GET", "/api/models"): MONITOR,
-    ("POST", "/api/show"): MONITOR,
+    ("POST", "/api/show"): ANY,
     ("GET", "/metrics"): MONITOR,
     ("GET", "/api/events"): MONITOR,
     ("GET", "/api/activity"): MONITOR,
@@ -158,7 +170,7 @@ class Auth:
                     f"({access.name}: {', '.join(sorted(access.roles))})"
                 )
         except ModelyardError as exc:
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc, path=scope["path"])(scope, receive, send)
             return
         state["principal"] = principal
         await self.app(scope, receive, send)

@@ -39,6 +39,7 @@ from modelyard.accounts.service import Charge
 from modelyard.api.errors import error_response, report, sse_error_frame
 from modelyard.api.proxy import Upstream, read_answer
 from modelyard.api.telemetry import Trace
+from modelyard.dialect.base import Dialect, sse_events
 from modelyard.errors import (
     ModelyardError,
     RunnerError,
@@ -109,6 +110,7 @@ class Dispatch(Response):
         strip_usage: bool = False,
         client: str = "",
         weight: float = 1.0,
+        dialect: Dialect | None = None,
     ) -> None:
         super().__init__()
         self._scheduler = scheduler
@@ -124,6 +126,8 @@ class Dispatch(Response):
         self._weight = weight
         self._strip_usage = strip_usage
         """The stream's usage event was asked for by us, not the client: leave it out."""
+        self._dialect = dialect
+        """Another API (or shape) spoken over this request (``modelyard.dialect``)."""
         self._stream = bool(payload.get("stream"))
         self._remote = scheduler.spec(model).engine == "remote"
         self._trace = trace or Trace(request_id, "POST", path, time.perf_counter(), time.time())
@@ -146,13 +150,19 @@ class Dispatch(Response):
                 ]
             lease, upstream = await self._open()
             trace.ttfb = time.perf_counter() - trace.started
+            if self._dialect is not None:
+                self._dialect.load_wait = lease.load_wait
             headers = [
                 (b"x-modelyard-queue-ms", f"{lease.queued * 1000:.1f}".encode()),
                 (b"server-timing", trace.server_timing()),
                 *limits,
             ]
             if self._stream and upstream.status < 400:
-                await self._start(send, 200, [*_STREAM_HEADERS, *headers])
+                stream_headers = _STREAM_HEADERS
+                if self._dialect is not None:
+                    stream_headers = [(b"content-type", self._dialect.media_type),
+                                      *_STREAM_HEADERS[1:]]  # fmt: skip
+                await self._start(send, 200, [*stream_headers, *headers])
                 served = await self._relay(upstream, send)
             else:
                 answer = await read_answer(upstream, passthrough=self._remote)
@@ -160,6 +170,8 @@ class Dispatch(Response):
                 trace.read_usage(answer)
                 if self._shape is not None:
                     answer = self._shape(answer)
+                if self._dialect is not None:
+                    answer = self._dialect.answer(answer)
                 await self._answer(send, 200, answer, headers)
                 served = True
         except ModelyardError as exc:
@@ -245,6 +257,7 @@ class Dispatch(Response):
         usage = b""
         counting = trace.charge is not None
         held = b""
+        dialect = self._dialect
         try:
             async for chunk in upstream.content.iter_any():
                 if trace.ttft is None:
@@ -256,13 +269,17 @@ class Dispatch(Response):
                     usage = chunk  # the final chunks, kept to read the tokens from
                 if counting:
                     trace.events += chunk.count(b"data: ")
-                if self._strip_usage:
+                if dialect is not None:
+                    chunk, held = _translated(dialect, held + chunk)
+                    if not chunk:
+                        continue
+                elif self._strip_usage:
                     chunk, held = _without_usage(held + chunk)
                     if not chunk:
                         continue
                 tail = chunk[-2:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if held:
+            if held and dialect is None:
                 await send({"type": "http.response.body", "body": held, "more_body": True})
             complete = True
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -270,7 +287,10 @@ class Dispatch(Response):
             prefix = b"" if tail in (b"", b"\n\n") else b"\n\n"
             error = RunnerError(f"model server failed while streaming: {exc}")
             report(error)
-            await self._finish(send, prefix + sse_error_frame(error))
+            if dialect is not None:
+                await self._finish(send, dialect.stream_error(error))
+            else:
+                await self._finish(send, prefix + sse_error_frame(error))
             return False
         finally:
             if complete:
@@ -279,7 +299,7 @@ class Dispatch(Response):
                 upstream.close()
             if usage:
                 trace.read_usage(usage)
-        await self._finish(send, b"")
+        await self._finish(send, dialect.close() if dialect is not None else b"")
         return True
 
     async def _start(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -308,10 +328,12 @@ class Dispatch(Response):
         """An error response, or one SSE error frame once a stream has started."""
         if self._finished:
             return
+        dialect = self._dialect
         if self._started:
-            await self._finish(send, sse_error_frame(exc))
+            frame = dialect.stream_error(exc) if dialect is not None else sse_error_frame(exc)
+            await self._finish(send, frame)
             return
-        response = error_response(exc)
+        response = error_response(exc, dialect.envelope if dialect is not None else None)
         await self._start(send, response.status_code, response.raw_headers)
         await self._finish(send, bytes(response.body))
 
@@ -337,3 +359,19 @@ def _usage_only(event: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(data, dict) and data.get("choices") == [] and "usage" in data
+
+
+def _translated(dialect: Dialect, data: bytes) -> tuple[bytes, bytes]:
+    """``data``'s complete events in ``dialect``, and the rest of an event still to come."""
+    events, rest = sse_events(data)
+    out = []
+    for event in events:
+        if event == b"[DONE]":
+            continue
+        try:
+            chunk = json.loads(event)
+        except ValueError:
+            continue  # nothing a client of another API could read
+        if isinstance(chunk, dict):
+            out.append(dialect.feed(chunk))
+    return b"".join(out), rest

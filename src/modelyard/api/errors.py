@@ -1,4 +1,5 @@
-"""The one place that turns exceptions into OpenAI-style error responses."""
+"""The one place that turns exceptions into error responses: OpenAI's envelope, or on the
+routes of another API (Ollama's, Anthropic's) the shape its clients read."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
+from modelyard.dialect.anthropic import anthropic_envelope
+from modelyard.dialect.ollama import OLLAMA_PATHS, ollama_envelope
 from modelyard.errors import InvalidRequestError, ModelyardError, invalid_request
 
 log = logging.getLogger(__name__)
@@ -47,11 +52,28 @@ class _Throttle:
 throttle = _Throttle()
 
 
-def error_response(exc: ModelyardError) -> JSONResponse:
+Envelope = Callable[[ModelyardError], dict[str, Any]]
+
+
+def envelope_for(path: str) -> Envelope | None:
+    """The error shape of the API ``path`` belongs to; ``None``: OpenAI's."""
+    if path in OLLAMA_PATHS:
+        return ollama_envelope
+    if path.startswith("/v1/messages"):
+        return anthropic_envelope
+    return None
+
+
+def error_response(
+    exc: ModelyardError, envelope: Envelope | None = None, *, path: str = ""
+) -> JSONResponse:
+    """The response for ``exc``: in ``envelope``'s shape, else in that of ``path``'s API."""
+    envelope = envelope or envelope_for(path)
     headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return JSONResponse(exc.envelope(), status_code=exc.status, headers=headers)
+    body = envelope(exc) if envelope is not None else exc.envelope()
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 def sse_error_frame(exc: ModelyardError) -> bytes:
@@ -66,27 +88,27 @@ def from_validation(exc: ValidationError | RequestValidationError) -> InvalidReq
 
 def report(exc: ModelyardError) -> None:
     """Logs a server-side failure (throttled); client mistakes are not logged."""
-    if exc.status >= 500:
+    if exc.status >= 500 and exc.status != 501:  # 501: asked for what is not offered
         throttle.warn(exc)
 
 
 def install(app: FastAPI) -> None:
-    async def on_modelyard(_: Request, exc: Exception) -> Response:
+    async def on_modelyard(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ModelyardError)
         report(exc)
-        return error_response(exc)
+        return error_response(exc, path=request.url.path)
 
-    async def on_validation(_: Request, exc: Exception) -> Response:
+    async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError | ValidationError)
-        return error_response(from_validation(exc))
+        return error_response(from_validation(exc), path=request.url.path)
 
-    async def on_http(_: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         error = ModelyardError(str(exc.detail))
         error.status = exc.status_code
         error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        response = error_response(error)
+        response = error_response(error, path=request.url.path)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
@@ -97,7 +119,7 @@ def install(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # Starlette re-raises it after this, so the traceback reaches the server log once.
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return error_response(ModelyardError("Internal server error"))
+        return error_response(ModelyardError("Internal server error"), path=request.url.path)
 
     app.add_exception_handler(ModelyardError, on_modelyard)
     app.add_exception_handler(RequestValidationError, on_validation)

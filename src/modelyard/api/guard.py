@@ -32,6 +32,8 @@ from modelyard.quantity import format_size
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _GUARDED = ("/api/", "/upstream/")
 """Admin routes, and engines' own APIs reached through the gateway."""
+_MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
+"""Ollama's inference routes: under ``/api/`` but open to web pages like ``/v1/`` (CORS)."""
 _TRUSTED_FETCH_SITES = frozenset({b"same-origin", b"none"})
 
 
@@ -57,10 +59,15 @@ class Guard:
             length = _content_length(headers)
             if length is not None and length > self.max_body:
                 raise self._too_large()
-            if scope["method"] not in _SAFE_METHODS and scope["path"].startswith(_GUARDED):
+            path = scope["path"]
+            if (
+                scope["method"] not in _SAFE_METHODS
+                and path.startswith(_GUARDED)
+                and path not in _MODEL_ROUTES
+            ):
                 _check_admin(headers, length, self.trusted)
         except ModelyardError as exc:
-            response = error_response(exc)
+            response = error_response(exc, path=scope["path"])
             if isinstance(exc, PayloadTooLargeError):
                 response.headers["Connection"] = "close"  # the rest of the body stays unread
             await response(scope, receive, send)

@@ -1,7 +1,10 @@
 """Model management: pull from the hub, show, delete, and reload the catalog.
 
-``POST /api/pull`` streams progress as server-sent events (``data: {"status": ...}``), ending
-with ``{"status": "success", ...}`` or one ``{"error": ...}`` frame, then ``[DONE]``; with
+``POST /api/pull`` streams progress as Ollama does, one JSON object per line
+(``{"status": "pulling manifest"}``, ``{"status": "pulling <file>", "digest", "total",
+"completed"}``…), ending with ``{"status": "success", ...}`` or ``{"error": "message"}``. A
+client that asks for ``Accept: text/event-stream`` (modelyard's CLI and web page) gets the
+same as server-sent events with modelyard's status words, ending with ``[DONE]``. With
 ``"stream": false`` it answers once, when done. A pulled model is in the catalog as soon as
 the pull ends. A client that goes away stops the download; the partial files stay and the
 next pull resumes them.
@@ -21,7 +24,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from modelyard.api.auth import check_model, principal_of
+from modelyard.api.ollama import ollama_fields
 from modelyard.api.request import documented, read_json, scheduler_of
+from modelyard.catalog.details import describe
 from modelyard.catalog.summary import summarize
 from modelyard.catalog.watch import Reloader
 from modelyard.errors import (
@@ -66,10 +72,20 @@ async def show(request: Request) -> dict[str, Any]:
     _, parsed = await read_json(request, ModelShowRequest)
     scheduler = scheduler_of(request)
     spec = scheduler.spec(parsed.model)
-    summary = await asyncio.to_thread(
-        summarize, spec, lambda: scheduler.estimate(spec.name), scheduler.measured(spec.name)
+    check_model(principal_of(request), spec)  # a user: its own models only
+    summary, details = await asyncio.to_thread(
+        lambda: (
+            summarize(spec, lambda: scheduler.estimate(spec.name), scheduler.measured(spec.name)),
+            describe(spec),
+        )
     )
     summary["state"] = scheduler.state(spec.name)
+    # Ollama's fields win where the names meet (its clients parse them strictly).
+    summary.update(ollama_fields(details))
+    summary["parameters"] = "\n".join(
+        f"{key:<30} {json.dumps(value)}"
+        for key, value in {**spec.defaults, "num_ctx": spec.ctx}.items()
+    )
     return summary
 
 
@@ -105,15 +121,19 @@ async def pull_model(request: Request) -> Response:
     if not parsed.stream:
         result = await _pull(ref, reloader, threading.Event(), lambda _: None)
         return Response(json.dumps(_success(result, scheduler)), media_type="application/json")
+    sse = "text/event-stream" in request.headers.get("accept", "")
     return StreamingResponse(
-        _pull_events(ref, reloader, scheduler),
-        media_type="text/event-stream",
+        _pull_events(ref, reloader, scheduler, _frame if sse else _ollama_line),
+        media_type="text/event-stream" if sse else "application/x-ndjson",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _pull_events(
-    ref: Reference, reloader: Reloader, scheduler: Scheduler
+    ref: Reference,
+    reloader: Reloader,
+    scheduler: Scheduler,
+    frame: Callable[[dict[str, Any]], bytes],
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Progress | None] = asyncio.Queue()
@@ -128,14 +148,15 @@ async def _pull_events(
     try:
         while (event := await queue.get()) is not None:
             if event.status != "success":
-                yield _frame(asdict(event))
+                yield frame(asdict(event))
         try:
             result = task.result()
         except ModelyardError as exc:
-            yield _frame(exc.envelope())
+            yield frame(exc.envelope())
         else:
-            yield _frame(_success(result, scheduler))
-        yield b"data: [DONE]\n\n"
+            yield frame(_success(result, scheduler))
+        if frame is _frame:
+            yield b"data: [DONE]\n\n"
     finally:
         cancel.set()  # the client left: stop the download at the next chunk
         if not task.done():
@@ -186,3 +207,18 @@ def _success(result: PullResult, scheduler: Scheduler) -> dict[str, Any]:
 
 def _frame(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+_OLLAMA_STATUS = {"resolving": "pulling manifest", "verifying": "verifying sha256 digest"}
+
+
+def _ollama_line(data: dict[str, Any]) -> bytes:
+    """A progress event as Ollama's clients read it."""
+    if isinstance(data.get("error"), dict):
+        data = {"error": data["error"].get("message", "")}
+    elif data.get("status") == "downloading":
+        file = data.pop("file", None) or ""
+        data = {**data, "status": f"pulling {file}", "digest": file}
+    elif data.get("status") in _OLLAMA_STATUS:
+        data = {**data, "status": _OLLAMA_STATUS[data["status"]]}
+    return json.dumps(data).encode() + b"\n"

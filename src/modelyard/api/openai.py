@@ -17,6 +17,8 @@ from modelyard.api.auth import check_model, may_see, principal_of
 from modelyard.api.dispatch import Dispatch, Shape
 from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of
 from modelyard.catalog.spec import ModelSpec
+from modelyard.dialect.base import Dialect
+from modelyard.dialect.legacy import LegacyCompletion
 from modelyard.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -45,6 +47,12 @@ MODEL_ROUTES = frozenset(
         "/v1/rerank",
         "/rerank",
         "/v2/rerank",
+        "/v1/messages",
+        "/v1/responses",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
     }
 )
 """The routes that serve models: each request to them is traced (``api.telemetry``)."""
@@ -115,6 +123,18 @@ async def _generate(
 ) -> Response:
     """Validate → resolve → lease (queue, load) → proxy → release."""
     body, parsed = await read_json(request, schema)
+    return await serve_generation(request, body, parsed, path)
+
+
+async def serve_generation(
+    request: Request,
+    body: dict[str, Any],
+    parsed: ChatCompletionRequest | CompletionRequest,
+    path: str,
+    dialect: Dialect | None = None,
+) -> Response:
+    """Serves a chat or completion request (``body``, validated as ``parsed``) at ``path``,
+    answered in ``dialect`` when another API asked (``modelyard.dialect``)."""
     scheduler = scheduler_of(request)
     spec = _model_for(request, scheduler, parsed.model, "chat", path)
     keep_alive = keep_alive_of(parsed.keep_alive)
@@ -125,8 +145,11 @@ async def _generate(
     for key, value in spec.defaults.items():
         if payload.get(key) is None:
             payload[key] = value
-    if isinstance(parsed, CompletionRequest) and payload.get("max_tokens") is None:
-        payload["max_tokens"] = LEGACY_MAX_TOKENS
+    if isinstance(parsed, CompletionRequest):
+        if payload.get("max_tokens") is None:
+            payload["max_tokens"] = LEGACY_MAX_TOKENS
+        if spec.engine == "llamacpp" and dialect is None:
+            dialect = _legacy_completion(parsed, payload)
     if (
         isinstance(parsed, ChatCompletionRequest)
         and spec.engine == "llamacpp"
@@ -138,6 +161,12 @@ async def _generate(
             "Send text only, or give the model an mmproj file (mmproj in its catalog entry)",
             param="messages",
         )
+    if (
+        isinstance(parsed, ChatCompletionRequest)
+        and isinstance(parsed.tool_choice, dict)
+        and spec.engine == "llamacpp"
+    ):
+        _name_the_tool(payload, parsed.tool_choice)
     if isinstance(parsed, ChatCompletionRequest) and parsed.tools and not can_call_tools(spec):
         raise UnsupportedFeatureError(
             f"Model {spec.name!r} uses llama.cpp's built-in {spec.chat_template!r} chat format, "
@@ -150,12 +179,13 @@ async def _generate(
         if isinstance(payload.get(key), int) and payload[key] > spec.ctx:
             payload[key] = spec.ctx
     strip_usage = False
-    if parsed.stream and request.app.state.accounts is not None:
-        # The ledger needs the usage: ask for it, and leave it out again if the client didn't.
+    if parsed.stream and (request.app.state.accounts is not None or dialect is not None):
+        # The ledger and the dialects need the usage: ask for it, and leave it out again if
+        # the client didn't (a dialect speaks it in its own way).
         options = payload.get("stream_options")
         if not (isinstance(options, dict) and options.get("include_usage")):
             payload["stream_options"] = {**(options or {}), "include_usage": True}
-            strip_usage = True
+            strip_usage = dialect is None
     limit = payload.get("max_tokens")
     if limit is None:
         limit = payload.get("max_completion_tokens")
@@ -164,13 +194,21 @@ async def _generate(
     estimate = prompt + (limit or 0) * choices
     worst = min(prompt + (limit if limit is not None else spec.ctx), spec.ctx) * choices
     return await _forward(
-        request, scheduler, spec, keep_alive, path, payload, None, (estimate, worst), strip_usage
-    )
+        request, scheduler, spec, keep_alive, path, payload, None, (estimate, worst),
+        strip_usage, dialect,
+    )  # fmt: skip
 
 
 @router.post("/v1/embeddings", openapi_extra=documented(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     body, parsed = await read_json(request, EmbeddingRequest)
+    return await serve_embeddings(request, body, parsed)
+
+
+async def serve_embeddings(
+    request: Request, body: dict[str, Any], parsed: EmbeddingRequest, dialect: Dialect | None = None
+) -> Response:
+    """Serves an embedding request (``body``, validated as ``parsed``)."""
     scheduler = scheduler_of(request)
     spec = _model_for(request, scheduler, parsed.model, "embedding", "/v1/embeddings")
     # The encoder worker checks `dimensions` itself (it knows the model's width).
@@ -195,7 +233,9 @@ async def embeddings(request: Request) -> Response:
     # Every token of the input is read once: the body's bytes bound them.
     size = len(await request.body())
     path = "/v1/embeddings"
-    return await _forward(request, scheduler, spec, keep_alive, path, payload, shape, (size, size))
+    return await _forward(
+        request, scheduler, spec, keep_alive, path, payload, shape, (size, size), dialect=dialect
+    )
 
 
 @router.post("/v1/rerank", openapi_extra=documented(RerankRequest))
@@ -220,6 +260,57 @@ async def rerank(request: Request) -> Response:
     size = len(await request.body()) + len(parsed.query.encode()) * len(documents)
     path = "/v1/rerank"
     return await _forward(request, scheduler, spec, keep_alive, path, payload, shape, (size, size))
+
+
+def _legacy_completion(parsed: CompletionRequest, payload: dict[str, Any]) -> Dialect | None:
+    """What llama.cpp cannot do of a legacy completion is refused by name; logprobs and
+    ``echo`` are given OpenAI's legacy shape (``LegacyCompletion``)."""
+    if parsed.suffix:
+        raise UnsupportedFeatureError(
+            "suffix (fill in the middle) is not supported by llama.cpp's completions: send the "
+            "text before the gap as the prompt",
+            param="suffix",
+        )
+    if parsed.best_of is not None and parsed.best_of != (parsed.n or 1):
+        raise UnsupportedFeatureError(
+            "best_of is not supported: ask for n completions and choose among them",
+            param="best_of",
+        )
+    payload.pop("best_of", None)
+    echo = payload.pop("echo", None)
+    if echo and parsed.logprobs:
+        raise UnsupportedFeatureError(
+            "echo with logprobs needs the prompt's log probabilities, which llama.cpp does not "
+            "give: send one of them",
+            param="echo",
+        )
+    if echo and not isinstance(parsed.prompt, str):
+        raise UnsupportedFeatureError(
+            "echo works with a text prompt only, not tokens or a list", param="echo"
+        )
+    if not echo and not parsed.logprobs:
+        return None
+    prompt = parsed.prompt if echo and isinstance(parsed.prompt, str) else None
+    usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+    return LegacyCompletion(parsed.model, prompt, usage)
+
+
+def _name_the_tool(payload: dict[str, Any], choice: dict[str, Any]) -> None:
+    """A named ``tool_choice`` for llama.cpp, which takes only ``auto``, ``none`` and
+    ``required``: that tool is required, and the only one offered."""
+    name = (choice.get("function") or {}).get("name")
+    tools = [
+        tool
+        for tool in payload.get("tools") or []
+        if isinstance(tool, dict) and (tool.get("function") or {}).get("name") == name
+    ]
+    if not tools:
+        raise InvalidRequestError(
+            f"tool_choice names the function {name!r}, which is not among the tools",
+            param="tool_choice",
+        )
+    payload["tools"] = tools
+    payload["tool_choice"] = "required"
 
 
 def _model_for(
@@ -298,6 +389,7 @@ async def _forward(
     shape: Shape | None,
     tokens: tuple[int, int],
     strip_usage: bool = False,
+    dialect: Dialect | None = None,
 ) -> Response:
     """The response that serves ``payload`` (see ``modelyard.api.dispatch``); ``tokens``:
     the most it is expected to use and may use at worst, for the limits and the balance."""
@@ -327,4 +419,5 @@ async def _forward(
         strip_usage=strip_usage,
         client=principal.client,
         weight=principal.priority,
+        dialect=dialect,
     )

@@ -45,8 +45,13 @@ async def read_json(request: Request, schema: type[M]) -> tuple[dict[str, Any], 
         raise InvalidRequestError(f"The request body nests deeper than {MAX_DEPTH} levels")
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object")
+    return body, validate(schema, body)
+
+
+def validate(schema: type[M], data: dict[str, Any]) -> M:
+    """``data`` as ``schema``; the first problem as a 400 naming its field."""
     try:
-        return body, schema.model_validate(body)
+        return schema.model_validate(data)
     except ValidationError as exc:
         raise from_validation(exc) from None
 

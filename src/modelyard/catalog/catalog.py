@@ -25,8 +25,11 @@ class Catalog:
         return len(self._specs)
 
     def get(self, name: str) -> ModelSpec:
-        """The spec named ``name`` or aliased so; ``ModelNotFoundError`` otherwise."""
+        """The spec named ``name`` or aliased so, with or without Ollama's ``:latest`` tag;
+        ``ModelNotFoundError`` otherwise."""
         canonical = self._names.get(name)
+        if canonical is None and name.endswith(":latest"):
+            canonical = self._names.get(name.removesuffix(":latest"))  # Ollama's default tag
         if canonical is None:
             raise ModelNotFoundError(
                 f"The model {name!r} does not exist. Known models: "

@@ -25,7 +25,7 @@ def summarize(
         "aliases": list(spec.aliases),
         "kind": spec.kind,
         "engine": spec.engine,
-        "capabilities": list(spec.capabilities),
+        "serves": list(spec.capabilities),
         "path": str(spec.path) if spec.path != Path() else None,
         "settings": _settings(spec),
     }
@@ -90,7 +90,7 @@ def _gguf(spec: ModelSpec) -> dict[str, Any]:
     return {
         "format": "gguf",
         "architecture": info.architecture,
-        "parameters": info.parameters,
+        "parameter_count": info.parameters,
         "quantization": info.file_type,
         "context_length": info.arch_value("context_length"),
         "embedding_length": info.arch_value("embedding_length"),
@@ -111,7 +111,7 @@ def _hf(spec: ModelSpec) -> dict[str, Any]:
         "format": "huggingface",
         "architecture": architectures[0] if architectures else None,
         "model_type": config.get("model_type"),
-        "parameters": parameter_count(spec.path),
+        "parameter_count": parameter_count(spec.path),
         "dtype": config.get("torch_dtype") or config.get("dtype"),
         "context_length": config.get("max_position_embeddings"),
         "embedding_length": config.get("hidden_size"),

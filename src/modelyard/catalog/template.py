@@ -11,6 +11,7 @@ that fixes it.
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 from modelyard.catalog.gguf import GGUFError, GGUFInfo, gguf_info
 from modelyard.catalog.spec import ModelSpec
@@ -26,6 +27,23 @@ BUILTIN_TEMPLATES = frozenset(
         "vicuna-orca", "yandex", "zephyr",
     }
 )  # fmt: skip
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+"""Jinja equivalents of built-in formats, shipped so that models on them can call tools."""
+
+
+def jinja_file(spec: ModelSpec) -> Path | None:
+    """The Jinja template file llama.cpp formats ``spec``'s chats with: the configured file,
+    or the shipped equivalent of a built-in format name; ``None``: the GGUF's own template,
+    or a built-in format with no Jinja equivalent (llama.cpp's C++ formatter)."""
+    name = spec.chat_template
+    if not name:
+        return None
+    if name in BUILTIN_TEMPLATES:
+        shipped = TEMPLATES / f"{name}.jinja"
+        return shipped if shipped.is_file() else None
+    return Path(name)
+
 
 # The built-in format a model of this GGUF architecture most likely wants.
 _LIKELY: dict[str, str] = {

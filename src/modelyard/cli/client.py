@@ -136,6 +136,8 @@ def _fail(response: httpx.Response) -> NoReturn:
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         message = data["error"].get("message", message)
+    elif isinstance(data, dict) and isinstance(data.get("error"), str):
+        message = data["error"]  # Ollama's shape, on the routes Ollama's clients share
     if response.status_code == 401:
         message = f"{message}. Set MODELYARD_API_KEY, or run: modelyard login"
     err.print(f"[red]Error ({response.status_code}):[/] {escape(str(message))}", soft_wrap=True)
@@ -159,7 +161,7 @@ def events(
     try:
         with httpx.stream(
             method, url + path, json=json, params=params, timeout=timeout,
-            headers=auth_headers(url),
+            headers={**auth_headers(url), "Accept": "text/event-stream"},
         ) as r:  # fmt: skip
             if r.status_code >= 400:
                 r.read()

@@ -189,14 +189,14 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("name", data["name"]),
         ("aliases", ", ".join(data["aliases"]) or "-"),
-        ("kind", f"{data['kind']} ({', '.join(data['capabilities'])}) on {data['engine']}"),
+        ("kind", f"{data['kind']} ({', '.join(data['serves'])}) on {data['engine']}"),
         ("state", str(data["state"])),
     ]
     for key in ("architecture", "model_type", "quantization", "dtype"):
         if data.get(key):
             rows.append((key, str(data[key])))
-    if data.get("parameters"):
-        rows.append(("parameters", _count(data["parameters"])))
+    if data.get("parameter_count"):
+        rows.append(("parameters", _count(data["parameter_count"])))
     for key in ("context_length", "embedding_length", "layers", "heads", "kv_heads"):
         if data.get(key) is not None:
             rows.append((key.replace("_", " "), str(data[key])))

@@ -97,6 +97,7 @@ class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = None
     suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
 
 
 class EmbeddingRequest(_Request):
@@ -178,18 +179,30 @@ class ModelPinRequest(_Request):
     pinned: bool = True
 
 
-class ModelPullRequest(_Request):
+class Named(_Request):
+    """A request naming a model as ``model``, or as older Ollama clients do, ``name``."""
+
     model: ModelName
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_is_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" not in data and "name" in data:
+            return {**data, "model": data["name"]}
+        return data
+
+
+class ModelPullRequest(Named):
     """``owner/repo``, ``owner/repo:QUANT`` or ``owner/repo:file.gguf``, optionally ``@rev``."""
+
     stream: bool = True
 
 
-class ModelShowRequest(_Request):
-    model: ModelName
+class ModelShowRequest(Named):
+    verbose: bool = False
 
 
-class ModelDeleteRequest(_Request):
-    model: ModelName
+class ModelDeleteRequest(Named):
     force: bool = False
     """Unload the model first if it is loaded (else a loaded model is not deleted)."""
 
@@ -222,3 +235,23 @@ class Model(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Model]
+
+
+class ResponseRequest(_Request):
+    """The Responses API's ``POST /v1/responses`` (its stateless part)."""
+
+    model: ModelName
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stream: bool = False
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
+    text: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    keep_alive: KeepAlive = None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from modelyard.catalog.gguf import GGUFError, estimate_bytes, gguf_info
 from modelyard.catalog.spec import Footprint, ModelSpec
-from modelyard.catalog.template import BUILTIN_TEMPLATES, model_warnings
+from modelyard.catalog.template import BUILTIN_TEMPLATES, jinja_file, model_warnings
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
 from modelyard.runners.process import ChildServer, free_port, runner_key
@@ -26,7 +26,11 @@ KEY_ENV = "LLAMA_API_KEY"
 
 def can_call_tools(spec: ModelSpec) -> bool:
     """llama.cpp calls tools only through a Jinja chat template, never a built-in format."""
-    return spec.engine != "llamacpp" or spec.chat_template not in BUILTIN_TEMPLATES
+    return (
+        spec.engine != "llamacpp"
+        or spec.chat_template not in BUILTIN_TEMPLATES
+        or jinja_file(spec) is not None
+    )
 
 
 def server_args(spec: ModelSpec, port: int) -> list[str]:
@@ -45,10 +49,11 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
     ]  # fmt: skip
     if spec.threads:
         args += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
-    if spec.chat_template in BUILTIN_TEMPLATES:
-        args += ["--no-jinja", "--chat-template", spec.chat_template]
+    template = jinja_file(spec)
+    if template is not None:
+        args += ["--jinja", "--chat-template-file", str(template)]
     elif spec.chat_template:
-        args += ["--jinja", "--chat-template-file", spec.chat_template]
+        args += ["--no-jinja", "--chat-template", spec.chat_template]
     else:
         args += ["--jinja"]  # the GGUF's own template (tools work through it)
     if spec.mmproj:

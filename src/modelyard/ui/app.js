@@ -14,7 +14,9 @@ export const session = { token: localStorage.getItem(TOKEN), me: null };
 
 export class ApiError extends Error {
   constructor(status, body) {
-    super(body?.error?.message || `HTTP ${status}`);
+    // Ollama's routes answer errors as {"error": "message"}.
+    super(body?.error?.message || (typeof body?.error === "string" && body.error)
+      || `HTTP ${status}`);
     this.status = status;
     this.code = body?.error?.code;
   }
@@ -47,7 +49,8 @@ export async function api(path, { method = "GET", body, signal } = {}) {
 export async function stream(path, { method = "GET", body, signal, onData }) {
   const response = await fetch(path, {
     method, signal,
-    headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }),
+    headers: headers({ Accept: "text/event-stream",
+      ...(body === undefined ? {} : { "Content-Type": "application/json" }) }),
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!response.ok) {

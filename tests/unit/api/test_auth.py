@@ -32,11 +32,20 @@ async def make_key(h: Harness, role: Role = Role.USER, **fields: Any) -> str:
 
 
 def code(exchange: Any) -> str | None:
+    """The error's code; on Ollama's and Anthropic's routes, whose errors have none, the one
+    their status and words stand for."""
     try:
         error = exchange.json().get("error")
     except ValueError:
         return None
-    return error.get("code") if isinstance(error, dict) else None
+    if isinstance(error, dict) and "code" in error:
+        return str(error["code"]) if error["code"] is not None else None
+    message = error if isinstance(error, str) else (error or {}).get("message", "")
+    if exchange.status == 401:
+        return "invalid_api_key"
+    if exchange.status == 403 and "may not use" in message:
+        return "insufficient_role"
+    return None
 
 
 def every_route(routes: list[Any]) -> list[APIRoute | Route]:

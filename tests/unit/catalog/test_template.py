@@ -3,7 +3,7 @@ from pathlib import Path
 
 from modelyard.catalog.spec import ModelSpec
 from modelyard.catalog.template import model_warnings
-from modelyard.runners.llamacpp import server_args
+from modelyard.runners.llamacpp import can_call_tools, server_args
 from tests.unit.catalog.test_gguf import _str, write_gguf
 
 
@@ -38,5 +38,20 @@ def test_template_none_when_configured_embedded_or_not_a_chat_model(tmp_path: Pa
 def test_template_the_ggufs_own_template_runs_as_jinja(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
     assert "--jinja" in server_args(spec_of(path), 1234)
-    builtin = server_args(spec_of(path, chat_template="gemma"), 1234)
-    assert builtin[-3:] == ["--no-jinja", "--chat-template", "gemma"]
+    builtin = server_args(spec_of(path, chat_template="llama3"), 1234)
+    assert builtin[-3:] == ["--no-jinja", "--chat-template", "llama3"]
+    assert not can_call_tools(spec_of(path, chat_template="llama3"))
+
+
+def test_template_builtin_names_with_a_shipped_jinja_equivalent_run_as_jinja(
+    tmp_path: Path,
+) -> None:
+    """gemma and chatml: the same turns, written in Jinja, so that tools can be called."""
+    path = tmp_path / "m.gguf"
+    for name in ("gemma", "chatml"):
+        spec = spec_of(path, chat_template=name)
+        args = server_args(spec, 1234)
+        assert args[-3:-1] == ["--jinja", "--chat-template-file"]
+        assert Path(args[-1]).name == f"{name}.jinja"
+        assert Path(args[-1]).is_file()
+        assert can_call_tools(spec)

@@ -1,0 +1,1 @@
+"""Other APIs spoken over the OpenAI chat path: Ollama's, Anthropic's Messages."""

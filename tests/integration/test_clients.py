@@ -197,6 +197,7 @@ def test_clients_ollama_list_show_version(olla: ollama.Client, server: Server) -
     encoder = olla.show("all-minilm").capabilities or []
     assert "embedding" in encoder
     assert "completion" not in encoder
+    assert httpx.head(server.url).status_code == 200  # the ollama CLI's heartbeat
     version = httpx.get(f"{server.url}/api/version").json()
     assert version["version"].count(".") == 2
 

@@ -21,7 +21,7 @@ def assets() -> ASGIApp:
     return GZipMiddleware(StaticFiles(directory=FILES, html=True), minimum_size=500)
 
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: Ollama's check
 async def root(request: Request) -> Response:
     if "text/html" in request.headers.get("accept", ""):
         return RedirectResponse("/ui/", status_code=307)

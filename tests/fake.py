@@ -13,12 +13,13 @@ import heapq
 import itertools
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
+from modelyard.runners.gpu import Gpu
 
 
 @dataclass(order=True)
@@ -91,9 +92,16 @@ class FakeRunning:
 
 
 class FakeRunner:
-    def __init__(self, sizes: dict[str, int] | None = None, default_size: int = 100) -> None:
+    def __init__(
+        self,
+        sizes: dict[str, int] | None = None,
+        default_size: int = 100,
+        footprints: dict[str, Footprint] | None = None,
+    ) -> None:
         self.sizes = sizes or {}
         self.default_size = default_size
+        self.footprints = footprints or {}
+        """Per model, a footprint on several devices (``{"ram": …, "gpu0": …}``)."""
         self.starts: list[str] = []
         self.running: dict[str, FakeRunning] = {}
         self.fail: dict[str, str] = {}
@@ -101,6 +109,11 @@ class FakeRunner:
         """When set, loads wait for it: a test can observe the ``loading`` state."""
 
     def estimate(self, spec: ModelSpec) -> Footprint:
+        return self._footprint(spec)
+
+    def _footprint(self, spec: ModelSpec) -> Footprint:
+        if spec.name in self.footprints:
+            return dict(self.footprints[spec.name])
         return {"ram": self.sizes.get(spec.name, self.default_size)}
 
     async def start(self, spec: ModelSpec) -> FakeRunning:
@@ -109,9 +122,31 @@ class FakeRunner:
             await self.gate.wait()
         if spec.name in self.fail:
             raise LoadFailedError(self.fail[spec.name])
-        running = FakeRunning(spec, {"ram": self.sizes.get(spec.name, self.default_size)})
+        running = FakeRunning(spec, self._footprint(spec))
         self.running[spec.name] = running
         return running
+
+
+class FakeGpus:
+    """NVML as a test sets it: GPUs of ``totals`` bytes, and what each pid holds on them."""
+
+    def __init__(self, totals: list[int]) -> None:
+        self.totals = totals
+        self.held: dict[int, dict[int, int]] = {}
+        """pid → {GPU index: bytes}."""
+
+    def devices(self) -> list[Gpu]:
+        return [
+            Gpu(i, f"Fake GPU {i}", total, sum(h.get(i, 0) for h in self.held.values()))
+            for i, total in enumerate(self.totals)
+        ]
+
+    def used_by(self, pids: Collection[int]) -> dict[int, int]:
+        found: dict[int, int] = {}
+        for pid in pids:
+            for index, amount in self.held.get(pid, {}).items():
+                found[index] = found.get(index, 0) + amount
+        return found
 
 
 async def settle(rounds: int = 20) -> None:

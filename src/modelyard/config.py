@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     port: int | None = None
     models_dir: Path | None = None
     ram_budget: str | None = None
+    gpu_budget: str | None = None
     url: str | None = None
     """Where the CLI finds the server (``http://127.0.0.1:8000`` by default)."""
     log_format: Literal["text", "json"] | None = None
@@ -117,6 +118,10 @@ class ModelEntry(BaseModel):
     """Unset: ``default_parallel`` of the engine."""
     threads: int | None = Field(default=None, gt=0)
     gpu_layers: int = 0
+    """llama.cpp: layers on the GPU (-1: all of them)."""
+    gpus: list[Annotated[int, Field(ge=0, le=63)]] = Field(default_factory=list, max_length=64)
+    """GPUs (NVML's numbers) the runner may use: its ``CUDA_VISIBLE_DEVICES`` and ``{gpu}``.
+    Unset: GPU 0 when ``gpu_layers`` puts layers there, else none."""
     chat_template: str | None = None
     mmproj: str | None = None
     extra_args: list[str] = Field(default_factory=list)
@@ -128,6 +133,8 @@ class ModelEntry(BaseModel):
     max_queue: int = Field(default=default("max_queue"), ge=0)
     queue_timeout: Duration = default("queue_timeout")
     memory: Size | None = None
+    gpu_memory: Size | None = None
+    """GPU memory the model takes (on each of its ``gpus``), overriding the estimate."""
     prompt_cache: Size | None = None
     llama_server: str | None = None
     backend: Literal["torch", "onnx"] = default("backend")
@@ -238,6 +245,8 @@ class _Memory(BaseModel):
 
     ram: Annotated[str | int, BeforeValidator(_budget)] = "80%"
     """Share of the memory available at start, or bytes."""
+    gpu: Annotated[str | int, BeforeValidator(_budget)] = "90%"
+    """Of each GPU (NVML's): a share of its memory, or bytes."""
     min_residency: Seconds = 1.0
     """A freshly loaded model is not evicted for this long (avoids swap ping-pong)."""
     stop_grace: Seconds = 5.0
@@ -291,6 +300,8 @@ class Config:
     signup_balance: int | None = None
     session_ttl: float = 3600.0
     max_loaded: dict[str, int] = field(default_factory=dict)
+    gpu: str | int = "90%"
+    """The budget of each GPU: a share of its memory, or bytes."""
     """``all`` and/or a kind → the most models loaded at once."""
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None
@@ -366,6 +377,11 @@ def load_config(settings: Settings | None = None) -> Config:
         home=home,
         models_dir=models_dir,
         ram=_env_size(settings.ram_budget) if settings.ram_budget else parsed.memory.ram,
+        gpu=(
+            _env_size(settings.gpu_budget, "MODELYARD_GPU_BUDGET")
+            if settings.gpu_budget
+            else parsed.memory.gpu
+        ),
         min_residency=parsed.memory.min_residency,
         stop_grace=parsed.memory.stop_grace,
         measure_interval=parsed.memory.measure_interval,
@@ -426,9 +442,9 @@ def _describe(origin: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _env_size(value: str) -> str | int:
+def _env_size(value: str, name: str = "MODELYARD_RAM_BUDGET") -> str | int:
     try:
         parse_size(value, total=1)
     except ValueError as exc:
-        raise ConfigError(f"MODELYARD_RAM_BUDGET: {exc}") from None
+        raise ConfigError(f"{name}: {exc}") from None
     return value

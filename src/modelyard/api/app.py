@@ -42,6 +42,7 @@ from modelyard.logbook import Rotation
 from modelyard.logbook import request_id as current_request_id
 from modelyard.runners import default_runners
 from modelyard.runners.base import Runner
+from modelyard.runners.gpu import Gpus, detect
 from modelyard.scheduler import Scheduler
 from modelyard.scheduler.budget import MeasuredFootprints, resolve_budget
 from modelyard.scheduler.journal import Journal
@@ -84,6 +85,7 @@ def create_app(
     runners: Mapping[str, Runner] | None = None,
     budget: Mapping[str, int] | None = None,
     clock: Clock | None = None,
+    gpus: Gpus | None = None,
 ) -> FastAPI:
     """The server for ``config``; tests may replace the runners, budget and clock.
 
@@ -94,10 +96,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rotation = Rotation(config.log_max_size, config.log_files)
+        found = gpus if gpus is not None else detect()
+        app.state.gpus = found
         scheduler = Scheduler(
             Catalog(config.models),
-            runners or default_runners(config.home, rotation),
-            dict(budget) if budget is not None else resolve_budget(config.ram),
+            runners or default_runners(config.home, rotation, found),
+            dict(budget) if budget is not None else resolve_budget(config.ram, config.gpu, found),
             clock=clock,
             min_residency=config.min_residency,
             stop_grace=config.stop_grace,

@@ -25,6 +25,7 @@ from modelyard.api.telemetry import Telemetry, Trace
 from modelyard.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
 from modelyard.feed import Feed
 from modelyard.logbook import GATEWAY, follow, log_path, tail
+from modelyard.runners.gpu import Gpu, Gpus
 from modelyard.scheduler.journal import Entry, matches
 
 router = APIRouter()
@@ -231,6 +232,7 @@ async def system(request: Request) -> dict[str, Any]:
         if (running := scheduler.running(s.name)) is not None
     }
     models_dir: Path = request.app.state.config.models_dir
+    gpus: Gpus = request.app.state.gpus
 
     def sample() -> dict[str, Any]:
         memory = psutil.virtual_memory()
@@ -246,35 +248,13 @@ async def system(request: Request) -> dict[str, Any]:
                 for name, r in runners.items()
             ],
             "disk": disk,
-            "gpus": _gpus(),
+            "gpus": [_gpu(g) for g in gpus.devices()],
         }
 
     return await asyncio.to_thread(sample)
 
 
-def _gpus() -> list[dict[str, Any]]:
-    """Per GPU: name, memory and utilisation, when NVML (``nvidia-ml-py``) is installed."""
-    try:
-        import pynvml  # type: ignore[import-not-found]
-
-        pynvml.nvmlInit()
-    except Exception:
-        return []
-    try:
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            use = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            out.append(
-                {
-                    "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else str(name),
-                    "memory": {"total": memory.total, "used": memory.used, "free": memory.free},
-                    "utilization": use.gpu,
-                }
-            )
-        return out
-    finally:
-        pynvml.nvmlShutdown()
+def _gpu(gpu: Gpu) -> dict[str, Any]:
+    free = gpu.total - gpu.used
+    memory = {"total": gpu.total, "used": gpu.used, "free": free}
+    return {"index": gpu.index, "name": gpu.name, "memory": memory, "utilization": gpu.utilization}

@@ -30,7 +30,7 @@ _AS_GIVEN = (
     "ctx", "threads", "gpu_layers", "pinned", "preload", "max_queue", "queue_timeout",
     "memory", "prompt_cache", "backend", "max_batch", "batch_wait", "max_batch_tokens",
     "truncate", "matryoshka", "health", "health_status", "ready_timeout", "stop_signal",
-    "stop_timeout", "upstream_model", "price",
+    "stop_timeout", "upstream_model", "price", "gpu_memory",
 )  # fmt: skip
 """Entry fields that reach the spec as they are (validated and parsed by the schema)."""
 
@@ -98,6 +98,7 @@ def entry_spec(
         keep_alive=entry.keep_alive if "keep_alive" in entry.model_fields_set else keep_alive,
         llama_server=resolve(binary, base_dir) if binary else None,
         shards=shards,
+        gpus=_gpus(entry),
         **{key: getattr(entry, key) for key in _AS_GIVEN},
     )
 
@@ -153,8 +154,16 @@ def _command_spec(
         env=dict(entry.env),
         served=served,
         metrics=entry.metrics,
+        gpus=tuple(dict.fromkeys(entry.gpus)),
         **{key: getattr(entry, key) for key in _AS_GIVEN},
     )
+
+
+def _gpus(entry: ModelEntry) -> tuple[int, ...]:
+    """The GPUs a llama.cpp model uses: as listed, else GPU 0 when layers go to a GPU."""
+    if entry.gpus:
+        return tuple(dict.fromkeys(entry.gpus))
+    return (0,) if entry.gpu_layers != 0 else ()
 
 
 def _remote_spec(name: str, entry: ModelEntry, where: str) -> ModelSpec:

@@ -7,7 +7,7 @@ import signal
 import string
 from collections.abc import Sequence
 
-PLACEHOLDERS = frozenset({"port", "host", "path", "name", "ctx", "key"})
+PLACEHOLDERS = frozenset({"port", "host", "path", "name", "ctx", "key", "gpu"})
 
 
 def placeholders(command: Sequence[str]) -> set[str]:

@@ -256,3 +256,30 @@ def estimate_bytes(info: GGUFInfo, ctx: int, parallel: int) -> int:
     logits = 4 * n_vocab * (parallel + 16)
     kv = kv_cache_bytes(info, ctx, parallel)
     return info.size + kv + logits + compute_bytes(info, ctx) + _ENGINE_OVERHEAD
+
+
+CUDA_CONTEXT = 400 * 1024**2
+"""What a CUDA process holds on a GPU before any tensor (context, cuBLAS workspace)."""
+
+
+def split_bytes(info: GGUFInfo, ctx: int, parallel: int, gpu_layers: int) -> tuple[int, int]:
+    """``estimate_bytes`` split between RAM and GPU memory for ``gpu_layers`` offloaded
+    layers (-1: all), as llama.cpp places them: the repeating layers' weights and KV cache
+    go by share of layers, the output layer last (the layer after the repeating ones),
+    compute buffers to the GPU once any layer is there; the token embeddings stay in RAM."""
+    total = estimate_bytes(info, ctx, parallel)
+    n_layer = int(info.arch_value("block_count", 0) or 0)
+    if gpu_layers == 0 or n_layer == 0:
+        return total, 0
+    offloaded = n_layer + 1 if gpu_layers < 0 else min(gpu_layers, n_layer + 1)
+    share = min(offloaded, n_layer) / n_layer
+    n_vocab_value = info.metadata.get("tokenizer.ggml.tokens")
+    n_vocab = n_vocab_value.length if isinstance(n_vocab_value, ArrayInfo) else 32000
+    n_embd = int(info.arch_value("embedding_length", 0) or 0)
+    per_weight = info.size / info.parameters if info.parameters else 0.5
+    embeddings = min(int(n_vocab * n_embd * per_weight), info.size // 2)
+    repeating = info.size - 2 * embeddings  # less the token embeddings and the output layer
+    weights = int(repeating * share) + (embeddings if offloaded > n_layer else 0)
+    kv = int(kv_cache_bytes(info, ctx, parallel) * share)
+    moved = weights + kv + compute_bytes(info, ctx)
+    return max(total - moved, _ENGINE_OVERHEAD), moved + CUDA_CONTEXT

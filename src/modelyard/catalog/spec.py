@@ -42,6 +42,9 @@ class ModelSpec:
     """Requests served at once: llama.cpp's slots; for the encoder, what its batcher may merge."""
     threads: int | None = None
     gpu_layers: int = 0
+    """llama.cpp: layers offloaded to the GPU (-1: all)."""
+    gpus: tuple[int, ...] = ()
+    """GPUs the runner may use (NVML's numbers); empty: none."""
     chat_template: str | None = None
     mmproj: Path | None = None
     extra_args: tuple[str, ...] = ()
@@ -55,6 +58,8 @@ class ModelSpec:
     """Seconds a request may wait for a slot (and a load); ``None`` means forever."""
     memory: int | None = None
     """Bytes; overrides the estimate (and the measurement) when set."""
+    gpu_memory: int | None = None
+    """Bytes on each of ``gpus``; overrides the estimate there (with ``memory``, entirely)."""
     llama_server: Path | None = None
     """A ``llama-server`` binary to exec instead of the bundled xllamacpp engine."""
     shards: tuple[Path, ...] = ()
@@ -143,6 +148,7 @@ class ModelSpec:
             "ctx": self.ctx,
             "parallel": self.parallel,
             "gpu_layers": self.gpu_layers,
+            "gpus": list(self.gpus),
             "mmproj": str(self.mmproj) if self.mmproj else None,
             "extra_args": list(self.extra_args),
             "engine": self.engine,

@@ -7,6 +7,7 @@ The catalog entry gives the command line with placeholders, filled in at each st
 - ``{path}``: the entry's ``path`` (a file or directory, resolved against the config file
   when it exists there; else as written, such as a hub id), ``{name}``: the model's name,
   ``{ctx}``: its context;
+- ``{gpu}``: the entry's ``gpus`` (``0,1``), also its ``CUDA_VISIBLE_DEVICES``;
 - ``{key}``: a random key for this run. When the command uses it (vLLM's ``--api-key
   {key}``), the gateway sends it with every request, so only the gateway can use the model.
 
@@ -25,20 +26,28 @@ from modelyard.catalog.command import placeholders, stop_signal
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
+from modelyard.runners.gpu import Gpus, NoGpus, device, visible
 from modelyard.runners.process import ChildServer, Lifecycle, free_port, runner_key
 
 
 class CommandRunner:
     """Starts a model's own command; logs go to ``<log_dir>/<model>.log``."""
 
-    def __init__(self, log_dir: Path, rotation: Rotation = DEFAULT_ROTATION) -> None:
+    def __init__(
+        self, log_dir: Path, rotation: Rotation = DEFAULT_ROTATION, gpus: Gpus | None = None
+    ) -> None:
         self._log_dir = log_dir
         self._rotation = rotation
+        self._gpus = gpus or NoGpus()
 
     def estimate(self, spec: ModelSpec) -> Footprint:
-        # Nothing to read a size from: the entry's ``memory`` (the ledger prefers it, and a
-        # measurement once the model has run); unknown is 0, and the first load measures.
-        return {"ram": spec.memory or 0}
+        # Nothing to read a size from: the entry's ``memory`` and ``gpu_memory`` (the ledger
+        # prefers them, and a measurement once the model has run); unknown is 0, and the
+        # first load measures.
+        footprint = {"ram": spec.memory or 0}
+        for index in spec.gpus:
+            footprint[device(index)] = spec.gpu_memory or 0
+        return footprint
 
     async def start(self, spec: ModelSpec) -> ChildServer:
         port = free_port()
@@ -50,6 +59,7 @@ class CommandRunner:
             "name": spec.name,
             "ctx": str(spec.ctx),
             "key": key,
+            "gpu": ",".join(str(i) for i in spec.gpus),
         }
         try:
             argv = [part.format_map(values) for part in spec.command]
@@ -68,8 +78,9 @@ class CommandRunner:
             log_path=log_path(self._log_dir, spec.name),
             rotation=self._rotation,
             load_timeout=spec.ready_timeout,
-            env=spec.env,
+            env={**(visible(spec.gpus) if spec.gpus else {}), **spec.env},
             key=key if uses_key else None,
             lifeline=True,
             lifecycle=lifecycle,
+            gpus=self._gpus,
         )

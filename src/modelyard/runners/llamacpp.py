@@ -11,11 +11,12 @@ import logging
 import sys
 from pathlib import Path
 
-from modelyard.catalog.gguf import GGUFError, estimate_bytes, gguf_info
+from modelyard.catalog.gguf import GGUFError, gguf_info, split_bytes
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.catalog.template import BUILTIN_TEMPLATES, jinja_file, model_warnings
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
+from modelyard.runners.gpu import Gpus, NoGpus, device, visible
 from modelyard.runners.process import ChildServer, free_port, runner_key
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,16 @@ class LlamaCppRunner:
     """Starts one llama.cpp server per model; logs go to ``<log_dir>/<model>.log``."""
 
     def __init__(
-        self, log_dir: Path, load_timeout: float = 600.0, rotation: Rotation = DEFAULT_ROTATION
+        self,
+        log_dir: Path,
+        load_timeout: float = 600.0,
+        rotation: Rotation = DEFAULT_ROTATION,
+        gpus: Gpus | None = None,
     ) -> None:
         self._log_dir = log_dir
         self._load_timeout = load_timeout
         self._rotation = rotation
+        self._gpus = gpus or NoGpus()
 
     def estimate(self, spec: ModelSpec) -> Footprint:
         try:
@@ -82,8 +88,17 @@ class LlamaCppRunner:
         except (GGUFError, OSError) as exc:
             raise LoadFailedError(f"cannot read {spec.path}: {exc}") from exc
         projector = spec.mmproj.stat().st_size if spec.mmproj else 0
-        engine = estimate_bytes(info, spec.ctx, spec.parallel)
-        return {"ram": engine + projector + spec.prompt_cache_bytes}
+        ram, vram = split_bytes(info, spec.ctx, spec.parallel, spec.gpu_layers)
+        footprint = {"ram": ram + spec.prompt_cache_bytes}
+        gpus = spec.gpus or (0,)
+        if vram:
+            # llama.cpp splits the layers between the GPUs (by their free memory: evenly
+            # here), and puts the projector on the first.
+            for n, index in enumerate(gpus):
+                footprint[device(index)] = vram // len(gpus) + (projector if n == 0 else 0)
+        else:
+            footprint["ram"] += projector
+        return footprint
 
     async def start(self, spec: ModelSpec) -> ChildServer:
         for warning in model_warnings(spec):
@@ -101,7 +116,9 @@ class LlamaCppRunner:
             log_path=log_path(self._log_dir, spec.name),
             rotation=self._rotation,
             load_timeout=self._load_timeout,
-            env={KEY_ENV: key},
+            # Its GPUs, or none: a model the budget counts in RAM alone takes no GPU memory.
+            env={KEY_ENV: key, **visible(spec.gpus)},
             key=key,
             lifeline=spec.llama_server is not None,
+            gpus=self._gpus,
         )

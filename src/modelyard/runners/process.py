@@ -36,6 +36,7 @@ import psutil
 from modelyard.catalog.spec import Footprint
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, RotatingLog, Rotation
+from modelyard.runners.gpu import Gpus, NoGpus, device
 from modelyard.workers.lifeline import PARENT_ENV
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,10 @@ class ChildServer:
         log: RotatingLog,
         key: str | None = None,
         lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
+        gpus: Gpus | None = None,
     ) -> None:
         self._process = process
+        self._gpus = gpus or NoGpus()
         self._base_url = base_url
         self._lifecycle = lifecycle
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -102,8 +105,9 @@ class ChildServer:
         key: str | None = None,
         lifeline: bool = False,
         lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
+        gpus: Gpus | None = None,
     ) -> ChildServer:
-        """Starts ``argv`` with ``env`` added to ours.
+        """Starts ``argv`` with ``env`` added to ours (``gpus``: to measure its GPU memory).
 
         ``lifeline``: the program does not set its own parent-death signal (it is not one of
         our workers), so it is started through ``modelyard.workers.lifeline``.
@@ -126,7 +130,7 @@ class ChildServer:
         except OSError as exc:
             log_file.close()
             raise LoadFailedError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-        return cls(process, f"http://127.0.0.1:{port}", log_file, key, lifecycle)
+        return cls(process, f"http://127.0.0.1:{port}", log_file, key, lifecycle, gpus)
 
     @classmethod
     async def start(
@@ -141,6 +145,7 @@ class ChildServer:
         key: str | None = None,
         lifeline: bool = False,
         lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
+        gpus: Gpus | None = None,
     ) -> ChildServer:
         """Spawns the server and returns once it is healthy; stops it if it never gets there."""
         server = await cls.spawn(
@@ -152,6 +157,7 @@ class ChildServer:
             key=key,
             lifeline=lifeline,
             lifecycle=lifecycle,
+            gpus=gpus,
         )
         try:
             await server.wait_healthy(load_timeout)
@@ -173,7 +179,8 @@ class ChildServer:
         return self._process.pid
 
     def footprint(self) -> Footprint:
-        """Resident memory of the process and its descendants."""
+        """Resident memory of the process and its descendants, and what they hold on each
+        GPU (NVML's per-process figures)."""
         try:
             root = psutil.Process(self._process.pid)
             procs = [root, *root.children(recursive=True)]
@@ -183,7 +190,10 @@ class ChildServer:
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
-        return {"ram": total}
+        footprint = {"ram": total}
+        for index, amount in self._gpus.used_by([p.pid for p in procs]).items():
+            footprint[device(index)] = amount
+        return footprint
 
     async def wait(self) -> int:
         code = await self._process.wait()

@@ -17,13 +17,22 @@ from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import DoesNotFitError, ModelyardError
 from modelyard.quantity import format_size, parse_size
 from modelyard.runners.base import Runner
+from modelyard.runners.gpu import Gpus, NoGpus
+from modelyard.runners.gpu import device as gpu_name
 
 log = logging.getLogger(__name__)
 
 
-def resolve_budget(ram: str | int) -> dict[str, int]:
-    """Bytes per device; a percentage is of the RAM available now (not of the total)."""
-    return {"ram": parse_size(ram, total=psutil.virtual_memory().available)}
+def resolve_budget(
+    ram: str | int, gpu: str | int = "90%", gpus: Gpus | None = None
+) -> dict[str, int]:
+    """Bytes per device: ``ram`` (a percentage is of the RAM available now, not of the
+    total), and ``gpu`` of each GPU ``gpus`` finds (a percentage is of its whole memory:
+    what other programs hold there is measured, not guessed)."""
+    budget = {"ram": parse_size(ram, total=psutil.virtual_memory().available)}
+    for found in (gpus or NoGpus()).devices():
+        budget[gpu_name(found.index)] = parse_size(gpu, total=found.total)
+    return budget
 
 
 class MeasuredFootprints(MutableMapping[str, Footprint]):
@@ -78,14 +87,19 @@ class MeasuredFootprints(MutableMapping[str, Footprint]):
 
 
 def _estimate_key(spec: ModelSpec) -> str:
-    return f"{spec.settings_key}:{spec.memory}"
+    return f"{spec.settings_key}:{spec.memory}:{spec.gpu_memory}"
 
 
 def estimate(spec: ModelSpec, runner: Runner) -> Footprint:
-    """What loading ``spec`` will take: its configured ``memory``, else the runner's estimate."""
+    """What loading ``spec`` will take: its configured ``memory`` (and ``gpu_memory`` on each
+    of its GPUs), else the runner's estimate, with ``gpu_memory`` in place of its GPU part."""
+    declared = {gpu_name(i): spec.gpu_memory for i in spec.gpus} if spec.gpu_memory else {}
     if spec.memory is not None:
-        return {"ram": spec.memory}
-    return runner.estimate(spec)
+        return {"ram": spec.memory, **declared}
+    found = runner.estimate(spec)
+    if declared:
+        found = {d: n for d, n in found.items() if not d.startswith("gpu")} | declared
+    return found
 
 
 class Ledger:

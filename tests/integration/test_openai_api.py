@@ -302,7 +302,9 @@ def test_openai_api_client_disconnect_frees_slot(server: Server) -> None:
             assert any(s["is_processing"] for s in slots)
         closed = time.monotonic()
         while any(s["is_processing"] for s in http.get(slots_url, headers=runner.headers).json()):
-            assert time.monotonic() - closed < 1.0, "slot still busy 1 s after disconnect"
+            # 1000 tokens take about 40 s here: a slot free within 3 s (also on a machine busy
+            # with other tests: 1 s once ran out at 1.02 s) was cancelled, not finished.
+            assert time.monotonic() - closed < 3.0, "slot still busy 3 s after disconnect"
             time.sleep(0.02)
     (entry,) = [m for m in server.ps() if m["name"] == "a"]
     assert entry["in_flight"] == 0

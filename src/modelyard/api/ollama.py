@@ -228,33 +228,32 @@ class _EmbedDialect(Dialect):
 @router.post("/api/embed", openapi_extra=documented(OllamaEmbedRequest))
 async def embed(request: Request) -> Response:
     _, parsed = await read_json(request, OllamaEmbedRequest)
-    payload: dict[str, Any] = {
-        "model": parsed.model,
-        "input": parsed.input,
-        "truncate": parsed.truncate,
-        "encoding_format": "float",
-    }
+    extra: dict[str, Any] = {"truncate": parsed.truncate}
     if parsed.dimensions is not None:
-        payload["dimensions"] = parsed.dimensions
-    if parsed.keep_alive is not None:
-        payload["keep_alive"] = parsed.keep_alive
-    return await _embed(request, payload, _EmbedDialect(parsed.model, single=False))
+        extra["dimensions"] = parsed.dimensions
+    dialect = _EmbedDialect(parsed.model, single=False)
+    return await _embed(request, parsed.model, parsed.input, parsed.keep_alive, dialect, extra)
 
 
 @router.post("/api/embeddings", openapi_extra=documented(OllamaEmbeddingsRequest))
 async def embeddings(request: Request) -> Response:
     _, parsed = await read_json(request, OllamaEmbeddingsRequest)
-    payload: dict[str, Any] = {
-        "model": parsed.model,
-        "input": parsed.prompt,
-        "encoding_format": "float",
-    }
-    if parsed.keep_alive is not None:
-        payload["keep_alive"] = parsed.keep_alive
-    return await _embed(request, payload, _EmbedDialect(parsed.model, single=True))
+    dialect = _EmbedDialect(parsed.model, single=True)
+    return await _embed(request, parsed.model, parsed.prompt, parsed.keep_alive, dialect, {})
 
 
-async def _embed(request: Request, payload: dict[str, Any], dialect: Dialect) -> Response:
+async def _embed(
+    request: Request,
+    model: str,
+    texts: str | list[str],
+    keep_alive: str | float | None,
+    dialect: Dialect,
+    extra: dict[str, Any],
+) -> Response:
+    payload: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "float"}
+    payload.update(extra)
+    if keep_alive is not None:
+        payload["keep_alive"] = keep_alive
     parsed = validate(EmbeddingRequest, payload)
     return await serve_embeddings(request, payload, parsed, dialect)
 

@@ -42,8 +42,7 @@ def describe(spec: ModelSpec) -> Details:
     except (OSError, ValueError, GGUFError, struct.error):
         pass
     return Details(
-        details={"format": spec.engine, "family": "", "families": None,
-                 "parameter_size": "", "quantization_level": "", "parent_model": ""},
+        details=_details(spec.engine, "", "", ""),
         capabilities=_capabilities(spec, ""),
         digest=_digest(spec, 0, 0),
         context_length=spec.ctx,
@@ -68,14 +67,7 @@ def _gguf(spec: ModelSpec, info: GGUFInfo) -> Details:
     size = sum(s.st_size for s in stats)
     mtime = max(s.st_mtime for s in stats)
     return Details(
-        details={
-            "parent_model": "",
-            "format": "gguf",
-            "family": arch,
-            "families": [arch],
-            "parameter_size": parameter_size(info.parameters),
-            "quantization_level": info.file_type or "",
-        },
+        details=_details("gguf", arch, parameter_size(info.parameters), info.file_type or ""),
         model_info=model_info,
         capabilities=_capabilities(spec, template),
         template=template,
@@ -104,15 +96,9 @@ def _hf(spec: ModelSpec) -> Details:
         if isinstance(config.get(theirs), int):
             model_info[f"{arch}.{ours}"] = config[theirs]
     dtype = config.get("torch_dtype") or config.get("dtype") or ""
+    size_text = parameter_size(count) if count else ""
     return Details(
-        details={
-            "parent_model": "",
-            "format": "safetensors",
-            "family": arch,
-            "families": [arch],
-            "parameter_size": parameter_size(count) if count else "",
-            "quantization_level": str(dtype).upper(),
-        },
+        details=_details("safetensors", arch, size_text, str(dtype).upper()),
         model_info=model_info,
         capabilities=_capabilities(spec, ""),
         size=size,
@@ -120,6 +106,18 @@ def _hf(spec: ModelSpec) -> Details:
         modified_at=_iso(mtime) if mtime else None,
         context_length=spec.ctx,
     )
+
+
+def _details(fmt: str, family: str, size: str, quantization: str) -> dict[str, Any]:
+    """Ollama's ``details`` object."""
+    return {
+        "parent_model": "",
+        "format": fmt,
+        "family": family,
+        "families": [family] if family else None,
+        "parameter_size": size,
+        "quantization_level": quantization,
+    }
 
 
 def _capabilities(spec: ModelSpec, template: str) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelyard.dialect.base import Dialect, parse_answer
+from modelyard.dialect.base import Dialect
 from modelyard.errors import InvalidRequestError, ModelyardError, UnsupportedFeatureError
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -183,8 +183,6 @@ class AnthropicDialect(Dialect):
         """Its type while it is open: ``text``, ``thinking`` or ``tool_use``."""
         self._tools: dict[int, int] = {}
         """OpenAI tool-call index → its ``tool_use`` block."""
-        self._finish: str | None = None
-        self._usage: dict[str, Any] = {}
 
     def _message(self, content: list[dict[str, Any]], stop: str | None) -> dict[str, Any]:
         return {
@@ -195,14 +193,11 @@ class AnthropicDialect(Dialect):
             "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": _usage(self._usage),
+            "usage": _usage(self.usage),
         }
 
     def answer(self, body: bytes) -> bytes:
-        data = parse_answer(body)
-        choice = data["choices"][0] if data["choices"] else {}
-        message = choice.get("message") or {}
-        self._usage = data.get("usage") or {}
+        message = self.whole(body)
         content: list[dict[str, Any]] = []
         if message.get("reasoning_content"):
             content.append(
@@ -220,7 +215,7 @@ class AnthropicDialect(Dialect):
                 {"type": "tool_use", "id": call.get("id") or f"toolu_{len(content)}",
                  "name": function.get("name", ""), "input": arguments}
             )  # fmt: skip
-        stop = _STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn")
+        stop = _STOP_REASONS.get(self.finish or "stop", "end_turn")
         return json.dumps(self._message(content, stop)).encode()
 
     def _begin(self) -> bytes:
@@ -252,12 +247,8 @@ class AnthropicDialect(Dialect):
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         out = [self._begin()]
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-        for choice in (chunk.get("choices") or [])[:1]:
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
-            delta = choice.get("delta") or {}
+        delta = self.delta(chunk)
+        if delta is not None:
             if delta.get("reasoning_content"):
                 if self._open != "thinking":
                     out.append(self._switch("thinking", {"type": "thinking", "thinking": ""}))
@@ -289,11 +280,11 @@ class AnthropicDialect(Dialect):
         return b"".join(out)
 
     def close(self) -> bytes:
-        stop = _STOP_REASONS.get(self._finish or "stop", "end_turn")
+        stop = _STOP_REASONS.get(self.finish or "stop", "end_turn")
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": stop, "stop_sequence": None},
-            "usage": _usage(self._usage),
+            "usage": _usage(self.usage),
         }
         return b"".join(
             [

@@ -32,6 +32,39 @@ class Dialect:
         self.started = time.perf_counter()
         self.load_wait = 0.0
         """Seconds the request waited for its model to load (set by ``Dispatch``)."""
+        self.finish: str | None = None
+        """The engine's ``finish_reason`` (``stop``, ``length``, ``tool_calls``)."""
+        self.usage: dict[str, Any] = {}
+        self.timings: dict[str, Any] = {}
+        """llama.cpp's: ``prompt_n``, ``prompt_ms``, ``predicted_n``, ``predicted_ms``."""
+
+    def whole(self, body: bytes) -> dict[str, Any]:
+        """A whole answer's first message (a completion's text as its ``content``), with its
+        finish reason, usage and timings noted."""
+        data = parse_answer(body)
+        choice = data["choices"][0] if data["choices"] else {}
+        self.finish = choice.get("finish_reason")
+        self.usage = data.get("usage") or {}
+        self.timings = data.get("timings") or {}
+        message: dict[str, Any] = choice.get("message") or {"content": choice.get("text")}
+        return message
+
+    def delta(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """A stream chunk's first delta (a completion's text as its ``content``), with the
+        finish reason, usage and timings it carries noted; ``None`` for a chunk without one
+        (the usage-only chunk)."""
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        if isinstance(chunk.get("timings"), dict):
+            self.timings = chunk["timings"]
+        choices = chunk.get("choices") or []
+        if not choices:
+            return None
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish = choice["finish_reason"]
+        delta: dict[str, Any] = choice.get("delta") or {"content": choice.get("text")}
+        return delta
 
     def answer(self, body: bytes) -> bytes:
         """A whole OpenAI chat answer in this dialect."""

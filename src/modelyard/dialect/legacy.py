@@ -20,7 +20,7 @@ class LegacyCompletion(Dialect):
     def __init__(self, model: str, echo: str | None, usage: bool) -> None:
         super().__init__(model)
         self._echo = echo
-        self._usage = usage
+        self._wants_usage = usage
         """The client asked for the stream's usage chunk (the gateway always does)."""
         self._offsets: dict[int, int] = {}
         """Per choice: characters of text so far (``text_offset`` continues from there)."""
@@ -46,7 +46,7 @@ class LegacyCompletion(Dialect):
         return json.dumps(data).encode()
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
-        if chunk.get("choices") == [] and not self._usage:
+        if chunk.get("choices") == [] and not self._wants_usage:
             return b""
         for choice in chunk.get("choices") or []:
             first = int(choice.get("index", 0)) not in self._offsets

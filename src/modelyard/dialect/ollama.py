@@ -16,7 +16,7 @@ import time
 from datetime import UTC
 from typing import Any
 
-from modelyard.dialect.base import NDJSON, Dialect, parse_answer
+from modelyard.dialect.base import NDJSON, Dialect
 from modelyard.errors import InvalidRequestError, ModelyardError
 
 # Ollama's option → llama.cpp's request field (the same name where both agree).
@@ -177,9 +177,6 @@ class OllamaDialect(Dialect):
         super().__init__(model)
         self._generate = generate
         self._calls: dict[int, dict[str, Any]] = {}
-        self._finish: str | None = None
-        self._usage: dict[str, Any] = {}
-        self._timings: dict[str, Any] = {}
 
     def _line(self, text: str, thinking: str | None, calls: list[dict[str, Any]]) -> dict[str, Any]:
         line: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
@@ -199,31 +196,26 @@ class OllamaDialect(Dialect):
 
     def _counters(self, line: dict[str, Any]) -> dict[str, Any]:
         line["done"] = True
-        line["done_reason"] = _DONE_REASONS.get(self._finish or "stop", self._finish or "stop")
-        prompt_ms = self._timings.get("prompt_ms")
-        predicted_ms = self._timings.get("predicted_ms")
+        finish = self.finish or "stop"
+        line["done_reason"] = _DONE_REASONS.get(finish, finish)
+        prompt_ms = self.timings.get("prompt_ms")
+        predicted_ms = self.timings.get("predicted_ms")
         line["total_duration"] = int((time.perf_counter() - self.started) * 1e9)
         line["load_duration"] = int(self.load_wait * 1e9)
         line["prompt_eval_count"] = int(
-            self._usage.get("prompt_tokens") or self._timings.get("prompt_n") or 0
+            self.usage.get("prompt_tokens") or self.timings.get("prompt_n") or 0
         )
         if isinstance(prompt_ms, int | float):
             line["prompt_eval_duration"] = int(prompt_ms * 1e6)
         line["eval_count"] = int(
-            self._usage.get("completion_tokens") or self._timings.get("predicted_n") or 0
+            self.usage.get("completion_tokens") or self.timings.get("predicted_n") or 0
         )
         if isinstance(predicted_ms, int | float):
             line["eval_duration"] = int(predicted_ms * 1e6)
         return line
 
     def answer(self, body: bytes) -> bytes:
-        data = parse_answer(body)
-        choice = data["choices"][0] if data["choices"] else {}
-        # A chat answer's message, or a completion's text (``raw`` generation).
-        message = choice.get("message") or {"content": choice.get("text")}
-        self._finish = choice.get("finish_reason")
-        self._usage = data.get("usage") or {}
-        self._timings = data.get("timings") or {}
+        message = self.whole(body)  # a completion's text too (``raw`` generation)
         line = self._line(
             message.get("content") or "",
             message.get("reasoning_content"),
@@ -232,17 +224,9 @@ class OllamaDialect(Dialect):
         return json.dumps(self._counters(line)).encode()
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-        if isinstance(chunk.get("timings"), dict):
-            self._timings = chunk["timings"]
-        choices = chunk.get("choices") or []
-        if not choices:
+        delta = self.delta(chunk)
+        if delta is None:
             return b""
-        choice = choices[0]
-        if choice.get("finish_reason"):
-            self._finish = choice["finish_reason"]
-        delta = choice.get("delta") or {"content": choice.get("text")}
         for call in delta.get("tool_calls") or []:
             slot = self._calls.setdefault(int(call.get("index", 0)), {"name": "", "arguments": ""})
             function = call.get("function") or {}

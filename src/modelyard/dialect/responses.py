@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from modelyard.dialect.base import Dialect, parse_answer
+from modelyard.dialect.base import Dialect
 from modelyard.errors import InvalidRequestError, ModelyardError, UnsupportedFeatureError
 
 
@@ -144,18 +144,16 @@ class ResponsesDialect(Dialect):
         self._calls: dict[int, int] = {}
         """Chat tool-call index → its output item's index."""
         self._open: int | None = None
-        self._finish: str | None = None
-        self._usage: dict[str, Any] = {}
         self._started = False
 
     def _response(self, status: str) -> dict[str, Any]:
         request = self._request
         incomplete = None
-        if status == "completed" and self._finish == "length":
+        if status == "completed" and self.finish == "length":
             status, incomplete = "incomplete", {"reason": "max_output_tokens"}
-        prompt = int(self._usage.get("prompt_tokens") or 0)
-        completion = int(self._usage.get("completion_tokens") or 0)
-        cached = (self._usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        prompt = int(self.usage.get("prompt_tokens") or 0)
+        completion = int(self.usage.get("completion_tokens") or 0)
+        cached = (self.usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         return {
             "id": self._id,
             "object": "response",
@@ -207,11 +205,7 @@ class ResponsesDialect(Dialect):
         }
 
     def answer(self, body: bytes) -> bytes:
-        data = parse_answer(body)
-        choice = data["choices"][0] if data["choices"] else {}
-        message = choice.get("message") or {}
-        self._finish = choice.get("finish_reason")
-        self._usage = data.get("usage") or {}
+        message = self.whole(body)
         if message.get("content"):
             self._output.append(self._message(message["content"], "completed"))
         for call in message.get("tool_calls") or []:
@@ -269,12 +263,8 @@ class ResponsesDialect(Dialect):
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         out = [self._begin()]
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-        for choice in (chunk.get("choices") or [])[:1]:
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
-            delta = choice.get("delta") or {}
+        delta = self.delta(chunk)
+        if delta is not None:
             text = delta.get("content")
             if text:
                 open_item = self._output[self._open] if self._open is not None else None

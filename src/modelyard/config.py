@@ -117,8 +117,9 @@ class ModelEntry(BaseModel):
     parallel: int = Field(default=default("parallel"), gt=0, le=256)
     """Unset: ``default_parallel`` of the engine."""
     threads: int | None = Field(default=None, gt=0)
-    gpu_layers: int = 0
-    """llama.cpp: layers on the GPU (-1: all of them)."""
+    gpu_layers: int | Literal["auto"] = 0
+    """llama.cpp: layers on the GPU (-1: all of them; ``auto``: as many as fit its GPUs' free
+    budget when it loads, none when they have no room)."""
     gpus: list[Annotated[int, Field(ge=0, le=63)]] = Field(default_factory=list, max_length=64)
     """GPUs (NVML's numbers) the runner may use: its ``CUDA_VISIBLE_DEVICES`` and ``{gpu}``.
     Unset: GPU 0 when ``gpu_layers`` puts layers there, else none."""

@@ -41,8 +41,9 @@ class ModelSpec:
     parallel: int = 4
     """Requests served at once: llama.cpp's slots; for the encoder, what its batcher may merge."""
     threads: int | None = None
-    gpu_layers: int = 0
-    """llama.cpp: layers offloaded to the GPU (-1: all)."""
+    gpu_layers: int | Literal["auto"] = 0
+    """llama.cpp: layers offloaded to the GPU (-1: all; ``auto``: chosen at each load by the
+    scheduler, as many as fit)."""
     gpus: tuple[int, ...] = ()
     """GPUs the runner may use (NVML's numbers); empty: none."""
     chat_template: str | None = None

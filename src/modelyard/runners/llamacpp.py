@@ -42,7 +42,8 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
         "--port", str(port),
         "--ctx-size", str(spec.ctx * spec.parallel),
         "--parallel", str(spec.parallel),
-        "--n-gpu-layers", str(spec.gpu_layers),
+        # "auto" is resolved by the scheduler before a start; unresolved, llama.cpp fits it.
+        "--n-gpu-layers", str(spec.gpu_layers) if spec.gpu_layers != "auto" else "-1",
         "--alias", spec.name,
         "--slots",
         "--metrics",
@@ -88,7 +89,9 @@ class LlamaCppRunner:
         except (GGUFError, OSError) as exc:
             raise LoadFailedError(f"cannot read {spec.path}: {exc}") from exc
         projector = spec.mmproj.stat().st_size if spec.mmproj else 0
-        ram, vram = split_bytes(info, spec.ctx, spec.parallel, spec.gpu_layers)
+        # "auto" unresolved: what it takes at the least, on the CPU.
+        layers = spec.gpu_layers if spec.gpu_layers != "auto" else 0
+        ram, vram = split_bytes(info, spec.ctx, spec.parallel, layers)
         footprint = {"ram": ram + spec.prompt_cache_bytes}
         gpus = spec.gpus or (0,)
         if vram:

@@ -98,6 +98,8 @@ UNSET: Final = Unset()
 """``keep_alive`` not given by the request: use the catalog's."""
 
 _BACKOFF_MAX = 60.0
+_MAX_LAYERS = 1024
+"""More layers than any model has (``gpu_layers = "auto"`` searches below it)."""
 _MODELS = "models"
 """The pseudo-device of the caps on loaded models."""
 
@@ -167,12 +169,20 @@ class _Model:
     watcher: asyncio.Task[None] | None = None
     pending: ModelSpec | None = None
     """New settings from the catalog, applied when the running model stops."""
+    placed: ModelSpec | None = None
+    """The settings its runner was started with, where the scheduler chose some (the layers
+    of ``gpu_layers = "auto"``); ``None`` while stopped."""
     removed: bool = False
     """Gone from the catalog: finishing its requests, then forgotten."""
 
     @property
     def idle(self) -> bool:
         return self.leases == 0 and not self.waiters
+
+    @property
+    def run_spec(self) -> ModelSpec:
+        """The settings its memory is counted by: those it was started with, once started."""
+        return self.placed or self.spec
 
 
 @dataclass(frozen=True)
@@ -475,8 +485,8 @@ class Scheduler:
                     spec=m.pending or m.spec,
                     removed=m.removed,
                     state=m.state,
-                    estimate=self.ledger.estimate_or_empty(m.spec),
-                    measured=self.ledger.measured(m.spec),
+                    estimate=self.ledger.estimate_or_empty(m.run_spec),
+                    measured=self.ledger.measured(m.run_spec),
                     queued=len(m.waiters),
                     in_flight=m.leases,
                     parallel=m.spec.parallel,
@@ -494,7 +504,7 @@ class Scheduler:
 
     def reserved(self) -> dict[str, int]:
         """Memory held by resident models, per device."""
-        return self.ledger.total(m.spec for m in self._models.values() if m.state in RESIDENT)
+        return self.ledger.total(m.run_spec for m in self._models.values() if m.state in RESIDENT)
 
     async def close(self, grace: float | None = None) -> None:
         """Stops every runner (each gets ``grace`` seconds, by default ``stop_grace``, before
@@ -578,11 +588,12 @@ class Scheduler:
 
         The caps on loaded models (``max_loaded``) are devices too, of one unit per model,
         so that the same policy chooses whom to evict for a count as for memory."""
-        need = {**self.ledger.estimate(m.spec), **self._slots(m.spec)}
-        unloading = [x.spec for x in self._models.values() if x.state is ModelState.UNLOADING]
-        resident = [x.spec for x in self._models.values() if x.state in RESIDENT]
+        unloading = [x.run_spec for x in self._models.values() if x.state is ModelState.UNLOADING]
+        resident = [x.run_spec for x in self._models.values() if x.state in RESIDENT]
         free_now = self.ledger.free(self.reserved())
         free_soon = {d: n + self.ledger.total(unloading).get(d, 0) for d, n in free_now.items()}
+        spec = self._fit_layers(m.spec, free_soon) if m.spec.gpu_layers == "auto" else m.spec
+        need = {**self.ledger.estimate(spec), **self._slots(spec)}
         for cap, limit in self._max_loaded.items():
             held = sum(self._slots(spec).get(cap, 0) for spec in resident)
             going = sum(self._slots(spec).get(cap, 0) for spec in unloading)
@@ -603,8 +614,25 @@ class Scheduler:
             return False
         if not fits(need, free_now):
             return False  # the memory is being freed by unloads in progress
+        m.placed = spec if spec is not m.spec else None
         self._load(m)
         return True
+
+    def _fit_layers(self, spec: ModelSpec, free: Footprint) -> ModelSpec:
+        """``spec`` with the most GPU layers whose GPU memory fits ``free`` on its GPUs as
+        they are (nothing is evicted for a layer); 0 layers, the CPU, when none fits."""
+
+        def gpu_fits(layers: int) -> bool:
+            need = self.ledger.estimate(replace(spec, gpu_layers=layers))
+            return fits({d: n for d, n in need.items() if d != "ram"}, free)
+
+        if gpu_fits(-1):
+            return replace(spec, gpu_layers=-1)
+        low, high = 0, _MAX_LAYERS  # gpu_fits(low) holds; past a model's layers all are on it
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if gpu_fits(middle) else (low, middle)
+        return replace(spec, gpu_layers=low)
 
     def _slots(self, spec: ModelSpec) -> dict[str, int]:
         """The units of the ``max_loaded`` caps a model takes: one of ``models`` and one of
@@ -724,7 +752,7 @@ class Scheduler:
     async def _run_load(self, m: _Model) -> None:
         runner = self._runners[m.spec.engine]
         try:
-            running = await runner.start(m.spec)
+            running = await runner.start(m.run_spec)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -797,7 +825,7 @@ class Scheduler:
             m.expiry.cancel()
         m.expires_at = None
         self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail))
-        freed = dict(self.ledger.footprint(m.spec))
+        freed = dict(self.ledger.footprint(m.run_spec))
         self._emit(
             Evicted(m.spec.name, now, "crash", f"runner exited with {exit_name(code)}", freed=freed)
         )
@@ -813,7 +841,7 @@ class Scheduler:
             m.expiry = None
         m.expires_at = None
         m.unload_when_idle = None
-        freed = self.ledger.footprint(m.spec)
+        freed = self.ledger.footprint(m.run_spec)
         now = self._clock.now()
         self._emit(Evicted(m.spec.name, now, reason, detail, for_model, dict(freed)))
         text = detail or (f"evicted to make room for {for_model}" if for_model else reason)
@@ -876,6 +904,7 @@ class Scheduler:
         log.info("model %s: %s -> %s%s", m.spec.name, old, new, f" ({reason})" if reason else "")
         self._emit(StateChanged(m.spec.name, self._clock.now(), old=old, new=new, reason=reason))
         if new in (ModelState.STOPPED, ModelState.FAILED):
+            m.placed = None  # the next start chooses again
             if m.removed:
                 self._forget(m)
             elif m.pending is not None:
@@ -917,10 +946,10 @@ class Scheduler:
 
     def _record(self, m: _Model, footprint: Footprint) -> None:
         """Counts a measurement of ``m``; growth past its estimate is reported once."""
-        peak = self.ledger.record(m.spec, footprint)
+        peak = self.ledger.record(m.run_spec, footprint)
         if peak is None or m.spec.memory is not None or m.over_estimate:
             return
-        share = self.ledger.estimate_or_empty(m.spec)
+        share = self.ledger.estimate_or_empty(m.run_spec)
         over = {d: n for d, n in peak.items() if share.get(d) and n > share[d] * 1.1}
         if over:
             m.over_estimate = True
@@ -986,7 +1015,7 @@ class Scheduler:
         return [
             Loaded(
                 name=x.spec.name,
-                footprint=self.ledger.footprint(x.spec),
+                footprint=self.ledger.footprint(x.run_spec),
                 busy=not x.idle,
                 pinned=x.spec.pinned,
                 expires_at=x.expires_at,

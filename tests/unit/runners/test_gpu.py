@@ -150,3 +150,56 @@ async def test_gpu_command_engine_gets_its_gpus_as_placeholder_and_environment(
         }
     finally:
         await asyncio.wait_for(server.stop(grace=2.0), 15)
+
+
+class _EstimatingRunner:
+    """llama.cpp's estimates of the real Gemma GGUF, fake starts: records the settings each
+    start was given."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._llamacpp = LlamaCppRunner(log_dir)
+        self.fake = FakeRunner(footprints={"other": {"ram": GiB, "gpu0": 900 * 1024**2}})
+        self.started: list[ModelSpec] = []
+
+    def estimate(self, spec: ModelSpec) -> dict[str, int]:
+        if spec.name == "other":
+            return self.fake.estimate(spec)
+        return self._llamacpp.estimate(spec)
+
+    async def start(self, spec: ModelSpec) -> object:
+        self.started.append(spec)
+        self.fake.footprints[spec.name] = self.estimate(spec)
+        return await self.fake.start(spec)
+
+
+async def test_gpu_layers_auto_takes_as_many_layers_as_the_free_gpu_holds(tmp_path: Path) -> None:
+    auto = ModelSpec(name="g", path=gemma(), gpu_layers="auto", gpus=(0,), keep_alive=None)
+    other = ModelSpec(name="other", path=Path("/m/other.gguf"), pinned=False)
+    runner = _EstimatingRunner(tmp_path)
+    full = runner.estimate(replace(auto, gpu_layers=-1))["gpu0"]
+
+    async def layers_with(budget: dict[str, int], *, first: str | None = None) -> int:
+        scheduler = Scheduler(Catalog([auto, other]), {"llamacpp": runner}, budget)
+        if first is not None:
+            scheduler.release(await scheduler.acquire(first))
+        scheduler.release(await scheduler.acquire("g"))
+        chosen = runner.started[-1]
+        assert isinstance(chosen.gpu_layers, int)
+        # What it counts for is what it was started with.
+        assert scheduler.reserved().get("gpu0", 0) >= runner.estimate(chosen).get("gpu0", 0)
+        states = {s.name: s.state for s in scheduler.status()}
+        await scheduler.close()
+        assert states["g"] == "ready"
+        if first is not None:
+            assert states[first] == "ready"  # nothing was evicted for a layer
+        return chosen.gpu_layers
+
+    assert await layers_with({"ram": 8 * GiB, "gpu0": 8 * GiB}) == -1  # all of it
+    partly = await layers_with({"ram": 8 * GiB, "gpu0": full - 40 * 1024**2})
+    assert 0 < partly < 19
+    fitted = runner.estimate(replace(auto, gpu_layers=partly))["gpu0"]
+    one_more = runner.estimate(replace(auto, gpu_layers=partly + 1))["gpu0"]
+    assert fitted <= full - 40 * 1024**2 < one_more
+    # Another model holds the GPU: the rest of it is too small for even one layer.
+    assert await layers_with({"ram": 8 * GiB, "gpu0": GiB}, first="other") == 0
+    assert await layers_with({"ram": 8 * GiB}) == 0  # no GPU at all: the CPU

@@ -12,12 +12,15 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import logging
 import time
 from datetime import UTC
 from typing import Any
 
 from modelyard.dialect.base import NDJSON, Dialect
 from modelyard.errors import InvalidRequestError, ModelyardError
+
+log = logging.getLogger(__name__)
 
 # Ollama's option → llama.cpp's request field (the same name where both agree).
 _OPTIONS = {
@@ -79,9 +82,8 @@ def sampling(options: dict[str, Any] | None) -> dict[str, Any]:
         elif key in _OPTIONS:
             fields[_OPTIONS[key]] = value
         elif key not in RUNTIME_OPTIONS:
-            raise InvalidRequestError(
-                f"options.{key} is not an option Ollama knows", param=f"options.{key}"
-            )
+            # Ollama warns and goes on: clients send options of other versions.
+            log.info("ignoring the unknown Ollama option %r", key)
     return fields
 
 

@@ -112,8 +112,9 @@ def test_ollama_messages_images_tool_history_and_options() -> None:
     fields = sampling({"num_predict": -1, "temperature": 0.2, "num_keep": 4, "num_ctx": 8192})
     assert fields == {"temperature": 0.2, "n_keep": 4}  # -1: no limit; num_ctx: the catalog's
     assert sampling({"num_predict": 12})["max_tokens"] == 12
+    assert sampling({"temprature": 1}) == {}  # as Ollama does: ignored (and logged)
     with pytest.raises(InvalidRequestError):
-        sampling({"temprature": 1})
+        sampling({"num_predict": "many"})
 
 
 # ---- anthropic ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from modelyard.catalog.gguf import GGUFError, GGUFInfo, gguf_info
@@ -32,8 +33,29 @@ class Details:
     context_length: int | None = None
 
 
+_described: dict[tuple[object, ...], Details] = {}
+"""Details by what they are read from: ``/api/ps`` and ``/api/tags`` ask on every call, and
+an encoder's are read from every weight file's header."""
+
+
 def describe(spec: ModelSpec) -> Details:
-    """The model's details (reads file headers: call it in a thread)."""
+    """The model's details (reads file headers: call it in a thread), read again only when
+    its entry or its path's modification time changes."""
+    try:
+        changed = spec.path.stat().st_mtime_ns if spec.path != Path() else 0
+    except OSError:
+        changed = -1
+    key = (spec.name, spec.path, spec.engine, spec.kind, spec.chat_template, spec.mmproj,
+           spec.gpus, spec.ctx, spec.served, spec.url, changed)  # fmt: skip
+    found = _described.get(key)
+    if found is None:
+        if len(_described) > 256:
+            _described.clear()
+        found = _described[key] = _read(spec)
+    return found
+
+
+def _read(spec: ModelSpec) -> Details:
     try:
         if spec.engine == "llamacpp":
             return _gguf(spec, gguf_info(spec))

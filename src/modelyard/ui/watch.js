@@ -8,6 +8,20 @@ function clock(t) {
   return new Date(t * 1000).toLocaleTimeString();
 }
 
+// Rows put on top of `body` (the newest first, at most MAX_ROWS), shown while their
+// data-model contains what `filter` says; returns the function that adds one.
+function liveRows(body, filter) {
+  const shown = (row) => !filter.value || row.dataset.model.includes(filter.value);
+  filter.addEventListener("input", () => {
+    for (const row of body.children) row.hidden = !shown(row);
+  });
+  return (row) => {
+    row.hidden = !shown(row);
+    body.prepend(row);
+    while (body.children.length > MAX_ROWS) body.lastChild.remove();
+  };
+}
+
 export async function events(main, signal) {
   const filter = el("input", { name: "model", placeholder: "all models" });
   const body = el("tbody");
@@ -16,19 +30,10 @@ export async function events(main, signal) {
     el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
       ["#", "Time", "Model", "Event", "What happened"].map((h) => el("th", { scope: "col" }, h)))),
       body)));
-  const add = (e) => {
-    body.prepend(el("tr", { "data-kind": e.type, "data-model": e.model ?? "" },
-      el("td", {}, e.id), el("td", {}, clock(e.time)), el("td", {}, e.model ?? "-"),
-      el("td", {}, e.type), el("td", {}, e.message)));
-    while (body.children.length > MAX_ROWS) body.lastChild.remove();
-    applyFilter();
-  };
-  const applyFilter = () => {
-    for (const row of body.children) {
-      row.hidden = Boolean(filter.value) && !row.dataset.model.includes(filter.value);
-    }
-  };
-  filter.addEventListener("input", applyFilter);
+  const put = liveRows(body, filter);
+  const add = (e) => put(el("tr", { "data-kind": e.type, "data-model": e.model ?? "" },
+    el("td", {}, e.id), el("td", {}, clock(e.time)), el("td", {}, e.model ?? "-"),
+    el("td", {}, e.type), el("td", {}, e.message)));
   // The last hour's, then each as it happens.
   stream("/api/events?follow=true&since=1h", { signal, onData: add }).catch(() => {});
 }
@@ -83,21 +88,12 @@ export async function activity(main, signal) {
   main.append(el("h1", {}, "Activity"), el("label", {}, "Model", filter),
     el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
       columns.map((h) => el("th", { scope: "col" }, h)))), body)));
-  const add = (r) => {
-    body.prepend(el("tr", { "data-model": r.model ?? "" }, el("td", {}, clock(r.time)),
-      el("td", {}, r.model ?? "-"), el("td", {}, r.key ?? r.user ?? "-"),
-      el("td", {}, r.cancelled ? `${r.status} (cancelled)` : r.status),
-      el("td", {}, `${r.prompt_tokens} + ${r.completion_tokens}`), el("td", {}, r.ttft_ms ?? "-"),
-      el("td", {}, r.tokens_per_s ?? "-"), el("td", {}, r.total_ms)));
-    while (body.children.length > MAX_ROWS) body.lastChild.remove();
-    applyFilter();
-  };
-  const applyFilter = () => {
-    for (const row of body.children) {
-      row.hidden = Boolean(filter.value) && !row.dataset.model.includes(filter.value);
-    }
-  };
-  filter.addEventListener("input", applyFilter);
+  const put = liveRows(body, filter);
+  const add = (r) => put(el("tr", { "data-model": r.model ?? "" }, el("td", {}, clock(r.time)),
+    el("td", {}, r.model ?? "-"), el("td", {}, r.key ?? r.user ?? "-"),
+    el("td", {}, r.cancelled ? `${r.status} (cancelled)` : r.status),
+    el("td", {}, `${r.prompt_tokens} + ${r.completion_tokens}`), el("td", {}, r.ttft_ms ?? "-"),
+    el("td", {}, r.tokens_per_s ?? "-"), el("td", {}, r.total_ms)));
   const past = await api("/api/activity?limit=100", { signal });
   for (const r of past.requests) add(r);
   // A busy server finishes hundreds of requests a second: drawn in batches, four a second.

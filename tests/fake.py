@@ -67,7 +67,7 @@ class FakeRunning:
 
     @property
     def base_url(self) -> str:
-        return f"http://fake/{self.spec.name}"
+        return f"http://fake/{self.spec.runner_name}"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -117,13 +117,14 @@ class FakeRunner:
         return {"ram": self.sizes.get(spec.name, self.default_size)}
 
     async def start(self, spec: ModelSpec) -> FakeRunning:
-        self.starts.append(spec.name)
+        """Records and keys the runner by ``runner_name`` (``a``, a replica ``a@1``)."""
+        self.starts.append(spec.runner_name)
         if self.gate is not None:
             await self.gate.wait()
         if spec.name in self.fail:
             raise LoadFailedError(self.fail[spec.name])
         running = FakeRunning(spec, self._footprint(spec))
-        self.running[spec.name] = running
+        self.running[spec.runner_name] = running
         return running
 
 

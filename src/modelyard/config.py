@@ -164,6 +164,12 @@ class ModelEntry(BaseModel):
     """Remote engine: requests sent at once (``parallel``)."""
     price: float = Field(default=default("price"), ge=0, le=1_000_000)
     """Charged per token (prompt and completion) from a key's or user's token balance."""
+    replicas: int = Field(default=default("replicas"), ge=1, le=64)
+    """Runners of the model started when it is wanted; requests go to the least busy."""
+    max_replicas: int | None = Field(default=None, ge=1, le=64)
+    """Grow to this many runners while requests wait (unset: ``replicas``)."""
+    scale_up_wait: Seconds = default("scale_up_wait")
+    """How long the oldest request waits, every runner busy, before one more starts."""
 
 
 class _Server(BaseModel):

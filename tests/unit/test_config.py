@@ -401,6 +401,7 @@ capabilities = ["embedding"]
         ('url = "http://h:1"\npath = "m.gguf"', "path: not for a remote model"),
         ('engine = "remote"', 'url: required for engine = "remote"'),
         ('url = "http://h:1"\nparallel = 2\nmax_concurrency = 2', "max_concurrency: the same"),
+        ('url = "http://h:1"\nreplicas = 2', "replicas: not for a remote model"),
     ],
 )
 def test_config_remote_entry_errors(tmp_path: Path, entry: str, expected: str) -> None:
@@ -409,6 +410,42 @@ def test_config_remote_entry_errors(tmp_path: Path, entry: str, expected: str) -
     assert f"[models.x] {expected}" in error.value.message
     assert "sk-plain" not in error.value.message
     assert "pw@" not in error.value.message
+
+
+def test_config_replicas(tmp_path: Path) -> None:
+    text = (
+        '[models.fixed]\npath = "m.gguf"\nreplicas = 2\n'
+        '[models.grows]\npath = "m.gguf"\nmax_replicas = 3\nscale_up_wait = "500ms"\n'
+        '[models.one]\npath = "m.gguf"\n'
+    )
+    specs = {m.name: m for m in load_config(write(tmp_path, text)).models}
+    got = {n: (s.replicas, s.max_replicas, s.scale_up_wait) for n, s in specs.items()}
+    assert got["fixed"] == (2, 2, 2.0)
+    assert got["grows"] == (1, 3, 0.5)
+    assert got["one"] == (1, 1, 2.0)
+    with pytest.raises(ConfigError) as error:
+        load_config(
+            write(tmp_path, '[models.x]\npath = "m.gguf"\nreplicas = 3\nmax_replicas = 2\n')
+        )
+    assert "[models.x] max_replicas: at least replicas (3), not 2" in error.value.message
+
+
+def test_replicas_share_the_cores_unless_threads_is_set(tmp_path: Path) -> None:
+    import os
+
+    from modelyard.runners.llamacpp import server_args
+
+    text = '[models.a]\npath = "m.gguf"\nmax_replicas = 2\n[models.b]\npath = "m.gguf"\n'
+    text += 'max_replicas = 2\nthreads = 3\n[models.c]\npath = "m.gguf"\n'
+    specs = {m.name: m for m in load_config(write(tmp_path, text)).models}
+
+    def threads(name: str) -> str | None:
+        args = server_args(specs[name], 1234)
+        return args[args.index("--threads") + 1] if "--threads" in args else None
+
+    assert threads("a") == str(max(1, (os.cpu_count() or 1) // 2))
+    assert threads("b") == "3"
+    assert threads("c") is None  # llama.cpp's own choice: every core
 
 
 def test_config_cors_origins(tmp_path: Path) -> None:

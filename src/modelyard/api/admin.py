@@ -15,6 +15,7 @@ from modelyard.catalog.details import describe, ollama_name
 from modelyard.catalog.template import model_warnings
 from modelyard.protocol.openai import ModelLoadRequest, ModelPinRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
+from modelyard.scheduler.state import RESIDENT
 
 router = APIRouter()
 
@@ -42,6 +43,18 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
         "pid": getattr(running, "pid", None),
         "last_error": status.last_error,
         "removed": status.removed,
+        # A model that may run several runners (``max_replicas``): each that is not stopped.
+        "replicas": [
+            {
+                "index": r.index,
+                "state": r.state,
+                "in_flight": r.in_flight,
+                "loaded_since": iso_time(r.loaded_since),
+                "expires_at": iso_time(r.expires_at),
+                "pid": r.pid,
+            }
+            for r in status.replicas
+        ],
     }
 
 
@@ -69,10 +82,10 @@ async def ps(request: Request) -> dict[str, Any]:
     for status, details in zip(listed, described, strict=True):
         entry = _describe(scheduler, status)
         footprint = status.measured or status.estimate
-        vram = sum(n for device, n in footprint.items() if device != "ram")
-        entry.update(
-            model=ollama_name(status.spec), **ps_fields(details, sum(footprint.values()), vram)
-        )
+        runners = max(1, sum(r.state in RESIDENT for r in status.replicas))
+        vram = sum(n for device, n in footprint.items() if device != "ram") * runners
+        size = sum(footprint.values()) * runners
+        entry.update(model=ollama_name(status.spec), **ps_fields(details, size, vram))
         models.append(entry)
     return {
         "models": models,

@@ -187,18 +187,23 @@ class Metrics:
             path = "/metrics" if spec.engine == "llamacpp" else spec.metrics
             if status.state is not ModelState.READY or path is None:
                 continue
-            running = self._scheduler.running(status.name)
-            if running is not None:
-                targets.append((status.name, running.base_url + path, dict(running.headers)))
+            for index, running in self._scheduler.runners(status.name).items():
+                # A model that may run several runners: each one's series has its number.
+                replica = str(index) if spec.max_replicas > 1 else None
+                url = running.base_url + path
+                targets.append((status.name, replica, url, dict(running.headers)))
 
-        async def fetch(name: str, url: str, headers: dict[str, str]) -> list[Metric]:
+        async def fetch(
+            name: str, replica: str | None, url: str, headers: dict[str, str]
+        ) -> list[Metric]:
             try:
                 async with asyncio.timeout(ENGINE_TIMEOUT):
                     async with session.get(url, headers=headers) as response:
                         if response.status != 200:
                             raise ValueError(f"status {response.status}")
                         text = await response.text()
-                return _labelled(text_string_to_metric_families(text), name)
+                labels = {"model": name} | ({"replica": replica} if replica else {})
+                return _labelled(text_string_to_metric_families(text), labels)
             except (TimeoutError, aiohttp.ClientError, ValueError):
                 self.engine_failures.labels(name).inc()
                 return []
@@ -264,15 +269,16 @@ class _StateCollector(Collector):
         yield from (queue, in_flight, loaded, memory, budget, used)
 
 
-def _labelled(families: Iterable[Metric], model: str) -> list[Metric]:
-    """The families with ``model`` added to every sample, and names made Prometheus-plain
-    (llama.cpp's ``llamacpp:x`` becomes ``llamacpp_x``: colons are for recording rules)."""
+def _labelled(families: Iterable[Metric], added: dict[str, str]) -> list[Metric]:
+    """The families with the ``added`` labels (``model``, ``replica``) on every sample, and
+    names made Prometheus-plain (llama.cpp's ``llamacpp:x`` becomes ``llamacpp_x``: colons
+    are for recording rules)."""
     out = []
     for family in families:
         name = family.name.replace(":", "_")
         copy = Metric(name, family.documentation, family.type, family.unit)
         for s in family.samples:
-            labels = {**s.labels, "model": model}
+            labels = {**s.labels, **added}
             copy.add_sample(s.name.replace(":", "_"), labels, s.value, s.timestamp)
         out.append(copy)
     return out

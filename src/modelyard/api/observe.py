@@ -227,9 +227,9 @@ async def system(request: Request) -> dict[str, Any]:
     """CPU, memory, each model's processes, disk free for models, and GPUs (with NVML)."""
     scheduler = scheduler_of(request)
     runners = {
-        s.name: running
+        f"{s.name}@{index}" if index else s.name: running
         for s in scheduler.status()
-        if (running := scheduler.running(s.name)) is not None
+        for index, running in scheduler.runners(s.name).items()
     }
     models_dir: Path = request.app.state.config.models_dir
     gpus: Gpus = request.app.state.gpus

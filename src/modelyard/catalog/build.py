@@ -30,7 +30,7 @@ _AS_GIVEN = (
     "ctx", "threads", "gpu_layers", "pinned", "preload", "max_queue", "queue_timeout",
     "memory", "prompt_cache", "backend", "max_batch", "batch_wait", "max_batch_tokens",
     "truncate", "matryoshka", "health", "health_status", "ready_timeout", "stop_signal",
-    "stop_timeout", "upstream_model", "price", "gpu_memory",
+    "stop_timeout", "upstream_model", "price", "gpu_memory", "replicas", "scale_up_wait",
 )  # fmt: skip
 """Entry fields that reach the spec as they are (validated and parsed by the schema)."""
 
@@ -52,8 +52,15 @@ def entry_spec(
     where = f"{origin}: [models.{name}]"
     if entry.url or entry.engine == "remote":
         return _remote_spec(name, entry, where)
+    max_replicas = entry.max_replicas or entry.replicas
+    if max_replicas < entry.replicas:
+        raise ConfigError(
+            f"{where} max_replicas: at least replicas ({entry.replicas}), not {max_replicas}"
+        )
     if entry.command or entry.engine == "command":
-        return _command_spec(name, entry, base_dir, where, keep_alive)
+        return replace(
+            _command_spec(name, entry, base_dir, where, keep_alive), max_replicas=max_replicas
+        )
     if entry.metrics is not None:
         raise ConfigError(
             f"{where} metrics: only for a command engine (llama.cpp's are always merged)"
@@ -99,6 +106,7 @@ def entry_spec(
         llama_server=resolve(binary, base_dir) if binary else None,
         shards=shards,
         gpus=_gpus(entry),
+        max_replicas=max_replicas,
         **{key: getattr(entry, key) for key in _AS_GIVEN},
     )
 
@@ -189,6 +197,12 @@ def _remote_spec(name: str, entry: ModelEntry, where: str) -> ModelSpec:
     if entry.path or entry.command or entry.metrics:
         key = "path" if entry.path else "command" if entry.command else "metrics"
         raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere)")
+    for key in ("replicas", "max_replicas", "scale_up_wait"):
+        if key in entry.model_fields_set:
+            raise ConfigError(
+                f"{where} {key}: not for a remote model (its server runs its own copies; "
+                "raise max_concurrency to send it more at once)"
+            )
     if "parallel" in entry.model_fields_set and entry.max_concurrency is not None:
         raise ConfigError(f"{where} max_concurrency: the same as parallel; give one of them")
     served = tuple(dict.fromkeys(entry.capabilities))

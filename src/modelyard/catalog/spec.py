@@ -109,6 +109,21 @@ class ModelSpec:
     """Remote engine: the environment variable that holds its key."""
     price: float = 1.0
     """What a token costs from a token balance (prompt and completion alike)."""
+    replicas: int = 1
+    """Runners of the model started together when it is wanted."""
+    max_replicas: int = 1
+    """Runners it may grow to (from ``replicas``) while requests wait ``scale_up_wait``."""
+    scale_up_wait: float = 2.0
+    """Seconds the oldest waiting request waits, every runner busy, before one more starts."""
+    replica: int = 0
+    """Which runner of the model this is (0 … ``max_replicas`` - 1): set by the scheduler
+    on the settings a runner is started with, for its log file and its name."""
+
+    @property
+    def runner_name(self) -> str:
+        """The model's name, with ``@N`` for a replica after the first (``qwen@1``): its
+        log file is named by it."""
+        return f"{self.name}@{self.replica}" if self.replica else self.name
 
     @functools.cached_property
     def prompt_cache_bytes(self) -> int:

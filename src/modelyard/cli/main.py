@@ -183,6 +183,9 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
         memory = footprint_text(m["memory"]["measured"] or m["memory"]["estimate"])
         if m["memory"].get("prompt_cache"):
             memory += f" (cache {footprint_text({'ram': m['memory']['prompt_cache']})})"
+        replicas = m.get("replicas") or []
+        if replicas:
+            memory += f" each, {len(replicas)} replicas"
         table.add_row(
             m["name"],
             m["state"]
@@ -195,6 +198,16 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
             relative(m["expires_at"])
             or ("never" if m["state"] == "ready" and not m["in_flight"] else "-"),
         )
+        for r in replicas:
+            table.add_row(
+                f"  {m['name']}@{r['index']}",
+                r["state"],
+                "",
+                f"{r['in_flight']}/{m['parallel']}",
+                "",
+                relative(r["loaded_since"]) or "-",
+                relative(r["expires_at"]) or "-",
+            )
     out.print(table)
     mem = data["memory"]
     reserved, budget = footprint_text(mem["reserved"]), footprint_text(mem["budget"])

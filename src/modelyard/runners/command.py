@@ -75,7 +75,7 @@ class CommandRunner:
         return await ChildServer.start(
             argv,
             port=port,
-            log_path=log_path(self._log_dir, spec.name),
+            log_path=log_path(self._log_dir, spec.runner_name),
             rotation=self._rotation,
             load_timeout=spec.ready_timeout,
             env={**(visible(spec.gpus) if spec.gpus else {}), **spec.env},

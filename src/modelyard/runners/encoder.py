@@ -92,7 +92,7 @@ class EncoderRunner:
         return await ChildServer.start(
             argv,
             port=port,
-            log_path=log_path(self._log_dir, spec.name),
+            log_path=log_path(self._log_dir, spec.runner_name),
             rotation=self._rotation,
             load_timeout=self._load_timeout,
             env={KEY_ENV: key},

@@ -8,6 +8,7 @@ configures a ``llama-server`` binary, or handed to our xllamacpp child program
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,14 @@ def can_call_tools(spec: ModelSpec) -> bool:
     )
 
 
+def replica_threads(spec: ModelSpec) -> int | None:
+    """Threads of each runner of a model that may run several (``max_replicas``) without
+    ``threads`` set: the cores shared out between them (llama.cpp takes them all)."""
+    if spec.max_replicas <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // spec.max_replicas)
+
+
 def server_args(spec: ModelSpec, port: int) -> list[str]:
     """``llama-server`` flags for ``spec`` listening on 127.0.0.1:``port``."""
     args = [
@@ -49,8 +58,9 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
         "--metrics",
         "--cache-ram", str(spec.prompt_cache_bytes // 1024**2),
     ]  # fmt: skip
-    if spec.threads:
-        args += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
+    threads = spec.threads or replica_threads(spec)
+    if threads:
+        args += ["--threads", str(threads), "--threads-batch", str(threads)]
     template = jinja_file(spec)
     if template is not None:
         args += ["--jinja", "--chat-template-file", str(template)]
@@ -116,7 +126,7 @@ class LlamaCppRunner:
         return await ChildServer.start(
             argv,
             port=port,
-            log_path=log_path(self._log_dir, spec.name),
+            log_path=log_path(self._log_dir, spec.runner_name),
             rotation=self._rotation,
             load_timeout=self._load_timeout,
             # Its GPUs, or none: a model the budget counts in RAM alone takes no GPU memory.

@@ -6,6 +6,7 @@ from modelyard.scheduler.scheduler import (
     UNSET,
     Lease,
     ModelStatus,
+    ReplicaStatus,
     Scheduler,
     Unset,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "Lease",
     "ModelState",
     "ModelStatus",
+    "ReplicaStatus",
     "Scheduler",
     "Unset",
     "estimate",

@@ -37,6 +37,8 @@ class Event:
     model: str
     at: float
     """The scheduler's clock (monotonic seconds)."""
+    replica: int | None = field(default=None, kw_only=True)
+    """Which of the model's runners it is about, for a model that may run several."""
 
     def describe(self) -> str:
         return type(self).__name__

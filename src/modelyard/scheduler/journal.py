@@ -42,7 +42,8 @@ class Entry:
             "time": self.time,
             "type": kind_of(self.event),
             "model": self.event.model or None,
-            "message": self.event.describe(),
+            "message": (f"replica {self.event.replica}: " if self.event.replica is not None else "")
+            + self.event.describe(),
         }
 
 

@@ -31,6 +31,12 @@ Contracts:
   a query: each runner's peak counts from then on. When the resident models together
   exceed the budget (an engine grew past its estimate), idle models are evicted, and new
   loads wait until there is room.
+- A model may run several runners (``replicas``; up to ``max_replicas`` under load), each
+  with its own state, slots, keep-alive, crashes and memory; the model's queue is one.
+  ``replicas`` start together; one more starts while the oldest request has waited
+  ``scale_up_wait`` with every runner busy and it fits in free memory (evicting nothing);
+  each stops after its keep-alive. A request goes to the ready runner with the fewest in
+  flight. A runner's crash voids only its own leases.
 - ``update_catalog`` swaps the catalog while serving: new models can be requested at once;
   a removed model takes no new requests, finishes the ones it has (queued included), then
   unloads and is forgotten; a model whose settings changed keeps running as it is and takes
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -122,6 +129,8 @@ class Lease:
     generation: int
     load_wait: float = 0.0
     """Of ``queued``, the seconds spent waiting for the model to load."""
+    replica: int = 0
+    """Which of the model's runners it is for."""
     released: bool = False
 
 
@@ -140,13 +149,15 @@ class _Waiter:
 
 
 @dataclass(eq=False)
-class _Model:
-    spec: ModelSpec
+class _Replica:
+    """One runner of a model and its lifecycle (a model has one unless ``max_replicas``)."""
+
+    index: int
     state: ModelState = ModelState.STOPPED
     running: RunningModel | None = None
     generation: int = 0
+    """Unique to one run of a runner (0 while none runs): a lease counts only for it."""
     leases: int = 0
-    waiters: FairQueue[_Waiter] = field(default_factory=FairQueue)
     keep_alive: float | None = None
     loaded_at: float = 0.0
     load_started: float = 0.0
@@ -155,34 +166,92 @@ class _Model:
     expiry: Timer | None = None
     unload_when_idle: tuple[EvictionReason, str] | None = None
     """Unload once idle, and why."""
-    failures: int = 0
-    """Loads that failed in a row: waiting requests fail fast until ``retry_at``."""
-    retry_at: float = 0.0
     crashes: int = 0
     """Runner exits in a row without a request served in between."""
     restart_at: float = 0.0
     """Waiting requests start the runner again no sooner than this."""
+    task: asyncio.Task[None] | None = None
+    watcher: asyncio.Task[None] | None = None
+    placed: ModelSpec | None = None
+    """The settings its runner was started with (the layers of ``gpu_layers = "auto"``, the
+    replica's number); ``None`` while stopped."""
+
+    @property
+    def live(self) -> bool:
+        """Serving, or about to: it takes requests."""
+        return self.state in (ModelState.LOADING, ModelState.READY)
+
+
+@dataclass(eq=False)
+class _Model:
+    spec: ModelSpec
+    replicas: list[_Replica] = field(default_factory=list)
+    waiters: FairQueue[_Waiter] = field(default_factory=FairQueue)
+    failures: int = 0
+    """Loads that failed in a row: waiting requests fail fast until ``retry_at``."""
+    retry_at: float = 0.0
     over_estimate: bool = False
     """Its measured memory went past its estimate (reported once)."""
     last_error: str | None = None
-    task: asyncio.Task[None] | None = None
-    watcher: asyncio.Task[None] | None = None
     pending: ModelSpec | None = None
-    """New settings from the catalog, applied when the running model stops."""
-    placed: ModelSpec | None = None
-    """The settings its runner was started with, where the scheduler chose some (the layers
-    of ``gpu_layers = "auto"``); ``None`` while stopped."""
+    """New settings from the catalog, applied when every runner of the model has stopped."""
     removed: bool = False
     """Gone from the catalog: finishing its requests, then forgotten."""
+
+    def __post_init__(self) -> None:
+        self.size_replicas()
+
+    def size_replicas(self) -> None:
+        """One replica slot per runner the spec allows (called while none runs)."""
+        if len(self.replicas) != self.spec.max_replicas:
+            self.replicas = [_Replica(i) for i in range(self.spec.max_replicas)]
+
+    @property
+    def state(self) -> ModelState:
+        """The model's state, from its runners': ready if one is, else loading if one is, …"""
+        states = {r.state for r in self.replicas}
+        for state in (ModelState.READY, ModelState.LOADING, ModelState.UNLOADING):
+            if state in states:
+                return state
+        return ModelState.FAILED if ModelState.FAILED in states else ModelState.STOPPED
+
+    @property
+    def leases(self) -> int:
+        return sum(r.leases for r in self.replicas)
 
     @property
     def idle(self) -> bool:
         return self.leases == 0 and not self.waiters
 
     @property
-    def run_spec(self) -> ModelSpec:
-        """The settings its memory is counted by: those it was started with, once started."""
-        return self.placed or self.spec
+    def stopped(self) -> bool:
+        """No runner runs, starts or stops."""
+        return all(
+            r.state in (ModelState.STOPPED, ModelState.FAILED) and r.task is None
+            for r in self.replicas
+        )
+
+    def replica_idle(self, r: _Replica) -> bool:
+        return r.leases == 0 and not self.waiters
+
+    def run_spec(self, r: _Replica) -> ModelSpec:
+        """The settings ``r``'s memory is counted by: those it was started with, once
+        started."""
+        return r.placed or self.spec
+
+    def label(self, r: _Replica) -> int | None:
+        """``r``'s number in events: ``None`` for a model of one runner."""
+        return r.index if self.spec.max_replicas > 1 else None
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    index: int
+    state: ModelState
+    in_flight: int
+    loaded_since: float | None
+    expires_at: float | None
+    pid: int | None
 
 
 @dataclass(frozen=True)
@@ -194,16 +263,21 @@ class ModelStatus:
     """Removed from the catalog and still finishing requests."""
     state: ModelState
     estimate: Footprint
+    """Of one runner."""
     measured: Footprint | None
+    """Of one runner."""
     queued: int
     in_flight: int
     parallel: int
+    """Of one runner."""
     loaded_since: float | None
-    """Wall-clock time (``time.time()``) the current runner became ready."""
+    """Wall-clock time (``time.time()``) the first runner running now became ready."""
     expires_at: float | None
     """Wall-clock time the keep-alive runs out; ``None`` while busy or when it never does."""
     pinned: bool
     last_error: str | None
+    replicas: tuple[ReplicaStatus, ...] = ()
+    """The runners not stopped, when the model may have several."""
 
 
 class Scheduler:
@@ -231,6 +305,7 @@ class Scheduler:
         self.ledger = Ledger(budget, runners, measured)
         self._models: dict[str, _Model] = {spec.name: _Model(spec) for spec in catalog}
         self._seq = 0
+        self._generations = itertools.count(1)
         self._listeners: list[Callable[[Event], None]] = []
         self.journal = journal or Journal()
         self._max_loaded = {
@@ -294,7 +369,8 @@ class Scheduler:
         self._pump()
         if not waiter.future.done():
             # Slots that are free, or will be once the model has loaded, take waiters too.
-            free_slots = max(0, m.spec.parallel - m.leases)
+            runners = max(1, sum(r.live for r in m.replicas))
+            free_slots = max(0, m.spec.parallel * runners - m.leases)
             if len(m.waiters) > m.spec.max_queue + free_slots:
                 m.waiters.remove(waiter)
                 raise self._refuse(
@@ -322,16 +398,17 @@ class Scheduler:
         if lease.released:
             return
         lease.released = True
-        m = self._models.get(lease.model)
-        if m is None or lease.generation != m.generation:
+        found = self._replica_of(lease)
+        if found is None:
             return  # the runner it was for has exited since (or the model is gone)
+        m, r = found
         if served:
-            m.crashes = 0
-        m.leases -= 1
-        m.last_used = self._clock.now()
-        self._emit(LeaseReleased(m.spec.name, m.last_used))
-        if m.idle:
-            self._start_keep_alive(m)
+            r.crashes = 0
+        r.leases -= 1
+        r.last_used = self._clock.now()
+        self._emit(LeaseReleased(m.spec.name, r.last_used, replica=m.label(r)))
+        if m.replica_idle(r):
+            self._start_keep_alive(m, r)
         self._pump()
 
     @contextlib.asynccontextmanager
@@ -361,32 +438,45 @@ class Scheduler:
         m.spec = replace(m.spec, pinned=pinned)
         if m.pending is not None:
             m.pending = replace(m.pending, pinned=pinned)
-        if pinned:
-            if m.expiry is not None:
-                m.expiry.cancel()
-                m.expiry = None
-            m.expires_at = None
-        elif m.idle and m.state is ModelState.READY:
-            self._start_keep_alive(m)
+        for r in m.replicas:
+            if pinned:
+                if r.expiry is not None:
+                    r.expiry.cancel()
+                    r.expiry = None
+                r.expires_at = None
+            elif m.replica_idle(r) and r.state is ModelState.READY:
+                self._start_keep_alive(m, r)
         self._pump()  # a model waiting for memory may now evict it
 
     async def unload(self, name: str) -> None:
         """Unloads ``name`` now if idle, else once its in-flight requests are done."""
         m = self._models[self._catalog.get(name).name]
-        if m.state is ModelState.FAILED:
-            self._set_state(m, ModelState.STOPPED, "unload requested")
-            return
-        if m.state is ModelState.READY and m.idle:
-            self._unload(m, "manual", "unload requested")
-        elif m.state in (ModelState.READY, ModelState.LOADING):
-            m.unload_when_idle = ("manual", "unload requested")
-        if m.task is not None:
-            await asyncio.shield(m.task)
+        for r in m.replicas:
+            if r.state is ModelState.FAILED:
+                self._set_state(m, r, ModelState.STOPPED, "unload requested")
+            elif r.state is ModelState.READY and m.replica_idle(r):
+                self._unload(m, r, "manual", "unload requested")
+            elif r.live:
+                r.unload_when_idle = ("manual", "unload requested")
+        tasks = [r.task for r in m.replicas if r.task is not None]
+        if tasks:
+            await asyncio.gather(*(asyncio.shield(task) for task in tasks))
 
     def running(self, name: str) -> RunningModel | None:
-        """The runner of the model called ``name`` (its canonical name), if it runs."""
+        """A runner of the model called ``name`` (its canonical name), if one runs: its
+        first ready one."""
+        return next(iter(self.runners(name).values()), None)
+
+    def runners(self, name: str) -> dict[int, RunningModel]:
+        """The ready runners of the model called ``name`` (its canonical name), by number."""
         m = self._models.get(name)
-        return m.running if m is not None else None
+        if m is None:
+            return {}
+        return {
+            r.index: r.running
+            for r in m.replicas
+            if r.running is not None and r.state is ModelState.READY
+        }
 
     def estimate(self, name: str) -> Footprint:
         """The memory loading ``name`` will take (``LoadFailedError`` if it cannot be read)."""
@@ -401,15 +491,17 @@ class Scheduler:
         to ``grace`` seconds: a killed runner's exit is seen late on a busy machine) for its
         process to exit and handles the exit at once, so that the request can wait for the
         restart; ``False`` if it is still running (then the request fails)."""
-        m = self._models.get(lease.model)
-        if m is None or lease.generation != m.generation or m.running is None:
+        found = self._replica_of(lease)
+        if found is None or found[1].running is None:
             return True  # already known to be gone
-        running = m.running
+        m, r = found
+        running = r.running
+        assert running is not None
         try:
             code = await asyncio.wait_for(asyncio.shield(running.wait()), grace)
         except TimeoutError:
             return False
-        self._exited(m, running, code)
+        self._exited(m, r, running, code)
         return True
 
     async def prepare(self, specs: Iterable[ModelSpec] | None = None) -> None:
@@ -426,18 +518,19 @@ class Scheduler:
     async def measure(self) -> None:
         """Measures every running model now (in a thread), then acts on what it found."""
         targets = [
-            (m, m.running)
+            (m, r, r.running)
             for m in self._models.values()
-            if m.state is ModelState.READY and m.running is not None
+            for r in m.replicas
+            if r.state is ModelState.READY and r.running is not None
         ]
 
         def sample() -> list[Footprint]:
-            return [running.footprint() for _, running in targets]
+            return [running.footprint() for _, _, running in targets]
 
         footprints = await asyncio.to_thread(sample)
-        for (m, running), footprint in zip(targets, footprints, strict=True):
-            if m.running is running and m.state is ModelState.READY:
-                self._record(m, footprint)
+        for (m, r, running), footprint in zip(targets, footprints, strict=True):
+            if r.running is running and r.state is ModelState.READY:
+                self._record(m, r, footprint)
         await asyncio.to_thread(self.ledger.flush)
         self._check_pressure()
 
@@ -453,13 +546,14 @@ class Scheduler:
                 continue
             if m.removed:
                 m.removed = False
-                m.unload_when_idle = None
+                for r in m.replicas:
+                    r.unload_when_idle = None
             if spec == (m.pending or m.spec):
                 continue
             changed.append(spec.name)
             if spec == m.spec:
                 m.pending = None  # changed back before it took effect
-            elif m.state in (ModelState.STOPPED, ModelState.FAILED) and m.task is None:
+            elif m.stopped:
                 self._respec(m, spec)
             else:
                 m.pending = spec
@@ -479,32 +573,54 @@ class Scheduler:
         offset = time.time() - self._clock.now()
         result = []
         for m in self._models.values():
+            ready = [r for r in m.replicas if r.state is ModelState.READY]
+            expiring = [r.expires_at for r in ready if r.expires_at is not None]
+            replicas = tuple(
+                ReplicaStatus(
+                    index=r.index,
+                    state=r.state,
+                    in_flight=r.leases,
+                    loaded_since=r.loaded_at + offset if r.state is ModelState.READY else None,
+                    expires_at=(
+                        r.expires_at + offset
+                        if r.expires_at is not None and r.state is ModelState.READY
+                        else None
+                    ),
+                    pid=getattr(r.running, "pid", None),
+                )
+                for r in m.replicas
+                if r.state is not ModelState.STOPPED
+            )
+            first = ready[0] if ready else m.replicas[0]
             result.append(
                 ModelStatus(
                     name=m.spec.name,
                     spec=m.pending or m.spec,
                     removed=m.removed,
                     state=m.state,
-                    estimate=self.ledger.estimate_or_empty(m.run_spec),
-                    measured=self.ledger.measured(m.run_spec),
+                    estimate=self.ledger.estimate_or_empty(m.run_spec(first)),
+                    measured=self.ledger.measured(m.run_spec(first)),
                     queued=len(m.waiters),
                     in_flight=m.leases,
                     parallel=m.spec.parallel,
-                    loaded_since=m.loaded_at + offset if m.state is ModelState.READY else None,
+                    loaded_since=min(r.loaded_at for r in ready) + offset if ready else None,
                     expires_at=(
-                        m.expires_at + offset
-                        if m.expires_at is not None and m.state is ModelState.READY and m.idle
+                        max(expiring) + offset
+                        if ready and m.idle and len(expiring) == len(ready)
                         else None
                     ),
                     pinned=m.spec.pinned,
                     last_error=m.last_error,
+                    replicas=replicas if m.spec.max_replicas > 1 else (),
                 )
             )
         return result
 
     def reserved(self) -> dict[str, int]:
         """Memory held by resident models, per device."""
-        return self.ledger.total(m.run_spec for m in self._models.values() if m.state in RESIDENT)
+        return self.ledger.total(
+            m.run_spec(r) for m in self._models.values() for r in m.replicas if r.state in RESIDENT
+        )
 
     async def close(self, grace: float | None = None) -> None:
         """Stops every runner (each gets ``grace`` seconds, by default ``stop_grace``, before
@@ -516,22 +632,24 @@ class Scheduler:
                 timer.cancel()
         if self._measuring is not None:
             self._measuring.cancel()
+        replicas = [r for m in self._models.values() for r in m.replicas]
         for m in self._models.values():
             for waiter in list(m.waiters):
                 self._fail(m, waiter, LoadFailedError("the server is shutting down"))
-            if m.expiry is not None:
-                m.expiry.cancel()
-        tasks = [m.task for m in self._models.values() if m.task is not None]
+        for r in replicas:
+            if r.expiry is not None:
+                r.expiry.cancel()
+        tasks = [r.task for r in replicas if r.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         stops = []
-        for m in self._models.values():
-            if m.watcher is not None:
-                m.watcher.cancel()
-            if m.running is not None:
-                stops.append(m.running.stop(grace))
-                m.running = None
+        for r in replicas:
+            if r.watcher is not None:
+                r.watcher.cancel()
+            if r.running is not None:
+                stops.append(r.running.stop(grace))
+                r.running = None
         await asyncio.gather(*stops, return_exceptions=True)
         self.ledger.flush()
 
@@ -540,68 +658,127 @@ class Scheduler:
     def _pump(self) -> None:
         """Makes every decision that can be made now, in this order:
 
-        1. Grant waiters of ready models, oldest first, up to each model's ``parallel``.
-        2. Consider cold models with waiters in order of their oldest waiter (memory is
-           handed out first come, first served): fail fast while a model backs off after
-           failed loads; skip it (its waiters wait) until a crashed runner's restart
-           delay is over; load it if it fits in free memory; if it will fit once models
-           already unloading are gone, wait; else evict idle models chosen by the policy
-           and wait for them; if the policy finds none, wait. The first model that has to
-           wait stops the pass, so a later request cannot take the memory it waits for.
+        1. Grant waiters of ready models, oldest first, each to the model's ready runner with
+           the fewest requests in flight, up to ``parallel`` on each.
+        2. Consider models with waiters in order of their oldest waiter (memory is handed out
+           first come, first served), starting runners:
+           - a model with no runner (cold): fail fast while it backs off after failed loads;
+             skip it (its waiters wait) until a crashed runner's restart delay is over;
+             load it if it fits in free memory; if it will fit once models already unloading
+             are gone, wait; else evict idle models chosen by the policy and wait for them;
+             if the policy finds none, wait. The first cold model that has to wait stops the
+             pass, so a later request cannot take the memory it waits for.
+           - a model with fewer runners than ``replicas``: start one more the same way,
+             without stopping the pass;
+           - a model below ``max_replicas`` whose oldest request has waited ``scale_up_wait``:
+             start one more if it fits in free memory as it is (evicting nothing).
         """
         if self._closed:
             return
         now = self._clock.now()
         for m in self._models.values():
-            if m.state is ModelState.READY:
-                while m.waiters and m.leases < m.spec.parallel:
-                    waiter = m.waiters.popleft()
-                    # Cancelled, and its task has not yet run to forget it: skip it.
-                    if not waiter.future.done():
-                        self._grant(m, waiter, now)
+            while m.waiters:
+                r = self._least_busy(m)
+                if r is None:
+                    break
+                waiter = m.waiters.popleft()
+                # Cancelled, and its task has not yet run to forget it: skip it.
+                if not waiter.future.done():
+                    self._grant(m, r, waiter, now)
 
-        cold = [
-            m
-            for m in self._models.values()
-            if m.waiters and m.state in (ModelState.STOPPED, ModelState.FAILED)
-        ]
-        cold.sort(key=lambda m: m.waiters.oldest().seq)
-        for m in cold:
+        wanting = [m for m in self._models.values() if m.waiters]
+        wanting.sort(key=lambda m: m.waiters.oldest().seq)
+        for m in wanting:
+            live = sum(r.live for r in m.replicas)
+            cold = live == 0 and m.state is not ModelState.UNLOADING
             if m.retry_at > now:
-                error = LoadFailedError(
-                    f"Model {m.spec.name!r} failed to load and is backing off for "
-                    f"{m.retry_at - now:.0f}s more. Last error: {m.last_error}",
-                    retry_after=max(1, math.ceil(m.retry_at - now)),
-                )
-                self._refuse(m, "backing_off", error)
-                for waiter in list(m.waiters):
-                    self._fail(m, waiter, error)
+                if cold:
+                    self._back_off(m, now)
                 continue
-            if m.restart_at > now:
-                self._pump_at(m.restart_at)
+            scale_up = live >= m.spec.replicas
+            if scale_up and (live >= m.spec.max_replicas or not self._scale_up_due(m, now)):
                 continue
-            if not self._place(m, now):
+            stopped = [r for r in m.replicas if r.state in (ModelState.STOPPED, ModelState.FAILED)]
+            due = [r for r in stopped if r.task is None and r.restart_at <= now]
+            if not due:
+                if stopped:
+                    self._pump_at(min(r.restart_at for r in stopped))
+                continue
+            if scale_up:
+                if self._fits_now(m):
+                    self._place(m, due[0], now)
+                continue
+            placed = 0
+            for r in due[: m.spec.replicas - live]:
+                if not self._place(m, r, now):
+                    break
+                placed += 1
+            if cold and not placed:
                 break
 
-    def _place(self, m: _Model, now: float) -> bool:
-        """Loads ``m`` or makes room for it; ``False`` when it has to wait.
+    def _least_busy(self, m: _Model) -> _Replica | None:
+        """The ready runner of ``m`` with a free slot and the fewest requests in flight; of
+        those, one of the ``replicas`` before one added under load (so that the added ones
+        idle and stop when the load is gone), and the one unused longest (so that the
+        ``replicas`` all stay warm)."""
+        free = [r for r in m.replicas if r.state is ModelState.READY and r.leases < m.spec.parallel]
+        if not free:
+            return None
+        return min(free, key=lambda r: (r.leases, r.index >= m.spec.replicas, r.last_used))
+
+    def _scale_up_due(self, m: _Model, now: float) -> bool:
+        """``m``'s oldest request has waited ``scale_up_wait`` with no runner starting (else
+        ``_pump`` runs again when it will have)."""
+        if any(r.state is ModelState.LOADING for r in m.replicas):
+            return False
+        due = m.waiters.oldest().enqueued_at + m.spec.scale_up_wait
+        if due > now:
+            self._pump_at(due)
+            return False
+        return True
+
+    def _fits_now(self, m: _Model) -> bool:
+        """One more runner of ``m`` fits in the memory free now."""
+        spec = m.spec
+        if spec.gpu_layers == "auto":
+            spec = self._fit_layers(spec, self.ledger.free(self.reserved()))
+        return fits(self.ledger.estimate(spec), self.ledger.free(self.reserved()))
+
+    def _back_off(self, m: _Model, now: float) -> None:
+        error = LoadFailedError(
+            f"Model {m.spec.name!r} failed to load and is backing off for "
+            f"{m.retry_at - now:.0f}s more. Last error: {m.last_error}",
+            retry_after=max(1, math.ceil(m.retry_at - now)),
+        )
+        self._refuse(m, "backing_off", error)
+        for waiter in list(m.waiters):
+            self._fail(m, waiter, error)
+
+    def _place(self, m: _Model, r: _Replica, now: float) -> bool:
+        """Loads ``r`` or makes room for it; ``False`` when it has to wait.
 
         The caps on loaded models (``max_loaded``) are devices too, of one unit per model,
-        so that the same policy chooses whom to evict for a count as for memory."""
-        unloading = [x.run_spec for x in self._models.values() if x.state is ModelState.UNLOADING]
-        resident = [x.run_spec for x in self._models.values() if x.state in RESIDENT]
+        so that the same policy chooses whom to evict for a count as for memory. A model's
+        runners after its first take no unit."""
+        residents = [
+            (x, y) for x in self._models.values() for y in x.replicas if y.state in RESIDENT
+        ]
+        unloading = [x.run_spec(y) for x, y in residents if y.state is ModelState.UNLOADING]
         free_now = self.ledger.free(self.reserved())
         free_soon = {d: n + self.ledger.total(unloading).get(d, 0) for d, n in free_now.items()}
         spec = self._fit_layers(m.spec, free_soon) if m.spec.gpu_layers == "auto" else m.spec
-        need = {**self.ledger.estimate(spec), **self._slots(spec)}
+        first = not any(y.state in RESIDENT for y in m.replicas)
+        need = {**self.ledger.estimate(spec), **(self._slots(spec) if first else {})}
+        held_by = {x.spec.name: x for x, _ in residents}
         for cap, limit in self._max_loaded.items():
-            held = sum(self._slots(spec).get(cap, 0) for spec in resident)
-            going = sum(self._slots(spec).get(cap, 0) for spec in unloading)
+            held = sum(self._slots(x.spec).get(cap, 0) for x in held_by.values())
+            going = sum(
+                self._slots(x.spec).get(cap, 0)
+                for x in held_by.values()
+                if all(y.state is ModelState.UNLOADING for y in x.replicas if y.state in RESIDENT)
+            )
             free_now[cap], free_soon[cap] = limit - held, limit - held + going
-        loaded = [
-            replace(x, footprint={**x.footprint, **self._slots(self._models[x.name].spec)})
-            for x in self._loaded()
-        ]
+        loaded = self._loaded(caps=True)
         victims = choose_victims(need, free_soon, loaded, now, self._min_residency)
         if victims is None:
             self._repump_after_residency(loaded, now)
@@ -609,13 +786,15 @@ class Scheduler:
         if victims:
             short = {d for d, n in need.items() if n > free_soon.get(d, 0)}
             reason: EvictionReason = "max_loaded" if short <= self._max_loaded.keys() else "memory"
-            for name in victims:
-                self._unload(self._models[name], reason, for_model=m.spec.name)
+            for key in victims:
+                self._unload(*self._by_key(key), reason, for_model=m.spec.name)
             return False
         if not fits(need, free_now):
             return False  # the memory is being freed by unloads in progress
-        m.placed = spec if spec is not m.spec else None
-        self._load(m)
+        if r.index:
+            spec = replace(spec, replica=r.index)
+        r.placed = spec
+        self._load(m, r)
         return True
 
     def _fit_layers(self, spec: ModelSpec, free: Footprint) -> ModelSpec:
@@ -667,27 +846,35 @@ class Scheduler:
 
     # ---- effects -------------------------------------------------------------------------------
 
-    def _grant(self, m: _Model, waiter: _Waiter, now: float) -> None:
+    def _grant(self, m: _Model, r: _Replica, waiter: _Waiter, now: float) -> None:
         if waiter.timer is not None:
             waiter.timer.cancel()
-        if m.expiry is not None:
-            m.expiry.cancel()
-            m.expiry = None
-        m.expires_at = None
-        m.keep_alive = (
+        if r.expiry is not None:
+            r.expiry.cancel()
+            r.expiry = None
+        r.expires_at = None
+        r.keep_alive = (
             m.spec.keep_alive if isinstance(waiter.keep_alive, Unset) else waiter.keep_alive
         )
-        m.leases += 1
-        m.last_used = now
-        assert m.running is not None
+        r.leases += 1
+        r.last_used = now
+        assert r.running is not None
         queued = now - waiter.enqueued_at
         # Time it waited while the model was not ready (for it, or for a load before it).
-        load_wait = max(0.0, min(queued, m.loaded_at - waiter.enqueued_at))
+        load_wait = max(0.0, min(queued, r.loaded_at - waiter.enqueued_at))
         lease = Lease(
-            m.spec.name, m.running.base_url, m.running.headers, queued, m.generation, load_wait
+            m.spec.name,
+            r.running.base_url,
+            r.running.headers,
+            queued,
+            r.generation,
+            load_wait,
+            r.index,
         )
         waiter.future.set_result(lease)
-        self._emit(LeaseAcquired(m.spec.name, now, queued=queued, load_wait=load_wait))
+        self._emit(
+            LeaseAcquired(m.spec.name, now, queued=queued, load_wait=load_wait, replica=m.label(r))
+        )
 
     def _fail(self, m: _Model, waiter: _Waiter, error: ModelyardError) -> None:
         if waiter.timer is not None:
@@ -707,8 +894,9 @@ class Scheduler:
             return
         with contextlib.suppress(ValueError):
             m.waiters.remove(waiter)
-        if m.idle and m.state is ModelState.READY and m.expires_at is None:
-            self._start_keep_alive(m)
+        for r in m.replicas:
+            if m.replica_idle(r) and r.state is ModelState.READY and r.expires_at is None:
+                self._start_keep_alive(m, r)
         self._pump()
 
     def _queue_timeout(self, m: _Model, waiter: _Waiter) -> None:
@@ -723,36 +911,38 @@ class Scheduler:
         self._fail(m, waiter, self._refuse(m, "queue_timeout", error))
         self._pump()
 
-    def _start_keep_alive(self, m: _Model) -> None:
-        if m.state is ModelState.READY and m.unload_when_idle is not None:
-            self._unload(m, *m.unload_when_idle)
+    def _start_keep_alive(self, m: _Model, r: _Replica) -> None:
+        if r.state is ModelState.READY and r.unload_when_idle is not None:
+            self._unload(m, r, *r.unload_when_idle)
             return
-        if m.state is ModelState.READY and m.keep_alive == 0:
-            self._unload(m, "idle", "keep_alive 0")
+        if r.state is ModelState.READY and r.keep_alive == 0:
+            self._unload(m, r, "idle", "keep_alive 0")
             return
-        if m.spec.pinned or m.keep_alive is None or m.state is not ModelState.READY:
-            m.expires_at = None
+        if m.spec.pinned or r.keep_alive is None or r.state is not ModelState.READY:
+            r.expires_at = None
             return
-        m.expires_at = self._clock.now() + m.keep_alive
-        if m.expiry is not None:
-            m.expiry.cancel()
-        m.expiry = self._clock.call_at(m.expires_at, lambda: self._expire(m))
+        r.expires_at = self._clock.now() + r.keep_alive
+        if r.expiry is not None:
+            r.expiry.cancel()
+        r.expiry = self._clock.call_at(r.expires_at, lambda: self._expire(m, r))
 
-    def _expire(self, m: _Model) -> None:
-        m.expiry = None
-        if m.state is ModelState.READY and m.idle and m.expires_at is not None:
-            self._emit(KeepAliveExpired(m.spec.name, self._clock.now()))
-            self._unload(m, "idle", "keep-alive expired")
+    def _expire(self, m: _Model, r: _Replica) -> None:
+        r.expiry = None
+        if r.state is ModelState.READY and m.replica_idle(r) and r.expires_at is not None:
+            self._emit(KeepAliveExpired(m.spec.name, self._clock.now(), replica=m.label(r)))
+            self._unload(m, r, "idle", "keep-alive expired")
 
-    def _load(self, m: _Model) -> None:
-        m.load_started = self._clock.now()
-        self._set_state(m, ModelState.LOADING)
-        m.task = asyncio.create_task(self._run_load(m), name=f"load {m.spec.name}")
+    def _load(self, m: _Model, r: _Replica) -> None:
+        r.load_started = self._clock.now()
+        self._set_state(m, r, ModelState.LOADING)
+        name = m.run_spec(r).runner_name
+        r.task = asyncio.create_task(self._run_load(m, r), name=f"load {name}")
 
-    async def _run_load(self, m: _Model) -> None:
-        runner = self._runners[m.spec.engine]
+    async def _run_load(self, m: _Model, r: _Replica) -> None:
+        spec = m.run_spec(r)
+        runner = self._runners[spec.engine]
         try:
-            running = await runner.start(m.run_spec)
+            running = await runner.start(spec)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -760,121 +950,164 @@ class Scheduler:
             m.retry_at = self._clock.now() + backoff(m.failures)
             m.last_error = exc.message if isinstance(exc, ModelyardError) else repr(exc)
             if not isinstance(exc, ModelyardError):
-                log.exception("loading %s failed", m.spec.name)
+                log.exception("loading %s failed", spec.runner_name)
             now = self._clock.now()
             event = LoadFailed(
-                m.spec.name, now, now - m.load_started, m.last_error, m.retry_at - now
+                m.spec.name,
+                now,
+                now - r.load_started,
+                m.last_error,
+                m.retry_at - now,
+                replica=m.label(r),
             )
             failed = self._emit(event)
-            self._set_state(m, ModelState.FAILED, m.last_error)
-            error = LoadFailedError(f"Model {m.spec.name!r} failed to load: {m.last_error}")
-            error.add_event(failed)
-            for waiter in list(m.waiters):
-                self._fail(m, waiter, error)
-            m.task = None
+            r.task = None
+            self._set_state(m, r, ModelState.FAILED, m.last_error)
+            if not any(y.live for y in m.replicas):
+                error = LoadFailedError(f"Model {m.spec.name!r} failed to load: {m.last_error}")
+                error.add_event(failed)
+                for waiter in list(m.waiters):
+                    self._fail(m, waiter, error)
             self._pump()
             return
-        m.task = None
-        m.running = running
+        r.task = None
+        r.running = running
+        r.generation = next(self._generations)
         m.failures = 0
         m.last_error = None
-        m.loaded_at = m.last_used = self._clock.now()
+        r.loaded_at = r.last_used = self._clock.now()
         # One process or two just started: measuring them takes well under a millisecond.
         measured = running.footprint()
-        self._record(m, measured)
+        self._record(m, r, measured)
         self._emit(
-            LoadFinished(m.spec.name, m.loaded_at, m.loaded_at - m.load_started, dict(measured))
+            LoadFinished(
+                m.spec.name,
+                r.loaded_at,
+                r.loaded_at - r.load_started,
+                dict(measured),
+                replica=m.label(r),
+            )
         )
-        self._set_state(m, ModelState.READY)
-        m.watcher = asyncio.create_task(self._watch(m, running), name=f"watch {m.spec.name}")
-        if m.idle:
-            m.keep_alive = m.spec.keep_alive
-            self._start_keep_alive(m)
+        self._set_state(m, r, ModelState.READY)
+        r.watcher = asyncio.create_task(
+            self._watch(m, r, running), name=f"watch {spec.runner_name}"
+        )
+        if m.replica_idle(r):
+            r.keep_alive = m.spec.keep_alive
+            self._start_keep_alive(m, r)
         self._pump()
 
-    async def _watch(self, m: _Model, running: RunningModel) -> None:
-        self._exited(m, running, await running.wait())
+    async def _watch(self, m: _Model, r: _Replica, running: RunningModel) -> None:
+        self._exited(m, r, running, await running.wait())
 
-    def _exited(self, m: _Model, running: RunningModel, code: int) -> None:
-        """``running`` exited with ``code``; a no-op unless it was ``m``'s ready runner."""
-        if m.running is not running or m.state is not ModelState.READY:
+    def _exited(self, m: _Model, r: _Replica, running: RunningModel, code: int) -> None:
+        """``running`` exited with ``code``; a no-op unless it was ``r``'s ready runner."""
+        if r.running is not running or r.state is not ModelState.READY:
             return  # stopped by us, or handled already
-        if m.watcher is not None and m.watcher is not asyncio.current_task():
-            m.watcher.cancel()
-        m.watcher = None
+        if r.watcher is not None and r.watcher is not asyncio.current_task():
+            r.watcher.cancel()
+        r.watcher = None
         tail = running.log_tail()
         now = self._clock.now()
-        m.running = None
-        m.generation += 1
-        m.leases = 0
-        m.crashes += 1
-        m.restart_at = now + backoff(m.crashes)
+        name = m.run_spec(r).runner_name
+        freed = dict(self.ledger.footprint(m.run_spec(r)))
+        r.running = None
+        r.generation = 0
+        r.leases = 0
+        r.crashes += 1
+        r.restart_at = now + backoff(r.crashes)
         m.last_error = f"runner exited unexpectedly with code {code}: {tail[-500:]}"
-        if m.crashes <= 2:
-            log.error("runner for %s exited with code %s:\n%s", m.spec.name, code, tail)
+        if r.crashes <= 2:
+            log.error("runner for %s exited with code %s:\n%s", name, code, tail)
         else:
             log.error(
                 "runner for %s exited with code %s again (%d times without serving a request); "
                 "restarting in %.0fs",
-                m.spec.name,
+                name,
                 code,
-                m.crashes,
-                m.restart_at - now,
+                r.crashes,
+                r.restart_at - now,
             )
-        if m.expiry is not None:
-            m.expiry.cancel()
-        m.expires_at = None
-        self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail))
-        freed = dict(self.ledger.footprint(m.run_spec))
+        if r.expiry is not None:
+            r.expiry.cancel()
+        r.expires_at = None
+        label = m.label(r)
+        self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label))
         self._emit(
-            Evicted(m.spec.name, now, "crash", f"runner exited with {exit_name(code)}", freed=freed)
+            Evicted(
+                m.spec.name,
+                now,
+                "crash",
+                f"runner exited with {exit_name(code)}",
+                freed=freed,
+                replica=label,
+            )
         )
-        self._emit(Restarting(m.spec.name, now, m.restart_at - now, m.crashes))
-        self._set_state(m, ModelState.STOPPED, f"runner exited with {exit_name(code)}")
+        self._emit(Restarting(m.spec.name, now, r.restart_at - now, r.crashes, replica=label))
+        self._set_state(m, r, ModelState.STOPPED, f"runner exited with {exit_name(code)}")
         self._pump()
 
     def _unload(
-        self, m: _Model, reason: EvictionReason, detail: str = "", *, for_model: str = ""
+        self,
+        m: _Model,
+        r: _Replica,
+        reason: EvictionReason,
+        detail: str = "",
+        *,
+        for_model: str = "",
     ) -> None:
-        if m.expiry is not None:
-            m.expiry.cancel()
-            m.expiry = None
-        m.expires_at = None
-        m.unload_when_idle = None
-        freed = self.ledger.footprint(m.run_spec)
+        if r.expiry is not None:
+            r.expiry.cancel()
+            r.expiry = None
+        r.expires_at = None
+        r.unload_when_idle = None
+        freed = self.ledger.footprint(m.run_spec(r))
         now = self._clock.now()
-        self._emit(Evicted(m.spec.name, now, reason, detail, for_model, dict(freed)))
+        self._emit(
+            Evicted(m.spec.name, now, reason, detail, for_model, dict(freed), replica=m.label(r))
+        )
         text = detail or (f"evicted to make room for {for_model}" if for_model else reason)
-        self._set_state(m, ModelState.UNLOADING, text)
-        m.task = asyncio.create_task(self._run_unload(m), name=f"unload {m.spec.name}")
+        self._set_state(m, r, ModelState.UNLOADING, text)
+        name = m.run_spec(r).runner_name
+        r.task = asyncio.create_task(self._run_unload(m, r), name=f"unload {name}")
 
-    async def _run_unload(self, m: _Model) -> None:
-        running, m.running = m.running, None
-        if m.watcher is not None:
-            m.watcher.cancel()
-            m.watcher = None
+    async def _run_unload(self, m: _Model, r: _Replica) -> None:
+        running, r.running = r.running, None
+        if r.watcher is not None:
+            r.watcher.cancel()
+            r.watcher = None
         if running is not None:
             try:
                 await running.stop(self._stop_grace)
                 code = await asyncio.wait_for(running.wait(), 1.0)
-                self._emit(RunnerExited(m.spec.name, self._clock.now(), code, "", expected=True))
+                self._emit(
+                    RunnerExited(
+                        m.spec.name,
+                        self._clock.now(),
+                        code,
+                        "",
+                        expected=True,
+                        replica=m.label(r),
+                    )
+                )
             except Exception:
-                log.exception("stopping %s failed", m.spec.name)
-        m.task = None
-        m.generation += 1
-        m.leases = 0
-        self._set_state(m, ModelState.STOPPED)
+                log.exception("stopping %s failed", m.run_spec(r).runner_name)
+        r.task = None
+        r.generation = 0
+        r.leases = 0
+        self._set_state(m, r, ModelState.STOPPED)
         self._pump()
 
     def _retire(self, m: _Model) -> None:
         """``m`` left the catalog: unload it once its requests are done, then forget it."""
         m.removed = True
         m.pending = None
-        if m.state is ModelState.READY and m.idle:
-            self._unload(m, "reload", "removed from the catalog")
-        elif m.state in (ModelState.READY, ModelState.LOADING):
-            m.unload_when_idle = ("reload", "removed from the catalog")
-        elif m.state in (ModelState.STOPPED, ModelState.FAILED):
+        for r in m.replicas:
+            if r.state is ModelState.READY and m.replica_idle(r):
+                self._unload(m, r, "reload", "removed from the catalog")
+            elif r.live:
+                r.unload_when_idle = ("reload", "removed from the catalog")
+        if m.stopped:
             self._forget(m)
 
     def _forget(self, m: _Model) -> None:
@@ -883,8 +1116,9 @@ class Scheduler:
         )
         for waiter in list(m.waiters):
             self._fail(m, waiter, error)
-        if m.expiry is not None:
-            m.expiry.cancel()
+        for r in m.replicas:
+            if r.expiry is not None:
+                r.expiry.cancel()
         if self._models.get(m.spec.name) is m:
             del self._models[m.spec.name]
 
@@ -893,22 +1127,51 @@ class Scheduler:
         m.pending = None
         m.failures = 0
         m.retry_at = 0.0
+        m.size_replicas()
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 
-    def _set_state(self, m: _Model, new: ModelState, reason: str = "") -> None:
-        """The one place a model's state changes."""
-        old = m.state
+    def _replica_of(self, lease: Lease) -> tuple[_Model, _Replica] | None:
+        """The model and runner ``lease`` counts on; ``None`` once that runner has exited."""
+        m = self._models.get(lease.model)
+        if m is None or lease.replica >= len(m.replicas):
+            return None
+        r = m.replicas[lease.replica]
+        return (m, r) if r.generation == lease.generation else None
+
+    def _key(self, m: _Model, r: _Replica) -> str:
+        """How the eviction policy names a runner: the model's name, ``@N`` after the first."""
+        return f"{m.spec.name}@{r.index}" if r.index else m.spec.name
+
+    def _by_key(self, key: str) -> tuple[_Model, _Replica]:
+        name, _, index = key.rpartition("@") if key not in self._models else (key, "", "0")
+        m = self._models[name]
+        return m, m.replicas[int(index)]
+
+    def _set_state(self, m: _Model, r: _Replica, new: ModelState, reason: str = "") -> None:
+        """The one place a runner's state changes."""
+        old = r.state
         check_transition(old, new)
-        m.state = new
-        log.info("model %s: %s -> %s%s", m.spec.name, old, new, f" ({reason})" if reason else "")
-        self._emit(StateChanged(m.spec.name, self._clock.now(), old=old, new=new, reason=reason))
+        r.state = new
+        name = m.run_spec(r).runner_name
+        log.info("model %s: %s -> %s%s", name, old, new, f" ({reason})" if reason else "")
+        self._emit(
+            StateChanged(
+                m.spec.name,
+                self._clock.now(),
+                old=old,
+                new=new,
+                reason=reason,
+                replica=m.label(r),
+            )
+        )
         if new in (ModelState.STOPPED, ModelState.FAILED):
-            m.placed = None  # the next start chooses again
-            if m.removed:
-                self._forget(m)
-            elif m.pending is not None:
-                self._respec(m, m.pending)
+            r.placed = None  # the next start chooses again
+            if m.stopped:
+                if m.removed:
+                    self._forget(m)
+                elif m.pending is not None:
+                    self._respec(m, m.pending)
 
     def _emit(self, event: Event) -> int:
         """Tells the listeners; a decision also goes into the journal (its id is returned,
@@ -944,12 +1207,13 @@ class Scheduler:
         error.add_event(self._emit(event))
         return error
 
-    def _record(self, m: _Model, footprint: Footprint) -> None:
-        """Counts a measurement of ``m``; growth past its estimate is reported once."""
-        peak = self.ledger.record(m.run_spec, footprint)
+    def _record(self, m: _Model, r: _Replica, footprint: Footprint) -> None:
+        """Counts a measurement of ``r``; growth past its estimate is reported once."""
+        spec = m.run_spec(r)
+        peak = self.ledger.record(spec, footprint)
         if peak is None or m.spec.memory is not None or m.over_estimate:
             return
-        share = self.ledger.estimate_or_empty(m.run_spec)
+        share = self.ledger.estimate_or_empty(spec)
         over = {d: n for d, n in peak.items() if share.get(d) and n > share[d] * 1.1}
         if over:
             m.over_estimate = True
@@ -1005,23 +1269,32 @@ class Scheduler:
                 "", now, used=dict(reserved), evicting=tuple(victims), budget=self.ledger.budget
             )
         )
-        for name in victims:
+        for key in victims:
             self._unload(
-                self._models[name], "memory", f"memory pressure: {used} in use, budget {budget}"
+                *self._by_key(key), "memory", f"memory pressure: {used} in use, budget {budget}"
             )
 
-    def _loaded(self) -> list[Loaded]:
-        """The ready models, as the eviction policy sees them."""
-        return [
-            Loaded(
-                name=x.spec.name,
-                footprint=self.ledger.footprint(x.run_spec),
-                busy=not x.idle,
-                pinned=x.spec.pinned,
-                expires_at=x.expires_at,
-                last_used=x.last_used,
-                loaded_at=x.loaded_at,
-            )
-            for x in self._models.values()
-            if x.state is ModelState.READY
-        ]
+    def _loaded(self, *, caps: bool = False) -> list[Loaded]:
+        """The ready runners, as the eviction policy sees them (``caps``: with the units of
+        the ``max_loaded`` caps that a model's last resident runner frees)."""
+        loaded = []
+        for m in self._models.values():
+            resident = sum(r.state in RESIDENT for r in m.replicas)
+            for r in m.replicas:
+                if r.state is not ModelState.READY:
+                    continue
+                footprint = dict(self.ledger.footprint(m.run_spec(r)))
+                if caps and resident == 1:
+                    footprint.update(self._slots(m.spec))
+                loaded.append(
+                    Loaded(
+                        name=self._key(m, r),
+                        footprint=footprint,
+                        busy=r.leases > 0 or bool(m.waiters),
+                        pinned=m.spec.pinned,
+                        expires_at=r.expires_at,
+                        last_used=r.last_used,
+                        loaded_at=r.loaded_at,
+                    )
+                )
+        return loaded

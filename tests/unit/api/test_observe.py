@@ -278,8 +278,12 @@ def test_engine_families_that_would_break_the_exposition_are_left_out() -> None:
         metric.add_sample(name + ("_total" if kind == "counter" else ""), {}, value)
         return metric
 
-    vllm = _labelled([family("vllm:running", "gauge", 2), family("modelyard_x", "gauge", 1)], "a")
-    other = _labelled([family("vllm:running", "counter", 5)], "b")  # same name, other type
+    vllm = _labelled(
+        [family("vllm:running", "gauge", 2), family("modelyard_x", "gauge", 1)], {"model": "a"}
+    )
+    other = _labelled(
+        [family("vllm:running", "counter", 5)], {"model": "b"}
+    )  # same name, other type
     text = _exposition(_merge([vllm, other])).decode()
     parsed = {f.name: f for f in text_string_to_metric_families(text)}
     assert list(parsed) == ["vllm_running"]

@@ -3,6 +3,7 @@ alternatives (BENCH.md). Every side gets the same threads (``THREADS``)."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -299,12 +300,55 @@ async def b10(rounds: int, requests: int, clients: int = 16) -> dict[str, Any]:
     if peer is None:
         row = peers.not_judged(label, alone, "infinity")
         return {"scenario": "B10", "peer": peers.status("infinity"), "rows": [row]}
+    pinned_relay = await relay_pinned(model, texts, rounds, clients)
     version = peers.version("infinity")
     through = f"B10 emb/s Infinity through modelyard / direct c={clients}"
+    rows = [ratio_row(label, result, 1.0), ratio_row(through, relayed, 0.97)]
+    if pinned_relay is not None:
+        rows.append(ratio_row(f"{through}, pinned", pinned_relay, 0.97))
     return {
         "scenario": "B10",
         "peer": f"infinity-emb {version}",
         "result": result,
         "relayed": relayed,
-        "rows": [ratio_row(label, result, 1.0), ratio_row(through, relayed, 0.97)],
+        "relayed_pinned": pinned_relay,
+        "rows": rows,
     }
+
+
+async def relay_pinned(
+    model: Path, texts: list[str], rounds: int, clients: int
+) -> dict[str, float] | None:
+    """Infinity through modelyard / direct, pinned as BENCH.md's protocol has it: Infinity
+    (one thread) on core 1 on both sides, the gateway and this load generator on core 0; so
+    the figure is the relay's cost to Infinity, not the two sharing Infinity's cores."""
+    import peers
+
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        return None
+    argv = ["taskset", "-c", "1", *peers.infinity_argv("{path}", "{name}", "{port}")]
+    argv += ["--url-prefix", "/v1"]
+    env = ", ".join(f'{k} = "{v}"' for k, v in peers.infinity_env(1).items())
+    config = (
+        "[models.inf]\ncommand = [" + ", ".join(f'"{a}"' for a in argv) + "]\n"
+        f'path = "{model}"\ncapabilities = ["embedding"]\npinned = true\n'
+        f'parallel = 64\nready_timeout = "3m"\nenv = {{ {env} }}\n'
+    )
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    peer = peers.infinity(model, 1, core=1)
+    gateway = Gateway(config, core=0)
+    ours, theirs = f"{gateway.url}/v1/embeddings", f"{peer.url}/embeddings"
+    try:
+        async with pooled_session() as session:
+            await crowd(session, theirs, bodies(texts, "peer")[:64], 8)
+            await crowd(session, ours, bodies(texts, "inf")[:64], 8)
+            return await compare(
+                rounds,
+                lambda: crowd(session, theirs, bodies(texts, "peer"), clients),
+                lambda: crowd(session, ours, bodies(texts, "inf"), clients),
+            )
+    finally:
+        gateway.close()
+        peer.close()
+        os.sched_setaffinity(0, before)

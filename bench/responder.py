@@ -17,6 +17,11 @@ requests in llama.cpp's format; ``--metrics-delay-ms`` makes it slow.
 As any program run by the command engine, it also takes ``--api-key`` (like vLLM's),
 ``--ignore-sigterm``, ``--noise-mb N`` (prints N MiB before serving), and answers
 ``x_echo`` with the body and whether a key came.
+
+Like vLLM, with ``--enable-sleep-mode`` and ``VLLM_SERVER_DEV_MODE=1`` it serves ``POST
+/sleep?level=N``, ``POST /wake_up`` and ``GET /is_sleeping``; asleep it refuses
+completions (503). ``--ballast-mb N`` holds N MiB of memory while awake, kept asleep at
+level 1 (vLLM moves the weights to RAM) and given back at level 2.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ def main() -> None:
     parser.add_argument("--api-key")
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--noise-mb", type=int, default=0)
+    parser.add_argument("--enable-sleep-mode", action="store_true")
+    parser.add_argument("--ballast-mb", type=int, default=0)
     args, _ = parser.parse_known_args()
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -65,6 +72,8 @@ def main() -> None:
         sys.stdout.write("noise " * 170 + "\n")  # 1 KiB a line
     sys.stdout.flush()
     served = [0]
+    ballast = [bytearray(os.urandom(1024)) * (args.ballast_mb * 1024)]
+    sleeping = [0]
     key = args.api_key or os.environ.get("LLAMA_API_KEY")
     expected = f"Bearer {key}".encode() if key else None
 
@@ -85,6 +94,9 @@ def main() -> None:
                 },
                 status=401,
             )
+        if sleeping[0]:
+            error = {"code": 503, "message": "the engine is sleeping", "type": "x"}
+            return web.json_response({"error": error}, status=503)
         body = await request.json()
         served[0] += 1
         if body.get("x_echo"):
@@ -132,7 +144,26 @@ def main() -> None:
         )
         return web.Response(text=text, content_type="text/plain")
 
+    async def sleep(request: web.Request) -> web.Response:
+        sleeping[0] = int(request.query.get("level", "1"))
+        if sleeping[0] == 2:
+            ballast.clear()
+        return web.Response()
+
+    async def wake_up(_: web.Request) -> web.Response:
+        if not ballast:
+            ballast.append(bytearray(os.urandom(1024)) * (args.ballast_mb * 1024))
+        sleeping[0] = 0
+        return web.Response()
+
+    async def is_sleeping(_: web.Request) -> web.Response:
+        return web.json_response({"is_sleeping": bool(sleeping[0])})
+
     app = web.Application()
+    if args.enable_sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
+        app.router.add_post("/sleep", sleep)
+        app.router.add_post("/wake_up", wake_up)
+        app.router.add_get("/is_sleeping", is_sleeping)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/chat/completions", chat)

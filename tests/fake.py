@@ -1,7 +1,8 @@
 """A fake runner and a manual clock, for scheduler and fault tests (no processes, no sleeps).
 
 ``FakeRunner`` starts ``FakeRunning`` models instantly (or when a test opens the gate), can be
-told to fail a load, and records every start and stop. ``FakeRunning.crash`` makes a running
+told to fail a load, and records every start and stop; a ``FakeRunning`` can be put to sleep
+and woken (vLLM's sleep mode). ``FakeRunning.crash`` makes a running
 model exit on its own. ``ManualClock`` only moves when a test calls ``advance``.
 ``responder_binary`` runs the canned responder (a real process) as a model's engine.
 """
@@ -64,6 +65,12 @@ class FakeRunning:
         self._footprint = footprint
         self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.stopped = False
+        self.asleep = False
+        self.sleeps: list[int] = []
+        """The level of each time it was put to sleep."""
+        self.wakes = 0
+        self.fail_sleep: str | None = None
+        self.fail_wake: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -74,7 +81,22 @@ class FakeRunning:
         return {"Authorization": f"Bearer key-of-{self.spec.name}"}
 
     def footprint(self) -> Footprint:
+        """Its footprint; asleep, its RAM alone (vLLM's level 1 keeps the weights there)."""
+        if self.asleep:
+            return {"ram": self._footprint.get("ram", 0)}
         return self._footprint
+
+    async def sleep(self, level: int) -> None:
+        if self.fail_sleep:
+            raise LoadFailedError(self.fail_sleep)
+        self.asleep = True
+        self.sleeps.append(level)
+
+    async def wake(self) -> None:
+        if self.fail_wake:
+            raise LoadFailedError(self.fail_wake)
+        self.asleep = False
+        self.wakes += 1
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)

@@ -170,6 +170,11 @@ class ModelEntry(BaseModel):
     """Grow to this many runners while requests wait (unset: ``replicas``)."""
     scale_up_wait: Seconds = default("scale_up_wait")
     """How long the oldest request waits, every runner busy, before one more starts."""
+    sleep: bool = False
+    """Command engine running vLLM with ``--enable-sleep-mode``: an idle runner sleeps (its
+    GPU memory given back) instead of stopping, and the next request wakes it."""
+    sleep_level: Literal[1, 2] = 1
+    """vLLM's sleep level: 1 keeps the weights in RAM (fastest wake), 2 drops them."""
 
 
 class _Server(BaseModel):

@@ -331,6 +331,7 @@ metrics = "/metrics"
         ('url = "http://h:1"\nmetrics = "/metrics"', "metrics: not for a remote model"),
         ('engine = "command"', 'command: required for engine = "command"'),
         ('engine = "encoder"\ncommand = ["srv", "{port}"]', "command: only for engine"),
+        ('path = "m.gguf"\nsleep = true', "sleep: only for a command engine"),
     ],
 )
 def test_config_command_entry_errors(tmp_path: Path, entry: str, expected: str) -> None:
@@ -402,6 +403,7 @@ capabilities = ["embedding"]
         ('engine = "remote"', 'url: required for engine = "remote"'),
         ('url = "http://h:1"\nparallel = 2\nmax_concurrency = 2', "max_concurrency: the same"),
         ('url = "http://h:1"\nreplicas = 2', "replicas: not for a remote model"),
+        ('url = "http://h:1"\nsleep = true', "sleep: not for a remote model"),
     ],
 )
 def test_config_remote_entry_errors(tmp_path: Path, entry: str, expected: str) -> None:

@@ -15,7 +15,6 @@ from modelyard.catalog.details import describe, ollama_name
 from modelyard.catalog.template import model_warnings
 from modelyard.protocol.openai import ModelLoadRequest, ModelPinRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
-from modelyard.scheduler.state import RESIDENT
 
 router = APIRouter()
 
@@ -29,6 +28,7 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
         "engine": spec.engine,
         "state": status.state,
         "memory": {
+            "held": dict(status.held),
             "estimate": dict(status.estimate),
             "measured": dict(status.measured) if status.measured else None,
             "prompt_cache": spec.prompt_cache_bytes if spec.engine == "llamacpp" else None,
@@ -81,10 +81,10 @@ async def ps(request: Request) -> dict[str, Any]:
     models = []
     for status, details in zip(listed, described, strict=True):
         entry = _describe(scheduler, status)
-        footprint = status.measured or status.estimate
-        runners = max(1, sum(r.state in RESIDENT for r in status.replicas))
-        vram = sum(n for device, n in footprint.items() if device != "ram") * runners
-        size = sum(footprint.values()) * runners
+        # What its runners hold now (all of them; asleep, no GPU), else what one will take.
+        footprint = status.held or status.measured or status.estimate
+        vram = sum(n for device, n in footprint.items() if device != "ram")
+        size = sum(footprint.values())
         entry.update(model=ollama_name(status.spec), **ps_fields(details, size, vram))
         models.append(entry)
     return {

@@ -58,9 +58,15 @@ def entry_spec(
             f"{where} max_replicas: at least replicas ({entry.replicas}), not {max_replicas}"
         )
     if entry.command or entry.engine == "command":
-        return replace(
-            _command_spec(name, entry, base_dir, where, keep_alive), max_replicas=max_replicas
-        )
+        spec = _command_spec(name, entry, base_dir, where, keep_alive)
+        sleep_level = entry.sleep_level if entry.sleep else 0
+        return replace(spec, max_replicas=max_replicas, sleep_level=sleep_level)
+    for key in ("sleep", "sleep_level"):
+        if key in entry.model_fields_set:
+            raise ConfigError(
+                f"{where} {key}: only for a command engine (vLLM's sleep mode: "
+                '"vllm serve … --enable-sleep-mode")'
+            )
     if entry.metrics is not None:
         raise ConfigError(
             f"{where} metrics: only for a command engine (llama.cpp's are always merged)"
@@ -197,12 +203,10 @@ def _remote_spec(name: str, entry: ModelEntry, where: str) -> ModelSpec:
     if entry.path or entry.command or entry.metrics:
         key = "path" if entry.path else "command" if entry.command else "metrics"
         raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere)")
-    for key in ("replicas", "max_replicas", "scale_up_wait"):
+    for key in ("replicas", "max_replicas", "scale_up_wait", "sleep", "sleep_level"):
         if key in entry.model_fields_set:
-            raise ConfigError(
-                f"{where} {key}: not for a remote model (its server runs its own copies; "
-                "raise max_concurrency to send it more at once)"
-            )
+            hint = "; raise max_concurrency to send it more at once" if "rep" in key else ""
+            raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere{hint})")
     if "parallel" in entry.model_fields_set and entry.max_concurrency is not None:
         raise ConfigError(f"{where} max_concurrency: the same as parallel; give one of them")
     served = tuple(dict.fromkeys(entry.capabilities))

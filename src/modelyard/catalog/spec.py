@@ -115,6 +115,10 @@ class ModelSpec:
     """Runners it may grow to (from ``replicas``) while requests wait ``scale_up_wait``."""
     scale_up_wait: float = 2.0
     """Seconds the oldest waiting request waits, every runner busy, before one more starts."""
+    sleep_level: int = 0
+    """Command engine: vLLM's sleep mode. An idle runner gives back its GPU memory by
+    sleeping at this level (1: weights kept in RAM; 2: dropped) instead of being stopped,
+    and the next request wakes it; 0: off."""
     replica: int = 0
     """Which runner of the model this is (0 … ``max_replicas`` - 1): set by the scheduler
     on the settings a runner is started with, for its log file and its name."""

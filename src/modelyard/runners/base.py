@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from modelyard.catalog.spec import Footprint, ModelSpec
 
@@ -33,6 +33,20 @@ class RunningModel(Protocol):
 
     def log_tail(self, max_bytes: int = 2000) -> str:
         """The last lines this server wrote, to explain a failure."""
+        ...
+
+
+@runtime_checkable
+class Sleeper(Protocol):
+    """A running model that can give back its GPU memory without exiting (vLLM's sleep
+    mode) and take it again."""
+
+    async def sleep(self, level: int) -> None:
+        """Returns once the server sleeps (``level`` 1: weights kept in RAM; 2: dropped)."""
+        ...
+
+    async def wake(self) -> None:
+        """Returns once the server serves again."""
         ...
 
 

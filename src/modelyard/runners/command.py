@@ -78,7 +78,12 @@ class CommandRunner:
             log_path=log_path(self._log_dir, spec.runner_name),
             rotation=self._rotation,
             load_timeout=spec.ready_timeout,
-            env={**(visible(spec.gpus) if spec.gpus else {}), **spec.env},
+            env={
+                **(visible(spec.gpus) if spec.gpus else {}),
+                # vLLM serves /sleep and /wake_up only in its development mode.
+                **({"VLLM_SERVER_DEV_MODE": "1"} if spec.sleep_level else {}),
+                **spec.env,
+            },
             key=key if uses_key else None,
             lifeline=True,
             lifecycle=lifecycle,

@@ -45,6 +45,8 @@ _TAIL_BYTES = 8192
 """The end of a run's output kept in memory (for errors)."""
 # /health is polled this often while a model loads: readiness is noticed within ~10 ms.
 _HEALTH_POLL = 0.01
+_CONTROL_TIMEOUT = 300.0
+"""Seconds a server may take to go to sleep or wake up (weights move to or from RAM)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -237,6 +239,25 @@ class ChildServer:
         # Whatever is left in the group (grandchildren included) goes now.
         self._signal_group(signal.SIGKILL)
         await self.wait()
+
+    async def sleep(self, level: int) -> None:
+        """vLLM's sleep mode: ``POST /sleep?level=N`` (a ``Sleeper``)."""
+        await self._post(f"/sleep?level={level}")
+
+    async def wake(self) -> None:
+        """``POST /wake_up``."""
+        await self._post("/wake_up")
+
+    async def _post(self, path: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=_CONTROL_TIMEOUT)
+        url = self._base_url + path
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, headers=self._headers) as response,
+        ):
+            if response.status >= 300:
+                text = (await response.text())[:300]
+                raise LoadFailedError(f"POST {path} answered {response.status}: {text}")
 
     def log_tail(self, max_bytes: int = 2000) -> str:
         """The end of what this run printed."""

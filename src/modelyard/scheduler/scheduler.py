@@ -67,7 +67,7 @@ from modelyard.errors import (
     QueueTimeoutError,
 )
 from modelyard.quantity import format_size
-from modelyard.runners.base import Runner, RunningModel
+from modelyard.runners.base import Runner, RunningModel, Sleeper
 from modelyard.scheduler.budget import Ledger
 from modelyard.scheduler.event import (
     DECISIONS,
@@ -93,6 +93,7 @@ from modelyard.scheduler.journal import Journal
 from modelyard.scheduler.policy import Loaded, choose_victims, fits
 from modelyard.scheduler.queue import FairQueue
 from modelyard.scheduler.state import RESIDENT, ModelState, check_transition
+from modelyard.scheduler.state import ModelState as S
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,9 @@ class _Replica:
     placed: ModelSpec | None = None
     """The settings its runner was started with (the layers of ``gpu_layers = "auto"``, the
     replica's number); ``None`` while stopped."""
+    asleep: Footprint | None = None
+    """What it holds while it sleeps, measured (``None`` until it has gone to sleep)."""
+    slept_at: float = 0.0
 
     @property
     def live(self) -> bool:
@@ -210,7 +214,7 @@ class _Model:
     def state(self) -> ModelState:
         """The model's state, from its runners': ready if one is, else loading if one is, …"""
         states = {r.state for r in self.replicas}
-        for state in (ModelState.READY, ModelState.LOADING, ModelState.UNLOADING):
+        for state in (S.READY, S.LOADING, S.UNLOADING, S.SLEEPING):
             if state in states:
                 return state
         return ModelState.FAILED if ModelState.FAILED in states else ModelState.STOPPED
@@ -278,6 +282,9 @@ class ModelStatus:
     last_error: str | None
     replicas: tuple[ReplicaStatus, ...] = ()
     """The runners not stopped, when the model may have several."""
+    held: Footprint = field(default_factory=dict)
+    """What its runners hold now, as the budget counts it (all of them; a sleeping one its
+    memory asleep)."""
 
 
 class Scheduler:
@@ -454,28 +461,29 @@ class Scheduler:
         for r in m.replicas:
             if r.state is ModelState.FAILED:
                 self._set_state(m, r, ModelState.STOPPED, "unload requested")
-            elif r.state is ModelState.READY and m.replica_idle(r):
+            elif self._stoppable(m, r):
                 self._unload(m, r, "manual", "unload requested")
-            elif r.live:
+            elif r.live or r.state is ModelState.SLEEPING:
                 r.unload_when_idle = ("manual", "unload requested")
         tasks = [r.task for r in m.replicas if r.task is not None]
         if tasks:
             await asyncio.gather(*(asyncio.shield(task) for task in tasks))
 
     def running(self, name: str) -> RunningModel | None:
-        """A runner of the model called ``name`` (its canonical name), if one runs: its
-        first ready one."""
+        """A runner of the model called ``name`` (its canonical name), if one runs (ready or
+        asleep): its first."""
         return next(iter(self.runners(name).values()), None)
 
     def runners(self, name: str) -> dict[int, RunningModel]:
-        """The ready runners of the model called ``name`` (its canonical name), by number."""
+        """The runners of the model called ``name`` (its canonical name) that are ready or
+        asleep, by number."""
         m = self._models.get(name)
         if m is None:
             return {}
         return {
             r.index: r.running
             for r in m.replicas
-            if r.running is not None and r.state is ModelState.READY
+            if r.running is not None and r.state in (S.READY, S.SLEEPING)
         }
 
     def estimate(self, name: str) -> Footprint:
@@ -518,19 +526,23 @@ class Scheduler:
     async def measure(self) -> None:
         """Measures every running model now (in a thread), then acts on what it found."""
         targets = [
-            (m, r, r.running)
+            (m, r, r.running, r.state)
             for m in self._models.values()
             for r in m.replicas
-            if r.state is ModelState.READY and r.running is not None
+            if r.running is not None and (r.state is S.READY or self._asleep(r))
         ]
 
         def sample() -> list[Footprint]:
-            return [running.footprint() for _, _, running in targets]
+            return [running.footprint() for _, _, running, _ in targets]
 
         footprints = await asyncio.to_thread(sample)
-        for (m, r, running), footprint in zip(targets, footprints, strict=True):
-            if r.running is running and r.state is ModelState.READY:
+        for (m, r, running, state), footprint in zip(targets, footprints, strict=True):
+            if r.running is not running or r.state is not state:
+                continue
+            if state is S.READY:
                 self._record(m, r, footprint)
+            elif self._asleep(r):
+                r.asleep = footprint
         await asyncio.to_thread(self.ledger.flush)
         self._check_pressure()
 
@@ -612,14 +624,18 @@ class Scheduler:
                     pinned=m.spec.pinned,
                     last_error=m.last_error,
                     replicas=replicas if m.spec.max_replicas > 1 else (),
+                    held=_sum(self._held(m, r) for r in m.replicas if r.state in RESIDENT),
                 )
             )
         return result
 
     def reserved(self) -> dict[str, int]:
         """Memory held by resident models, per device."""
-        return self.ledger.total(
-            m.run_spec(r) for m in self._models.values() for r in m.replicas if r.state in RESIDENT
+        return _sum(
+            self._held(m, r)
+            for m in self._models.values()
+            for r in m.replicas
+            if r.state in RESIDENT
         )
 
     async def close(self, grace: float | None = None) -> None:
@@ -699,7 +715,8 @@ class Scheduler:
             if scale_up and (live >= m.spec.max_replicas or not self._scale_up_due(m, now)):
                 continue
             stopped = [r for r in m.replicas if r.state in (ModelState.STOPPED, ModelState.FAILED)]
-            due = [r for r in stopped if r.task is None and r.restart_at <= now]
+            due = [r for r in m.replicas if self._asleep(r)]  # waking is the faster start
+            due += [r for r in stopped if r.task is None and r.restart_at <= now]
             if not due:
                 if stopped:
                     self._pump_at(min(r.restart_at for r in stopped))
@@ -763,21 +780,37 @@ class Scheduler:
         residents = [
             (x, y) for x in self._models.values() for y in x.replicas if y.state in RESIDENT
         ]
-        unloading = [x.run_spec(y) for x, y in residents if y.state is ModelState.UNLOADING]
+        # Freed soon: by runners stopping, and the GPU part of those going to sleep.
+        freeing = _sum(
+            {
+                d: n
+                for d, n in self.ledger.footprint(x.run_spec(y)).items()
+                if y.state is S.UNLOADING or d != "ram"
+            }
+            for x, y in residents
+            if y.state is S.UNLOADING or (y.state is S.SLEEPING and y.task is not None)
+        )
         free_now = self.ledger.free(self.reserved())
-        free_soon = {d: n + self.ledger.total(unloading).get(d, 0) for d, n in free_now.items()}
-        spec = self._fit_layers(m.spec, free_soon) if m.spec.gpu_layers == "auto" else m.spec
-        first = not any(y.state in RESIDENT for y in m.replicas)
-        need = {**self.ledger.estimate(spec), **(self._slots(spec) if first else {})}
+        free_soon = {d: n + freeing.get(d, 0) for d, n in free_now.items()}
+        waking = r.state is S.SLEEPING
+        if waking:  # it takes what it holds awake beyond what it holds asleep
+            spec = m.run_spec(r)
+            asleep = self._held(m, r)
+            awake = self.ledger.footprint(spec)
+            need = {d: max(0, n - asleep.get(d, 0)) for d, n in awake.items()}
+        else:
+            spec = self._fit_layers(m.spec, free_soon) if m.spec.gpu_layers == "auto" else m.spec
+            first = not any(y.state in RESIDENT for y in m.replicas)
+            need = {**self.ledger.estimate(spec), **(self._slots(spec) if first else {})}
         held_by = {x.spec.name: x for x, _ in residents}
         for cap, limit in self._max_loaded.items():
-            held = sum(self._slots(x.spec).get(cap, 0) for x in held_by.values())
+            taken = sum(self._slots(x.spec).get(cap, 0) for x in held_by.values())
             going = sum(
                 self._slots(x.spec).get(cap, 0)
                 for x in held_by.values()
                 if all(y.state is ModelState.UNLOADING for y in x.replicas if y.state in RESIDENT)
             )
-            free_now[cap], free_soon[cap] = limit - held, limit - held + going
+            free_now[cap], free_soon[cap] = limit - taken, limit - taken + going
         loaded = self._loaded(caps=True)
         victims = choose_victims(need, free_soon, loaded, now, self._min_residency)
         if victims is None:
@@ -787,13 +820,12 @@ class Scheduler:
             short = {d for d, n in need.items() if n > free_soon.get(d, 0)}
             reason: EvictionReason = "max_loaded" if short <= self._max_loaded.keys() else "memory"
             for key in victims:
-                self._unload(*self._by_key(key), reason, for_model=m.spec.name)
+                self._evict(*self._by_key(key), short, reason, for_model=m.spec.name)
             return False
         if not fits(need, free_now):
             return False  # the memory is being freed by unloads in progress
-        if r.index:
-            spec = replace(spec, replica=r.index)
-        r.placed = spec
+        if not waking:
+            r.placed = replace(spec, replica=r.index) if r.index else spec
         self._load(m, r)
         return True
 
@@ -916,7 +948,7 @@ class Scheduler:
             self._unload(m, r, *r.unload_when_idle)
             return
         if r.state is ModelState.READY and r.keep_alive == 0:
-            self._unload(m, r, "idle", "keep_alive 0")
+            self._idle_out(m, r, "keep_alive 0")
             return
         if m.spec.pinned or r.keep_alive is None or r.state is not ModelState.READY:
             r.expires_at = None
@@ -930,7 +962,7 @@ class Scheduler:
         r.expiry = None
         if r.state is ModelState.READY and m.replica_idle(r) and r.expires_at is not None:
             self._emit(KeepAliveExpired(m.spec.name, self._clock.now(), replica=m.label(r)))
-            self._unload(m, r, "idle", "keep-alive expired")
+            self._idle_out(m, r, "keep-alive expired")
 
     def _load(self, m: _Model, r: _Replica) -> None:
         r.load_started = self._clock.now()
@@ -942,7 +974,14 @@ class Scheduler:
         spec = m.run_spec(r)
         runner = self._runners[spec.engine]
         try:
-            running = await runner.start(spec)
+            if r.running is not None:  # asleep
+                running = r.running
+                assert isinstance(running, Sleeper)
+                await running.wake()
+                if r.running is not running or r.state is not S.LOADING:
+                    return  # it exited while waking (the crash is handled)
+            else:
+                running = await runner.start(spec)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -961,7 +1000,15 @@ class Scheduler:
                 replica=m.label(r),
             )
             failed = self._emit(event)
+            if r.running is not None:  # it did not wake: stop it
+                running, r.running = r.running, None
+                if r.watcher is not None:
+                    r.watcher.cancel()
+                    r.watcher = None
+                with contextlib.suppress(Exception):
+                    await running.stop(self._stop_grace)
             r.task = None
+            r.asleep = None
             self._set_state(m, r, ModelState.FAILED, m.last_error)
             if not any(y.live for y in m.replicas):
                 error = LoadFailedError(f"Model {m.spec.name!r} failed to load: {m.last_error}")
@@ -971,7 +1018,9 @@ class Scheduler:
             self._pump()
             return
         r.task = None
+        woken = r.running is running
         r.running = running
+        r.asleep = None
         r.generation = next(self._generations)
         m.failures = 0
         m.last_error = None
@@ -988,10 +1037,11 @@ class Scheduler:
                 replica=m.label(r),
             )
         )
-        self._set_state(m, r, ModelState.READY)
-        r.watcher = asyncio.create_task(
-            self._watch(m, r, running), name=f"watch {spec.runner_name}"
-        )
+        self._set_state(m, r, ModelState.READY, "woken" if woken else "")
+        if not woken:
+            r.watcher = asyncio.create_task(
+                self._watch(m, r, running), name=f"watch {spec.runner_name}"
+            )
         if m.replica_idle(r):
             r.keep_alive = m.spec.keep_alive
             self._start_keep_alive(m, r)
@@ -1002,7 +1052,7 @@ class Scheduler:
 
     def _exited(self, m: _Model, r: _Replica, running: RunningModel, code: int) -> None:
         """``running`` exited with ``code``; a no-op unless it was ``r``'s ready runner."""
-        if r.running is not running or r.state is not ModelState.READY:
+        if r.running is not running or r.state not in (S.READY, S.SLEEPING):
             return  # stopped by us, or handled already
         if r.watcher is not None and r.watcher is not asyncio.current_task():
             r.watcher.cancel()
@@ -1010,8 +1060,9 @@ class Scheduler:
         tail = running.log_tail()
         now = self._clock.now()
         name = m.run_spec(r).runner_name
-        freed = dict(self.ledger.footprint(m.run_spec(r)))
+        freed = dict(self._held(m, r))
         r.running = None
+        r.asleep = None
         r.generation = 0
         r.leases = 0
         r.crashes += 1
@@ -1061,7 +1112,7 @@ class Scheduler:
             r.expiry = None
         r.expires_at = None
         r.unload_when_idle = None
-        freed = self.ledger.footprint(m.run_spec(r))
+        freed = self._held(m, r)
         now = self._clock.now()
         self._emit(
             Evicted(m.spec.name, now, reason, detail, for_model, dict(freed), replica=m.label(r))
@@ -1093,9 +1144,93 @@ class Scheduler:
             except Exception:
                 log.exception("stopping %s failed", m.run_spec(r).runner_name)
         r.task = None
+        r.asleep = None
         r.generation = 0
         r.leases = 0
         self._set_state(m, r, ModelState.STOPPED)
+        self._pump()
+
+    def _idle_out(self, m: _Model, r: _Replica, detail: str) -> None:
+        """``r`` has been idle long enough: it sleeps where it can, else it stops."""
+        if self._can_sleep(m, r):
+            self._sleep(m, r, "idle", detail)
+        else:
+            self._unload(m, r, "idle", detail)
+
+    def _evict(
+        self,
+        m: _Model,
+        r: _Replica,
+        short: Iterable[str],
+        reason: EvictionReason,
+        detail: str = "",
+        *,
+        for_model: str = "",
+    ) -> None:
+        """Frees ``r``'s memory on the ``short`` devices: by sleeping, where it can and
+        only GPUs are short, else by stopping it."""
+        short = set(short)
+        gpus_only = bool(short) and all(d.startswith("gpu") for d in short)
+        if gpus_only and self._can_sleep(m, r):
+            self._sleep(m, r, reason, detail, for_model=for_model)
+        else:
+            self._unload(m, r, reason, detail, for_model=for_model)
+
+    def _can_sleep(self, m: _Model, r: _Replica) -> bool:
+        return (
+            bool(m.spec.sleep_level)
+            and r.state is S.READY
+            and isinstance(r.running, Sleeper)
+            and r.unload_when_idle is None
+        )
+
+    def _sleep(
+        self,
+        m: _Model,
+        r: _Replica,
+        reason: EvictionReason,
+        detail: str = "",
+        *,
+        for_model: str = "",
+    ) -> None:
+        """Puts ``r`` to sleep: its GPU memory is given back, its process stays."""
+        if r.expiry is not None:
+            r.expiry.cancel()
+            r.expiry = None
+        r.expires_at = None
+        now = self._clock.now()
+        level = m.spec.sleep_level
+        full = self.ledger.footprint(m.run_spec(r))
+        freed = {d: n for d, n in full.items() if d != "ram"}
+        text = f"{detail}; asleep (level {level})" if detail else f"asleep (level {level})"
+        event = Evicted(m.spec.name, now, reason, text, for_model, freed, replica=m.label(r))
+        self._emit(event)
+        self._set_state(m, r, S.SLEEPING, text)
+        r.slept_at = now
+        r.asleep = None
+        name = m.run_spec(r).runner_name
+        r.task = asyncio.create_task(self._run_sleep(m, r, level), name=f"sleep {name}")
+
+    async def _run_sleep(self, m: _Model, r: _Replica, level: int) -> None:
+        running = r.running
+        assert isinstance(running, Sleeper)
+        try:
+            await running.sleep(level)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            r.task = None
+            if r.running is running and r.state is S.SLEEPING:
+                message = exc.message if isinstance(exc, ModelyardError) else repr(exc)
+                log.warning("%s did not go to sleep (%s); stopping it", m.spec.name, message)
+                self._unload(m, r, "idle", f"sleep failed: {message}")
+            return
+        r.task = None
+        if r.running is not running or r.state is not S.SLEEPING:
+            return  # it exited meanwhile (handled as a crash)
+        r.asleep = running.footprint()
+        if r.unload_when_idle is not None:
+            self._unload(m, r, *r.unload_when_idle)
         self._pump()
 
     def _retire(self, m: _Model) -> None:
@@ -1103,9 +1238,9 @@ class Scheduler:
         m.removed = True
         m.pending = None
         for r in m.replicas:
-            if r.state is ModelState.READY and m.replica_idle(r):
+            if self._stoppable(m, r):
                 self._unload(m, r, "reload", "removed from the catalog")
-            elif r.live:
+            elif r.live or r.state is ModelState.SLEEPING:
                 r.unload_when_idle = ("reload", "removed from the catalog")
         if m.stopped:
             self._forget(m)
@@ -1130,6 +1265,23 @@ class Scheduler:
         m.size_replicas()
 
     # ---- bookkeeping ---------------------------------------------------------------------------
+
+    def _held(self, m: _Model, r: _Replica) -> Footprint:
+        """What ``r`` counts for in the budget: asleep, what it was measured to hold asleep
+        (its RAM part until then); else the footprint of its settings."""
+        full = self.ledger.footprint(m.run_spec(r))
+        if self._asleep(r):
+            return r.asleep if r.asleep is not None else {"ram": full.get("ram", 0)}
+        return full
+
+    @staticmethod
+    def _asleep(r: _Replica) -> bool:
+        """Asleep, not going to sleep."""
+        return r.state is S.SLEEPING and r.task is None
+
+    def _stoppable(self, m: _Model, r: _Replica) -> bool:
+        """Can be stopped now: ready and idle, or asleep."""
+        return (r.state is S.READY and m.replica_idle(r)) or self._asleep(r)
 
     def _replica_of(self, lease: Lease) -> tuple[_Model, _Replica] | None:
         """The model and runner ``lease`` counts on; ``None`` once that runner has exited."""
@@ -1270,9 +1422,8 @@ class Scheduler:
             )
         )
         for key in victims:
-            self._unload(
-                *self._by_key(key), "memory", f"memory pressure: {used} in use, budget {budget}"
-            )
+            detail = f"memory pressure: {used} in use, budget {budget}"
+            self._evict(*self._by_key(key), set(over), "memory", detail)
 
     def _loaded(self, *, caps: bool = False) -> list[Loaded]:
         """The ready runners, as the eviction policy sees them (``caps``: with the units of
@@ -1281,9 +1432,10 @@ class Scheduler:
         for m in self._models.values():
             resident = sum(r.state in RESIDENT for r in m.replicas)
             for r in m.replicas:
-                if r.state is not ModelState.READY:
+                asleep = self._asleep(r)
+                if r.state is not ModelState.READY and not asleep:
                     continue
-                footprint = dict(self.ledger.footprint(m.run_spec(r)))
+                footprint = dict(self._held(m, r))
                 if caps and resident == 1:
                     footprint.update(self._slots(m.spec))
                 loaded.append(
@@ -1292,9 +1444,19 @@ class Scheduler:
                         footprint=footprint,
                         busy=r.leases > 0 or bool(m.waiters),
                         pinned=m.spec.pinned,
-                        expires_at=r.expires_at,
+                        # A sleeping runner's keep-alive ran out when it fell asleep.
+                        expires_at=r.slept_at if asleep else r.expires_at,
                         last_used=r.last_used,
                         loaded_at=r.loaded_at,
                     )
                 )
         return loaded
+
+
+def _sum(footprints: Iterable[Footprint]) -> dict[str, int]:
+    """Per device, what ``footprints`` hold together."""
+    total: dict[str, int] = {}
+    for footprint in footprints:
+        for device, amount in footprint.items():
+            total[device] = total.get(device, 0) + amount
+    return total

@@ -50,7 +50,7 @@ export async function models(main, signal) {
       : "-";
     const actions = el("td", { class: "row" });
     if (can("admin")) {
-      const resident = ["ready", "loading"].includes(m.state);
+      const resident = ["ready", "loading", "sleeping"].includes(m.state);
       actions.append(el("button", { type: "button", "data-action": resident ? "unload" : "load",
         onclick: (e) => act(e.target, resident ? "unload" : "load", m.name) },
         resident ? "Unload" : "Load"));

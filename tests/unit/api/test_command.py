@@ -6,6 +6,7 @@ prints 10 MB, each with its documented outcome and no process left behind."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -160,3 +161,71 @@ async def test_command_engine_shows_its_command(make_harness: Callable) -> None:
         assert shown["memory"]["estimate"] == {"ram": 16 * MiB}  # as declared
         models = (await h.call("/v1/models", method="GET")).json()["data"]
         assert [(m["id"], m["capabilities"]) for m in models] == [("cmd", ["chat", "completion"])]
+
+
+async def wait_state(h: Any, model: str, state: str, limit: float = 5.0) -> dict[str, Any]:
+    """``/api/ps``'s entry for ``model`` once it is in ``state``."""
+    deadline = time.monotonic() + limit
+    while True:
+        models = (await h.call("/api/ps", method="GET")).json()["models"]
+        found = [m for m in models if m["name"] == model]
+        if found and found[0]["state"] == state:
+            return dict(found[0])
+        assert time.monotonic() < deadline, f"{model} not {state}: {found}"
+        await asyncio.sleep(0.05)
+
+
+async def test_command_engine_sleeps_when_idle_and_wakes_for_a_request(
+    make_harness: Callable,
+) -> None:
+    import aiohttp
+
+    spec = command_spec(
+        "--enable-sleep-mode", "--ballast-mb", "96", memory=None, sleep_level=2, keep_alive=0.3
+    )
+    async with make_harness(spec) as h:
+        assert (await h.call("/v1/chat/completions", chat())).status == 200
+        running = h.scheduler.running("cmd")
+        assert running is not None
+        awake = running.footprint()["ram"]
+        asleep = await wait_state(h, "cmd", "sleeping")
+        assert asleep["pid"] == running.pid  # the same process, asleep
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{running.base_url}/is_sleeping") as response,
+        ):
+            assert await response.json() == {"is_sleeping": True}
+        # Once asleep, counted by what it holds then: level 2 gave back the 96 MiB it held.
+        deadline = time.monotonic() + 5
+        while (held := h.scheduler.reserved()["ram"]) >= awake - 64 * MiB:
+            assert time.monotonic() < deadline, (held, awake)
+            await asyncio.sleep(0.05)
+        asleep = await wait_state(h, "cmd", "sleeping")
+        assert asleep["memory"]["held"] == {"ram": held}
+
+        answer = await h.call("/v1/chat/completions", chat())
+        assert answer.status == 200
+        assert h.scheduler.running("cmd") is running  # woken, not started again
+        events = [e.to_dict() for e in h.scheduler.journal.entries(model="cmd")]
+        evicted = [e for e in events if e["type"] == "evicted"]
+        assert evicted[-1]["detail"] == "keep-alive expired; asleep (level 2)"
+        woken = [e for e in events if e["type"] == "state_changed" and e["reason"] == "woken"]
+        assert len(woken) == 1
+        await h.call("/api/unload", {"model": "cmd"})
+        assert not psutil.pid_exists(running.pid) or psutil.Process(running.pid).status() == (
+            "zombie"
+        )
+
+
+async def test_command_engine_that_cannot_sleep_is_stopped(make_harness: Callable) -> None:
+    spec = command_spec(sleep_level=1, keep_alive=0.3)  # no --enable-sleep-mode: /sleep is 404
+    async with make_harness(spec) as h:
+        assert (await h.call("/v1/chat/completions", chat())).status == 200
+        deadline = time.monotonic() + 5
+        while h.scheduler.state("cmd") != "stopped":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        events = [e.to_dict() for e in h.scheduler.journal.entries(model="cmd")]
+        details = [e["detail"] for e in events if e["type"] == "evicted"]
+        assert any("sleep failed: POST /sleep?level=1 answered 404" in d for d in details)
+        assert marked(str(RESPONDER)) == []

@@ -28,7 +28,10 @@ async def test_state_every_legal_edge_is_taken_and_emits_its_event() -> None:
     runner = FakeRunner()
     clock = ManualClock()
     spec = ModelSpec(name="m", path=Path("/models/m.gguf"))
-    scheduler = Scheduler(Catalog([spec]), {"llamacpp": runner}, {"ram": 1000}, clock=clock)
+    sleeper = ModelSpec(name="s", path=Path("/models/s.gguf"), sleep_level=1, keep_alive=1.0)
+    scheduler = Scheduler(
+        Catalog([spec, sleeper]), {"llamacpp": runner}, {"ram": 1000}, clock=clock
+    )
     events: list[Event] = []
     scheduler.subscribe(events.append)
 
@@ -47,6 +50,19 @@ async def test_state_every_legal_edge_is_taken_and_emits_its_event() -> None:
     await settle()
     scheduler.release(lease)
 
+    await scheduler.load("s")
+    clock.advance(2)  # ready -> sleeping (its keep-alive ran out)
+    await settle()
+    await scheduler.load("s")  # sleeping -> loading -> ready (woken)
+    clock.advance(2)
+    await settle()
+    await scheduler.unload("s")  # sleeping -> unloading -> stopped
+    await scheduler.load("s")
+    clock.advance(2)
+    await settle()
+    runner.running["s"].crash()  # sleeping -> stopped
+    await settle()
+
     taken = {(e.old, e.new) for e in events if isinstance(e, StateChanged)}
     legal = {(old, new) for old, targets in TRANSITIONS.items() for new in targets}
     assert taken == legal
@@ -64,4 +80,11 @@ def test_state_every_other_edge_raises(old: ModelState, new: ModelState) -> None
 
 
 def test_state_values_are_the_wire_names() -> None:
-    assert [s.value for s in S] == ["stopped", "loading", "ready", "unloading", "failed"]
+    assert [s.value for s in S] == [
+        "stopped",
+        "loading",
+        "ready",
+        "unloading",
+        "failed",
+        "sleeping",
+    ]

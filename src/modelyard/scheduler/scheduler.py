@@ -37,6 +37,10 @@ Contracts:
   ``scale_up_wait`` with every runner busy and it fits in free memory (evicting nothing);
   each stops after its keep-alive. A request goes to the ready runner with the fewest in
   flight. A runner's crash voids only its own leases.
+- A runner whose engine can sleep (``sleep_level``, vLLM's sleep mode) is put to sleep
+  instead of stopped when it idles out or only GPU memory is short: it keeps its process,
+  counts by what it holds asleep, and the next request wakes it (a load, as far as memory
+  and the queue are concerned). It is stopped when RAM or a cap on loaded models is short.
 - ``update_catalog`` swaps the catalog while serving: new models can be requested at once;
   a removed model takes no new requests, finishes the ones it has (queued included), then
   unloads and is forgotten; a model whose settings changed keeps running as it is and takes

@@ -189,6 +189,13 @@ class _Replica:
         """Serving, or about to: it takes requests."""
         return self.state in (ModelState.LOADING, ModelState.READY)
 
+    def no_expiry(self) -> None:
+        """Its keep-alive is not running (stopped if it was)."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        self.expires_at = None
+
 
 @dataclass(eq=False)
 class _Model:
@@ -451,10 +458,7 @@ class Scheduler:
             m.pending = replace(m.pending, pinned=pinned)
         for r in m.replicas:
             if pinned:
-                if r.expiry is not None:
-                    r.expiry.cancel()
-                    r.expiry = None
-                r.expires_at = None
+                r.no_expiry()
             elif m.replica_idle(r) and r.state is ModelState.READY:
                 self._start_keep_alive(m, r)
         self._pump()  # a model waiting for memory may now evict it
@@ -657,8 +661,7 @@ class Scheduler:
             for waiter in list(m.waiters):
                 self._fail(m, waiter, LoadFailedError("the server is shutting down"))
         for r in replicas:
-            if r.expiry is not None:
-                r.expiry.cancel()
+            r.no_expiry()
         tasks = [r.task for r in replicas if r.task is not None]
         for task in tasks:
             task.cancel()
@@ -885,10 +888,7 @@ class Scheduler:
     def _grant(self, m: _Model, r: _Replica, waiter: _Waiter, now: float) -> None:
         if waiter.timer is not None:
             waiter.timer.cancel()
-        if r.expiry is not None:
-            r.expiry.cancel()
-            r.expiry = None
-        r.expires_at = None
+        r.no_expiry()
         r.keep_alive = (
             m.spec.keep_alive if isinstance(waiter.keep_alive, Unset) else waiter.keep_alive
         )
@@ -1083,9 +1083,7 @@ class Scheduler:
                 r.crashes,
                 r.restart_at - now,
             )
-        if r.expiry is not None:
-            r.expiry.cancel()
-        r.expires_at = None
+        r.no_expiry()
         label = m.label(r)
         self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label))
         self._emit(
@@ -1111,10 +1109,7 @@ class Scheduler:
         *,
         for_model: str = "",
     ) -> None:
-        if r.expiry is not None:
-            r.expiry.cancel()
-            r.expiry = None
-        r.expires_at = None
+        r.no_expiry()
         r.unload_when_idle = None
         freed = self._held(m, r)
         now = self._clock.now()
@@ -1198,10 +1193,7 @@ class Scheduler:
         for_model: str = "",
     ) -> None:
         """Puts ``r`` to sleep: its GPU memory is given back, its process stays."""
-        if r.expiry is not None:
-            r.expiry.cancel()
-            r.expiry = None
-        r.expires_at = None
+        r.no_expiry()
         now = self._clock.now()
         level = m.spec.sleep_level
         full = self.ledger.footprint(m.run_spec(r))
@@ -1256,8 +1248,7 @@ class Scheduler:
         for waiter in list(m.waiters):
             self._fail(m, waiter, error)
         for r in m.replicas:
-            if r.expiry is not None:
-                r.expiry.cancel()
+            r.no_expiry()
         if self._models.get(m.spec.name) is m:
             del self._models[m.spec.name]
 

@@ -69,12 +69,14 @@ async def test_sleep_frees_the_gpu_for_another_model_and_wakes_the_same_process(
     scheduler.release(lease)
 
 
+def one(**kw: object) -> tuple[Scheduler, FakeRunner, ManualClock, list[Event]]:
+    """Model ``a`` alone, on a GPU, sleeping at level 1 after 1 s idle unless ``kw`` says."""
+    a = spec("a", **{"sleep_level": 1, "keep_alive": 1.0, **kw})
+    return make(a, budget={"ram": 1000, "gpu0": 100}, footprints={"a": GPU_MODEL})
+
+
 async def test_keep_alive_puts_it_to_sleep_and_a_request_wakes_it() -> None:
-    scheduler, runner, clock, _ = make(
-        spec("a", sleep_level=2, keep_alive=10.0),
-        budget={"ram": 1000, "gpu0": 100},
-        footprints={"a": GPU_MODEL},
-    )
+    scheduler, runner, clock, _ = one(sleep_level=2, keep_alive=10.0)
     scheduler.release(await scheduler.acquire("a"))
     clock.advance(11)
     await settle()
@@ -105,11 +107,7 @@ async def test_a_sleeping_runner_is_stopped_when_ram_is_short() -> None:
 
 
 async def test_a_runner_that_cannot_sleep_is_stopped() -> None:
-    scheduler, runner, clock, _ = make(
-        spec("a", sleep_level=1, keep_alive=1.0),
-        budget={"ram": 1000, "gpu0": 100},
-        footprints={"a": GPU_MODEL},
-    )
+    scheduler, runner, clock, _ = one()
     await scheduler.load("a")
     runner.running["a"].fail_sleep = "404 Not Found (no VLLM_SERVER_DEV_MODE)"
     clock.advance(2)
@@ -119,11 +117,7 @@ async def test_a_runner_that_cannot_sleep_is_stopped() -> None:
 
 
 async def test_a_runner_that_cannot_wake_fails_the_request_and_is_stopped() -> None:
-    scheduler, runner, clock, _ = make(
-        spec("a", sleep_level=1, keep_alive=1.0),
-        budget={"ram": 1000, "gpu0": 100},
-        footprints={"a": GPU_MODEL},
-    )
+    scheduler, runner, clock, _ = one()
     await scheduler.load("a")
     clock.advance(2)
     await settle()
@@ -135,11 +129,7 @@ async def test_a_runner_that_cannot_wake_fails_the_request_and_is_stopped() -> N
 
 
 async def test_a_crash_while_asleep_stops_it_and_the_next_request_starts_it() -> None:
-    scheduler, runner, clock, _ = make(
-        spec("a", sleep_level=1, keep_alive=1.0),
-        budget={"ram": 1000, "gpu0": 100},
-        footprints={"a": GPU_MODEL},
-    )
+    scheduler, runner, clock, _ = one()
     await scheduler.load("a")
     clock.advance(2)
     await settle()
@@ -151,9 +141,7 @@ async def test_a_crash_while_asleep_stops_it_and_the_next_request_starts_it() ->
 
 
 async def test_without_sleep_level_an_idle_model_stops() -> None:
-    scheduler, runner, clock, _ = make(
-        spec("a", keep_alive=1.0), budget={"ram": 1000, "gpu0": 100}, footprints={"a": GPU_MODEL}
-    )
+    scheduler, runner, clock, _ = one(sleep_level=0)
     await scheduler.load("a")
     clock.advance(2)
     await settle()

@@ -121,7 +121,7 @@ def test_replica_killed_fails_only_its_own_requests(server: Server) -> None:
     async def run() -> list[str]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
             started = [asyncio.Event() for _ in range(4)]
-            tasks = [asyncio.create_task(stream(http, 200, e)) for e in started]
+            tasks = [asyncio.create_task(stream(http, 80, e)) for e in started]
             await asyncio.gather(*(e.wait() for e in started))
             os.kill(victim, signal.SIGKILL)
             return await asyncio.gather(*tasks)

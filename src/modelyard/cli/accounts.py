@@ -21,7 +21,6 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
 from modelyard.cli.client import (
     JsonOption,
@@ -423,6 +422,8 @@ def login(
 
 def backup(file: Annotated[Path, typer.Argument(help="Where to write the copy.")]) -> None:
     """Copy the accounts database (keys, users, usage), consistently, while the server runs."""
+    from sqlalchemy.engine import make_url  # sqlalchemy: only here (fast CLI start)
+
     url = make_url(database_url(config_or_exit()))
     if url.get_backend_name() == "sqlite":
         source = Path(url.database or "")
@@ -449,6 +450,8 @@ def restore(
     if server_running(server_url(url)):
         err.print("[red]A server is running:[/] stop it first, then restore, then start it.")
         raise typer.Exit(1)
+    from sqlalchemy.engine import make_url
+
     target = make_url(database_url(config_or_exit()))
     if target.get_backend_name() == "sqlite":
         path = Path(target.database or "")

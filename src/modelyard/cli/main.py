@@ -83,7 +83,6 @@ def serve(
     """Start the server: the demo models, modelyard.toml's and the models directory's."""
     from modelyard.config import Settings
     from modelyard.quantity import parse_size
-    from modelyard.server import serve as run_server
 
     if memory is not None:
         try:
@@ -119,6 +118,8 @@ def serve(
     names = ", ".join(s.name for s in cfg.models) or "(none)"
     err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
     err.print(f"modelyard: OpenAI endpoint at http://{cfg.host}:{cfg.port}/v1")
+    from modelyard.server import serve as run_server  # the server's stack: only to serve
+
     run_server(cfg, settings)
 
 

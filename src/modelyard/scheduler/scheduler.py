@@ -983,7 +983,8 @@ class Scheduler:
                 assert isinstance(running, Sleeper)
                 await running.wake()
                 if r.running is not running or r.state is not S.LOADING:
-                    return  # it exited while waking (the crash is handled)
+                    r.task = None
+                    return  # stopped while waking
             else:
                 running = await runner.start(spec)
         except asyncio.CancelledError:

@@ -235,6 +235,13 @@ class _Model:
         return sum(r.leases for r in self.replicas)
 
     @property
+    def live(self) -> int:
+        """Runners serving or about to."""
+        if len(self.replicas) == 1:
+            return 1 if self.replicas[0].live else 0
+        return sum(r.live for r in self.replicas)
+
+    @property
     def idle(self) -> bool:
         return self.leases == 0 and not self.waiters
 
@@ -387,7 +394,7 @@ class Scheduler:
         self._pump()
         if not waiter.future.done():
             # Slots that are free, or will be once the model has loaded, take waiters too.
-            runners = max(1, sum(r.live for r in m.replicas))
+            runners = max(1, m.live)
             free_slots = max(0, m.spec.parallel * runners - m.leases)
             if len(m.waiters) > m.spec.max_queue + free_slots:
                 m.waiters.remove(waiter)
@@ -709,10 +716,12 @@ class Scheduler:
                 if not waiter.future.done():
                     self._grant(m, r, waiter, now)
 
-        wanting = [m for m in self._models.values() if m.waiters]
+        # Models whose requests wait and that may start a runner (a busy model of one
+        # running runner, the common case under load, is passed over at once).
+        wanting = [m for m in self._models.values() if m.waiters and m.live < m.spec.max_replicas]
         wanting.sort(key=lambda m: m.waiters.oldest().seq)
         for m in wanting:
-            live = sum(r.live for r in m.replicas)
+            live = m.live
             cold = live == 0 and m.state is not ModelState.UNLOADING
             if m.retry_at > now:
                 if cold:
@@ -745,7 +754,11 @@ class Scheduler:
         those, one of the ``replicas`` before one added under load (so that the added ones
         idle and stop when the load is gone), and the one unused longest (so that the
         ``replicas`` all stay warm)."""
-        free = [r for r in m.replicas if r.state is ModelState.READY and r.leases < m.spec.parallel]
+        parallel = m.spec.parallel
+        if len(m.replicas) == 1:  # most models: no choice to make
+            (r,) = m.replicas
+            return r if r.state is S.READY and r.leases < parallel else None
+        free = [r for r in m.replicas if r.state is S.READY and r.leases < parallel]
         if not free:
             return None
         return min(free, key=lambda r: (r.leases, r.index >= m.spec.replicas, r.last_used))

@@ -168,6 +168,9 @@ class ModelEntry(BaseModel):
     """Runners of the model started when it is wanted; requests go to the least busy."""
     max_replicas: int | None = Field(default=None, ge=1, le=64)
     """Grow to this many runners while requests wait (unset: ``replicas``)."""
+    gpus_per_replica: int | None = Field(default=None, ge=1, le=64)
+    """Each runner of the model gets this many of ``gpus`` of its own (runner 0 the first,
+    runner 1 the next …); unset: every runner uses all of ``gpus``."""
     scale_up_wait: Seconds = default("scale_up_wait")
     """How long the oldest request waits, every runner busy, before one more starts."""
     sleep: bool = False

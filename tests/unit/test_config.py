@@ -430,6 +430,16 @@ def test_config_replicas(tmp_path: Path) -> None:
             write(tmp_path, '[models.x]\npath = "m.gguf"\nreplicas = 3\nmax_replicas = 2\n')
         )
     assert "[models.x] max_replicas: at least replicas (3), not 2" in error.value.message
+    split = '[models.x]\npath = "m.gguf"\nreplicas = 2\ngpus = [0, 1]\ngpu_layers = -1\n'
+    specs = {
+        m.name: m for m in load_config(write(tmp_path, split + "gpus_per_replica = 1\n")).models
+    }
+    assert (specs["x"].gpus, specs["x"].gpus_per_replica) == ((0, 1), 1)
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, split + "gpus_per_replica = 2\n"))
+    assert "gpus_per_replica: 2 runner(s) of 2 GPU(s) each need 4 in gpus, which lists 2" in (
+        error.value.message
+    )
 
 
 def test_replicas_share_the_cores_unless_threads_is_set(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ _AS_GIVEN = (
     "memory", "prompt_cache", "backend", "max_batch", "batch_wait", "max_batch_tokens",
     "truncate", "matryoshka", "health", "health_status", "ready_timeout", "stop_signal",
     "stop_timeout", "upstream_model", "price", "gpu_memory", "replicas", "scale_up_wait",
+    "gpus_per_replica",
 )  # fmt: skip
 """Entry fields that reach the spec as they are (validated and parsed by the schema)."""
 
@@ -56,6 +57,12 @@ def entry_spec(
     if max_replicas < entry.replicas:
         raise ConfigError(
             f"{where} max_replicas: at least replicas ({entry.replicas}), not {max_replicas}"
+        )
+    share = entry.gpus_per_replica
+    if share is not None and len(set(entry.gpus)) < share * max_replicas:
+        raise ConfigError(
+            f"{where} gpus_per_replica: {max_replicas} runner(s) of {share} GPU(s) each need "
+            f"{share * max_replicas} in gpus, which lists {len(set(entry.gpus))}"
         )
     if entry.command or entry.engine == "command":
         spec = _command_spec(name, entry, base_dir, where, keep_alive)
@@ -203,7 +210,9 @@ def _remote_spec(name: str, entry: ModelEntry, where: str) -> ModelSpec:
     if entry.path or entry.command or entry.metrics:
         key = "path" if entry.path else "command" if entry.command else "metrics"
         raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere)")
-    for key in ("replicas", "max_replicas", "scale_up_wait", "sleep", "sleep_level"):
+    for key in (
+        "replicas", "max_replicas", "scale_up_wait", "gpus_per_replica", "sleep", "sleep_level",
+    ):  # fmt: skip
         if key in entry.model_fields_set:
             hint = "; raise max_concurrency to send it more at once" if "rep" in key else ""
             raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere{hint})")

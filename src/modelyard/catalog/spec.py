@@ -113,6 +113,9 @@ class ModelSpec:
     """Runners of the model started together when it is wanted."""
     max_replicas: int = 1
     """Runners it may grow to (from ``replicas``) while requests wait ``scale_up_wait``."""
+    gpus_per_replica: int | None = None
+    """Each runner gets GPUs of its own: runner N takes ``gpus[N * k : (N + 1) * k]`` for
+    this ``k``; ``None``: every runner uses all of ``gpus``."""
     scale_up_wait: float = 2.0
     """Seconds the oldest waiting request waits, every runner busy, before one more starts."""
     sleep_level: int = 0

@@ -373,14 +373,15 @@ class Scheduler:
         it is, and ``weight`` its share, for the turns in the queue."""
         m = self._models[self._catalog.get(name).name]
         now = self._clock.now()
+        first = self._replica_spec(m, m.replicas[0])
         try:
-            self.ledger.check_fits(m.spec)
+            self.ledger.check_fits(first)
         except DoesNotFitError as exc:
             raise self._refuse(
                 m,
                 "too_big",
                 exc,
-                needed=self.ledger.footprint(m.spec),
+                needed=self.ledger.footprint(first),
                 budget=dict(self.ledger.budget),
                 in_use=self.reserved(),
             ) from None
@@ -738,7 +739,7 @@ class Scheduler:
                     self._pump_at(min(r.restart_at for r in stopped))
                 continue
             if scale_up:
-                if self._fits_now(m):
+                if self._fits_now(m, due[0]):
                     self._place(m, due[0], now)
                 continue
             placed = 0
@@ -774,9 +775,9 @@ class Scheduler:
             return False
         return True
 
-    def _fits_now(self, m: _Model) -> bool:
-        """One more runner of ``m`` fits in the memory free now."""
-        spec = m.spec
+    def _fits_now(self, m: _Model, r: _Replica) -> bool:
+        """``r`` fits in the memory free now."""
+        spec = self._replica_spec(m, r)
         if spec.gpu_layers == "auto":
             spec = self._fit_layers(spec, self.ledger.free(self.reserved()))
         return fits(self.ledger.estimate(spec), self.ledger.free(self.reserved()))
@@ -819,7 +820,9 @@ class Scheduler:
             awake = self.ledger.footprint(spec)
             need = {d: max(0, n - asleep.get(d, 0)) for d, n in awake.items()}
         else:
-            spec = self._fit_layers(m.spec, free_soon) if m.spec.gpu_layers == "auto" else m.spec
+            spec = self._replica_spec(m, r)
+            if spec.gpu_layers == "auto":
+                spec = self._fit_layers(spec, free_soon)
             first = not any(y.state in RESIDENT for y in m.replicas)
             need = {**self.ledger.estimate(spec), **(self._slots(spec) if first else {})}
         held_by = {x.spec.name: x for x, _ in residents}
@@ -845,9 +848,22 @@ class Scheduler:
         if not fits(need, free_now):
             return False  # the memory is being freed by unloads in progress
         if not waking:
-            r.placed = replace(spec, replica=r.index) if r.index else spec
+            r.placed = spec
         self._load(m, r)
         return True
+
+    @staticmethod
+    def _replica_spec(m: _Model, r: _Replica) -> ModelSpec:
+        """The settings ``r`` starts with: its number, and its share of the model's GPUs
+        when each runner gets its own (``gpus_per_replica``)."""
+        spec = m.spec
+        if not r.index and not spec.gpus_per_replica:
+            return spec
+        gpus = spec.gpus
+        if spec.gpus_per_replica:
+            share = spec.gpus_per_replica
+            gpus = gpus[r.index * share : (r.index + 1) * share]
+        return replace(spec, replica=r.index, gpus=gpus)
 
     def _fit_layers(self, spec: ModelSpec, free: Footprint) -> ModelSpec:
         """``spec`` with the most GPU layers whose GPU memory fits ``free`` on its GPUs as

@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.spec import ModelSpec
 from modelyard.scheduler import Lease, ModelState, Scheduler
@@ -171,3 +173,31 @@ async def test_one_request_at_a_time_takes_turns_between_replicas() -> None:
         scheduler.release(lease)
     assert sorted(served) == [0, 0, 0, 1, 1, 1]
     assert len({r.index for r in scheduler.status()[0].replicas}) == 2
+
+
+class PerGpuRunner(FakeRunner):
+    """100 bytes of RAM, and 80 on each GPU the runner is given."""
+
+    def _footprint(self, spec: ModelSpec) -> dict[str, int]:
+        return {"ram": 100, **{f"gpu{i}": 80 for i in spec.gpus}}
+
+
+@pytest.mark.parametrize(("share", "runners"), [(1, 2), (None, 1)])
+async def test_gpus_per_replica_gives_each_runner_its_own_gpu(
+    share: int | None, runners: int
+) -> None:
+    # Two GPUs of 100: with a GPU each both runners fit; sharing both GPUs, only one does.
+    runner = PerGpuRunner()
+    a = spec("a", replicas=2, max_replicas=2, gpus=(0, 1), gpus_per_replica=share)
+    budget = {"ram": 1000, "gpu0": 100, "gpu1": 100}
+    scheduler = Scheduler(Catalog([a]), {"llamacpp": runner}, budget, clock=ManualClock())
+    lease = await scheduler.acquire("a")
+    await settle()
+    started = {name: running.spec.gpus for name, running in runner.running.items()}
+    if share:
+        assert started == {"a": (0,), "a@1": (1,)}
+        assert scheduler.reserved() == {"ram": 200, "gpu0": 80, "gpu1": 80}
+    else:
+        assert started == {"a": (0, 1)}  # the second runner waits for room that never comes
+    assert len([r for r in scheduler.status()[0].replicas if r.state == "ready"]) == runners
+    scheduler.release(lease)

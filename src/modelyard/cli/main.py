@@ -186,7 +186,7 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
             memory += f" (cache {footprint_text({'ram': m['memory']['prompt_cache']})})"
         replicas = m.get("replicas") or []
         if replicas:
-            memory += f" each, {len(replicas)} replicas"
+            memory += f" each, {len(replicas)} replica{'s' if len(replicas) > 1 else ''}"
         table.add_row(
             m["name"],
             m["state"]

@@ -189,6 +189,14 @@ class _Replica:
         """Serving, or about to: it takes requests."""
         return self.state in (ModelState.LOADING, ModelState.READY)
 
+    def detach(self) -> RunningModel | None:
+        """Forgets its runner (and stops watching it) to stop it: the runner, if any."""
+        running, self.running = self.running, None
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
+        return running
+
     def no_expiry(self) -> None:
         """Its keep-alive is not running (stopped if it was)."""
         if self.expiry is not None:
@@ -1034,13 +1042,9 @@ class Scheduler:
                 replica=m.label(r),
             )
             failed = self._emit(event)
-            if r.running is not None:  # it did not wake: stop it
-                running, r.running = r.running, None
-                if r.watcher is not None:
-                    r.watcher.cancel()
-                    r.watcher = None
+            if (asleep := r.detach()) is not None:  # it did not wake: stop it
                 with contextlib.suppress(Exception):
-                    await running.stop(self._stop_grace)
+                    await asleep.stop(self._stop_grace)
             r.task = None
             r.asleep = None
             self._set_state(m, r, ModelState.FAILED, m.last_error)
@@ -1152,10 +1156,7 @@ class Scheduler:
         r.task = asyncio.create_task(self._run_unload(m, r), name=f"unload {name}")
 
     async def _run_unload(self, m: _Model, r: _Replica) -> None:
-        running, r.running = r.running, None
-        if r.watcher is not None:
-            r.watcher.cancel()
-            r.watcher = None
+        running = r.detach()
         if running is not None:
             try:
                 await running.stop(self._stop_grace)

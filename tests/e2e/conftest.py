@@ -23,7 +23,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: sh scripts/test-services installs it")
+        pytest.fail("Chromium is missing: sh scripts/test-services --slow installs it")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

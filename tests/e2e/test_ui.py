@@ -11,6 +11,8 @@ import pytest
 from tests.e2e.conftest import Watched, screenshot
 from tests.integration.conftest import Server
 
+pytestmark = pytest.mark.slow  # a browser and the demo models: minutes, left to CI
+
 GEMMA, MINILM = "gemma-3-270m", "all-minilm-l6-v2"
 
 

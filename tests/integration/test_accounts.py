@@ -69,6 +69,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+@pytest.mark.slow
 def test_accounts_first_admin_key_cli_backup_and_restore(
     server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:
@@ -158,6 +159,7 @@ def _ledger(server: Server) -> list[tuple[object, ...]]:
         ).fetchall()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_accounts_ledger_after_the_gateway_is_killed_or_stopped(
     server_factory: Callable[..., Server], tmp_path: Path, sig: signal.Signals

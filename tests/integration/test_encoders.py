@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.conftest import Server, gemma, minilm
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIG = """
 [memory]

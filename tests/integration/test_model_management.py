@@ -54,6 +54,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> None:
 # ---- pull and rm through the server ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pull_through_the_server_serves_the_model_at_once_and_rm_deletes_it(
     server_factory: Callable[..., Server], hub: FakeHub
 ) -> None:
@@ -92,6 +93,7 @@ SSE = {"Accept": "text/event-stream"}
 """What modelyard's CLI and web page ask of /api/pull (Ollama's clients get NDJSON)."""
 
 
+@pytest.mark.slow
 def test_pull_api_streams_progress_and_errors_as_events(
     server_factory: Callable[..., Server], hub: FakeHub
 ) -> None:
@@ -208,6 +210,7 @@ def test_pull_and_rm_without_a_server_work_on_the_files(hub: FakeHub, tmp_path: 
 # ---- show ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_show_gemma_reports_metadata_and_an_estimate_near_the_measured_footprint(
     server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:

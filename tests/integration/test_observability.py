@@ -57,6 +57,7 @@ def json_server(server_factory: Callable[..., Server]) -> Server:
     return server_factory(config('log_format = "json"\nlog_max_size = "2KiB"\nlog_files = 2'))
 
 
+@pytest.mark.slow
 def test_metrics_pass_promtool_and_a_real_prometheus_scrape(json_server: Server) -> None:
     server = json_server
     assert chat(server).status_code == 200

@@ -16,7 +16,7 @@ from modelyard.runners.process import free_port
 from tests.fake import RESPONDER, responder_binary
 from tests.integration.conftest import Server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SECRET = "sk-remote-7f3a9c"
 

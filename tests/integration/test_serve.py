@@ -59,8 +59,8 @@ def test_serve_a_first_config_file_keeps_the_demo_and_no_demo_drops_it(
     )
     assert reply.status_code == 200
     assert reply.json()["model"] == "gemma-3-270m"
+    # The file's `demo = false` is tests/unit/test_config.py's; the flag is the server's.
     assert server_factory(mine, "--no-demo", demo=True).model_ids() == ["mine"]
-    assert server_factory("[server]\ndemo = false\n" + mine, demo=True).model_ids() == ["mine"]
 
 
 def test_serve_invalid_config_does_not_start(tmp_path: Path) -> None:
@@ -77,6 +77,7 @@ def test_serve_invalid_config_does_not_start(tmp_path: Path) -> None:
     assert "modelyard.toml: [models.x] parallel:" in result.stderr
 
 
+@pytest.mark.slow
 def test_serve_runner_dies_with_killed_gateway(server_factory: Callable[..., Server]) -> None:
     server = server_factory(f'[models.m]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 512\n')
     assert httpx.post(f"{server.url}/api/load", json={"model": "m"}, timeout=60).status_code == 200
@@ -187,7 +188,13 @@ def _long_story_server(server_factory: Callable[..., Server], shutdown_timeout: 
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum",
+    [
+        pytest.param(signal.SIGTERM, id="SIGTERM"),
+        pytest.param(signal.SIGINT, id="SIGINT", marks=pytest.mark.slow),
+    ],
+)
 def test_serve_stop_ends_streams_with_error_frame_and_stops_runners(
     server_factory: Callable[..., Server], signum: signal.Signals
 ) -> None:
@@ -218,6 +225,7 @@ def test_serve_stop_ends_streams_with_error_frame_and_stops_runners(
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_serve_second_ctrl_c_exits_at_once(server_factory: Callable[..., Server]) -> None:
     server = _long_story_server(server_factory, shutdown_timeout=30)
     with (
@@ -246,6 +254,7 @@ def test_serve_second_ctrl_c_exits_at_once(server_factory: Callable[..., Server]
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_serve_drops_clients_that_never_finish_their_headers(
     server_factory: Callable[..., Server],
 ) -> None:

@@ -219,6 +219,7 @@ def test_clients_ollama_chat_stream_equals_whole(olla: ollama.Client) -> None:
     assert "".join(p.message.content or "" for p in parts) == whole.message.content
 
 
+@pytest.mark.slow
 def test_clients_ollama_generate_format_and_tool_history(olla: ollama.Client) -> None:
     text = olla.generate(model="demo", prompt="Once upon a time", options={"num_predict": 5})
     assert text.done
@@ -248,6 +249,7 @@ def test_clients_ollama_generate_format_and_tool_history(olla: ollama.Client) ->
     assert answer.eval_count
 
 
+@pytest.mark.slow
 def test_clients_ollama_embed_equals_openai_embeddings(
     olla: ollama.Client, oai: openai.OpenAI
 ) -> None:
@@ -291,6 +293,7 @@ def test_clients_ollama_ps_load_unload_and_errors(olla: ollama.Client) -> None:
     assert "not a bool" in bad.json()["error"]
 
 
+@pytest.mark.slow
 def test_clients_ollama_pull_and_delete(olla: ollama.Client, server: Server) -> None:
     statuses = [p.status for p in olla.pull(HUB_REPO, stream=True)]
     assert statuses[0] == "pulling manifest"
@@ -337,6 +340,7 @@ def test_clients_anthropic_messages_stream_equals_whole(claude: anthropic.Anthro
     assert counted.input_tokens == whole.usage.input_tokens
 
 
+@pytest.mark.slow
 def test_clients_anthropic_tool_use(claude: anthropic.Anthropic) -> None:
     tools: Any = [
         {"name": f["name"], "description": f["description"], "input_schema": f["parameters"]}
@@ -398,6 +402,7 @@ def test_clients_anthropic_errors_are_anthropics(claude: anthropic.Anthropic) ->
 # ---- langchain and litellm ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_clients_langchain_bind_tools_agent_step(server: Server) -> None:
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool
@@ -425,6 +430,7 @@ def test_clients_langchain_bind_tools_agent_step(server: Server) -> None:
     assert answer.response_metadata["finish_reason"]
 
 
+@pytest.mark.slow
 def test_clients_litellm_openai_and_ollama_providers(server: Server) -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network here
     import litellm
@@ -475,6 +481,7 @@ def test_clients_openai_responses_text_and_stream(oai: openai.OpenAI) -> None:
     assert "".join(pieces) == whole.output_text == final.output_text
 
 
+@pytest.mark.slow
 def test_clients_openai_responses_function_call_round_trip(oai: openai.OpenAI) -> None:
     tool: Any = {"type": "function", **WEATHER}
     request: dict[str, Any] = {

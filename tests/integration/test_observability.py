@@ -240,6 +240,7 @@ def test_queue_full_names_its_event(server_factory: Callable[..., Server]) -> No
     assert (event["type"], event["reason"]) == ("refused", "queue_full")
 
 
+@pytest.mark.slow
 def test_live_followers_do_not_hold_up_shutdown(server_factory: Callable[..., Server]) -> None:
     server = server_factory(config())  # shutdown_timeout: 10 s
     ended: list[str] = []

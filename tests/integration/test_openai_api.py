@@ -117,6 +117,7 @@ def test_openai_api_catalog_defaults_apply_when_request_omits_them(
     assert reply.usage.completion_tokens == 5  # [models.a] defaults.max_tokens
 
 
+@pytest.mark.slow
 def test_openai_api_same_text_as_xllamacpp_direct(client: openai.OpenAI) -> None:
     import xllamacpp
 
@@ -262,6 +263,7 @@ async def test_openai_api_queue_full_is_429_with_retry_after(server: Server) -> 
     assert refused.json()["error"]["code"] == "queue_full"
 
 
+@pytest.mark.slow
 def test_openai_api_runner_killed_mid_stream(server: Server, client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="a",

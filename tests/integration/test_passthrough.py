@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.integration.conftest import Server
 
 
+@pytest.mark.slow
 def test_passthrough_reaches_llama_cpp_own_api(server_factory: Callable[..., Server]) -> None:
     server = server_factory(None)  # the demo models
     props = httpx.get(f"{server.url}/upstream/demo/props", timeout=120)

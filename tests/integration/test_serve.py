@@ -136,6 +136,7 @@ def test_serve_cli_without_server_says_so(tmp_path: Path) -> None:
     assert "No modelyard server is running" in result.stderr
 
 
+@pytest.mark.slow
 def test_serve_pinned_preloads_and_broken_model_reports_log(
     server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:

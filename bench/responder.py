@@ -9,9 +9,13 @@ llama-server, it answers only requests carrying ``LLAMA_API_KEY`` when that is s
 Tests script a request's fate with extra body fields (the gateway passes them on):
 ``x_headers_after_ms`` (wait before answering at all), ``x_chunks`` and ``x_delay_ms``
 (stream length and pace), ``x_abort_after`` (drop the connection after that many chunks),
-``x_status`` (answer with that error status). A stream ends like llama.cpp's, with a chunk
+``x_status`` (answer with that error status), ``x_error_after`` (an error event after that
+many chunks, as llama.cpp sends when it cannot parse the model's output; also read as
+``x_error_after:N`` from the last message, which every API's translation keeps). Like an engine,
+it writes no more chunks than ``max_tokens``. A stream ends like llama.cpp's, with a chunk
 that carries ``timings`` (``prompt_n``, ``predicted_n``), then, when the request asks for
-``stream_options.include_usage``, one with ``usage`` and no choices. ``/metrics`` counts the
+``stream_options.include_usage``, one with ``usage`` and no choices; with
+``timings_per_token`` every chunk carries its ``timings``. ``/metrics`` counts the
 requests in llama.cpp's format; ``--metrics-delay-ms`` makes it slow.
 
 As any program run by the command engine, it also takes ``--api-key`` (like vLLM's),
@@ -52,6 +56,18 @@ ANSWER = json.dumps(
         "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
     }
 ).encode()
+
+
+def _scripted(body: dict[str, object], name: str) -> int | None:
+    """A number scripted as ``name:N`` in the last message, for the APIs whose translation
+    keeps no extra field (Ollama's, Anthropic's, the Responses API)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    text = str(messages[-1].get("content") if isinstance(messages[-1], dict) else "")
+    _, found, rest = text.partition(f"{name}:")
+    digits = rest.split()[0] if found and rest.split() else ""
+    return int(digits) if digits.isdigit() else None
 
 
 def main() -> None:
@@ -110,8 +126,12 @@ def main() -> None:
         if not body.get("stream"):
             return web.Response(body=ANSWER, content_type="application/json")
         chunks = body.get("x_chunks", args.chunks)
+        if isinstance(body.get("max_tokens"), int):
+            chunks = min(chunks, body["max_tokens"])
         delay = body.get("x_delay_ms", args.delay_ms) / 1000
         abort_after = body.get("x_abort_after")
+        error_after = body.get("x_error_after", _scripted(body, "x_error_after"))
+        per_token = bool(body.get("timings_per_token"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for i in range(chunks):
@@ -119,7 +139,13 @@ def main() -> None:
                 assert request.transport is not None
                 request.transport.abort()
                 return response
-            chunk = {"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
+            if i == error_after:
+                error = {"code": 500, "message": "Failed to parse input", "type": "server_error"}
+                await response.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+                return response
+            chunk: dict[str, object] = {"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
+            if per_token:
+                chunk["timings"] = {"prompt_n": 5, "cache_n": 0, "predicted_n": i + 1}
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             await asyncio.sleep(delay)
         final = {

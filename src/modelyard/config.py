@@ -249,6 +249,18 @@ class _Auth(BaseModel):
     """Tokens a new user gets at sign-up; unset: no balance (unlimited)."""
     session_ttl: Seconds = 3600.0
     """How long a login (``POST /api/login``) lasts."""
+    max_keep_alive: Seconds | None = None
+    """The longest ``keep_alive`` a request of a non-admin may set (it can only lengthen the
+    model's own); unset: non-admins' ``keep_alive`` changes nothing."""
+    login_attempts: int = Field(default=5, ge=1)
+    """Wrong passwords in a row, per user name and per client address, before each further
+    try has to wait (1 s, doubling with every miss up to ``login_lockout``)."""
+    login_lockout: Seconds = 900.0
+    """The longest wait after wrong passwords."""
+    signups_per_hour: int = Field(default=5, ge=0)
+    """Sign-ups one client address may make in an hour (0: none)."""
+    signup_approval: bool = False
+    """New sign-ups are disabled until an admin enables them (``modelyard users enable``)."""
 
 
 CapKey = Literal["all", "chat", "embedding", "rerank"]
@@ -314,6 +326,11 @@ class Config:
     allow_signup: bool = False
     signup_balance: int | None = None
     session_ttl: float = 3600.0
+    max_keep_alive: float | None = None
+    login_attempts: int = 5
+    login_lockout: float = 900.0
+    signups_per_hour: int = 5
+    signup_approval: bool = False
     max_loaded: dict[str, int] = field(default_factory=dict)
     gpu: str | int = "90%"
     """The budget of each GPU: a share of its memory, or bytes."""
@@ -419,6 +436,11 @@ def load_config(settings: Settings | None = None) -> Config:
         allow_signup=parsed.auth.allow_signup,
         signup_balance=parsed.auth.signup_balance,
         session_ttl=parsed.auth.session_ttl,
+        max_keep_alive=parsed.auth.max_keep_alive,
+        login_attempts=parsed.auth.login_attempts,
+        login_lockout=parsed.auth.login_lockout,
+        signups_per_hour=parsed.auth.signups_per_hour,
+        signup_approval=parsed.auth.signup_approval,
         max_loaded=_max_loaded(parsed.memory.max_loaded_models),
         models=models,
         source=source,

@@ -18,6 +18,7 @@ The tree::
     ├── ConflictError                   409 invalid_request_error / conflict
     ├── NotSupportedError               501 invalid_request_error / not_supported
     ├── PayloadTooLargeError            413 invalid_request_error / request_too_large
+    ├── HeadersTooLargeError            431 invalid_request_error / headers_too_large
     ├── UnsupportedMediaTypeError       415 invalid_request_error / unsupported_media_type
     ├── HubError                        502 server_error / hub_error (pulling from the hub)
     │   ├── HubNotFoundError            404 invalid_request_error / not_found_on_hub
@@ -144,6 +145,12 @@ class PayloadTooLargeError(ModelyardError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class HeadersTooLargeError(ModelyardError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class UnsupportedMediaTypeError(ModelyardError):

@@ -77,6 +77,14 @@ class Wallets:
         self._hand[wallet] = have - amount
         return True
 
+    def take_now(self, wallet: Wallet, amount: int) -> int:
+        """Up to ``amount`` from the credit in hand, at once; how much it took."""
+        taken = min(amount, self._hand.get(wallet, 0))
+        if taken > 0:
+            self._busy.add(wallet)
+            self._hand[wallet] -= taken
+        return max(taken, 0)
+
     def give_back(self, wallet: Wallet, amount: int) -> None:
         """What a request reserved and did not use."""
         if amount > 0:

@@ -10,6 +10,7 @@ are reserved and given back in the database itself, never cached.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 from modelyard.accounts import identity
 from modelyard.accounts.balance import Wallet, Wallets
+from modelyard.accounts.brakes import LoginBrake, SignupBrake
 from modelyard.accounts.credential import (
     MAX_PASSWORD,
     MIN_PASSWORD,
@@ -37,6 +39,8 @@ from modelyard.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+
+log = logging.getLogger(__name__)
 
 CACHE_TTL = 1.0
 """Seconds a key or session's user is trusted from memory before it is read again."""
@@ -85,6 +89,11 @@ class Accounts:
         allow_signup: bool = False,
         signup_balance: int | None = None,
         ledger: bool = True,
+        max_keep_alive: float | None = None,
+        login_attempts: int = 5,
+        login_lockout: float = 900.0,
+        signups_per_hour: int = 5,
+        signup_approval: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -92,6 +101,12 @@ class Accounts:
         """Whether requests must carry a key or session (else they run as ``LOCAL``)."""
         self.allow_signup = allow_signup
         self.signup_balance = signup_balance
+        self.signup_approval = signup_approval
+        """New sign-ups stay disabled until an admin enables them."""
+        self.max_keep_alive = max_keep_alive
+        """The longest keep-alive a non-admin's request may set (``api.auth.keep_alive_for``)."""
+        self.login_brake = LoginBrake(login_attempts, login_lockout, clock)
+        self.signup_brake = SignupBrake(signups_per_hour, clock)
         self.limiter = RateLimiter(clock)
         self.wallets = Wallets(store)
         self.ledger = LedgerWriter(store, self.wallets)
@@ -198,17 +213,30 @@ class Accounts:
         self._keys.clear()
         self._users.clear()
 
-    async def login(self, username: str, password: str) -> tuple[str, float, str]:
-        """A session token for a user's password: ``(token, expires_at, role)``."""
+    async def login(
+        self, username: str, password: str, address: str = ""
+    ) -> tuple[str, float, str]:
+        """A session token for a user's password: ``(token, expires_at, role)``. Wrong
+        passwords from one ``address`` or for one user name slow the next tries down
+        (``accounts.brakes``)."""
         assert self._sessions is not None
+        subjects = (f"user:{username}", f"address:{address}")
+        self.login_brake.check(subjects)
         _check_password(password)
         try:
             user: dict[str, Any] | None = await self.store.user(username)
         except NotFoundError:
             user = None
         ok = await verify_password(user["password_hash"] if user else None, password)
-        if user is None or not ok or not user["enabled"]:
+        if user is None or not ok:
+            self.login_brake.missed(subjects)
             raise AuthenticationError("Wrong user name or password", param="password")
+        self.login_brake.passed(subjects)
+        if not user["enabled"]:
+            raise AuthenticationError(
+                "This account is disabled (a new sign-up waits for an admin to enable it)",
+                param="username",
+            )
         token, expires = self._sessions.issue(user["id"], user["name"])
         return token, expires, str(user["role"])
 
@@ -252,9 +280,7 @@ class Accounts:
         if charge is not None:
             self.limiter.finish(charge.admission, tokens)
             if charge.reserved:
-                cost = min(cost, charge.reserved)  # never more than was reserved
-                for wallet in charge.wallets:
-                    self.wallets.give_back(wallet, charge.reserved - cost)
+                cost = self._settle(charge, cost, usage.request_id)
         if principal is None or not self.keep_rows:
             return
         self.ledger.append(
@@ -278,6 +304,27 @@ class Accounts:
                 cancelled=usage.cancelled,
             )
         )
+
+    def _settle(self, charge: Charge, cost: int, request_id: str) -> int:
+        """Gives back what ``charge`` reserved beyond ``cost``; takes what it used beyond its
+        reservation (a prompt longer than its bound: images) from the credit in hand, never
+        below zero. Returns what was charged."""
+        extra = cost - charge.reserved
+        if extra > 0:
+            got = {wallet: self.wallets.take_now(wallet, extra) for wallet in charge.wallets}
+            taken = min(got.values())
+            for wallet, amount in got.items():  # each balance gives the same
+                self.wallets.give_back(wallet, amount - taken)
+            if taken < extra:
+                log.warning(
+                    "request %s used %d tokens' worth more than it reserved; %d of them were "
+                    "in hand to charge",
+                    request_id, extra, taken,
+                )  # fmt: skip
+            return charge.reserved + taken
+        for wallet in charge.wallets:
+            self.wallets.give_back(wallet, -extra)
+        return cost
 
     # ---- keys and users ---------------------------------------------------------------------
 
@@ -326,10 +373,17 @@ class Accounts:
             hashed = await hash_password(password)
         return await self.store.add_user(name, {"enabled": True, "password_hash": hashed, **values})
 
-    async def signup(self, name: str, password: str) -> int:
-        return await self.add_user(
-            name, password, {"role": str(Role.USER), "balance": self.signup_balance}
-        )
+    async def signup(self, name: str, password: str, address: str = "") -> int:
+        """A new ``user`` with ``signup_balance``; disabled until an admin enables it when
+        ``signup_approval``. At most ``signups_per_hour`` from one ``address``."""
+        _check_password(password)
+        self.signup_brake.admit(address)
+        values = {
+            "role": str(Role.USER),
+            "balance": self.signup_balance,
+            "enabled": not self.signup_approval,
+        }
+        return await self.add_user(name, password, values)
 
     async def update_user(self, name: str, values: Mapping[str, Any]) -> None:
         values = dict(values)

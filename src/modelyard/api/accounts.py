@@ -1,7 +1,10 @@
 """Accounts over HTTP: login and signup, the caller's own account, keys, users and usage.
 
-Admins manage every key and user; any other caller sees and manages the keys of its own
-user (a key it makes inherits its user's role and limits) and its own usage.
+Admins manage every key and user; any other caller sees and revokes the keys of its own
+user and sees its own usage. Keys are made by admins, and by users logged in with their
+password (a session): such a key has its user's role, and its user's models, limits and
+balance apply to it, so it is never stronger than its maker; it dies with its user. A key
+cannot make keys.
 """
 
 from __future__ import annotations
@@ -87,7 +90,9 @@ def user_view(record: dict[str, Any]) -> dict[str, Any]:
 async def login(request: Request) -> dict[str, Any]:
     """A short-lived session token for a user's password (send it as ``Bearer``)."""
     _, parsed = await read_json(request, LoginRequest)
-    token, expires, role = await accounts_of(request).login(parsed.username, parsed.password)
+    token, expires, role = await accounts_of(request).login(
+        parsed.username, parsed.password, _address(request)
+    )
     return {"token": token, "expires_at": iso_time(expires), "user": parsed.username, "role": role}
 
 
@@ -97,8 +102,13 @@ async def signup(request: Request) -> dict[str, Any]:
     if not accounts.allow_signup:
         raise ForbiddenError("Sign-up is off on this server: ask an admin for an account")
     _, parsed = await read_json(request, SignupRequest)
-    await accounts.signup(parsed.username, parsed.password)
+    await accounts.signup(parsed.username, parsed.password, _address(request))
     return user_view(await accounts.store.user(parsed.username))
+
+
+def _address(request: Request) -> str:
+    """The client's address, for the brakes on logins and sign-ups."""
+    return request.client.host if request.client is not None else ""
 
 
 @router.get("/api/me")
@@ -148,8 +158,14 @@ async def create_key(request: Request) -> dict[str, Any]:
     user: str | None
     role: Role
     if principal.role is not Role.ADMIN:
-        if principal.username is None:
-            raise ForbiddenError("Only admins and users (with a login) can make keys")
+        if principal.kind != "session":
+            # A key made with a key would not carry that key's own models, limits, balance
+            # and expiry: only the user itself, logged in, makes keys bound by its own.
+            raise ForbiddenError(
+                "Only admins, and users logged in with their password, make keys; a key "
+                "cannot make another. Log in (modelyard login, or POST /api/login) and make "
+                "the key with the session"
+            )
         if parsed.user not in (None, principal.username) or fields.keys() - {"priority"}:
             raise ForbiddenError(
                 "Only admins can make keys for others or set a key's limits; a key you make "

@@ -211,6 +211,11 @@ async def _accounts(config: Config) -> Accounts | None:
         allow_signup=config.allow_signup,
         signup_balance=config.signup_balance,
         ledger=config.usage_ledger,
+        max_keep_alive=config.max_keep_alive,
+        login_attempts=config.login_attempts,
+        login_lockout=config.login_lockout,
+        signups_per_hour=config.signups_per_hour,
+        signup_approval=config.signup_approval,
     )
     await accounts.start()
     await accounts.bootstrap()

@@ -20,10 +20,13 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from modelyard.accounts import identity
+from modelyard.accounts.credential import looks_like_session
 from modelyard.accounts.identity import LOCAL, Principal, Role
 from modelyard.accounts.service import Accounts
 from modelyard.api.errors import error_response
 from modelyard.api.passthrough import METHODS as UPSTREAM_METHODS
+from modelyard.api.request import keep_alive_of
 from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import (
     AuthenticationError,
@@ -32,6 +35,7 @@ from modelyard.errors import (
     ModelyardError,
     RoleError,
 )
+from modelyard.scheduler import UNSET, Unset
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,10 @@ class Auth:
 
 def _credential(scope: Scope) -> str | None:
     query = scope.get("query_string", b"")
-    if query and any(name.lower() in _KEY_PARAMS for name, _ in _params(query)):
+    if query and any(
+        name.lower() in _KEY_PARAMS and (name.lower() != "key" or _secret(value))
+        for name, value in _params(query)
+    ):
         raise InvalidRequestError(
             "API keys are not accepted in the URL (URLs are logged and kept in histories): "
             "send 'Authorization: Bearer <key>'"
@@ -205,6 +212,12 @@ def _credential(scope: Scope) -> str | None:
     return text
 
 
+def _secret(value: str) -> bool:
+    """Whether a ``key`` query value is a key or session token (``/api/usage?key=NAME`` names
+    a key; it is not one)."""
+    return value.startswith(identity.KEY_PREFIX) or looks_like_session(value)
+
+
 def _params(query: bytes) -> Iterable[tuple[str, str]]:
     return parse_qsl(query.decode("latin-1"), keep_blank_values=True)
 
@@ -225,3 +238,26 @@ def check_model(principal: Principal, spec: ModelSpec) -> None:
 
 def may_see(principal: Principal, spec: ModelSpec) -> bool:
     return principal.may_use((spec.name, *spec.aliases))
+
+
+def keep_alive_for(
+    principal: Principal, spec: ModelSpec, asked: float | Unset | None, ceiling: float | None
+) -> float | Unset | None:
+    """The keep-alive a request may set: how long ``spec`` stays loaded after it, for
+    everyone. An admin's is taken as asked. Anyone else may only lengthen the model's own, up
+    to ``ceiling`` (``[auth] max_keep_alive``; unset: not at all); never unload it at once,
+    keep it forever, or shorten it for others."""
+    if principal.role is Role.ADMIN or isinstance(asked, Unset):
+        return asked
+    own = spec.keep_alive
+    if ceiling is None or own is None:  # nothing to lengthen, or already forever
+        return UNSET
+    wanted = ceiling if asked is None or asked < 0 else min(asked, ceiling)
+    return wanted if wanted > own else UNSET
+
+
+def residency(request: Request, spec: ModelSpec, raw: str | float | None) -> float | Unset | None:
+    """The keep-alive of ``request`` for ``spec`` (``keep_alive_for``) from its raw field."""
+    accounts: Accounts | None = request.app.state.accounts
+    ceiling = accounts.max_keep_alive if accounts is not None else None
+    return keep_alive_for(principal_of(request), spec, keep_alive_of(raw), ceiling)

@@ -37,7 +37,10 @@ from starlette.types import Receive, Scope, Send
 
 from modelyard.accounts.service import Charge
 from modelyard.api.errors import error_response, report, sse_error_frame
+from modelyard.api.gather import gather
+from modelyard.api.length import Length
 from modelyard.api.proxy import Upstream, read_answer
+from modelyard.api.tally import Tally
 from modelyard.api.telemetry import Trace
 from modelyard.dialect.base import Dialect, sse_events
 from modelyard.errors import (
@@ -111,6 +114,8 @@ class Dispatch(Response):
         client: str = "",
         weight: float = 1.0,
         dialect: Dialect | None = None,
+        length: Length | None = None,
+        gathered: bool = False,
     ) -> None:
         super().__init__()
         self._scheduler = scheduler
@@ -128,7 +133,10 @@ class Dispatch(Response):
         """The stream's usage event was asked for by us, not the client: leave it out."""
         self._dialect = dialect
         """Another API (or shape) spoken over this request (``modelyard.dialect``)."""
-        self._stream = bool(payload.get("stream"))
+        self._gathered = gathered
+        """The engine streams an answer the client asked for whole (``api.gather``)."""
+        self._stream = bool(payload.get("stream")) and not gathered
+        self._tally = Tally(length.per_prompt, length.prompt) if length is not None else Tally()
         self._remote = scheduler.spec(model).engine == "remote"
         self._trace = trace or Trace(request_id, "POST", path, time.perf_counter(), time.time())
         self._trace.model = model
@@ -167,6 +175,8 @@ class Dispatch(Response):
             else:
                 answer = await read_answer(upstream, passthrough=self._remote)
                 watch.armed = False
+                if self._gathered and upstream.status < 400:
+                    answer = gather(answer, self._tally.per_prompt)
                 trace.read_usage(answer)
                 if self._shape is not None:
                     answer = self._shape(answer)
@@ -250,39 +260,33 @@ class Dispatch(Response):
         raise AssertionError("unreachable")
 
     async def _relay(self, upstream: aiohttp.ClientResponse, send: Send) -> bool:
-        """Passes the stream on as it arrives; ``True`` if it ended as the runner meant it."""
+        """Passes the stream on as it arrives; ``True`` if it ended as the runner meant it.
+        However it ends, the trace gets the tokens the engine said it used (``Tally``)."""
         complete = False
         tail = b""
         trace = self._trace
-        usage = b""
-        counting = trace.charge is not None
+        tally = self._tally
         held = b""
         dialect = self._dialect
         try:
             async for chunk in upstream.content.iter_any():
                 if trace.ttft is None:
                     trace.ttft = time.perf_counter() - trace.started
-                if usage:
-                    if len(usage) < _USAGE_BYTES:
-                        usage += chunk
-                elif b'"usage"' in chunk or b'"timings"' in chunk:
-                    usage = chunk  # the final chunks, kept to read the tokens from
-                if counting:
-                    trace.events += chunk.count(b"data: ")
+                tally.feed(chunk)
+                failure = None
                 if dialect is not None:
-                    chunk, held = _translated(dialect, held + chunk)
-                    if not chunk:
-                        continue
+                    chunk, held, failure = _translated(dialect, held + chunk)
                 elif self._strip_usage:
                     chunk, held = _without_usage(held + chunk)
-                    if not chunk:
-                        continue
-                tail = chunk[-2:]
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk:
+                    tail = chunk[-2:]
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if failure is not None:
+                    raise _EngineFailed(failure)
             if held and dialect is None:
                 await send({"type": "http.response.body", "body": held, "more_body": True})
             complete = True
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, _EngineFailed) as exc:
             # Terminate a half-written event first so the error frame parses on its own.
             prefix = b"" if tail in (b"", b"\n\n") else b"\n\n"
             error = RunnerError(f"model server failed while streaming: {exc}")
@@ -297,8 +301,7 @@ class Dispatch(Response):
                 upstream.release()
             else:
                 upstream.close()
-            if usage:
-                trace.read_usage(usage)
+            trace.prompt_tokens, trace.completion_tokens = tally.tokens()
         await self._finish(send, dialect.close() if dialect is not None else b"")
         return True
 
@@ -361,10 +364,11 @@ def _usage_only(event: bytes) -> bool:
     return isinstance(data, dict) and data.get("choices") == [] and "usage" in data
 
 
-def _translated(dialect: Dialect, data: bytes) -> tuple[bytes, bytes]:
-    """``data``'s complete events in ``dialect``, and the rest of an event still to come."""
+def _translated(dialect: Dialect, data: bytes) -> tuple[bytes, bytes, str | None]:
+    """``data``'s complete events in ``dialect``, the rest of an event still to come, and the
+    message of an error event the engine sent instead of its next chunk."""
     events, rest = sse_events(data)
-    out = []
+    out: list[bytes] = []
     for event in events:
         if event == b"[DONE]":
             continue
@@ -372,6 +376,15 @@ def _translated(dialect: Dialect, data: bytes) -> tuple[bytes, bytes]:
             chunk = json.loads(event)
         except ValueError:
             continue  # nothing a client of another API could read
-        if isinstance(chunk, dict):
-            out.append(dialect.feed(chunk))
-    return b"".join(out), rest
+        if not isinstance(chunk, dict):
+            continue
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            return b"".join(out), rest, str(message)
+        out.append(dialect.feed(chunk))
+    return b"".join(out), rest, None
+
+
+class _EngineFailed(Exception):
+    """The engine ended a stream with an error event (a dialect reports it in its own way)."""

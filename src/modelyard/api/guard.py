@@ -1,17 +1,22 @@
-"""What every request must pass before a route sees it: a size limit, and for the admin
+"""What every request must pass before a route sees it: size limits, and for the admin
 routes proof that no other web site sent it.
 
+- Headers larger than ``MAX_HEADERS`` in all are refused with 431.
 - A body larger than ``max_body`` is refused with 413: at once when ``Content-Length`` says
   so, else as soon as the bytes read pass the limit (so 50 MB never sit in memory).
 - Requests that change state under ``/api/`` (load, unload, pull, delete, reload…) and
   ``/upstream/`` (an engine's own API, e.g. llama.cpp's slot actions) must
   come from a program or from a page of this server itself. A web page elsewhere can make
-  the browser send a "simple" cross-site POST (``text/plain``, no preflight) that the
-  server would act on; so such requests are refused with 403 when the browser says they
-  are cross-site (``Sec-Fetch-Site``) or their ``Origin`` is not this server (nor a page the
-  operator named in ``cors_origins``), and 415 when
-  they carry a body that is not ``application/json`` (which no page can send cross-site
-  without a preflight that this server never answers).
+  the browser send a "simple" cross-site POST (a form's ``text/plain`` or
+  ``application/x-www-form-urlencoded``, no preflight) that the server would act on; every
+  browser that can send one marks it with ``Origin`` (and ``Sec-Fetch-Site``). So such
+  requests are refused with 403 when the browser says they are cross-site
+  (``Sec-Fetch-Site``) or their ``Origin`` is not this server (nor a page the operator named
+  in ``cors_origins``), and a request with an ``Origin`` and a body must send it as
+  ``application/json`` (415; no page can send that cross-site without a preflight, which
+  this server never answers). A request no browser made (no ``Origin``, no ``Sec-Fetch-*``:
+  curl, the SDKs) is judged by its credentials alone: ``curl -d`` works as Ollama's
+  documentation shows it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.api.errors import error_response
 from modelyard.errors import (
+    HeadersTooLargeError,
     ModelyardError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -35,6 +41,8 @@ _GUARDED = ("/api/", "/upstream/")
 _MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 """Ollama's inference routes: under ``/api/`` but open to web pages like ``/v1/`` (CORS)."""
 _TRUSTED_FETCH_SITES = frozenset({b"same-origin", b"none"})
+MAX_HEADERS = 32 * 1024
+"""Bytes of request headers in all (a browser's many cookies stay well under it)."""
 
 
 class Guard:
@@ -54,8 +62,13 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        raw = scope["headers"]
+        headers = dict(raw)
         try:
+            if sum(len(k) + len(v) for k, v in raw) > MAX_HEADERS:
+                raise HeadersTooLargeError(
+                    f"The request headers are larger than {format_size(MAX_HEADERS)}"
+                )
             length = _content_length(headers)
             if length is not None and length > self.max_body:
                 raise self._too_large()
@@ -123,6 +136,8 @@ def _check_admin(
             f"{(origin or b'-').decode('latin-1')!r}, Sec-Fetch-Site "
             f"{(site or b'-').decode('latin-1')!r})"
         )
+    if origin is None and site is None:
+        return  # no browser sent it
     has_body = (length or 0) > 0 or b"transfer-encoding" in headers
     media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if has_body and media != b"application/json":

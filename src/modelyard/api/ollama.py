@@ -21,7 +21,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from modelyard import __version__
-from modelyard.api.auth import check_model, may_see, principal_of
+from modelyard.accounts.identity import Role
+from modelyard.api.auth import check_model, may_see, principal_of, residency
 from modelyard.api.openai import serve_embeddings, serve_generation
 from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of, validate
 from modelyard.catalog.details import Details, describe, ollama_name
@@ -38,6 +39,7 @@ from modelyard.dialect.ollama import (
 from modelyard.errors import (
     ModelyardError,
     NotSupportedError,
+    RoleError,
     RunnerError,
     UnsupportedFeatureError,
     WrongModelKindError,
@@ -170,21 +172,37 @@ def _generation(parsed: OllamaChatRequest | OllamaGenerateRequest) -> dict[str, 
 async def _load_or_unload(
     request: Request, model: str, keep_alive: str | float | None, *, generate: bool
 ) -> Response:
-    """Ollama's empty request: loads the model, or with ``keep_alive: 0`` unloads it."""
+    """Ollama's empty request: loads the model, or with ``keep_alive: 0`` unloads it.
+
+    Unloading is an admin's right (``/api/unload``'s). Anyone allowed the model may load it,
+    as its first request would: counted as a request against the rate limits and in the
+    ledger (no tokens), its ``keep_alive`` bound as any request's (``auth.keep_alive_for``).
+    """
     scheduler = scheduler_of(request)
     spec = scheduler.spec(model)
-    check_model(principal_of(request), spec)
+    principal = principal_of(request)
+    check_model(principal, spec)
     if "chat" not in spec.capabilities:
         raise WrongModelKindError(
             f"Model {spec.name!r} does not generate text ({', '.join(spec.capabilities)})",
             param="model",
         )
-    ttl = keep_alive_of(keep_alive)
-    if ttl == 0:
+    unload = keep_alive_of(keep_alive) == 0
+    if unload and principal.role is not Role.ADMIN:
+        raise RoleError(
+            f"The role {principal.role} may not unload models (keep_alive 0 on an empty "
+            "request is an unload, an admin's right); send the request with a prompt"
+        )
+    trace = request.scope["state"]["trace"]  # a model route: always traced (api.telemetry)
+    trace.model = spec.name
+    accounts = request.app.state.accounts
+    if accounts is not None and accounts.required:
+        trace.charge = await accounts.admit(principal, 0, 0, spec.price)
+    if unload:
         await scheduler.unload(spec.name)
         reason = "unload"
     else:
-        await scheduler.load(spec.name, ttl)
+        await scheduler.load(spec.name, residency(request, spec, keep_alive))
         reason = "load"
     line: dict[str, Any] = {"model": model, "created_at": now_iso()}
     if generate:

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelyard.accounts.service import Accounts, Charge
-from modelyard.api.auth import check_model, may_see, principal_of
+from modelyard.api.auth import check_model, may_see, principal_of, residency
 from modelyard.api.dispatch import Dispatch, Shape
-from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of
+from modelyard.api.length import LIMITS, Length, generation
+from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.spec import ModelSpec
 from modelyard.dialect.base import Dialect
 from modelyard.dialect.legacy import LegacyCompletion
@@ -137,7 +138,7 @@ async def serve_generation(
     answered in ``dialect`` when another API asked (``modelyard.dialect``)."""
     scheduler = scheduler_of(request)
     spec = _model_for(request, scheduler, parsed.model, "chat", path)
-    keep_alive = keep_alive_of(parsed.keep_alive)
+    keep_alive = residency(request, spec, parsed.keep_alive)
     payload: dict[str, Any] = dict(body)
     payload.pop("keep_alive", None)
     payload["model"] = spec.upstream_model or spec.name
@@ -146,7 +147,7 @@ async def serve_generation(
         if payload.get(key) is None:
             payload[key] = value
     if isinstance(parsed, CompletionRequest):
-        if payload.get("max_tokens") is None:
+        if all(payload.get(key) is None for key in LIMITS):
             payload["max_tokens"] = LEGACY_MAX_TOKENS
         if spec.engine == "llamacpp" and dialect is None:
             dialect = _legacy_completion(parsed, payload)
@@ -174,10 +175,18 @@ async def serve_generation(
             "file, or none to use the one in the GGUF), or send the request without tools",
             param="tools",
         )
-    # More than one slot's context can never be generated; llama.cpp's counter is 32-bit.
-    for key in ("max_tokens", "max_completion_tokens"):
-        if isinstance(payload.get(key), int) and payload[key] > spec.ctx:
-            payload[key] = spec.ctx
+    # Every length field of every API, read once: the engine is sent exactly that limit.
+    length = generation(payload, ctx=spec.ctx, prompt=len(await request.body()))
+    length.apply(payload, sized=spec.engine == "llamacpp")
+    gathered = False
+    if spec.engine == "llamacpp":
+        # Each chunk then tells how far its answer has got: a stream stopped early is
+        # charged what was generated. Several answers are streamed and gathered, as
+        # llama.cpp's whole answer counts one of them only (``api.gather``).
+        gathered = not parsed.stream and length.answers > 1
+        if parsed.stream or gathered:
+            payload["stream"] = True
+            payload["timings_per_token"] = True
     strip_usage = False
     if parsed.stream and (request.app.state.accounts is not None or dialect is not None):
         # The ledger and the dialects need the usage: ask for it, and leave it out again if
@@ -186,16 +195,9 @@ async def serve_generation(
         if not (isinstance(options, dict) and options.get("include_usage")):
             payload["stream_options"] = {**(options or {}), "include_usage": True}
             strip_usage = dialect is None
-    limit = payload.get("max_tokens")
-    if limit is None:
-        limit = payload.get("max_completion_tokens")
-    choices = parsed.n if isinstance(parsed.n, int) and parsed.n > 1 else 1
-    prompt = min(len(await request.body()), spec.ctx)
-    estimate = prompt + (limit or 0) * choices
-    worst = min(prompt + (limit if limit is not None else spec.ctx), spec.ctx) * choices
     return await _forward(
-        request, scheduler, spec, keep_alive, path, payload, None, (estimate, worst),
-        strip_usage, dialect,
+        request, scheduler, spec, keep_alive, path, payload, None, (length.expected, length.worst),
+        strip_usage, dialect, length, gathered,
     )  # fmt: skip
 
 
@@ -229,7 +231,7 @@ async def serve_embeddings(
         if parsed.dimensions is not None:
             payload["encoding_format"] = "float"
             shape = _shortener(parsed.dimensions, parsed.encoding_format)
-    keep_alive = keep_alive_of(parsed.keep_alive)
+    keep_alive = residency(request, spec, parsed.keep_alive)
     # Every token of the input is read once: the body's bytes bound them.
     size = len(await request.body())
     path = "/v1/embeddings"
@@ -255,7 +257,7 @@ async def rerank(request: Request) -> Response:
     if parsed.truncate is not None and spec.engine == "encoder":
         payload["truncate"] = parsed.truncate
     shape = _ranker(parsed, documents, request.state.request_id)
-    keep_alive = keep_alive_of(parsed.keep_alive)
+    keep_alive = residency(request, spec, parsed.keep_alive)
     # A cross-encoder reads the query once with every document.
     size = len(await request.body()) + len(parsed.query.encode()) * len(documents)
     path = "/v1/rerank"
@@ -390,6 +392,8 @@ async def _forward(
     tokens: tuple[int, int],
     strip_usage: bool = False,
     dialect: Dialect | None = None,
+    length: Length | None = None,
+    gathered: bool = False,
 ) -> Response:
     """The response that serves ``payload`` (see ``modelyard.api.dispatch``); ``tokens``:
     the most it is expected to use and may use at worst, for the limits and the balance."""
@@ -420,4 +424,6 @@ async def _forward(
         client=principal.client,
         weight=principal.priority,
         dialect=dialect,
+        length=length,
+        gathered=gathered,
     )

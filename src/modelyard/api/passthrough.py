@@ -20,7 +20,8 @@ router = APIRouter()
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 PATH = "/upstream/{model}/{path:path}"
-_KEPT = ("content-type", "cache-control", "retry-after")
+_KEPT = ("content-type", "content-encoding", "cache-control", "retry-after")
+"""Headers passed on both ways: the body is relayed as it is, compressed or not."""
 
 
 async def passthrough(request: Request, model: str, path: str) -> Response:
@@ -34,8 +35,9 @@ async def passthrough(request: Request, model: str, path: str) -> Response:
         if request.url.query:
             url += f"?{request.url.query}"
         headers = dict(lease.headers)
-        if "content-type" in request.headers:
-            headers["Content-Type"] = request.headers["content-type"]
+        for name in _KEPT:
+            if name in request.headers:
+                headers[name] = request.headers[name]
         session = request.app.state.upstream.session
         try:
             async with session.request(request.method, url, data=body, headers=headers) as got:

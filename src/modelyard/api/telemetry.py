@@ -62,8 +62,6 @@ class Trace:
     charge: Charge | None = None
     """Its rate-limit place and balance reservation, once admitted."""
     price: float = 1.0
-    events: int = 0
-    """Stream events relayed: the tokens generated when the engine reported none."""
 
     @property
     def tpot(self) -> float | None:
@@ -187,19 +185,14 @@ class Telemetry:
 
 
 def _usage(trace: Trace) -> Usage:
-    prompt, completion = trace.prompt_tokens, trace.completion_tokens
-    if not prompt and not completion and trace.events and trace.charge is not None:
-        # A stream cut off before the engine's usage came: what it may have read, and an
-        # event per generated token (llama.cpp's and vLLM's way).
-        prompt, completion = trace.charge.estimate, trace.events
     return Usage(
         time=trace.wall,
         request_id=trace.request_id,
         model=trace.model or None,
         route=trace.route,
         status=trace.status,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
+        prompt_tokens=trace.prompt_tokens,
+        completion_tokens=trace.completion_tokens,
         price=trace.price,
         queue_ms=_ms(trace.queue_wait),
         load_ms=_ms(trace.load_wait),

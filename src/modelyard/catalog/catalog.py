@@ -32,8 +32,8 @@ class Catalog:
             canonical = self._names.get(name.removesuffix(":latest"))  # Ollama's default tag
         if canonical is None:
             raise ModelNotFoundError(
-                f"The model {name!r} does not exist. Known models: "
-                f"{', '.join(sorted(self._specs)) or '(none)'}",
+                # Not the names there are: a key may not be allowed to know of them all.
+                f"The model {name!r} does not exist (GET /v1/models lists the models you may use)",
                 param="model",
             )
         return self._specs[canonical]

@@ -310,4 +310,10 @@ class ResponsesDialect(Dialect):
 
     def stream_error(self, exc: ModelyardError) -> bytes:
         error = {"code": exc.code or exc.type, "message": exc.message, "param": exc.param}
-        return self._begin() + self._event("error", error)
+        response = {**self._response("failed"), "error": {"code": error["code"],
+                                                          "message": exc.message}}  # fmt: skip
+        return (
+            self._begin()
+            + self._event("error", error)
+            + self._event("response.failed", {"response": response})
+        )

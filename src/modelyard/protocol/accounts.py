@@ -19,7 +19,8 @@ Balance = Annotated[int, Field(ge=0, le=10**15)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: ``tpm: true`` or ``"5"`` is an error, not 1 or 5.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LoginRequest(_Strict):

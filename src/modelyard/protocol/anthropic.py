@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from modelyard.protocol.openai import MAX_TOKENS, KeepAlive, ModelName, _Request
+from modelyard.protocol.openai import MAX_TOKENS, Count, KeepAlive, ModelName, _Request
 
 
 class AnthropicMessage(_Request):
@@ -23,7 +23,7 @@ class CountTokensRequest(_Request):
 
 
 class MessagesRequest(CountTokensRequest):
-    max_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    max_tokens: Count = Field(ge=1, le=MAX_TOKENS)
     stop_sequences: list[str] | None = None
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0, le=1)

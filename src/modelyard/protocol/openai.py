@@ -24,9 +24,15 @@ MAX_NAME = 512
 """Longest model name or reference (Hugging Face allows 96 characters per part)."""
 MAX_LOGIT_BIAS = 1024
 MAX_CHOICES = 16
+MAX_INPUTS = 2048
+"""Texts in one embedding request (OpenAI's limit): more is a 400, not minutes of work."""
+MAX_DOCUMENTS = 1000
+"""Documents in one rerank request (Cohere's recommended most)."""
 MEDIA_PARTS = frozenset({"image_url", "input_image", "image", "input_audio", "audio"})
 
 ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Count = Annotated[int, Field(strict=True)]
+"""A token or answer count: ``"5"`` or ``true`` is an error (as OpenAI's API has it), not 5."""
 
 
 def _not_a_bool(value: object) -> object:
@@ -57,10 +63,10 @@ class _SamplingRequest(_Request):
     model: ModelName
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    max_tokens: Count | None = Field(default=None, ge=0, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    n: Count | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -78,7 +84,7 @@ class _SamplingRequest(_Request):
 
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatCompletionMessageParam] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    max_completion_tokens: Count | None = Field(default=None, ge=0, le=MAX_TOKENS)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
@@ -97,7 +103,7 @@ class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = None
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    best_of: Count | None = Field(default=None, ge=1, le=MAX_CHOICES)
 
 
 class EmbeddingRequest(_Request):
@@ -116,6 +122,11 @@ class EmbeddingRequest(_Request):
         if isinstance(value, list):
             if not value:
                 raise ValueError("must not be empty: send a string or a list of strings")
+            if len(value) > MAX_INPUTS:
+                raise ValueError(
+                    f"has {len(value)} items; at most {MAX_INPUTS} per request: send them in "
+                    "several requests"
+                )
             if all(isinstance(x, int) for x in value) or all(isinstance(x, list) for x in value):
                 raise ValueError(
                     "token arrays are not supported: send text (clients that tokenize for "
@@ -140,7 +151,7 @@ class RerankRequest(_Request):
 
     model: ModelName
     query: str = Field(min_length=1)
-    documents: list[str | RerankDocument] = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(min_length=1, max_length=MAX_DOCUMENTS)
     top_n: int | None = Field(default=None, ge=1)
     top_k: int | None = Field(default=None, ge=1)
     """What several self-hosted rerank APIs call ``top_n``."""
@@ -245,7 +256,7 @@ class ResponseRequest(_Request):
     instructions: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_output_tokens: Count | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stream: bool = False

@@ -72,7 +72,10 @@ export async function keys(main, signal) {
   } }, el("label", {}, "Name", name),
     Object.entries(fields).map(([field, input]) => el("label", {}, field, input)),
     el("button", { type: "submit", class: "primary" }, "Make a key"));
-  main.append(el("h1", {}, "Keys"), form, made, el("div", { class: "scroll" }, el("table", {},
+  // Only admins and users logged in with their password make keys (a key cannot).
+  const makes = admin || session.me?.kind === "session";
+  const note = el("p", {}, "Log in with your user name and password to make keys.");
+  main.append(el("h1", {}, "Keys"), makes ? form : note, made, el("div", { class: "scroll" }, el("table", {},
     el("thead", {}, el("tr", {}, ["Key", "Name", "User", "Role", "Models", "Limits", "Balance",
       "Status", ""].map((h) => el("th", { scope: "col" }, h)))), body)));
 

@@ -121,6 +121,7 @@ class Exchange:
         self.chunks: list[bytes] = []
         self.started = asyncio.Event()
         self.first_chunk = asyncio.Event()
+        self._arrived = asyncio.Event()
         self.reading = asyncio.Event()
         """Cleared: the client stops reading (the server's next send blocks, as a full
         socket buffer would make it)."""
@@ -143,6 +144,13 @@ class Exchange:
             await self.reading.wait()
             self.chunks.append(message["body"])
             self.first_chunk.set()
+            self._arrived.set()
+
+    async def until(self, events: int) -> None:
+        """Waits until ``events`` SSE events have come."""
+        while self.body.count(b"data: ") < events:
+            self._arrived.clear()
+            await self._arrived.wait()
 
     def leave(self) -> None:
         """The client disconnects."""

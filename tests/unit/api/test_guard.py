@@ -50,7 +50,13 @@ async def test_guard_admin_refuses_cross_site(
             path, method=method, raw=raw, headers={"Sec-Fetch-Site": "cross-site"}
         )
         assert fetched.status == 403
-        plain = await h.call(path, method=method, raw=raw, headers={"Content-Type": "text/plain"})
+        # Even from this server's own origin, a browser's body must be JSON.
+        plain = await h.call(
+            path,
+            method=method,
+            raw=raw,
+            headers={"Origin": "http://127.0.0.1:8000", "Content-Type": "text/plain"},
+        )
         assert plain.status == 415
         assert code(plain) == "unsupported_media_type"
         assert h.scheduler.state("canned") == "stopped"  # nothing was done
@@ -71,6 +77,31 @@ async def test_guard_admin_accepts_programs_and_its_own_pages(make_harness: Call
         reload_without_body = await h.call("/api/reload")
         assert reload_without_body.status == 400  # no config to reload here, but not refused
         assert "without a configuration" in reload_without_body.json()["error"]["message"]
+
+
+async def test_guard_curl_form_posts_work_as_ollamas_docs_show(make_harness: Callable) -> None:
+    """``curl URL -d '{"model": …}'`` sends ``application/x-www-form-urlencoded``; no browser
+    made it (no Origin, no Sec-Fetch-*), so its content type is no reason to refuse it."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with make_harness() as h:
+        raw = json.dumps({"model": "canned"}).encode()
+        shown = await h.call("/api/show", raw=raw, headers=form)
+        assert shown.status == 200, shown.body
+        assert "capabilities" in shown.json()
+        deleted = await h.call("/api/delete", method="DELETE", raw=raw, headers=form)
+        assert deleted.status != 415
+        # The same form from a page elsewhere is still refused.
+        evil = await h.call("/api/show", raw=raw, headers={**form, "Origin": "http://evil.example"})
+        assert evil.status == 403
+
+
+async def test_guard_huge_headers_are_431(make_harness: Callable) -> None:
+    async with make_harness() as h:
+        refused = await h.call("/v1/models", method="GET", headers={"X-Big": "a" * 40_000})
+        assert refused.status == 431
+        assert code(refused) == "headers_too_large"
+        cookies = await h.call("/v1/models", method="GET", headers={"Cookie": "a=" + "b" * 8000})
+        assert cookies.status == 200
 
 
 async def test_guard_body_too_large_is_413_before_reading(make_harness: Callable) -> None:

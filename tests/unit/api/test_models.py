@@ -38,4 +38,5 @@ async def test_legacy_completions_default_to_16_tokens(
         assert await sent("chosen") == 100  # the catalog's default wins
         chat = {"model": "canned", "messages": [{"role": "user", "content": "hi"}], "x_echo": True}
         received = (await h.call("/v1/chat/completions", chat)).json()["received"]
-        assert "max_tokens" not in received  # chat keeps the engine's own limit
+        # Chat keeps the engine's own limit, the context, sent as the one length field.
+        assert received["max_tokens"] == 4096

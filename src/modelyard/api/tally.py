@@ -1,0 +1,98 @@
+"""How many tokens an engine read and generated for one request, from what it sent back.
+
+A whole answer says it in its ``usage``. A stream says it in its last chunks, which a stream
+stopped early never gets to; so the llama.cpp engine is asked for ``timings_per_token``,
+and every chunk then carries its answer's running count (``timings.predicted_n``) and the
+prompt it read (``prompt_n`` + ``cache_n``). llama.cpp also reports the usage of one answer
+only when it writes several (``n``, a list of prompts): the per-answer counts are summed.
+
+Which figure counts, best first: the engine's final ``usage`` for a single answer; the
+per-answer running counts; the final ``usage`` of an engine that gives no running counts;
+and, as a last resort (an engine that reports nothing before its end, stopped early), one
+token per stream event and the request's prompt bound.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_HELD = 1 << 20
+"""The most of an unfinished event kept (an engine's event is a few hundred bytes)."""
+
+
+class Tally:
+    __slots__ = ("_answers", "_held", "_prompt_bound", "_usage", "events", "per_prompt")
+
+    def __init__(self, per_prompt: int = 1, prompt_bound: int = 0) -> None:
+        self.per_prompt = per_prompt
+        """Answers to each prompt (``n``): the prompt is read once for all of them."""
+        self._prompt_bound = prompt_bound
+        self.events = 0
+        """Stream events seen."""
+        self._answers: dict[int, tuple[int, int]] = {}
+        """Answer index → (prompt tokens, tokens generated so far)."""
+        self._usage: tuple[int, int] | None = None
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Some bytes of an SSE stream, cut anywhere."""
+        self.events += chunk.count(b"data: ")
+        data = self._held + chunk if self._held else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._held = data[-_HELD:]
+            return
+        self._held = data[end + 2 :]
+        complete = data[:end]
+        if b'"timings"' not in complete and b'"usage"' not in complete:
+            return
+        for event in complete.split(b"\n\n"):
+            if event.startswith(b"data: ") and (b'"timings"' in event or b'"usage"' in event):
+                try:
+                    value = json.loads(event[6:])
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    self._note(value)
+
+    def _note(self, chunk: dict[str, Any]) -> None:
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
+        timings = chunk.get("timings")
+        choices = chunk.get("choices")
+        if isinstance(timings, dict) and isinstance(choices, list) and choices:
+            choice = choices[0]
+            index = _int(choice.get("index")) if isinstance(choice, dict) else 0
+            prompt = _int(timings.get("prompt_n")) + _int(timings.get("cache_n"))
+            generated = _int(timings.get("predicted_n"))
+            _, before = self._answers.get(index, (0, 0))
+            self._answers[index] = (prompt, max(before, generated))
+
+    def read(self, body: bytes) -> None:
+        """A whole answer."""
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(value, dict):
+            self._note({"usage": value.get("usage")})
+
+    def tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens, by the best figure there is (see the module)."""
+        answers = self._answers
+        if self._usage is not None and len(answers) <= 1:
+            return self._usage
+        if answers:
+            prompt = sum(p for p, _ in answers.values())
+            return round(prompt / self.per_prompt), sum(g for _, g in answers.values())
+        if self._usage is not None:
+            return self._usage
+        if self.events:
+            return self._prompt_bound, self.events
+        return 0, 0
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

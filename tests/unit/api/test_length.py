@@ -1,0 +1,142 @@
+"""The one rule for lengths, the token tally of answers and streams, and gathered answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from modelyard.api.gather import gather
+from modelyard.api.length import generation
+from modelyard.api.tally import Tally
+from modelyard.errors import InvalidRequestError
+
+
+@pytest.mark.parametrize(
+    ("payload", "per_answer", "answers", "asked"),
+    [
+        ({}, 4096, 1, False),  # no limit: the context
+        ({"max_tokens": 1, "n_predict": 150}, 1, 1, True),  # the smallest is sent
+        ({"n_predict": 150}, 150, 1, True),
+        ({"n_predict": -1}, 4096, 1, False),  # llama.cpp's "no limit"
+        ({"max_completion_tokens": 7, "max_tokens": 9}, 7, 1, True),
+        ({"max_tokens": 10**9}, 4096, 1, True),  # never past the context
+        ({"max_tokens": 4, "n": 3}, 4, 3, True),
+        ({"max_tokens": 4, "n_cmpl": 2, "best_of": 3}, 4, 3, True),
+        ({"max_tokens": 4, "prompt": ["a", "b"], "n": 2}, 4, 4, True),
+        ({"max_tokens": 4, "prompt": [1, 2, 3]}, 4, 1, True),  # one prompt of token ids
+        ({"max_tokens": 0}, 0, 1, True),
+    ],
+)
+def test_length_reads_every_knob(
+    payload: dict[str, Any], per_answer: int, answers: int, asked: bool
+) -> None:
+    length = generation(dict(payload), ctx=4096, prompt=100)
+    assert (length.per_answer, length.answers, length.asked) == (per_answer, answers, asked)
+    assert length.worst == 100 + per_answer * answers
+    sent = dict(payload)
+    length.apply(sent, sized=True)
+    assert sent["max_tokens"] == per_answer
+    assert "n_predict" not in sent
+    assert "max_completion_tokens" not in sent
+
+
+def test_length_other_engines_get_no_limit_the_request_did_not_set() -> None:
+    sent: dict[str, Any] = {"n_predict": -1}
+    generation(sent, ctx=4096, prompt=10).apply(sent, sized=False)
+    assert sent == {}
+    sent = {"n_predict": 5}
+    generation(sent, ctx=4096, prompt=10).apply(sent, sized=False)
+    assert sent == {"max_tokens": 5}
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"n_predict": True}, "n_predict"),
+        ({"n_predict": -3}, "n_predict"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"n": 0}, "n"),
+        ({"n_cmpl": 100}, "n_cmpl"),
+        ({"best_of": "2"}, "best_of"),
+    ],
+)
+def test_length_bad_values_name_their_field(payload: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        generation(payload, ctx=4096, prompt=10)
+    assert caught.value.param == param
+
+
+def sse(*chunks: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + (
+        b"data: [DONE]\n\n"
+    )
+
+
+def token(index: int, text: str, generated: int, chat: bool = True) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": index, "finish_reason": None}
+    if chat:
+        choice["delta"] = {"content": text}
+    else:
+        choice["text"] = text
+    return {
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "id": "x",
+        "created": 1,
+        "model": "m",
+        "choices": [choice],
+        "timings": {"prompt_n": 4, "cache_n": 1, "predicted_n": generated},
+    }
+
+
+def test_tally_counts_every_answer_of_a_stream_cut_anywhere() -> None:
+    stream = sse(
+        token(0, "a", 1),
+        token(1, "b", 1),
+        token(1, "c", 2),
+        token(0, "d", 2),
+        token(2, "e", 1),
+        {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
+    )
+    for size in (1, 7, 64, len(stream)):
+        tally = Tally(per_prompt=3)
+        for at in range(0, len(stream), size):
+            tally.feed(stream[at : at + size])
+        # Five tokens in three answers; the prompt (4 read + 1 cached) once for all three.
+        assert tally.tokens() == (5, 5), size
+
+
+def test_tally_of_a_stopped_stream_is_what_was_generated() -> None:
+    tally = Tally(prompt_bound=300)
+    tally.feed(sse(token(0, "a", 1), token(0, "b", 2), token(0, "c", 3))[:-14])
+    assert tally.tokens() == (5, 3)
+
+
+def test_tally_prefers_the_engines_final_usage_then_counts_events() -> None:
+    whole = Tally()
+    usage = {"prompt_tokens": 9, "completion_tokens": 1}
+    whole.feed(sse(token(0, "a", 1), {"choices": [], "usage": usage}))
+    assert whole.tokens() == (9, 1)
+    bare = Tally(prompt_bound=40)  # an engine that reports nothing until its end
+    bare.feed(b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n' * 3)
+    assert bare.tokens() == (40, 3)
+
+
+def test_gather_makes_a_whole_answer_with_every_choices_usage() -> None:
+    stream = sse(
+        {**token(0, "", 0), "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        token(0, "Hel", 1),
+        token(1, "Yo", 1),
+        token(0, "lo", 2),
+        {**token(1, "", 1), "choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]},
+        {**token(0, "", 2), "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+    )
+    answer = json.loads(gather(stream, per_prompt=2))
+    assert answer["object"] == "chat.completion"
+    assert [c["message"]["content"] for c in answer["choices"]] == ["Hello", "Yo"]
+    assert [c["finish_reason"] for c in answer["choices"]] == ["length", "stop"]
+    assert answer["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    legacy = json.loads(gather(sse(token(0, "a", 1, chat=False), token(1, "b", 1, False)), 2))
+    assert [c["text"] for c in legacy["choices"]] == ["a", "b"]

@@ -274,3 +274,64 @@ async def test_trust_bad_input_is_a_clear_4xx(make_harness: Callable) -> None:
         assert tpm.status == 400
         named = await h.call("/api/usage?key=narrow", method="GET", headers=bearer(admin))
         assert named.status == 200, named.body
+
+
+async def test_trust_no_user_or_monitor_route_changes_residency_keys_or_files(
+    make_harness: Callable, tmp_path: Path
+) -> None:
+    """Walks every state-changing effect (load, unload, pin, keep-alive, keys, users, pull,
+    delete, reload, an engine's own API) through every route a ``user`` or ``monitor``
+    credential can reach, and checks the effect did not happen (not only the status)."""
+    spec = canned_spec(tmp_path, keep_alive=60.0)
+    async with make_harness(spec, auth_mode="keys") as h:
+        accounts: Accounts = h.app.state.accounts
+        admin = await make_key(h, Role.ADMIN, name="root")
+        assert (await h.call("/api/load", {"model": "canned"}, headers=bearer(admin))).status == 200
+
+        def residency() -> tuple[str, bool, float | None]:
+            (status,) = [s for s in h.scheduler.status() if s.name == "canned"]
+            return status.state, status.pinned, status.expires_at
+
+        chats = [
+            ("/v1/chat/completions", {**CHAT}),
+            ("/v1/completions", {"model": "canned", "prompt": "hi", "max_tokens": 2}),
+            ("/v1/messages", {"model": "canned", "max_tokens": 2,
+                              "messages": [{"role": "user", "content": "hi"}]}),
+            ("/api/chat", {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}),
+            ("/api/generate", {"model": "canned", "prompt": "hi"}),
+            ("/api/chat", {"model": "canned"}),
+            ("/api/generate", {"model": "canned"}),
+        ]  # fmt: skip
+        admin_only = [
+            ("POST", "/api/load", {"model": "canned", "keep_alive": -1}),
+            ("POST", "/api/unload", {"model": "canned"}),
+            ("POST", "/api/pin", {"model": "canned"}),
+            ("POST", "/api/pull", {"model": "owner/repo"}),
+            ("DELETE", "/api/delete", {"model": "canned", "force": True}),
+            ("POST", "/api/reload", {}),
+            ("POST", "/api/users", {"name": "mallory", "role": "admin"}),
+            ("PATCH", "/api/keys/root", {"enabled": False}),
+            ("POST", "/upstream/canned/slots/0?action=erase", {}),
+        ]
+        for role in (Role.USER, Role.MONITOR):
+            key = await make_key(h, role, name=f"{role}-key", balance=10**6)
+            keys_before = len(await accounts.store.keys())
+            for method, path, body in admin_only:
+                answer = await h.call(path, body, method=method, headers=bearer(key))
+                assert answer.status == 403, f"{role} {method} {path}: {answer.body!r}"
+            made = await h.call("/api/keys", {"name": "minted"}, headers=bearer(key))
+            assert made.status == 403
+            assert len(await accounts.store.keys()) == keys_before
+            assert await accounts.store.users() == []
+            before = residency()
+            for keep_alive in (0, -1, "10h", "1s"):
+                for path, body in chats:
+                    await h.call(path, {**body, "keep_alive": keep_alive}, headers=bearer(key))
+                state, pinned, expires = residency()
+                assert (state, pinned) == ("ready", False), (role, keep_alive)
+                assert expires is not None
+                assert expires - time.time() <= 61, (role, keep_alive)  # the model's own
+            assert before[:2] == residency()[:2]
+        assert spec.path is not None
+        assert spec.path.exists()  # not deleted
+        assert not list((tmp_path / "models").glob("**/*"))  # nothing pulled

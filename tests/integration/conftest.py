@@ -87,12 +87,14 @@ class Server:
     def model_ids(self) -> list[str]:
         return [m["id"] for m in httpx.get(f"{self.url}/v1/models").json()["data"]]
 
-    def ps(self) -> list[dict[str, object]]:
-        models: list[dict[str, object]] = httpx.get(f"{self.url}/api/ps").json()["models"]
+    def ps(self, headers: dict[str, str] | None = None) -> list[dict[str, object]]:
+        answer = httpx.get(f"{self.url}/api/ps", headers=headers)
+        models: list[dict[str, object]] = answer.json()["models"]
         return models
 
-    def runner(self, model: str) -> Runner:
-        (entry,) = [m for m in self.ps() if m["name"] == model]
+    def runner(self, model: str, headers: dict[str, str] | None = None) -> Runner:
+        """``headers``: an admin's key, when keys are required."""
+        (entry,) = [m for m in self.ps(headers) if m["name"] == model]
         process = psutil.Process(int(str(entry["pid"])))
         argv, environ = process.cmdline(), process.environ()
         key = environ.get("LLAMA_API_KEY") or environ.get("MODELYARD_RUNNER_KEY")

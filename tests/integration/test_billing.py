@@ -100,17 +100,17 @@ def billed(server_factory: Callable[..., Server]) -> tuple[Server, str, str]:
     return server, admin, made.json()["key"]
 
 
-def predicted(server: Server) -> int:
-    runner = server.runner("demo")
+def predicted(server: Server, admin: str) -> int:
+    runner = server.runner("demo", bearer(admin))
     text = httpx.get(f"{runner.url}/metrics", headers=runner.headers).text
     (line,) = [x for x in text.splitlines() if x.startswith("llamacpp:tokens_predicted_total")]
     return int(float(line.split()[1]))
 
 
-def settled(server: Server) -> None:
+def settled(server: Server, admin: str) -> None:
     """Waits until no slot of the runner is working (a stopped stream's slot frees a moment
     after the client left)."""
-    runner = server.runner("demo")
+    runner = server.runner("demo", bearer(admin))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         slots = httpx.get(f"{runner.url}/slots", headers=runner.headers).json()
@@ -140,9 +140,10 @@ def send(server: Server, key: str, case: Case) -> None:
         assert answer.status_code == 200, answer.read()
         events = 0
         for line in answer.iter_lines():
-            if line.startswith("data: ") or (line.startswith("{") and "done" in line):
+            data = line.removeprefix("data: ")
+            if data.startswith("{"):
                 events += 1
-                if "error" in json.loads(line.removeprefix("data: ")):
+                if "error" in json.loads(data):
                     raise AssertionError(line)
             if case.mode == "cut" and events == 3:
                 break  # the client leaves
@@ -152,25 +153,28 @@ def test_billing_charges_what_the_runner_generated(billed: tuple[Server, str, st
     server, admin, key = billed
     send(server, key, Case("/v1/chat/completions", "max_tokens", 1, "whole"))  # loads it
     checked = 0
+    prompts: dict[str, int] = {}
     for case in cases():
-        settled(server)
-        before_tokens = predicted(server)
+        settled(server, admin)
+        before_tokens = predicted(server, admin)
         before_balance, before_row = payer(server, admin)
         send(server, key, case)
         deadline = time.monotonic() + 10
         while (row := payer(server, admin)[1]) == before_row and time.monotonic() < deadline:
             time.sleep(0.05)
-        settled(server)
-        generated = predicted(server) - before_tokens
+        settled(server, admin)
+        generated = predicted(server, admin) - before_tokens
         balance, row = payer(server, admin)
         charged = before_balance - balance
         label = f"{case}: row {row}, runner generated {generated}"
         assert balance >= 0, label
         assert charged == row["cost"] == row["prompt_tokens"] + row["completion_tokens"], label
+        # The prompt the engine read, once however many answers, whole or stopped.
+        assert prompts.setdefault(case.route, row["prompt_tokens"]) == row["prompt_tokens"], label
         if case.mode == "cut":
             # What the engine made after the last event read and before it saw the client
             # leave is counted by the runner, not the ledger: within the prompt's size.
-            assert row["completion_tokens"] >= 3, label
+            assert row["completion_tokens"] >= 1, label
             assert 0 <= generated - row["completion_tokens"] <= row["prompt_tokens"], label
             assert row["completion_tokens"] < CUT_LENGTH * case.choices, label
         else:

@@ -136,7 +136,7 @@ class Dispatch(Response):
         self._gathered = gathered
         """The engine streams an answer the client asked for whole (``api.gather``)."""
         self._stream = bool(payload.get("stream")) and not gathered
-        self._tally = Tally(length.per_prompt, length.prompt) if length is not None else Tally()
+        self._tally = Tally(length.prompts, length.prompt) if length is not None else Tally()
         self._remote = scheduler.spec(model).engine == "remote"
         self._trace = trace or Trace(request_id, "POST", path, time.perf_counter(), time.time())
         self._trace.model = model
@@ -176,7 +176,7 @@ class Dispatch(Response):
                 answer = await read_answer(upstream, passthrough=self._remote)
                 watch.armed = False
                 if self._gathered and upstream.status < 400:
-                    answer = gather(answer, self._tally.per_prompt)
+                    answer = gather(answer, self._tally.prompts)
                 trace.read_usage(answer)
                 if self._shape is not None:
                     answer = self._shape(answer)

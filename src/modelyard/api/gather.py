@@ -18,12 +18,12 @@ from modelyard.errors import RunnerError
 _OBJECTS = {"chat.completion.chunk": "chat.completion", "text_completion": "text_completion"}
 
 
-def gather(stream: bytes, per_prompt: int) -> bytes:
-    """The whole answer of an OpenAI chat or completion ``stream`` (SSE bytes) whose prompt
-    was answered ``per_prompt`` times."""
+def gather(stream: bytes, prompts: int) -> bytes:
+    """The whole answer of an OpenAI chat or completion ``stream`` (SSE bytes) of a request
+    with ``prompts`` prompts."""
     whole = stream if stream.endswith(b"\n\n") else stream + b"\n\n"
     events, _ = sse_events(whole)
-    tally = Tally(per_prompt)
+    tally = Tally(prompts)
     tally.feed(whole)
     head: dict[str, Any] = {}
     choices: dict[int, dict[str, Any]] = {}

@@ -44,6 +44,10 @@ class Length:
     """Whether the request set a limit itself (else it is the context)."""
 
     @property
+    def prompts(self) -> int:
+        return self.answers // self.per_prompt
+
+    @property
     def worst(self) -> int:
         """The most tokens it can be charged: its prompt and every answer at full length."""
         return self.prompt + self.per_answer * self.answers

@@ -22,11 +22,11 @@ _HELD = 1 << 20
 
 
 class Tally:
-    __slots__ = ("_answers", "_held", "_prompt_bound", "_usage", "events", "per_prompt")
+    __slots__ = ("_answers", "_held", "_prompt_bound", "_usage", "events", "prompts")
 
-    def __init__(self, per_prompt: int = 1, prompt_bound: int = 0) -> None:
-        self.per_prompt = per_prompt
-        """Answers to each prompt (``n``): the prompt is read once for all of them."""
+    def __init__(self, prompts: int = 1, prompt_bound: int = 0) -> None:
+        self.prompts = prompts
+        """Prompts of the request: each is read once however many answers it gets (``n``)."""
         self._prompt_bound = prompt_bound
         self.events = 0
         """Stream events seen."""
@@ -85,8 +85,10 @@ class Tally:
         if self._usage is not None and len(answers) <= 1:
             return self._usage
         if answers:
-            prompt = sum(p for p, _ in answers.values())
-            return round(prompt / self.per_prompt), sum(g for _, g in answers.values())
+            # Each answer tells its prompt's size: their mean, once per prompt (a stream
+            # stopped early may not have heard from every answer yet).
+            prompt = sum(p for p, _ in answers.values()) / len(answers) * self.prompts
+            return round(prompt), sum(g for _, g in answers.values())
         if self._usage is not None:
             return self._usage
         if self.events:

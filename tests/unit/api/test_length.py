@@ -101,7 +101,7 @@ def test_tally_counts_every_answer_of_a_stream_cut_anywhere() -> None:
         {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
     )
     for size in (1, 7, 64, len(stream)):
-        tally = Tally(per_prompt=3)
+        tally = Tally(prompts=1)
         for at in range(0, len(stream), size):
             tally.feed(stream[at : at + size])
         # Five tokens in three answers; the prompt (4 read + 1 cached) once for all three.
@@ -112,6 +112,10 @@ def test_tally_of_a_stopped_stream_is_what_was_generated() -> None:
     tally = Tally(prompt_bound=300)
     tally.feed(sse(token(0, "a", 1), token(0, "b", 2), token(0, "c", 3))[:-14])
     assert tally.tokens() == (5, 3)
+    # Three answers to one prompt, stopped before the third said anything: one prompt.
+    early = Tally(prompts=1)
+    early.feed(sse(token(0, "a", 1), token(1, "b", 1)))
+    assert early.tokens() == (5, 2)
 
 
 def test_tally_prefers_the_engines_final_usage_then_counts_events() -> None:
@@ -133,10 +137,11 @@ def test_gather_makes_a_whole_answer_with_every_choices_usage() -> None:
         {**token(1, "", 1), "choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]},
         {**token(0, "", 2), "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
     )
-    answer = json.loads(gather(stream, per_prompt=2))
+    answer = json.loads(gather(stream, prompts=1))
     assert answer["object"] == "chat.completion"
     assert [c["message"]["content"] for c in answer["choices"]] == ["Hello", "Yo"]
     assert [c["finish_reason"] for c in answer["choices"]] == ["length", "stop"]
     assert answer["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
-    legacy = json.loads(gather(sse(token(0, "a", 1, chat=False), token(1, "b", 1, False)), 2))
+    two = sse(token(0, "a", 1, chat=False), token(1, "b", 1, chat=False))
+    legacy = json.loads(gather(two, prompts=2))
     assert [c["text"] for c in legacy["choices"]] == ["a", "b"]

@@ -2,9 +2,9 @@
 talking to a real server on the demo models with only its base URL changed.
 
 The demo chat model is a tiny base model: it calls tools reliably only when it must
-(``tool_choice`` required or named, where llama.cpp's grammar holds it to the format), so
-the tool tests ask so. Texts are compared at temperature 0, where llama.cpp is
-deterministic.
+(``tool_choice`` required or named, where modelyard holds it to one call of an offered
+tool, ``dialect.forced``), so the tool tests ask so. Texts are compared at temperature 0,
+where llama.cpp is deterministic.
 """
 
 from __future__ import annotations
@@ -73,6 +73,65 @@ def claude(server: Server) -> Iterator[anthropic.Anthropic]:
 
 def _tools(*functions: dict[str, Any]) -> Any:
     return [{"type": "function", "function": f} for f in functions]
+
+
+FREE = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+"""A free-string argument: held only by llama.cpp's tool grammar, the demo model wrote text
+before its call (``You may call these tools: …``)."""
+
+
+@pytest.mark.parametrize(
+    ("route", "choice"),
+    [
+        ("/v1/chat/completions", "required"),
+        ("/v1/chat/completions", {"type": "function", "function": {"name": "get_time"}}),
+        ("/v1/messages", {"type": "any"}),
+        ("/v1/messages", {"type": "tool", "name": "get_time"}),
+        ("/v1/responses", "required"),
+        ("/v1/responses", {"type": "function", "name": "get_time"}),
+    ],
+)
+def test_clients_forced_tool_calls_are_calls_and_nothing_else(
+    server: Server, route: str, choice: Any
+) -> None:
+    named = "get_time" if "get_time" in json.dumps(choice) else None
+    time_tool = {**FREE, "name": "get_time", "description": "The time in a city"}
+    message = [{"role": "user", "content": QUESTION}]
+    if route == "/v1/chat/completions":
+        body: dict[str, Any] = {"messages": message, "tools": _tools(FREE, time_tool),
+                                "max_tokens": 60}  # fmt: skip
+    elif route == "/v1/messages":
+        tools = [{"name": t["name"], "description": t["description"],
+                  "input_schema": t["parameters"]} for t in (FREE, time_tool)]  # fmt: skip
+        body = {"messages": message, "tools": tools, "max_tokens": 60}
+    else:
+        tools = [{"type": "function", **t} for t in (FREE, time_tool)]
+        body = {"input": QUESTION, "tools": tools, "max_output_tokens": 60}
+    answer = httpx.post(
+        f"{server.url}{route}", json={"model": "demo", "tool_choice": choice, **body}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    if route == "/v1/chat/completions":
+        (reply,) = data["choices"]
+        assert reply["message"]["content"] is None
+        assert reply["finish_reason"] == "tool_calls"
+        calls = [(c["function"]["name"], c["function"]["arguments"])
+                 for c in reply["message"]["tool_calls"]]  # fmt: skip
+    elif route == "/v1/messages":
+        assert data["stop_reason"] == "tool_use"
+        assert [b["type"] for b in data["content"]] == ["tool_use"]
+        calls = [(b["name"], json.dumps(b["input"])) for b in data["content"]]
+    else:
+        assert [o["type"] for o in data["output"]] == ["function_call"]
+        calls = [(o["name"], o["arguments"]) for o in data["output"]]
+    ((name, arguments),) = calls
+    assert name == named or named is None
+    assert isinstance(json.loads(arguments), dict)
 
 
 def test_clients_openai_required_tool_call(oai: openai.OpenAI) -> None:

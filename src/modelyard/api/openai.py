@@ -19,6 +19,7 @@ from modelyard.api.length import LIMITS, Length, generation
 from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.spec import ModelSpec
 from modelyard.dialect.base import Dialect
+from modelyard.dialect.forced import ForcedCall, forced, hold_to_call
 from modelyard.dialect.legacy import LegacyCompletion
 from modelyard.errors import (
     InvalidRequestError,
@@ -175,6 +176,10 @@ async def serve_generation(
             "file, or none to use the one in the GGUF), or send the request without tools",
             param="tools",
         )
+    if isinstance(parsed, ChatCompletionRequest) and spec.engine == "llamacpp" and forced(payload):
+        hold_to_call(payload)
+        usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        dialect = ForcedCall(dialect or Dialect(parsed.model), usage)
     # Every length field of every API, read once: the engine is sent exactly that limit.
     length = generation(payload, ctx=spec.ctx, prompt=len(await request.body()))
     length.apply(payload, sized=spec.engine == "llamacpp")

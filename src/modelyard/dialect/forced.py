@@ -1,0 +1,184 @@
+"""A forced tool call that is a call: ``tool_choice`` ``required`` or a named tool (and what
+Anthropic's ``any``/``tool`` and the Responses API's choices become) on llama.cpp.
+
+llama.cpp's tool grammar lets a model write text before its call, so a small model held to
+a call could write text only until ``max_tokens``. Instead the engine is held to the call
+itself: a JSON schema (``json_schema``, which llama.cpp takes beside ``tools``, so the chat
+template still shows them) admits exactly ``{"name": one of the tools, "arguments": that
+tool's parameters}``, and ``ForcedCall`` turns the JSON the model wrote into the call, in
+whatever API the client speaks (it wraps that API's dialect). One call per answer: a
+forced choice is met by one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+from modelyard.dialect.base import Dialect, parse_answer
+from modelyard.errors import ModelyardError
+
+
+def forced(payload: dict[str, Any]) -> bool:
+    """Whether ``payload`` (an OpenAI chat request) forces a tool call."""
+    return payload.get("tool_choice") == "required" and bool(payload.get("tools"))
+
+
+def hold_to_call(payload: dict[str, Any]) -> None:
+    """Adds the schema that admits exactly one call of one of ``payload``'s tools."""
+    calls = []
+    for tool in payload["tools"]:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            continue
+        parameters = function.get("parameters") or {"type": "object"}
+        calls.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+            }
+        )
+    payload["json_schema"] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+
+class ForcedCall(Dialect):
+    """Answers whose content is a held call, as the call, in ``inner``'s API."""
+
+    def __init__(self, inner: Dialect, usage: bool) -> None:
+        super().__init__(inner.model)
+        self.inner = inner
+        self.media_type = inner.media_type
+        self._plain = type(inner) is Dialect
+        """``inner`` speaks OpenAI's own API."""
+        self._usage = usage
+        """Whether the client asked for the usage chunk (OpenAI's API; others have theirs)."""
+        self._text = ""
+        self._head: dict[str, Any] = {}
+        self._arguments: int | None = None
+        """Where in the text the arguments start (then: how far they were sent)."""
+        self._depth = 0
+        self._started = False
+        self._quoted = False
+        self._escaped = False
+
+    def answer(self, body: bytes) -> bytes:
+        self.inner.load_wait = self.load_wait
+        data = parse_answer(body)
+        for choice in data["choices"]:
+            message = choice.get("message") or {}
+            call = _call(message.get("content"))
+            if call is not None:
+                choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+                choice["finish_reason"] = "tool_calls"
+        return self.inner.answer(json.dumps(data).encode())
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        self.inner.load_wait = self.load_wait
+        choices = chunk.get("choices") or []
+        if not choices:
+            if "usage" in chunk and self._plain and not self._usage:
+                return b""  # asked for by the gateway, not the client
+            return self.inner.feed(chunk)
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        if not self._head:
+            self._head = {k: v for k, v in chunk.items() if k not in ("choices", "timings")}
+        out = b""
+        text = delta.get("content")
+        if isinstance(text, str) and text:
+            self._text += text
+            out = self._stream_call()
+        finish = choice.get("finish_reason")
+        if not finish:
+            if not isinstance(text, str):
+                out += self.inner.feed(chunk)  # the role, or something else: as it is
+            return out
+        if self._arguments is None:  # cut short before the call's name: what it wrote
+            written = {"content": self._text} if self._text else {}
+            return out + self.inner.feed(self._chunk(written, finish, chunk))
+        # A held call ends where its arguments end; cut short (max_tokens), it says so.
+        reason = "tool_calls" if self._depth == 0 and self._started else finish
+        return out + self.inner.feed(self._chunk({}, reason, chunk))
+
+    def _stream_call(self) -> bytes:
+        """The call's name as soon as it is written, then its arguments piece by piece (the
+        text before them and the closing brace after them are the held shape, not sent)."""
+        if self._arguments is None:
+            head = _HEAD.match(self._text)
+            if head is None:
+                return b""
+            self._arguments = head.end()
+            call = {
+                "index": 0,
+                "id": "call_" + secrets.token_hex(12),
+                "type": "function",
+                "function": {"name": json.loads(f'"{head.group(1)}"'), "arguments": ""},
+            }
+            first = self.inner.feed(self._chunk({"tool_calls": [call]}, None))
+        else:
+            first = b""
+        piece = []
+        for char in self._text[self._arguments :]:
+            self._arguments += 1
+            if self._started and self._depth == 0:
+                continue  # past the arguments: the call's own closing brace
+            piece.append(char)
+            if self._quoted:
+                if self._escaped:
+                    self._escaped = False
+                elif char == "\\":
+                    self._escaped = True
+                elif char == '"':
+                    self._quoted = False
+            elif char == '"':
+                self._quoted = True
+            elif char in "{[":
+                self._depth += 1
+                self._started = True
+            elif char in "}]":
+                self._depth -= 1
+        if not piece:
+            return first
+        arguments = {"index": 0, "function": {"arguments": "".join(piece)}}
+        return first + self.inner.feed(self._chunk({"tool_calls": [arguments]}, None))
+
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None, like: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        chunk = {**self._head, **(like or {})}
+        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return chunk
+
+    def close(self) -> bytes:
+        self.inner.load_wait = self.load_wait
+        return self.inner.close()
+
+    def envelope(self, exc: ModelyardError) -> dict[str, Any]:
+        return self.inner.envelope(exc)
+
+    def stream_error(self, exc: ModelyardError) -> bytes:
+        return self.inner.stream_error(exc)
+
+
+_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+"""The start of a held call, up to its arguments (the schema writes ``name`` first)."""
+
+
+def _call(content: object) -> dict[str, Any] | None:
+    """The call in a held answer's text, or ``None`` when it is not one (cut short)."""
+    if not isinstance(content, str):
+        return None
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    return {
+        "id": "call_" + secrets.token_hex(12),
+        "type": "function",
+        "function": {"name": value["name"], "arguments": json.dumps(value.get("arguments", {}))},
+    }

@@ -576,3 +576,20 @@ def test_clients_openai_responses_function_call_round_trip(oai: openai.OpenAI) -
     with pytest.raises(openai.BadRequestError) as refused:
         oai.responses.create(model="demo", input="Hi", previous_response_id=reply.id)
     assert refused.value.body["param"] == "previous_response_id"  # type: ignore[index]
+
+
+def test_clients_ollama_stream_that_the_engine_fails_raises(olla: ollama.Client) -> None:
+    """A tool call left to the demo model (Ollama has no ``tool_choice``) makes llama.cpp fail
+    to parse its output mid-stream: the client gets the error, not a finished answer."""
+    stream = olla.chat(
+        model="demo",
+        messages=[{"role": "user", "content": QUESTION}],
+        tools=[{"type": "function", "function": FREE}],
+        options={"temperature": 0, "num_predict": 80},
+        stream=True,
+    )
+    parts: list[Any] = []
+    with pytest.raises(ollama.ResponseError, match="does not match"):
+        parts.extend(stream)
+    assert parts  # it had started
+    assert not any(part.done for part in parts)

@@ -1,8 +1,9 @@
 """The billing property on the demo model with keys on: for every inference route of every
 API, each of its length fields, one and three choices, and an answer taken whole, streamed
-whole or stopped by the client after three events, what the key is charged is what the
-ledger says, the balance never goes below zero, and the ledger's tokens are what the
-runner's own counter (llama.cpp's ``tokens_predicted_total``) says it generated."""
+whole, stopped by the client after three events or left before it came, what the key is
+charged is what the ledger says, the balance never goes below zero, and the ledger's tokens
+are what the runner's own counter (llama.cpp's ``tokens_predicted_total``) says it
+generated."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ LENGTH = 6
 """Tokens per answer of a request taken whole."""
 CUT_LENGTH = 60
 """Tokens per answer of a request the client stops after three events."""
+GONE_LENGTH = 24
+"""Tokens per answer of a whole answer the client leaves (0.3 s, before it can come)."""
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,12 @@ class Case:
     knob: str
     choices: int
     mode: str
-    """``whole``, ``stream`` or ``cut``."""
+    """``whole``, ``stream``, ``cut`` (the client stops reading a stream after three
+    events) or ``gone`` (the client leaves before a whole answer came)."""
 
     def body(self) -> dict[str, Any]:
-        n = CUT_LENGTH if self.mode == "cut" else LENGTH
-        stream = self.mode != "whole"
+        n = {"cut": CUT_LENGTH, "gone": GONE_LENGTH}.get(self.mode, LENGTH)
+        stream = self.mode in ("stream", "cut")
         text = "Once upon a time, in a small village,"
         if self.route in ("/v1/chat/completions", "/v1/completions"):
             body: dict[str, Any] = {"model": "demo", self.knob: n, "ignore_eos": True}
@@ -72,7 +76,7 @@ def cases() -> list[Case]:
     for route, names in knobs.items():
         for knob in names:
             for choices in (1, 3) if route.startswith(("/v1/chat", "/v1/comp")) else (1,):
-                for mode in ("whole", "stream", "cut"):
+                for mode in ("whole", "stream", "cut", "gone"):
                     found.append(Case(route, knob, choices, mode))
     return found
 
@@ -132,6 +136,10 @@ def payer(server: Server, admin: str) -> tuple[int, dict[str, Any]]:
 
 def send(server: Server, key: str, case: Case) -> None:
     url = f"{server.url}{case.route}"
+    if case.mode == "gone":
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json=case.body(), headers=bearer(key), timeout=0.3)
+        return
     if case.mode == "whole":
         answer = httpx.post(url, json=case.body(), headers=bearer(key), timeout=60)
         assert answer.status_code == 200, answer.text
@@ -149,6 +157,7 @@ def send(server: Server, key: str, case: Case) -> None:
                 break  # the client leaves
 
 
+@pytest.mark.timeout(300)
 def test_billing_charges_what_the_runner_generated(billed: tuple[Server, str, str]) -> None:
     server, admin, key = billed
     send(server, key, Case("/v1/chat/completions", "max_tokens", 1, "whole"))  # loads it
@@ -178,10 +187,14 @@ def test_billing_charges_what_the_runner_generated(billed: tuple[Server, str, st
             assert 0 <= generated - row["completion_tokens"] <= row["prompt_tokens"], label
             assert row["completion_tokens"] < CUT_LENGTH * case.choices, label
         else:
+            # A whole answer is written to its end though the client left (llama.cpp's way):
+            # all of it is charged, and the ledger says the client left.
+            assert row["status"] == (499 if case.mode == "gone" else 200), label
             assert row["completion_tokens"] == generated, label
+            length = GONE_LENGTH if case.mode == "gone" else LENGTH
             if case.route in ("/v1/chat/completions", "/v1/completions"):  # ignore_eos
-                assert generated == LENGTH * case.choices, label
+                assert generated == length * case.choices, label
             else:
-                assert generated <= LENGTH, label
+                assert generated <= length, label
         checked += 1
-    assert checked == 42
+    assert checked == 56

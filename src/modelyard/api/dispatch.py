@@ -10,8 +10,8 @@ The order of a request:
 2. POST the payload to the runner with its key. A runner that refuses the connection or
    drops it before taking the request is dead or dying: the lease is returned, the
    scheduler confirms the exit, and the request waits for the restart like a request to a
-   cold model. One that is still running after all is tried again. At most ``_ATTEMPTS``
-   times in all.
+   cold model, through as many restarts as come within the model's queue timeout (a kill
+   storm). One that is still running after all is tried again, ``_ATTEMPTS`` times at most.
 3. Relay: a stream chunk by chunk as it comes (a broken upstream ends with one SSE error
    frame), or the whole answer, shaped by the route's ``shape``.
 4. Release, telling the scheduler whether the runner served the request.
@@ -57,7 +57,10 @@ Shape = Callable[[bytes], bytes]
 
 _CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
 _ATTEMPTS = 3
-"""Leases tried for one request when runners turn out to be dead (a kill storm)."""
+"""Tries of one request on runners that are alive but drop its connection."""
+_RESTARTS_FOR = 120.0
+"""Seconds a request waits through restarts of runners that died under it, for a model
+without a queue timeout (else that timeout: as long as it could have waited in the queue)."""
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -116,6 +119,7 @@ class Dispatch(Response):
         dialect: Dialect | None = None,
         length: Length | None = None,
         gathered: bool = False,
+        answers_whole: bool = False,
     ) -> None:
         super().__init__()
         self._scheduler = scheduler
@@ -135,6 +139,9 @@ class Dispatch(Response):
         """Another API (or shape) spoken over this request (``modelyard.dialect``)."""
         self._gathered = gathered
         """The engine streams an answer the client asked for whole (``api.gather``)."""
+        self._answers_whole = answers_whole
+        """The engine writes a whole (non-streamed) answer to its end even when the client
+        leaves (llama.cpp): the request then waits for it, holding its slot, to charge it."""
         self._stream = bool(payload.get("stream")) and not gathered
         self._tally = Tally(length.prompts, length.prompt) if length is not None else Tally()
         self._remote = scheduler.spec(model).engine == "remote"
@@ -145,7 +152,7 @@ class Dispatch(Response):
         self._finished = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = _Watch(receive)
+        watch = self._watch = _Watch(receive)
         trace = self._trace
         lease: Lease | None = None
         served = False
@@ -178,12 +185,16 @@ class Dispatch(Response):
                 if self._gathered and upstream.status < 400:
                     answer = gather(answer, self._tally.prompts)
                 trace.read_usage(answer)
+                served = True
+                if watch.left:  # it was generated all the same: charged, told nobody
+                    trace.cancelled = True
+                    await self._answer(send, _CLIENT_CLOSED, b"", [])
+                    return
                 if self._shape is not None:
                     answer = self._shape(answer)
                 if self._dialect is not None:
                     answer = self._dialect.answer(answer)
                 await self._answer(send, 200, answer, headers)
-                served = True
         except ModelyardError as exc:
             watch.armed = False
             report(exc)
@@ -216,7 +227,13 @@ class Dispatch(Response):
 
     async def _open(self) -> tuple[Lease, aiohttp.ClientResponse]:
         """A lease and the runner's response (its headers; the body is still to come)."""
-        for attempt in range(1, _ATTEMPTS + 1):
+        refused = 0
+        waited = self._scheduler.spec(self._model).queue_timeout
+        deadline = self._trace.started + (waited if waited is not None else _RESTARTS_FOR)
+        while True:
+            self._watch.armed = True
+            if self._watch.left:  # while an earlier try had it disarmed
+                raise asyncio.CancelledError
             # If the client leaves while this waits, acquire returns the lease it granted.
             lease = await self._scheduler.acquire(
                 self._model,
@@ -227,6 +244,8 @@ class Dispatch(Response):
             )
             trace = self._trace
             trace.lease_at = time.perf_counter() - trace.started
+            if self._answers_whole and not self._stream:
+                self._watch.armed = False  # from here on the answer is made, left or not
             trace.load_wait = lease.load_wait
             trace.queue_wait = max(0.0, lease.queued - lease.load_wait)
             try:
@@ -244,7 +263,8 @@ class Dispatch(Response):
                         f"{exc.message}"
                     ) from None
                 gone = await self._scheduler.runner_unreachable(lease)
-                if attempt == _ATTEMPTS:
+                refused += not gone
+                if refused == _ATTEMPTS or time.perf_counter() > deadline:
                     raise
                 if gone:
                     log.info("runner of %s is gone; request %s waits for its restart",
@@ -257,7 +277,6 @@ class Dispatch(Response):
             except BaseException:
                 self._scheduler.release(lease)
                 raise
-        raise AssertionError("unreachable")
 
     async def _relay(self, upstream: aiohttp.ClientResponse, send: Send) -> bool:
         """Passes the stream on as it arrives; ``True`` if it ended as the runner meant it.

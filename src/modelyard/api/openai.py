@@ -431,4 +431,5 @@ async def _forward(
         dialect=dialect,
         length=length,
         gathered=gathered,
+        answers_whole=spec.engine == "llamacpp",
     )

@@ -22,7 +22,7 @@ _HELD = 1 << 20
 
 
 class Tally:
-    __slots__ = ("_answers", "_held", "_prompt_bound", "_usage", "events", "prompts")
+    __slots__ = ("_answers", "_held", "_last", "_prompt_bound", "_usage", "events", "prompts")
 
     def __init__(self, prompts: int = 1, prompt_bound: int = 0) -> None:
         self.prompts = prompts
@@ -33,6 +33,8 @@ class Tally:
         self._answers: dict[int, tuple[int, int]] = {}
         """Answer index → (prompt tokens, tokens generated so far)."""
         self._usage: tuple[int, int] | None = None
+        self._last = 0
+        """The answer the latest chunk was of."""
         self._held = b""
 
     def feed(self, chunk: bytes) -> None:
@@ -60,15 +62,19 @@ class Tally:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
-        timings = chunk.get("timings")
         choices = chunk.get("choices")
-        if isinstance(timings, dict) and isinstance(choices, list) and choices:
-            choice = choices[0]
-            index = _int(choice.get("index")) if isinstance(choice, dict) else 0
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            self._last = _int(choices[0].get("index"))
+        elif not isinstance(usage, dict):
+            return
+        # A usage chunk (no choices) follows the end of its answer, with its final count: a
+        # token that made no text (half a character) had no chunk of its own.
+        timings = chunk.get("timings")
+        if isinstance(timings, dict):
             prompt = _int(timings.get("prompt_n")) + _int(timings.get("cache_n"))
             generated = _int(timings.get("predicted_n"))
-            _, before = self._answers.get(index, (0, 0))
-            self._answers[index] = (prompt, max(before, generated))
+            _, before = self._answers.get(self._last, (0, 0))
+            self._answers[self._last] = (prompt, max(before, generated))
 
     def read(self, body: bytes) -> None:
         """A whole answer."""

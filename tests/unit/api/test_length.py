@@ -145,3 +145,15 @@ def test_gather_makes_a_whole_answer_with_every_choices_usage() -> None:
     two = sse(token(0, "a", 1, chat=False), token(1, "b", 1, chat=False))
     legacy = json.loads(gather(two, prompts=2))
     assert [c["text"] for c in legacy["choices"]] == ["a", "b"]
+
+
+def test_tally_takes_each_answers_final_count_from_its_usage_chunk() -> None:
+    """A token that made no text (half a character) has no chunk; the usage chunk after its
+    answer's end carries the final count."""
+    final = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+             "timings": {"prompt_n": 4, "cache_n": 1, "predicted_n": 3}}  # fmt: skip
+    tally = Tally()
+    tally.feed(sse(token(1, "a", 1), token(0, "b", 1), token(1, "c", 2),
+                   {"choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]},
+                   final, token(0, "d", 2)))  # fmt: skip
+    assert tally.tokens() == (5, 5)  # answer 1: three tokens, answer 0: two so far

@@ -27,9 +27,9 @@ OFF = "[server]\nusage_ledger = false\n"
 KEYS = {"MODELYARD_AUTH": "keys"}
 
 
-def keyed(config: str, **key: object) -> Gateway:
+def keyed(config: str, env: dict[str, str] | None = None, **key: object) -> Gateway:
     """A gateway that requires keys, and a key for the scenarios (``key``: its limits)."""
-    gateway = Gateway(config, core=0, env=KEYS)
+    gateway = Gateway(config, core=0, env={**KEYS, **(env or {})})
     printed = re.search(rb"^\s+(my-\w+)\s*$", (gateway.home / "gateway.log").read_bytes(), re.M)
     assert printed is not None, "no admin key printed"
     admin = {"Authorization": f"Bearer {printed.group(1).decode()}"}

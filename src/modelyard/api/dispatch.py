@@ -42,7 +42,7 @@ from modelyard.api.length import Length
 from modelyard.api.proxy import Upstream, read_answer
 from modelyard.api.tally import Tally
 from modelyard.api.telemetry import Trace
-from modelyard.dialect.base import Dialect, sse_events
+from modelyard.dialect.base import Dialect, engine_error, sse_events, stream_chunks
 from modelyard.errors import (
     ModelyardError,
     RunnerError,
@@ -388,19 +388,10 @@ def _translated(dialect: Dialect, data: bytes) -> tuple[bytes, bytes, str | None
     message of an error event the engine sent instead of its next chunk."""
     events, rest = sse_events(data)
     out: list[bytes] = []
-    for event in events:
-        if event == b"[DONE]":
-            continue
-        try:
-            chunk = json.loads(event)
-        except ValueError:
-            continue  # nothing a client of another API could read
-        if not isinstance(chunk, dict):
-            continue
-        if "error" in chunk:
-            error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            return b"".join(out), rest, str(message)
+    for chunk in stream_chunks(events):
+        failure = engine_error(chunk)
+        if failure is not None:
+            return b"".join(out), rest, failure
         out.append(dialect.feed(chunk))
     return b"".join(out), rest, None
 

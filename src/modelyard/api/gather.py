@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from modelyard.api.tally import Tally
-from modelyard.dialect.base import sse_events
+from modelyard.dialect.base import engine_error, sse_events, stream_chunks
 from modelyard.errors import RunnerError
 
 _OBJECTS = {"chat.completion.chunk": "chat.completion", "text_completion": "text_completion"}
@@ -27,17 +27,10 @@ def gather(stream: bytes, prompts: int) -> bytes:
     tally.feed(whole)
     head: dict[str, Any] = {}
     choices: dict[int, dict[str, Any]] = {}
-    for event in events:
-        if event == b"[DONE]":
-            continue
-        try:
-            chunk = json.loads(event)
-        except ValueError:
-            continue
-        if not isinstance(chunk, dict):
-            continue
-        if "error" in chunk:
-            raise RunnerError(f"model server failed: {_message(chunk['error'])}")
+    for chunk in stream_chunks(events):
+        failure = engine_error(chunk)
+        if failure is not None:
+            raise RunnerError(f"model server failed: {failure}")
         if not head:
             head = chunk
         for choice in chunk.get("choices") or []:
@@ -97,9 +90,3 @@ def _choice(index: int, merged: dict[str, Any], chat: bool) -> dict[str, Any]:
         choice["text"] = merged.get("text", "")
     choice["logprobs"] = merged.get("logprobs")
     return choice
-
-
-def _message(error: object) -> str:
-    if isinstance(error, dict):
-        return str(error.get("message") or error)
-    return str(error)

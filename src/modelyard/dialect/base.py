@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from modelyard.errors import ModelyardError, RunnerError
@@ -110,3 +111,25 @@ def sse_events(buffer: bytes) -> tuple[list[bytes], bytes]:
         if event.startswith(b"data:")
     ]
     return events, buffer[end + 2 :]
+
+
+def stream_chunks(events: list[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among SSE ``events`` (``[DONE]`` and anything unreadable left out:
+    nothing a client of another API could read)."""
+    for event in events:
+        if event == b"[DONE]":
+            continue
+        try:
+            chunk = json.loads(event)
+        except ValueError:
+            continue
+        if isinstance(chunk, dict):
+            yield chunk
+
+
+def engine_error(chunk: dict[str, Any]) -> str | None:
+    """The message of an error event an engine sent instead of its next chunk."""
+    if "error" not in chunk:
+        return None
+    error = chunk["error"]
+    return str(error.get("message") if isinstance(error, dict) else error)

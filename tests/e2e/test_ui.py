@@ -193,6 +193,10 @@ def test_ui_with_keys_shows_what_each_role_may_do(
     assert page.get_by_role("button", name="Load").count() == 0
     assert page.get_by_role("link", name="Playground").is_visible()
     assert not page.get_by_role("link", name="Events").is_visible()
+    page.goto(f"{server.url}/ui/#/keys")  # a key makes no keys: the page says how to
+    page.get_by_text("Log in with your user name and password to make keys").wait_for()
+    assert page.get_by_role("button", name="Make a key").count() == 0
+    page.goto(f"{server.url}/ui/")
 
     m = watched(f"{server.url}/ui/", UNAUTHENTICATED)
     log_in(m, keys["monitor"])

@@ -78,6 +78,7 @@ def test_chaos_runner_kill_storm(server_factory: Callable[..., Server]) -> None:
     server = server_factory(model("m", ctx=512, parallel=4, max_queue=32, keep_alive=-1))
     outcomes: list[str] = []
     after_kill: list[tuple[int, float]] = []  # (status, seconds from kill to answer)
+    steady: list[int] = []  # statuses of requests sent one after another all along
     kills = 10
 
     async def run() -> None:
@@ -89,6 +90,11 @@ def test_chaos_runner_kill_storm(server_factory: Callable[..., Server]) -> None:
                 while not stop.is_set():
                     outcomes.append(await stream_once(http, 32))
 
+            async def steadily() -> None:
+                while not stop.is_set():
+                    body = chat("Say hi.", max_tokens=2)
+                    steady.append((await http.post("/v1/chat/completions", json=body)).status_code)
+
             async def poke(killed_at: float) -> None:
                 body = chat("Say hi.", max_tokens=2)
                 answer = await http.post("/v1/chat/completions", json=body)
@@ -96,6 +102,7 @@ def test_chaos_runner_kill_storm(server_factory: Callable[..., Server]) -> None:
 
             assert (await http.post("/api/load", json={"model": "m"})).status_code == 200
             streams = [asyncio.create_task(streamer()) for _ in range(4)]
+            streams.append(asyncio.create_task(steadily()))
             for _ in range(kills):
                 pid = await wait_ready(server, http)
                 await asyncio.sleep(random.uniform(0.3, 0.8))  # mid-generation
@@ -114,8 +121,11 @@ def test_chaos_runner_kill_storm(server_factory: Callable[..., Server]) -> None:
         f"{outcomes.count('done')} done, {outcomes.count('error-frame')} ended with an error "
         f"frame; requests sent 50 ms after a kill: {len(after_kill)}, statuses "
         f"{sorted({s for s, _ in after_kill})}, answered after {recover[0]:.2f}-"
-        f"{recover[-1]:.2f}s (median {recover[len(recover) // 2]:.2f}s)"
+        f"{recover[-1]:.2f}s (median {recover[len(recover) // 2]:.2f}s); steady requests "
+        f"{len(steady)}, statuses {sorted(set(steady))}"
     )
+    # They wait through every restart (for as long as the model's queue timeout).
+    assert set(steady) == {200}, sorted(steady)
     assert [s for s, _ in after_kill] == [200] * (2 * kills)
     assert outcomes.count("error-frame") >= 1  # the kills did hit streams
     assert set(outcomes) <= {"done", "error-frame"}

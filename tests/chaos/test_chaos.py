@@ -187,23 +187,21 @@ def test_chaos_disconnect_storm_leaks_nothing(server_factory: Callable[..., Serv
 
     asyncio.run(run())
     gone = time.monotonic()
-    # llama.cpp stops a stream whose connection closed at once, but finishes a non-streamed
-    # answer (at most max_tokens = 64 here, about 3 s) before it notices: a request that
-    # had its slot keeps it until then (it is busy, and what it generated is charged).
     while (now := entry(server)) is None or (now["in_flight"], now["queued"]) != (0, 0):
-        assert time.monotonic() - gone < 15.0, f"leases held 15 s after the storm: {now}"
+        assert time.monotonic() - gone < 1.0, f"leases held 1 s after the storm: {now}"
         time.sleep(0.02)
     released = time.monotonic() - gone
-    running = entry(server)
-    runner = server.runner("m") if running is not None and running["pid"] else None
-    while runner is not None and entry(server) is not None:  # unloaded: nothing running
+    # llama.cpp stops a stream whose connection closed at once, but finishes a non-streamed
+    # answer (at most max_tokens = 64 here) before it notices.
+    runner = server.runner("m")
+    while entry(server) is not None:  # an unloaded model has nothing running
         try:
             slots = httpx.get(f"{runner.url}/slots", headers=runner.headers).json()
         except httpx.ConnectError:
             break  # unloaded between the two checks
         if not any(s["is_processing"] for s in slots):
             break
-        assert time.monotonic() - gone < 15.0, "engine slots still busy 15 s after the storm"
+        assert time.monotonic() - gone < 5.0, "engine slots still busy 5 s after the storm"
         time.sleep(0.05)
     print(
         f"\ndisconnect storm: 30 clients, left while {left}; leases all back "

@@ -1,6 +1,6 @@
 """The billing property on the demo model with keys on: for every inference route of every
 API, each of its length fields, one and three choices, and an answer taken whole, streamed
-whole, stopped by the client after three events or left before it came, what the key is
+whole, stopped by the client after three events or left unread, what the key is
 charged is what the ledger says, the balance never goes below zero, and the ledger's tokens
 are what the runner's own counter (llama.cpp's ``tokens_predicted_total``) says it
 generated."""
@@ -25,8 +25,8 @@ LENGTH = 6
 """Tokens per answer of a request taken whole."""
 CUT_LENGTH = 60
 """Tokens per answer of a request the client stops after three events."""
-GONE_LENGTH = 24
-"""Tokens per answer of a whole answer the client leaves (0.3 s, before it can come)."""
+GONE_LENGTH = 60
+"""Tokens per answer of a stream the client leaves after 0.3 s, unread."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,11 @@ class Case:
     choices: int
     mode: str
     """``whole``, ``stream``, ``cut`` (the client stops reading a stream after three
-    events) or ``gone`` (the client leaves before a whole answer came)."""
+    events) or ``gone`` (the client leaves a stream without reading any of it)."""
 
     def body(self) -> dict[str, Any]:
         n = {"cut": CUT_LENGTH, "gone": GONE_LENGTH}.get(self.mode, LENGTH)
-        stream = self.mode in ("stream", "cut")
+        stream = self.mode != "whole"
         text = "Once upon a time, in a small village,"
         if self.route in ("/v1/chat/completions", "/v1/completions"):
             body: dict[str, Any] = {"model": "demo", self.knob: n, "ignore_eos": True}
@@ -137,8 +137,9 @@ def payer(server: Server, admin: str) -> tuple[int, dict[str, Any]]:
 def send(server: Server, key: str, case: Case) -> None:
     url = f"{server.url}{case.route}"
     if case.mode == "gone":
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(url, json=case.body(), headers=bearer(key), timeout=0.3)
+        with httpx.stream("POST", url, json=case.body(), headers=bearer(key), timeout=60) as got:
+            assert got.status_code == 200
+            time.sleep(0.3)  # and leaves without reading
         return
     if case.mode == "whole":
         answer = httpx.post(url, json=case.body(), headers=bearer(key), timeout=60)
@@ -157,7 +158,7 @@ def send(server: Server, key: str, case: Case) -> None:
                 break  # the client leaves
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_billing_charges_what_the_runner_generated(billed: tuple[Server, str, str]) -> None:
     server, admin, key = billed
     send(server, key, Case("/v1/chat/completions", "max_tokens", 1, "whole"))  # loads it
@@ -178,23 +179,28 @@ def test_billing_charges_what_the_runner_generated(billed: tuple[Server, str, st
         label = f"{case}: row {row}, runner generated {generated}"
         assert balance >= 0, label
         assert charged == row["cost"] == row["prompt_tokens"] + row["completion_tokens"], label
+        if case.mode == "gone":
+            # Left before the gateway read anything, or a little: what the engine made
+            # before it saw the client leave is the runner's alone, within the prompt's size
+            # (the bound the billing promise allows).
+            prompt = prompts[case.route]
+            assert row["prompt_tokens"] in (0, prompt), label
+            assert 0 <= generated - row["completion_tokens"] <= prompt, label
+            checked += 1
+            continue
         # The prompt the engine read, once however many answers, whole or stopped.
         assert prompts.setdefault(case.route, row["prompt_tokens"]) == row["prompt_tokens"], label
         if case.mode == "cut":
-            # What the engine made after the last event read and before it saw the client
-            # leave is counted by the runner, not the ledger: within the prompt's size.
+            # What the engine made after the last event the gateway read and before it saw
+            # the client leave is counted by the runner, not the ledger: within the prompt's.
             assert row["completion_tokens"] >= 1, label
             assert 0 <= generated - row["completion_tokens"] <= row["prompt_tokens"], label
             assert row["completion_tokens"] < CUT_LENGTH * case.choices, label
         else:
-            # A whole answer is written to its end though the client left (llama.cpp's way):
-            # all of it is charged, and the ledger says the client left.
-            assert row["status"] == (499 if case.mode == "gone" else 200), label
             assert row["completion_tokens"] == generated, label
-            length = GONE_LENGTH if case.mode == "gone" else LENGTH
             if case.route in ("/v1/chat/completions", "/v1/completions"):  # ignore_eos
-                assert generated == length * case.choices, label
+                assert generated == LENGTH * case.choices, label
             else:
-                assert generated <= length, label
+                assert generated <= LENGTH, label
         checked += 1
     assert checked == 56

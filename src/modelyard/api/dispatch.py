@@ -119,7 +119,6 @@ class Dispatch(Response):
         dialect: Dialect | None = None,
         length: Length | None = None,
         gathered: bool = False,
-        answers_whole: bool = False,
     ) -> None:
         super().__init__()
         self._scheduler = scheduler
@@ -139,9 +138,6 @@ class Dispatch(Response):
         """Another API (or shape) spoken over this request (``modelyard.dialect``)."""
         self._gathered = gathered
         """The engine streams an answer the client asked for whole (``api.gather``)."""
-        self._answers_whole = answers_whole
-        """The engine writes a whole (non-streamed) answer to its end even when the client
-        leaves (llama.cpp): the request then waits for it, holding its slot, to charge it."""
         self._stream = bool(payload.get("stream")) and not gathered
         self._tally = Tally(length.prompts, length.prompt) if length is not None else Tally()
         self._remote = scheduler.spec(model).engine == "remote"
@@ -152,7 +148,7 @@ class Dispatch(Response):
         self._finished = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = self._watch = _Watch(receive)
+        watch = _Watch(receive)
         trace = self._trace
         lease: Lease | None = None
         served = False
@@ -185,16 +181,12 @@ class Dispatch(Response):
                 if self._gathered and upstream.status < 400:
                     answer = gather(answer, self._tally.prompts)
                 trace.read_usage(answer)
-                served = True
-                if watch.left:  # it was generated all the same: charged, told nobody
-                    trace.cancelled = True
-                    await self._answer(send, _CLIENT_CLOSED, b"", [])
-                    return
                 if self._shape is not None:
                     answer = self._shape(answer)
                 if self._dialect is not None:
                     answer = self._dialect.answer(answer)
                 await self._answer(send, 200, answer, headers)
+                served = True
         except ModelyardError as exc:
             watch.armed = False
             report(exc)
@@ -231,9 +223,6 @@ class Dispatch(Response):
         waited = self._scheduler.spec(self._model).queue_timeout
         deadline = self._trace.started + (waited if waited is not None else _RESTARTS_FOR)
         while True:
-            self._watch.armed = True
-            if self._watch.left:  # while an earlier try had it disarmed
-                raise asyncio.CancelledError
             # If the client leaves while this waits, acquire returns the lease it granted.
             lease = await self._scheduler.acquire(
                 self._model,
@@ -244,8 +233,6 @@ class Dispatch(Response):
             )
             trace = self._trace
             trace.lease_at = time.perf_counter() - trace.started
-            if self._answers_whole and not self._stream:
-                self._watch.armed = False  # from here on the answer is made, left or not
             trace.load_wait = lease.load_wait
             trace.queue_wait = max(0.0, lease.queued - lease.load_wait)
             try:

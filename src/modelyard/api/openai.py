@@ -431,5 +431,4 @@ async def _forward(
         dialect=dialect,
         length=length,
         gathered=gathered,
-        answers_whole=spec.engine == "llamacpp",
     )

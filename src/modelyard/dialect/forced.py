@@ -55,22 +55,20 @@ class ForcedCall(Dialect):
         """``inner`` speaks OpenAI's own API."""
         self._usage = usage
         """Whether the client asked for the usage chunk (OpenAI's API; others have theirs)."""
-        self._text = ""
+        self._held = _Held()
         self._head: dict[str, Any] = {}
-        self._arguments: int | None = None
-        """Where in the text the arguments start (then: how far they were sent)."""
-        self._depth = 0
-        self._started = False
-        self._quoted = False
-        self._escaped = False
 
     def answer(self, body: bytes) -> bytes:
         self.inner.load_wait = self.load_wait
         data = parse_answer(body)
         for choice in data["choices"]:
             message = choice.get("message") or {}
-            call = _call(message.get("content"))
-            if call is not None:
+            content = message.get("content")
+            held = _Held()
+            name, arguments = held.add(content) if isinstance(content, str) else (None, "")
+            if name is not None and held.whole:
+                call = _call(name)
+                call["function"]["arguments"] = arguments
                 choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
                 choice["finish_reason"] = "tool_calls"
         return self.inner.answer(json.dumps(data).encode())
@@ -89,61 +87,26 @@ class ForcedCall(Dialect):
         out = b""
         text = delta.get("content")
         if isinstance(text, str) and text:
-            self._text += text
-            out = self._stream_call()
+            # The call's name as soon as it is written, then its arguments piece by piece.
+            name, arguments = self._held.add(text)
+            if name is not None:
+                call = {"index": 0, **_call(name)}
+                out += self.inner.feed(self._chunk({"tool_calls": [call]}, None))
+            if arguments:
+                piece = {"index": 0, "function": {"arguments": arguments}}
+                out += self.inner.feed(self._chunk({"tool_calls": [piece]}, None))
         finish = choice.get("finish_reason")
         if not finish:
             if not isinstance(text, str):
                 out += self.inner.feed(chunk)  # the role, or something else: as it is
             return out
-        if self._arguments is None:  # cut short before the call's name: what it wrote
-            written = {"content": self._text} if self._text else {}
+        held = self._held
+        if not held.named:  # cut short before the call's name: what it wrote
+            written = {"content": held.text} if held.text else {}
             return out + self.inner.feed(self._chunk(written, finish, chunk))
         # A held call ends where its arguments end; cut short (max_tokens), it says so.
-        reason = "tool_calls" if self._depth == 0 and self._started else finish
+        reason = "tool_calls" if held.whole else finish
         return out + self.inner.feed(self._chunk({}, reason, chunk))
-
-    def _stream_call(self) -> bytes:
-        """The call's name as soon as it is written, then its arguments piece by piece (the
-        text before them and the closing brace after them are the held shape, not sent)."""
-        if self._arguments is None:
-            head = _HEAD.match(self._text)
-            if head is None:
-                return b""
-            self._arguments = head.end()
-            call = {
-                "index": 0,
-                "id": "call_" + secrets.token_hex(12),
-                "type": "function",
-                "function": {"name": json.loads(f'"{head.group(1)}"'), "arguments": ""},
-            }
-            first = self.inner.feed(self._chunk({"tool_calls": [call]}, None))
-        else:
-            first = b""
-        piece = []
-        for char in self._text[self._arguments :]:
-            self._arguments += 1
-            if self._started and self._depth == 0:
-                continue  # past the arguments: the call's own closing brace
-            piece.append(char)
-            if self._quoted:
-                if self._escaped:
-                    self._escaped = False
-                elif char == "\\":
-                    self._escaped = True
-                elif char == '"':
-                    self._quoted = False
-            elif char == '"':
-                self._quoted = True
-            elif char in "{[":
-                self._depth += 1
-                self._started = True
-            elif char in "}]":
-                self._depth -= 1
-        if not piece:
-            return first
-        arguments = {"index": 0, "function": {"arguments": "".join(piece)}}
-        return first + self.inner.feed(self._chunk({"tool_calls": [arguments]}, None))
 
     def _chunk(
         self, delta: dict[str, Any], finish: str | None, like: dict[str, Any] | None = None
@@ -163,22 +126,67 @@ class ForcedCall(Dialect):
         return self.inner.stream_error(exc)
 
 
-_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:')
 """The start of a held call, up to its arguments (the schema writes ``name`` first)."""
 
 
-def _call(content: object) -> dict[str, Any] | None:
-    """The call in a held answer's text, or ``None`` when it is not one (cut short)."""
-    if not isinstance(content, str):
-        return None
-    try:
-        value = json.loads(content)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return None
+class _Held:
+    """Reads a held call's text as it comes: its name once written, then its arguments'
+    text exactly as the model wrote it (the whitespace before them and the call's own
+    closing brace after them are the held shape, not the arguments)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.named = False
+        self._at: int | None = None
+        """Where in ``text`` the next character of the arguments is."""
+        self._depth = 0
+        self._started = False
+        self._quoted = False
+        self._escaped = False
+
+    @property
+    def whole(self) -> bool:
+        """Whether the arguments have ended."""
+        return self._started and self._depth == 0
+
+    def add(self, text: str) -> tuple[str | None, str]:
+        """The name if this text completed it, and the arguments' text this adds."""
+        self.text += text
+        name = None
+        if self._at is None:
+            head = _HEAD.match(self.text)
+            if head is None:
+                return None, ""
+            self._at = head.end()
+            self.named = True
+            name = json.loads(f'"{head.group(1)}"')
+        piece = []
+        for char in self.text[self._at :]:
+            self._at += 1
+            if self.whole or (not self._started and char.isspace()):
+                continue
+            piece.append(char)
+            if self._quoted:
+                if self._escaped:
+                    self._escaped = False
+                elif char == "\\":
+                    self._escaped = True
+                elif char == '"':
+                    self._quoted = False
+            elif char == '"':
+                self._quoted = True
+            elif char in "{[":
+                self._depth += 1
+                self._started = True
+            elif char in "}]":
+                self._depth -= 1
+        return name, "".join(piece)
+
+
+def _call(name: str) -> dict[str, Any]:
     return {
         "id": "call_" + secrets.token_hex(12),
         "type": "function",
-        "function": {"name": value["name"], "arguments": json.dumps(value.get("arguments", {}))},
+        "function": {"name": name, "arguments": ""},
     }

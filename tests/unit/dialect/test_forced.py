@@ -73,3 +73,15 @@ def test_forced_whole_answer_in_another_api() -> None:
     (block,) = message["content"]
     assert block["type"] == "tool_use"
     assert block["input"] == {"city": 'Pa"ris {x}'}
+
+
+def test_forced_whole_and_streamed_calls_have_the_same_arguments() -> None:
+    streamed = ForcedCall(Dialect("m"), usage=False)
+    out = b"".join(streamed.feed(chunk(HELD[n : n + 2])) for n in range(0, len(HELD), 2))
+    calls = [c for e in events(out) for c in e["choices"][0]["delta"].get("tool_calls", [])]
+    pieces = "".join(c["function"]["arguments"] for c in calls)
+    answer = {"choices": [{"index": 0, "finish_reason": "stop",
+                           "message": {"role": "assistant", "content": HELD}}]}  # fmt: skip
+    whole = json.loads(ForcedCall(Dialect("m"), usage=False).answer(json.dumps(answer).encode()))
+    (call,) = whole["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["arguments"] == pieces == '{"city": "Pa\\"ris {x}"}'

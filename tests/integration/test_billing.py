@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import Server, gemma
+from tests.integration.conftest import Runner, Server, gemma
 from tests.integration.test_accounts import admin_key, bearer
 
 pytestmark = pytest.mark.slow
@@ -104,17 +104,15 @@ def billed(server_factory: Callable[..., Server]) -> tuple[Server, str, str]:
     return server, admin, made.json()["key"]
 
 
-def predicted(server: Server, admin: str) -> int:
-    runner = server.runner("demo", bearer(admin))
+def predicted(runner: Runner) -> int:
     text = httpx.get(f"{runner.url}/metrics", headers=runner.headers).text
     (line,) = [x for x in text.splitlines() if x.startswith("llamacpp:tokens_predicted_total")]
     return int(float(line.split()[1]))
 
 
-def settled(server: Server, admin: str) -> None:
+def settled(runner: Runner) -> None:
     """Waits until no slot of the runner is working (a stopped stream's slot frees a moment
     after the client left)."""
-    runner = server.runner("demo", bearer(admin))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         slots = httpx.get(f"{runner.url}/slots", headers=runner.headers).json()
@@ -162,18 +160,19 @@ def send(server: Server, key: str, case: Case) -> None:
 def test_billing_charges_what_the_runner_generated(billed: tuple[Server, str, str]) -> None:
     server, admin, key = billed
     send(server, key, Case("/v1/chat/completions", "max_tokens", 1, "whole"))  # loads it
+    runner = server.runner("demo", bearer(admin))
     checked = 0
     prompts: dict[str, int] = {}
     for case in cases():
-        settled(server, admin)
-        before_tokens = predicted(server, admin)
+        settled(runner)
+        before_tokens = predicted(runner)
         before_balance, before_row = payer(server, admin)
         send(server, key, case)
         deadline = time.monotonic() + 10
         while (row := payer(server, admin)[1]) == before_row and time.monotonic() < deadline:
             time.sleep(0.05)
-        settled(server, admin)
-        generated = predicted(server, admin) - before_tokens
+        settled(runner)
+        generated = predicted(runner) - before_tokens
         balance, row = payer(server, admin)
         charged = before_balance - balance
         label = f"{case}: row {row}, runner generated {generated}"

@@ -176,15 +176,20 @@ async def serve_generation(
             "file, or none to use the one in the GGUF), or send the request without tools",
             param="tools",
         )
-    if isinstance(parsed, ChatCompletionRequest) and spec.engine == "llamacpp" and forced(payload):
-        hold_to_call(payload)
+    llama = spec.engine == "llamacpp"
+    if (
+        isinstance(parsed, ChatCompletionRequest)
+        and llama
+        and forced(payload)
+        and hold_to_call(payload)
+    ):
         usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         dialect = ForcedCall(dialect or Dialect(parsed.model), usage)
     # Every length field of every API, read once: the engine is sent exactly that limit.
     length = generation(payload, ctx=spec.ctx, prompt=len(await request.body()))
-    length.apply(payload, sized=spec.engine == "llamacpp")
+    length.apply(payload, sized=llama)
     gathered = False
-    if spec.engine == "llamacpp":
+    if llama:
         # Each chunk then tells how far its answer has got: a stream stopped early is
         # charged what was generated. Several answers are streamed and gathered, as
         # llama.cpp's whole answer counts one of them only (``api.gather``).

@@ -26,8 +26,9 @@ def forced(payload: dict[str, Any]) -> bool:
     return payload.get("tool_choice") == "required" and bool(payload.get("tools"))
 
 
-def hold_to_call(payload: dict[str, Any]) -> None:
-    """Adds the schema that admits exactly one call of one of ``payload``'s tools."""
+def hold_to_call(payload: dict[str, Any]) -> bool:
+    """Adds the schema that admits exactly one call of one of ``payload``'s tools; ``False``
+    when none of them is a function with a name (llama.cpp then says what is wrong)."""
     calls = []
     for tool in payload["tools"]:
         function = tool.get("function") if isinstance(tool, dict) else None
@@ -41,7 +42,10 @@ def hold_to_call(payload: dict[str, Any]) -> None:
                 "required": ["name", "arguments"],
             }
         )
+    if not calls:
+        return False
     payload["json_schema"] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return True
 
 
 class ForcedCall(Dialect):

@@ -30,10 +30,13 @@ def test_forced_holds_the_engine_to_one_call_of_an_offered_tool() -> None:
     payload: dict[str, Any] = {"tools": [WEATHER, TIME], "tool_choice": "required"}
     assert forced(payload)
     assert not forced({"tools": [WEATHER], "tool_choice": "auto"})
-    hold_to_call(payload)
+    assert hold_to_call(payload)
     names = [c["properties"]["name"]["const"] for c in payload["json_schema"]["anyOf"]]
     assert names == ["get_weather", "get_time"]
     assert payload["json_schema"]["anyOf"][1]["properties"]["arguments"] == {"type": "object"}
+    nameless: dict[str, Any] = {"tools": [{"type": "function"}], "tool_choice": "required"}
+    assert not hold_to_call(nameless)
+    assert "json_schema" not in nameless
 
 
 def test_forced_streams_the_call_as_it_is_written() -> None:

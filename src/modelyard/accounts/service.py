@@ -53,8 +53,6 @@ class Charge:
 
     principal: Principal
     admission: Admission
-    estimate: int
-    """Prompt tokens it may use (the bound it was admitted with)."""
     reserved: int = 0
     wallets: tuple[Wallet, ...] = ()
     """The balances ``reserved`` was taken from."""
@@ -251,7 +249,7 @@ class Accounts:
         if principal.user_id is not None:
             subjects.append((f"user:{principal.user_id}", principal.user_limits))
         admission = self.limiter.admit(subjects, estimate)
-        charge = Charge(principal, admission, estimate)
+        charge = Charge(principal, admission)
         wallets = _wallets(principal)
         if wallets:
             amount = max(1, math.ceil(worst * price))

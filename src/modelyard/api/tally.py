@@ -14,8 +14,9 @@ token per stream event and the request's prompt bound.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 _HELD = 1 << 20
 """The most of an unfinished event kept (an engine's event is a few hundred bytes)."""
@@ -52,11 +53,16 @@ class Tally:
         for event in complete.split(b"\n\n"):
             if event.startswith(b"data: ") and (b'"timings"' in event or b'"usage"' in event):
                 try:
-                    value = json.loads(event[6:])
+                    value = orjson.loads(event[6:])
                 except ValueError:
                     continue
                 if isinstance(value, dict):
                     self._note(value)
+
+    def note(self, chunk: dict[str, Any]) -> None:
+        """One stream chunk, parsed (by a reader that parses every chunk anyway)."""
+        self.events += 1
+        self._note(chunk)
 
     def _note(self, chunk: dict[str, Any]) -> None:
         usage = chunk.get("usage")
@@ -79,7 +85,7 @@ class Tally:
     def read(self, body: bytes) -> None:
         """A whole answer."""
         try:
-            value = json.loads(body)
+            value = orjson.loads(body)
         except ValueError:
             return
         if isinstance(value, dict):

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from modelyard.errors import ModelyardError, RunnerError
 
 SSE = b"text/event-stream; charset=utf-8"
@@ -73,7 +75,7 @@ class Dialect:
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         """One OpenAI stream chunk (a ``chat.completion.chunk``, or the usage-only one)."""
-        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def close(self) -> bytes:
         """What ends a stream that the engine ended."""
@@ -120,7 +122,7 @@ def stream_chunks(events: list[bytes]) -> Iterator[dict[str, Any]]:
         if event == b"[DONE]":
             continue
         try:
-            chunk = json.loads(event)
+            chunk = orjson.loads(event)
         except ValueError:
             continue
         if isinstance(chunk, dict):

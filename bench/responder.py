@@ -8,11 +8,12 @@ llama-server, it answers only requests carrying ``LLAMA_API_KEY`` when that is s
 
 Tests script a request's fate with extra body fields (the gateway passes them on):
 ``x_headers_after_ms`` (wait before answering at all), ``x_chunks`` and ``x_delay_ms``
-(stream length and pace), ``x_abort_after`` (drop the connection after that many chunks),
-``x_status`` (answer with that error status), ``x_error_after`` (an error event after that
-many chunks, as llama.cpp sends when it cannot parse the model's output; also read as
-``x_error_after:N`` from the last message, which every API's translation keeps). Like an engine,
-it writes no more chunks than ``max_tokens``. A stream ends like llama.cpp's, with a chunk
+(stream length and pace; by default the canned answer's seven tokens, at once),
+``x_abort_after`` (drop the connection after that many chunks), ``x_status`` (answer with
+that error status), ``x_error_after`` (an error event after that many chunks, as llama.cpp
+sends when it cannot parse the model's output; also read as ``x_error_after:N`` from the
+last message, which every API's translation keeps). Like an engine, it writes no more
+chunks than ``max_tokens``. A stream ends like llama.cpp's, with a chunk
 that carries ``timings`` (``prompt_n``, ``predicted_n``), then, when the request asks for
 ``stream_options.include_usage``, one with ``usage`` and no choices; with
 ``timings_per_token`` every chunk carries its ``timings``. ``/metrics`` counts the
@@ -40,6 +41,9 @@ import sys
 
 from aiohttp import web
 
+WORDS = ["Hello", " from", " the", " canned", " respon", "der", "."]
+"""The canned answer, a token each: a stream says the same as a whole answer unless told
+otherwise (``--chunks``, ``x_chunks``)."""
 ANSWER = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -49,11 +53,11 @@ ANSWER = json.dumps(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "Hello from the canned responder."},
+                "message": {"role": "assistant", "content": "".join(WORDS)},
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+        "usage": {"prompt_tokens": 5, "completion_tokens": len(WORDS), "total_tokens": 12},
     }
 ).encode()
 
@@ -73,8 +77,8 @@ def _scripted(body: dict[str, object], name: str) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False)  # llama-server's --metrics is not ours
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--chunks", type=int, default=200)
-    parser.add_argument("--delay-ms", type=float, default=5.0)
+    parser.add_argument("--chunks", type=int, default=len(WORDS))
+    parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--metrics-delay-ms", type=float, default=0.0)
     parser.add_argument("--api-key")
     parser.add_argument("--ignore-sigterm", action="store_true")
@@ -132,6 +136,9 @@ def main() -> None:
         abort_after = body.get("x_abort_after")
         error_after = body.get("x_error_after", _scripted(body, "x_error_after"))
         per_token = bool(body.get("timings_per_token"))
+        legacy = request.path == "/v1/completions"
+        head = {"id": "chatcmpl-bench", "created": 0, "model": "bench",
+                "object": "text_completion" if legacy else "chat.completion.chunk"}  # fmt: skip
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for i in range(chunks):
@@ -143,19 +150,25 @@ def main() -> None:
                 error = {"code": 500, "message": "Failed to parse input", "type": "server_error"}
                 await response.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
                 return response
-            chunk: dict[str, object] = {"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
+            word = WORDS[i % len(WORDS)]
+            choice = (
+                {"index": 0, "text": word} if legacy else {"index": 0, "delta": {"content": word}}
+            )
+            chunk: dict[str, object] = {**head, "choices": [choice]}
             if per_token:
                 chunk["timings"] = {"prompt_n": 5, "cache_n": 0, "predicted_n": i + 1}
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             await asyncio.sleep(delay)
+        end = {"index": 0, "finish_reason": "stop", **({"text": ""} if legacy else {"delta": {}})}
         final = {
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            **head,
+            "choices": [end],
             "timings": {"prompt_n": 5, "predicted_n": chunks},
         }
         await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
-            last = {"choices": [], "usage": usage}
+            last = {**head, "choices": [], "usage": usage}
             await response.write(b"data: " + json.dumps(last).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         return response

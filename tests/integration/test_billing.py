@@ -1,6 +1,7 @@
 """The billing property on the demo model with keys on: for every inference route of every
-API, each of its length fields, one and three choices, and an answer taken whole, streamed
-whole, stopped by the client after three events or left unread, what the key is
+API, each of its length fields, one and three choices, and an answer taken whole, left by
+the client before it came, streamed whole, stopped by the client after three events or left
+unread, what the key is
 charged is what the ledger says, the balance never goes below zero, and the ledger's tokens
 are what the runner's own counter (llama.cpp's ``tokens_predicted_total``) says it
 generated."""
@@ -27,6 +28,10 @@ CUT_LENGTH = 60
 """Tokens per answer of a request the client stops after three events."""
 GONE_LENGTH = 60
 """Tokens per answer of a stream the client leaves after 0.3 s, unread."""
+LEFT_LENGTH = 400
+"""Tokens per answer of a whole answer the client leaves after 0.5 s (much more than the
+engine makes by then: a slot that kept working after its client left would make the rest,
+uncharged)."""
 
 
 @dataclass(frozen=True)
@@ -35,12 +40,13 @@ class Case:
     knob: str
     choices: int
     mode: str
-    """``whole``, ``stream``, ``cut`` (the client stops reading a stream after three
-    events) or ``gone`` (the client leaves a stream without reading any of it)."""
+    """``whole``, ``left`` (the client leaves before a whole answer came), ``stream``,
+    ``cut`` (the client stops reading a stream after three events) or ``gone`` (the client
+    leaves a stream without reading any of it)."""
 
     def body(self) -> dict[str, Any]:
-        n = {"cut": CUT_LENGTH, "gone": GONE_LENGTH}.get(self.mode, LENGTH)
-        stream = self.mode != "whole"
+        n = {"cut": CUT_LENGTH, "gone": GONE_LENGTH, "left": LEFT_LENGTH}.get(self.mode, LENGTH)
+        stream = self.mode not in ("whole", "left")
         text = "Once upon a time, in a small village,"
         if self.route in ("/v1/chat/completions", "/v1/completions"):
             body: dict[str, Any] = {"model": "demo", self.knob: n, "ignore_eos": True}
@@ -76,7 +82,7 @@ def cases() -> list[Case]:
     for route, names in knobs.items():
         for knob in names:
             for choices in (1, 3) if route.startswith(("/v1/chat", "/v1/comp")) else (1,):
-                for mode in ("whole", "stream", "cut", "gone"):
+                for mode in ("whole", "left", "stream", "cut", "gone"):
                     found.append(Case(route, knob, choices, mode))
     return found
 
@@ -139,6 +145,12 @@ def send(server: Server, key: str, case: Case) -> None:
             assert got.status_code == 200
             time.sleep(0.3)  # and leaves without reading
         return
+    if case.mode == "left":
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                url, json=case.body(), headers=bearer(key), timeout=httpx.Timeout(60, read=0.5)
+            )
+        return
     if case.mode == "whole":
         answer = httpx.post(url, json=case.body(), headers=bearer(key), timeout=60)
         assert answer.status_code == 200, answer.text
@@ -178,13 +190,14 @@ def test_billing_charges_what_the_runner_generated(billed: tuple[Server, str, st
         label = f"{case}: row {row}, runner generated {generated}"
         assert balance >= 0, label
         assert charged == row["cost"] == row["prompt_tokens"] + row["completion_tokens"], label
-        if case.mode == "gone":
+        if case.mode in ("gone", "left"):
             # Left before the gateway read anything, or a little: what the engine made
             # before it saw the client leave is the runner's alone, within the prompt's size
             # (the bound the billing promise allows).
             prompt = prompts[case.route]
             assert row["prompt_tokens"] in (0, prompt), label
             assert 0 <= generated - row["completion_tokens"] <= prompt, label
+            assert generated < LEFT_LENGTH * case.choices, label
             checked += 1
             continue
         # The prompt the engine read, once however many answers, whole or stopped.
@@ -202,4 +215,4 @@ def test_billing_charges_what_the_runner_generated(billed: tuple[Server, str, st
             else:
                 assert generated <= LENGTH, label
         checked += 1
-    assert checked == 56
+    assert checked == 70

@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelyard.accounts.service import Charge
 from modelyard.api.errors import error_response, report, sse_error_frame
-from modelyard.api.gather import gather
+from modelyard.api.gather import Gathering
 from modelyard.api.length import Length
 from modelyard.api.proxy import Upstream, read_answer
 from modelyard.api.tally import Tally
@@ -68,6 +68,10 @@ _STREAM_HEADERS = [
 ]
 _USAGE_BYTES = 65536
 """The most of a stream's final chunks kept to read its usage from."""
+_DRAIN = 0.05
+"""Seconds between reads of a stream gathered into a whole answer (``Dispatch._gather``):
+often enough that the engine never waits on a full buffer (128 KiB), rarely enough that a
+fast engine's tokens are read in batches."""
 _FINAL_SEND = 1.0
 """Seconds a last message (an error frame at shutdown) may take to go out."""
 
@@ -176,10 +180,11 @@ class Dispatch(Response):
                 await self._start(send, 200, [*stream_headers, *headers])
                 served = await self._relay(upstream, send)
             else:
-                answer = await read_answer(upstream, passthrough=self._remote)
-                watch.armed = False
                 if self._gathered and upstream.status < 400:
-                    answer = gather(answer, self._tally.prompts)
+                    answer = await self._gather(upstream)
+                else:
+                    answer = await read_answer(upstream, passthrough=self._remote)
+                watch.armed = False
                 trace.read_usage(answer)
                 if self._shape is not None:
                     answer = self._shape(answer)
@@ -310,6 +315,38 @@ class Dispatch(Response):
             trace.prompt_tokens, trace.completion_tokens = tally.tokens()
         await self._finish(send, dialect.close() if dialect is not None else b"")
         return True
+
+    async def _gather(self, upstream: aiohttp.ClientResponse) -> bytes:
+        """The whole answer of a stream asked for a client who wants it whole
+        (``api.gather``). What came is read every ``_DRAIN`` seconds and at the end, not
+        at each token (the task wakes once for a short answer); a client who leaves is
+        charged what had come, and closing the connection stops the engine."""
+        if upstream.content_type != "text/event-stream":
+            return await read_answer(upstream)  # it answered whole all the same
+        content = upstream.content
+        gathering = Gathering(self._tally)
+        complete = False
+        try:
+            while not content.is_eof():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_DRAIN):
+                        await content.wait_eof()
+                gathering.feed(content.read_nowait())
+            gathering.feed(content.read_nowait())
+            complete = True
+        except aiohttp.ClientError as exc:
+            raise RunnerError(f"model server failed while answering: {exc}") from exc
+        except asyncio.CancelledError:
+            with contextlib.suppress(RunnerError, aiohttp.ClientError):
+                gathering.feed(content.read_nowait())  # counted, though nobody reads it
+            raise
+        finally:
+            if complete:
+                upstream.release()
+            else:
+                upstream.close()
+            self._trace.prompt_tokens, self._trace.completion_tokens = self._tally.tokens()
+        return gathering.answer()
 
     async def _start(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._started = True

@@ -1,58 +1,91 @@
-"""A whole answer made from an engine's stream.
+"""A whole answer made from an engine's stream, gathered as it comes.
 
-llama.cpp's whole answer with several choices (``n``, or a list of prompts) reports the
-usage of one of them; streamed, each chunk says how far its own choice has got. So when a
-client asks such a request without streaming, the gateway asks the engine for a stream and
-gathers it here into the answer the client asked for, with the usage of every choice.
+The gateway asks llama.cpp for a stream even when the client asked for the answer whole:
+- llama.cpp's whole answer with several choices (``n``, a list of prompts) reports the usage
+  of one of them; streamed, each chunk says how far its own choice has got (``Tally``);
+- a client that leaves while a whole answer is made is charged what was generated up to
+  then, and the engine stops at its next token (a write to a closed connection fails; a
+  whole answer's slot was seen to run to its end, uncharged, after its client left).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from modelyard.api.tally import Tally
 from modelyard.dialect.base import engine_error, sse_events, stream_chunks
 from modelyard.errors import RunnerError
 
 _OBJECTS = {"chat.completion.chunk": "chat.completion", "text_completion": "text_completion"}
+_HELD = 1 << 20
+"""The most of an unfinished event kept (an engine's event is a few hundred bytes)."""
 
 
-def gather(stream: bytes, prompts: int) -> bytes:
-    """The whole answer of an OpenAI chat or completion ``stream`` (SSE bytes) of a request
-    with ``prompts`` prompts."""
-    whole = stream if stream.endswith(b"\n\n") else stream + b"\n\n"
-    events, _ = sse_events(whole)
-    tally = Tally(prompts)
-    tally.feed(whole)
-    head: dict[str, Any] = {}
-    choices: dict[int, dict[str, Any]] = {}
-    for chunk in stream_chunks(events):
-        failure = engine_error(chunk)
-        if failure is not None:
-            raise RunnerError(f"model server failed: {failure}")
+class Gathering:
+    """The whole answer of an OpenAI chat or completion stream, fed as it comes."""
+
+    __slots__ = ("_choices", "_head", "_held", "_tally", "_timings")
+
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally
+        """Told every chunk: it counts the request's tokens, also of a stream cut short."""
+        self._held = b""
+        self._head: dict[str, Any] = {}
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._timings: object = None
+        """llama.cpp's figures, of the latest chunk that had them."""
+
+    def feed(self, data: bytes) -> None:
+        """Some bytes of the stream, cut anywhere; an error event is the engine's failure."""
+        events, held = sse_events(self._held + data if self._held else data)
+        self._held = held[-_HELD:]
+        for chunk in stream_chunks(events):
+            self._tally.note(chunk)
+            failure = engine_error(chunk)
+            if failure is not None:
+                raise RunnerError(f"model server failed: {failure}")
+            if not self._head:
+                self._head = chunk
+            if "timings" in chunk:
+                self._timings = chunk["timings"]
+            for choice in chunk.get("choices") or []:
+                if isinstance(choice, dict):
+                    _merge(self._choices.setdefault(_index(choice), {}), choice)
+
+    def answer(self) -> bytes:
+        """The whole answer, with the usage of every choice."""
+        head = self._head
         if not head:
-            head = chunk
-        for choice in chunk.get("choices") or []:
-            if isinstance(choice, dict):
-                _merge(choices.setdefault(int(choice.get("index") or 0), {}), choice)
-    if not head:
-        raise RunnerError("model server sent an empty stream")
-    prompt, completion = tally.tokens()
-    chat = head.get("object") == "chat.completion.chunk"
-    answer = {
-        "id": head.get("id"),
-        "object": _OBJECTS.get(str(head.get("object")), head.get("object")),
-        "created": head.get("created"),
-        "model": head.get("model"),
-        "choices": [_choice(i, choices[i], chat) for i in sorted(choices)],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
-    }
-    return json.dumps(answer).encode()
+            raise RunnerError("model server sent an empty stream")
+        prompt, completion = self._tally.tokens()
+        chat = head.get("object") == "chat.completion.chunk"
+        answer: dict[str, Any] = {
+            "id": head.get("id"),
+            "object": _OBJECTS.get(str(head.get("object")), head.get("object")),
+            "created": head.get("created"),
+            "model": head.get("model"),
+            "system_fingerprint": head.get("system_fingerprint"),
+            "choices": [_choice(i, self._choices[i], chat) for i in sorted(self._choices)],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+        timings = self._timings
+        if isinstance(timings, dict):
+            answer["timings"] = timings
+            cached = timings.get("cache_n")
+            if isinstance(cached, int) and len(self._choices) == 1:
+                answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
+        return orjson.dumps(answer)
+
+
+def _index(choice: dict[str, Any]) -> int:
+    index = choice.get("index")
+    return index if isinstance(index, int) else 0
 
 
 def _merge(into: dict[str, Any], choice: dict[str, Any]) -> None:
@@ -72,7 +105,7 @@ def _merge(into: dict[str, Any], choice: dict[str, Any]) -> None:
             message[field] = (message.get(field) or "") + delta[field]
     for call in delta.get("tool_calls") or []:
         calls = message.setdefault("tool_calls", [])
-        index = int(call.get("index") or 0)
+        index = _index(call)
         while len(calls) <= index:
             calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
         slot = calls[index]

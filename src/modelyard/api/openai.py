@@ -191,12 +191,11 @@ async def serve_generation(
     gathered = False
     if llama:
         # Each chunk then tells how far its answer has got: a stream stopped early is
-        # charged what was generated. Several answers are streamed and gathered, as
-        # llama.cpp's whole answer counts one of them only (``api.gather``).
-        gathered = not parsed.stream and length.answers > 1
-        if parsed.stream or gathered:
-            payload["stream"] = True
-            payload["timings_per_token"] = True
+        # charged what was generated. A whole answer is streamed too and gathered: its
+        # client may leave, and llama.cpp's whole answer counts one choice only.
+        gathered = not parsed.stream
+        payload["stream"] = True
+        payload["timings_per_token"] = True
     strip_usage = False
     if parsed.stream and (request.app.state.accounts is not None or dialect is not None):
         # The ledger and the dialects need the usage: ask for it, and leave it out again if

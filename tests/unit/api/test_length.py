@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from modelyard.api.gather import gather
+from modelyard.api.gather import Gathering
 from modelyard.api.length import generation
 from modelyard.api.tally import Tally
-from modelyard.errors import InvalidRequestError
+from modelyard.errors import InvalidRequestError, RunnerError
 
 
 @pytest.mark.parametrize(
@@ -137,14 +137,19 @@ def test_gather_makes_a_whole_answer_with_every_choices_usage() -> None:
         {**token(1, "", 1), "choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]},
         {**token(0, "", 2), "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
     )
-    answer = json.loads(gather(stream, prompts=1))
+    gathering = Gathering(Tally(prompts=1))
+    for at in range(0, len(stream), 7):  # cut anywhere
+        gathering.feed(stream[at : at + 7])
+    answer = json.loads(gathering.answer())
     assert answer["object"] == "chat.completion"
     assert [c["message"]["content"] for c in answer["choices"]] == ["Hello", "Yo"]
     assert [c["finish_reason"] for c in answer["choices"]] == ["length", "stop"]
     assert answer["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
     two = sse(token(0, "a", 1, chat=False), token(1, "b", 1, chat=False))
-    legacy = json.loads(gather(two, prompts=2))
-    assert [c["text"] for c in legacy["choices"]] == ["a", "b"]
+    legacy = Gathering(Tally(prompts=2))
+    legacy.feed(two)
+    assert json.loads(legacy.answer())["usage"]["prompt_tokens"] == 10
+    assert [c["text"] for c in json.loads(legacy.answer())["choices"]] == ["a", "b"]
 
 
 def test_tally_takes_each_answers_final_count_from_its_usage_chunk() -> None:
@@ -157,3 +162,16 @@ def test_tally_takes_each_answers_final_count_from_its_usage_chunk() -> None:
                    {"choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]},
                    final, token(0, "d", 2)))  # fmt: skip
     assert tally.tokens() == (5, 5)  # answer 1: three tokens, answer 0: two so far
+
+
+def test_gather_keeps_one_answers_timings_and_reports_an_engine_failure() -> None:
+    one = Gathering(Tally())
+    one.feed(sse(token(0, "a", 1), token(0, "b", 2)))
+    answer = json.loads(one.answer())
+    assert answer["usage"]["prompt_tokens_details"] == {"cached_tokens": 1}
+    assert answer["timings"]["predicted_n"] == 2
+    failed = Gathering(Tally())
+    with pytest.raises(RunnerError, match="Failed to parse"):
+        failed.feed(sse(token(0, "a", 1), {"error": {"message": "Failed to parse input"}}))
+    with pytest.raises(RunnerError, match="empty stream"):
+        Gathering(Tally()).answer()

@@ -141,14 +141,25 @@ def main() -> None:
                 "object": "text_completion" if legacy else "chat.completion.chunk"}  # fmt: skip
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        pending: list[bytes] = []
+
+        async def emit(event: dict[str, object] | str, last: bool = False) -> None:
+            # Unpaced, the stream goes out in one write, as the whole answer does.
+            data = event if isinstance(event, str) else json.dumps(event)
+            pending.append(b"data: " + data.encode() + b"\n\n")
+            if delay or last:
+                await response.write(b"".join(pending))
+                pending.clear()
+
         for i in range(chunks):
             if i == abort_after:
+                await response.write(b"".join(pending))
                 assert request.transport is not None
                 request.transport.abort()
                 return response
             if i == error_after:
                 error = {"code": 500, "message": "Failed to parse input", "type": "server_error"}
-                await response.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+                await emit({"error": error}, last=True)
                 return response
             word = WORDS[i % len(WORDS)]
             choice = (
@@ -157,20 +168,15 @@ def main() -> None:
             chunk: dict[str, object] = {**head, "choices": [choice]}
             if per_token:
                 chunk["timings"] = {"prompt_n": 5, "cache_n": 0, "predicted_n": i + 1}
-            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await asyncio.sleep(delay)
+            await emit(chunk)
+            if delay:
+                await asyncio.sleep(delay)
         end = {"index": 0, "finish_reason": "stop", **({"text": ""} if legacy else {"delta": {}})}
-        final = {
-            **head,
-            "choices": [end],
-            "timings": {"prompt_n": 5, "predicted_n": chunks},
-        }
-        await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+        await emit({**head, "choices": [end], "timings": {"prompt_n": 5, "predicted_n": chunks}})
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
-            last = {**head, "choices": [], "usage": usage}
-            await response.write(b"data: " + json.dumps(last).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
+            await emit({**head, "choices": [], "usage": usage})
+        await emit("[DONE]", last=True)
         return response
 
     async def metrics(_: web.Request) -> web.Response:

@@ -72,7 +72,7 @@ def test_remote_model_is_routed_and_shown_as_remote(near: Server) -> None:
 def test_remote_errors_pass_through_with_their_envelope(near: Server, far: Server) -> None:
     # The remote's only slot is busy and it queues nothing: its 429 reaches the client as is.
     busy = threading.Thread(
-        target=chat, args=(far, "canned"), kwargs={"stream": True, "x_chunks": 40}
+        target=chat, args=(far, "canned"), kwargs={"stream": True, "x_chunks": 40, "x_delay_ms": 25}
     )
     busy.start()
     deadline = time.monotonic() + 10

@@ -13,7 +13,9 @@ The order of a request:
    cold model, through as many restarts as come within the model's queue timeout (a kill
    storm). One that is still running after all is tried again, ``_ATTEMPTS`` times at most.
 3. Relay: a stream chunk by chunk as it comes (a broken upstream ends with one SSE error
-   frame), or the whole answer, shaped by the route's ``shape``.
+   frame), or the whole answer, shaped by the route's ``shape``. A llama.cpp answer the
+   client wants whole is asked as a stream and gathered (``api.gather``); the client has
+   seen nothing of it until it ends, so a runner that dies meanwhile is waited for like in 2.
 4. Release, telling the scheduler whether the runner served the request.
 
 Along the way the request's ``Trace`` (``modelyard.api.telemetry``) gets the waits, the time
@@ -163,7 +165,7 @@ class Dispatch(Response):
                 limits = [
                     (k.encode(), v.encode()) for k, v in trace.charge.admission.headers.items()
                 ]
-            lease, upstream = await self._open()
+            lease, upstream, gathered = await self._open()
             trace.ttfb = time.perf_counter() - trace.started
             if self._dialect is not None:
                 self._dialect.load_wait = lease.load_wait
@@ -180,8 +182,8 @@ class Dispatch(Response):
                 await self._start(send, 200, [*stream_headers, *headers])
                 served = await self._relay(upstream, send)
             else:
-                if self._gathered and upstream.status < 400:
-                    answer = await self._gather(upstream)
+                if gathered is not None:
+                    answer = gathered
                 else:
                     answer = await read_answer(upstream, passthrough=self._remote)
                 watch.armed = False
@@ -222,8 +224,11 @@ class Dispatch(Response):
             if lease is not None:
                 self._scheduler.release(lease, served=served)
 
-    async def _open(self) -> tuple[Lease, aiohttp.ClientResponse]:
-        """A lease and the runner's response (its headers; the body is still to come)."""
+    async def _open(self) -> tuple[Lease, aiohttp.ClientResponse, bytes | None]:
+        """A lease and the runner's response (its headers; the body is still to come), and
+        the whole answer when it is gathered from a stream: a runner that dies while one is
+        gathered has sent the client nothing yet, so the request waits for its restart and
+        is asked again (charged what that answer generated)."""
         refused = 0
         waited = self._scheduler.spec(self._model).queue_timeout
         deadline = self._trace.started + (waited if waited is not None else _RESTARTS_FOR)
@@ -246,7 +251,18 @@ class Dispatch(Response):
                     self._payload,
                     {**lease.headers, "X-Request-Id": self._request_id},
                 )
-                return lease, response
+                if not (self._gathered and response.status < 400):
+                    return lease, response, None
+                return lease, response, await self._gather(response)
+            except _StreamBroken as exc:
+                self._scheduler.release(lease)
+                if self._remote or not await self._scheduler.runner_unreachable(lease):
+                    raise RunnerError(exc.message) from None
+                if time.perf_counter() > deadline:
+                    raise RunnerError(exc.message) from None
+                self._tally.reset()
+                log.info("runner of %s died while answering request %s whole; it waits for "
+                         "the restart", self._model, self._request_id)  # fmt: skip
             except RunnerUnreachableError as exc:
                 self._scheduler.release(lease)
                 if self._remote:  # no process to wait for: it is down or out of reach
@@ -335,7 +351,7 @@ class Dispatch(Response):
             gathering.feed(content.read_nowait())
             complete = True
         except aiohttp.ClientError as exc:
-            raise RunnerError(f"model server failed while answering: {exc}") from exc
+            raise _StreamBroken(f"model server failed while answering: {exc}") from exc
         except asyncio.CancelledError:
             with contextlib.suppress(RunnerError, aiohttp.ClientError):
                 gathering.feed(content.read_nowait())  # counted, though nobody reads it
@@ -418,6 +434,10 @@ def _translated(dialect: Dialect, data: bytes) -> tuple[bytes, bytes, str | None
             return b"".join(out), rest, failure
         out.append(dialect.feed(chunk))
     return b"".join(out), rest, None
+
+
+class _StreamBroken(RunnerError):
+    """The connection of a stream gathered into a whole answer broke (``Dispatch._gather``)."""
 
 
 class _EngineFailed(Exception):

@@ -29,6 +29,10 @@ class Tally:
         self.prompts = prompts
         """Prompts of the request: each is read once however many answers it gets (``n``)."""
         self._prompt_bound = prompt_bound
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets what was counted (also: the request is asked again)."""
         self.events = 0
         """Stream events seen."""
         self._answers: dict[int, tuple[int, int]] = {}

@@ -172,6 +172,35 @@ async def test_dispatch_in_flight_stream_fails_when_runner_dies(make_harness: Ca
         await idle(h, within=0)
 
 
+async def test_dispatch_whole_answer_is_asked_again_when_its_runner_dies(
+    make_harness: Callable, monkeypatch: Any
+) -> None:
+    """A whole answer is gathered from the engine's stream; the client has seen nothing of
+    it when the runner dies, so it waits for the restart and gets the answer, charged once.
+    A live runner that drops the stream is a 502."""
+    async with make_harness() as h:
+        assert (await h.call("/v1/chat/completions", CHAT)).status == 200  # loaded
+        asked = h.exchange("/v1/chat/completions", {**CHAT, "x_chunks": 200, "x_delay_ms": 10})
+        await asyncio.sleep(0.3)  # mostly mid-answer (2 s long); before it, it waits all the same
+        os.killpg(h.runner.started[0].pid, signal.SIGKILL)
+        await asyncio.wait_for(asked.done, 30)
+        assert asked.status == 200
+        answer = asked.json()
+        assert answer["usage"]["completion_tokens"] == 200  # the second answer's only
+        assert answer["choices"][0]["message"]["content"].startswith("Hello from")
+        assert len(h.runner.started) == 2
+        original = h.scheduler.runner_unreachable
+
+        async def quick(lease: Any, grace: float = 5.0) -> bool:
+            return await original(lease, grace=0.05)
+
+        monkeypatch.setattr(h.scheduler, "runner_unreachable", quick)
+        dropped = await h.call("/v1/chat/completions", {**CHAT, "x_chunks": 9, "x_abort_after": 3})
+        assert dropped.status == 502
+        assert dropped.json()["error"]["code"] == "runner_failed"
+        await idle(h, within=0)
+
+
 async def test_dispatch_cold_model_admits_its_slots_and_queue(
     make_harness: Callable, tmp_path: Path
 ) -> None:

@@ -228,8 +228,8 @@ class Dispatch(Response):
         """A lease and the runner's response (its headers; the body is still to come), and
         the whole answer when it is gathered from a stream: a runner that dies while one is
         gathered has sent the client nothing yet, so the request waits for its restart and
-        is asked again (charged what that answer generated)."""
-        refused = 0
+        is asked again, once (charged what that answer generated)."""
+        refused = broken = 0
         waited = self._scheduler.spec(self._model).queue_timeout
         deadline = self._trace.started + (waited if waited is not None else _RESTARTS_FOR)
         while True:
@@ -256,9 +256,12 @@ class Dispatch(Response):
                 return lease, response, await self._gather(response)
             except _StreamBroken as exc:
                 self._scheduler.release(lease)
-                if self._remote or not await self._scheduler.runner_unreachable(lease):
+                broken += 1
+                # Asked again once only: a request that makes the engine crash would else
+                # crash it for everyone, again and again.
+                if broken > 1 or time.perf_counter() > deadline:
                     raise RunnerError(exc.message) from None
-                if time.perf_counter() > deadline:
+                if not await self._scheduler.runner_unreachable(lease):
                     raise RunnerError(exc.message) from None
                 self._tally.reset()
                 log.info("runner of %s died while answering request %s whole; it waits for "

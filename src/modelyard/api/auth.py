@@ -223,7 +223,12 @@ def _params(query: bytes) -> Iterable[tuple[str, str]]:
 
 
 def principal_of(request: Request) -> Principal:
-    principal: Principal = request.scope.get("state", {}).get("principal", LOCAL)
+    """Whom the request is served for, as ``AuthMiddleware`` admitted it. Fails closed: a
+    request it did not admit (a public route) has no principal, and is refused, never
+    served as an admin."""
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is None:
+        raise AuthenticationError("This request carries no accepted credential")
     return principal
 
 

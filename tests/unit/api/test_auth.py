@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
+from starlette.requests import Request
 from starlette.routing import Mount, Route
 
-from modelyard.accounts.identity import Role
+from modelyard.accounts.identity import LOCAL, Role
 from modelyard.accounts.service import Accounts
-from modelyard.api.auth import PUBLIC, RULES
+from modelyard.api.auth import PUBLIC, RULES, principal_of
+from modelyard.errors import AuthenticationError
 from tests.unit.api.conftest import Harness
 
 CHAT = {"model": "canned", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -341,3 +343,12 @@ async def test_auth_null_fields_change_nothing(make_harness: Callable) -> None:
                            headers=bearer(admin))  # fmt: skip
         assert key.status == 200
         assert key.json()["name"] == "root"
+
+
+def test_auth_a_request_nobody_admitted_is_refused_not_served_as_admin() -> None:
+    """A route that asks whom it serves, reached without the middleware's admission (a
+    public route, a route table mistake), gets 401: never the local admin."""
+    scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    with pytest.raises(AuthenticationError):
+        principal_of(Request(scope))
+    assert principal_of(Request({**scope, "state": {"principal": LOCAL}})) is LOCAL

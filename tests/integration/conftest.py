@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +116,7 @@ def start_server(
     config: str | None,
     *args: str,
     cwd: Path | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     demo: bool = False,
 ) -> Server:
     """``modelyard serve`` on ``config`` (``None``: no file); the demo models only when there
@@ -133,7 +133,11 @@ def start_server(
     environ["MODELYARD_MODELS_DIR"] = str(tmp / "models")
     if config is not None and not demo:
         environ["MODELYARD_DEMO"] = "false"
-    environ.update(env or {})
+    for name, value in (env or {}).items():  # None: left unset
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
     log = tmp / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -177,7 +181,7 @@ def server_factory(
         config: str | None,
         *args: str,
         cwd: Path | None = None,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         demo: bool = False,
     ) -> Server:
         server = start_server(

@@ -385,3 +385,19 @@ def test_live_reload_adds_removes_after_in_flight_and_survives_a_broken_edit(
 def _catalog_ctx(server: Server, name: str) -> int:
     models = httpx.get(f"{server.url}/api/models").json()["models"]
     return int(next(m["ctx"] for m in models if m["name"] == name))
+
+
+def test_a_reloaded_models_directory_is_the_one_pull_and_the_system_page_use(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    os.symlink(gemma(), second / "moved.gguf")
+    config = '[server]\nmodels_dir = "{}"\nreload_interval = 0\n'
+    server = server_factory(config.format(first), env={"MODELYARD_MODELS_DIR": None})
+    assert httpx.get(f"{server.url}/api/system").json()["disk"]["path"] == str(first)
+    (server.home.parent / "modelyard.toml").write_text(config.format(second))
+    httpx.post(f"{server.url}/api/reload").raise_for_status()
+    assert "moved" in server.model_ids()
+    assert httpx.get(f"{server.url}/api/system").json()["disk"]["path"] == str(second)

@@ -20,7 +20,7 @@ import psutil
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from modelyard.api.request import scheduler_of, time_param
+from modelyard.api.request import config_of, scheduler_of, time_param
 from modelyard.api.telemetry import Telemetry, Trace
 from modelyard.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
 from modelyard.feed import Feed
@@ -193,7 +193,7 @@ async def model_log(request: Request, model: str, n: int = 100, follow: bool = F
 
 
 def _log_dir(request: Request) -> Path:
-    home: Path = request.app.state.config.home
+    home = config_of(request).home
     return home / "logs"
 
 
@@ -231,7 +231,7 @@ async def system(request: Request) -> dict[str, Any]:
         for s in scheduler.status()
         for index, running in scheduler.runners(s.name).items()
     }
-    models_dir: Path = request.app.state.config.models_dir
+    models_dir = config_of(request).models_dir
     gpus: Gpus = request.app.state.gpus
 
     def sample() -> dict[str, Any]:

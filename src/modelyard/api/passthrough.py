@@ -16,7 +16,7 @@ import aiohttp
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from modelyard.api.request import scheduler_of
+from modelyard.api.request import config_of, scheduler_of
 from modelyard.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -72,7 +72,7 @@ def _decoded(request: Request, body: bytes) -> bytes:
         raise UnsupportedMediaTypeError(
             f"Content-Encoding {encoding!r} is not supported: send the body plain, gzip or deflate"
         )
-    limit: int = request.app.state.config.max_request_size
+    limit = config_of(request).max_request_size
     unpacker = zlib.decompressobj(_ENCODINGS[encoding])
     try:
         plain = unpacker.decompress(body, limit + 1)

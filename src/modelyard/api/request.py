@@ -7,7 +7,7 @@ import json
 import math
 import time
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -16,6 +16,10 @@ from modelyard.api.errors import from_validation
 from modelyard.errors import InvalidRequestError
 from modelyard.quantity import parse_duration
 from modelyard.scheduler import UNSET, Scheduler, Unset
+
+if TYPE_CHECKING:
+    from modelyard.catalog.watch import Reloader
+    from modelyard.config import Config
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -28,6 +32,16 @@ def scheduler_of(request: Request) -> Scheduler:
     """The app's scheduler (made by the lifespan)."""
     scheduler: Scheduler = request.app.state.scheduler
     return scheduler
+
+
+def config_of(request: Request) -> Config:
+    """The configuration in force: the reloader's, which a reload replaces (its models and
+    models directory), else the one the app was made with."""
+    reloader: Reloader | None = request.app.state.reloader
+    if reloader is not None:
+        return reloader.config
+    config: Config = request.app.state.config
+    return config
 
 
 async def read_json(request: Request, schema: type[M]) -> tuple[dict[str, Any], M]:

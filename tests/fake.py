@@ -10,17 +10,19 @@ model exit on its own. ``ManualClock`` only moves when a test calls ``advance``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import stat
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
 from modelyard.runners.gpu import Gpu
+from modelyard.scheduler import UNSET, Lease, Scheduler, Unset
 
 
 @dataclass(order=True)
@@ -170,6 +172,22 @@ class FakeGpus:
             for index, amount in self.held.get(pid, {}).items():
                 found[index] = found.get(index, 0) + amount
         return found
+
+
+@contextlib.asynccontextmanager
+async def leased(
+    scheduler: Scheduler,
+    name: str,
+    keep_alive: float | Unset | None = UNSET,
+    *,
+    request: str = "",
+) -> AsyncIterator[Lease]:
+    """A lease of ``name`` for the ``with`` block, as a request holds one."""
+    lease = await scheduler.acquire(name, keep_alive, request=request)
+    try:
+        yield lease
+    finally:
+        scheduler.release(lease)
 
 
 async def settle(rounds: int = 20) -> None:

@@ -332,9 +332,9 @@ class Config:
     signups_per_hour: int = 5
     signup_approval: bool = False
     max_loaded: dict[str, int] = field(default_factory=dict)
+    """``all`` and/or a kind → the most models loaded at once."""
     gpu: str | int = "90%"
     """The budget of each GPU: a share of its memory, or bytes."""
-    """``all`` and/or a kind → the most models loaded at once."""
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None
     """The config file read, or ``None`` when running on defaults."""

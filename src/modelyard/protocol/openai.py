@@ -218,17 +218,6 @@ class ModelDeleteRequest(Named):
     """Unload the model first if it is loaded (else a loaded model is not deleted)."""
 
 
-class ErrorObject(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorObject
-
-
 class Model(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -173,14 +173,6 @@ class Ledger:
             return self.estimate(spec)
         return self._measured.get(spec.settings_key) or self.estimate(spec)
 
-    def total(self, specs: Iterable[ModelSpec]) -> dict[str, int]:
-        """What ``specs`` hold together, per device."""
-        total: dict[str, int] = {}
-        for spec in specs:
-            for device, amount in self.footprint(spec).items():
-                total[device] = total.get(device, 0) + amount
-        return total
-
     def free(self, held: Footprint) -> dict[str, int]:
         """The budget left per device once ``held`` is taken."""
         return {d: self.budget.get(d, 0) - held.get(d, 0) for d in self.budget}

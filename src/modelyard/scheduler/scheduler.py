@@ -55,7 +55,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -444,16 +444,6 @@ class Scheduler:
         if m.replica_idle(r):
             self._start_keep_alive(m, r)
         self._pump()
-
-    @contextlib.asynccontextmanager
-    async def lease(
-        self, name: str, keep_alive: float | Unset | None = UNSET, *, request: str = ""
-    ) -> AsyncIterator[Lease]:
-        lease = await self.acquire(name, keep_alive, request=request)
-        try:
-            yield lease
-        finally:
-            self.release(lease)
 
     async def load(
         self,

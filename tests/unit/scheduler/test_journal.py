@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.errors import DoesNotFitError, LoadFailedError, QueueFullError
 from modelyard.scheduler.journal import Journal
-from tests.fake import settle
+from tests.fake import leased, settle
 from tests.unit.scheduler.test_scheduler import make, spec
 
 
@@ -36,7 +36,7 @@ async def test_journal_tells_a_scripted_sequence_in_order_with_its_numbers() -> 
     with pytest.raises(QueueFullError) as full:
         await scheduler.acquire("a", request="req-2")
     scheduler.release(lease)
-    async with scheduler.lease("b", request="req-3"):  # evicts a to make room
+    async with leased(scheduler, "b", request="req-3"):  # evicts a to make room
         pass
     runner.running["b"].crash(-9)
     await settle()
@@ -119,9 +119,9 @@ async def test_journal_records_refusals_for_memory_and_failed_loads() -> None:
 
 async def test_journal_filters_by_model_time_and_id() -> None:
     scheduler, _, _, _ = make(spec("a"), spec("b"))
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         pass
-    async with scheduler.lease("b"):
+    async with leased(scheduler, "b"):
         pass
     assert {e["model"] for e in journal_of(scheduler, model="a")} == {"a"}
     last = journal_of(scheduler)[-1]
@@ -135,7 +135,7 @@ async def test_journal_keeps_only_the_newest_entries() -> None:
     scheduler, _, _, _ = make(spec("a", keep_alive=0.0))
     scheduler.journal = journal
     for _ in range(10):
-        async with scheduler.lease("a"):
+        async with leased(scheduler, "a"):
             pass
         await settle()
     ids = [e.id for e in journal.entries()]

@@ -19,7 +19,7 @@ from modelyard.errors import (
 )
 from modelyard.scheduler import ModelState, Scheduler
 from modelyard.scheduler.event import Event, Evicted, KeepAliveExpired, StateChanged
-from tests.fake import FakeRunner, ManualClock, settle
+from tests.fake import FakeRunner, ManualClock, leased, settle
 
 BASE = ModelSpec(name="", path=Path("/models/x.gguf"), parallel=2, max_queue=4)
 
@@ -79,7 +79,7 @@ async def test_scheduler_concurrent_requests_share_one_load() -> None:
 
 async def test_scheduler_resolves_aliases() -> None:
     scheduler, runner, _, _ = make(spec("a", aliases=("alpha",)))
-    async with scheduler.lease("alpha") as lease:
+    async with leased(scheduler, "alpha") as lease:
         assert lease.model == "a"
     assert runner.starts == ["a"]
 
@@ -176,7 +176,7 @@ async def test_scheduler_model_bigger_than_budget_is_507_at_once() -> None:
 
 async def test_scheduler_keep_alive_unloads_when_expired() -> None:
     scheduler, runner, clock, events = make(spec("a", keep_alive=300.0))
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         pass
     clock.advance(299)
     await settle()
@@ -202,7 +202,7 @@ async def test_scheduler_keep_alive_not_counted_while_busy() -> None:
 
 async def test_scheduler_request_keep_alive_zero_unloads_after_request() -> None:
     scheduler, _, _, _ = make(spec("a"))
-    async with scheduler.lease("a", keep_alive=0):
+    async with leased(scheduler, "a", keep_alive=0):
         assert scheduler.state("a") is ModelState.READY
     await settle()
     assert scheduler.state("a") is ModelState.STOPPED
@@ -210,7 +210,7 @@ async def test_scheduler_request_keep_alive_zero_unloads_after_request() -> None
 
 async def test_scheduler_request_keep_alive_forever() -> None:
     scheduler, _, clock, _ = make(spec("a", keep_alive=5.0))
-    async with scheduler.lease("a", keep_alive=None):
+    async with leased(scheduler, "a", keep_alive=None):
         pass
     clock.advance(10**6)
     await settle()
@@ -220,9 +220,9 @@ async def test_scheduler_request_keep_alive_forever() -> None:
 
 async def test_scheduler_swaps_idle_model_for_new_one() -> None:
     scheduler, runner, _, events = make(spec("a"), spec("b"), budget=150)
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         pass
-    async with scheduler.lease("b"):
+    async with leased(scheduler, "b"):
         assert scheduler.state("a") is ModelState.STOPPED
         assert scheduler.state("b") is ModelState.READY
     assert runner.starts == ["a", "b"]
@@ -246,12 +246,12 @@ async def test_scheduler_evicts_nearest_expiry() -> None:
     scheduler, _, clock, _ = make(
         spec("a", keep_alive=100.0), spec("b", keep_alive=50.0), spec("c"), budget=250
     )
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         pass
-    async with scheduler.lease("b"):
+    async with leased(scheduler, "b"):
         pass
     clock.advance(1)
-    async with scheduler.lease("c"):
+    async with leased(scheduler, "c"):
         assert scheduler.state("b") is ModelState.STOPPED
         assert scheduler.state("a") is ModelState.READY
 
@@ -306,7 +306,7 @@ async def test_scheduler_serves_loaded_model_queue_before_swapping() -> None:
 
 async def test_scheduler_min_residency_delays_eviction() -> None:
     scheduler, runner, clock, _ = make(spec("a"), spec("b"), budget=150, min_residency=2.0)
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         pass
     waiting = asyncio.create_task(scheduler.acquire("b"))
     await settle()
@@ -323,7 +323,7 @@ async def test_scheduler_crash_then_next_request_restarts() -> None:
     await settle()
     assert scheduler.state("a") is ModelState.STOPPED
     scheduler.release(lease)  # an old lease: harmless
-    async with scheduler.lease("a") as again:
+    async with leased(scheduler, "a") as again:
         assert again.generation != lease.generation
     assert runner.starts == ["a", "a"]
     assert states(events, "a") == ["loading", "ready", "stopped", "loading", "ready"]
@@ -351,7 +351,7 @@ async def test_scheduler_crashing_runner_restarts_later_and_requests_wait() -> N
     runner.running["a"].crash()
     await settle()
     scheduler.release(again)
-    async with scheduler.lease("a"):  # the first crash since: restarted at once
+    async with leased(scheduler, "a"):  # the first crash since: restarted at once
         assert runner.starts == ["a"] * 4
 
 
@@ -363,7 +363,7 @@ async def test_scheduler_runner_unreachable_handles_the_exit_at_once() -> None:
     assert await scheduler.runner_unreachable(lease)
     assert scheduler.state("a") is ModelState.STOPPED
     scheduler.release(lease)
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         assert runner.starts == ["a", "a"]
 
 
@@ -419,7 +419,7 @@ async def test_scheduler_prepare_reads_estimates_off_the_event_loop() -> None:
     await scheduler.prepare()
     assert len(threads) == 2
     assert threading.main_thread().name not in threads
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         pass
     assert len(threads) == 2  # the request used what prepare computed
 
@@ -439,7 +439,7 @@ async def test_scheduler_load_failure_fails_waiters_then_backs_off() -> None:
     assert runner.starts == ["a", "a"]
     del runner.fail["a"]
     clock.advance(1.5)
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         assert scheduler.state("a") is ModelState.READY
     assert scheduler.status()[0].last_error is None
 
@@ -470,7 +470,7 @@ async def test_scheduler_status_reports_queue_and_memory() -> None:
 
 async def test_scheduler_counts_a_model_at_the_most_it_used() -> None:
     scheduler, runner, _, _ = make(spec("a"), spec("b"), budget=1000, sizes={"a": 300})
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         runner.running["a"]._footprint = {"ram": 700}  # a full batch of activations
     assert scheduler.status()[0].measured == {"ram": 300}  # a query only reads
     await scheduler.measure()
@@ -500,7 +500,7 @@ async def test_scheduler_catalog_update_adds_models_at_once() -> None:
     scheduler, _, _, _ = make(spec("a"))
     change = scheduler.update_catalog(Catalog([spec("a"), spec("b", aliases=("bee",))]))
     assert (change.added, change.removed, change.changed) == (["b"], [], [])
-    async with scheduler.lease("bee") as lease:
+    async with leased(scheduler, "bee") as lease:
         assert lease.model == "b"
 
 
@@ -561,7 +561,7 @@ async def test_scheduler_catalog_update_readding_a_draining_model_keeps_it() -> 
     scheduler.release(held)
     await settle()
     assert not runner.running["a"].stopped
-    async with scheduler.lease("a"):
+    async with leased(scheduler, "a"):
         pass
     assert runner.starts == ["a"]
 
@@ -585,9 +585,9 @@ async def test_scheduler_max_loaded_evicts_by_count_with_the_same_policy() -> No
         spec("a", keep_alive=60.0), spec("b", keep_alive=10.0), spec("c"), max_loaded={"all": 2}
     )
     for name in ("a", "b"):
-        async with scheduler.lease(name):
+        async with leased(scheduler, name):
             pass
-    async with scheduler.lease("c"):  # plenty of memory, but two models are loaded
+    async with leased(scheduler, "c"):  # plenty of memory, but two models are loaded
         assert scheduler.state("b") is ModelState.STOPPED  # the nearest expiry goes
         assert scheduler.state("a") is ModelState.READY
     (evicted,) = [e for e in events if isinstance(e, Evicted)]
@@ -602,7 +602,7 @@ async def test_scheduler_max_loaded_per_kind_and_waiting_for_a_busy_one() -> Non
         max_loaded={"chat": 1},
     )
     first = await scheduler.acquire("chat1")
-    async with scheduler.lease("emb"):  # another kind: not capped
+    async with leased(scheduler, "emb"):  # another kind: not capped
         assert scheduler.state("chat1") is ModelState.READY
     waiting = asyncio.create_task(scheduler.acquire("chat2"))
     await settle()

@@ -180,7 +180,7 @@ class ModelEntry(BaseModel):
     """vLLM's sleep level: 1 keeps the weights in RAM (fastest wake), 2 drops them."""
 
 
-class _Server(BaseModel):
+class _ServerTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
@@ -289,10 +289,16 @@ class _Memory(BaseModel):
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    server: _Server = Field(default_factory=_Server)
+    server: _ServerTable = Field(default_factory=_ServerTable)
     auth: _Auth = Field(default_factory=_Auth)
     memory: _Memory = Field(default_factory=_Memory)
     models: dict[str, ModelEntry] = Field(default_factory=dict)
+
+
+_DEFAULT = _File()
+"""An empty file: the one source of every setting's default, for ``Config`` too (so a test
+that makes a ``Config`` runs with what a real server gets)."""
+_SERVER, _AUTH, _MEMORY = _DEFAULT.server, _DEFAULT.auth, _DEFAULT.memory
 
 
 @dataclass(frozen=True)
@@ -305,35 +311,35 @@ class Config:
     min_residency: float
     stop_grace: float
     log_level: str
-    reload_interval: float = 0.0
-    measure_interval: float = 2.0
-    shutdown_timeout: float = 10.0
-    max_request_size: int = 8 * 1024**2
-    header_timeout: float = 10.0
-    log_format: str = "text"
-    access_log: bool = True
-    metrics: bool = True
-    log_max_size: int = 16 * 1024**2
-    log_files: int = 3
-    events_kept: int = 1000
-    activity_kept: int = 200
-    cors_origins: tuple[str, ...] = ()
-    database_url: str = ""
+    reload_interval: float = _SERVER.reload_interval
+    measure_interval: float = _MEMORY.measure_interval
+    shutdown_timeout: float = _SERVER.shutdown_timeout
+    max_request_size: int = _SERVER.max_request_size
+    header_timeout: float = _SERVER.header_timeout
+    log_format: str = _SERVER.log_format
+    access_log: bool = _SERVER.access_log
+    metrics: bool = _SERVER.metrics
+    log_max_size: int = _SERVER.log_max_size
+    log_files: int = _SERVER.log_files
+    events_kept: int = _SERVER.events_kept
+    activity_kept: int = _SERVER.activity_kept
+    cors_origins: tuple[str, ...] = tuple(_SERVER.cors_origins)
+    database_url: str = _SERVER.database_url or ""
     """Empty: SQLite in ``home``."""
-    usage_ledger: bool = True
-    auth_mode: str = "off"
-    """``auto`` is resolved here: ``keys`` or ``off`` by the address listened on."""
-    allow_signup: bool = False
-    signup_balance: int | None = None
-    session_ttl: float = 3600.0
-    max_keep_alive: float | None = None
-    login_attempts: int = 5
-    login_lockout: float = 900.0
-    signups_per_hour: int = 5
-    signup_approval: bool = False
+    usage_ledger: bool = _SERVER.usage_ledger
+    auth_mode: str = _AUTH.mode
+    """``auto``: ``keys`` or ``off`` by the address listened on (``keys_required``)."""
+    allow_signup: bool = _AUTH.allow_signup
+    signup_balance: int | None = _AUTH.signup_balance
+    session_ttl: float = _AUTH.session_ttl
+    max_keep_alive: float | None = _AUTH.max_keep_alive
+    login_attempts: int = _AUTH.login_attempts
+    login_lockout: float = _AUTH.login_lockout
+    signups_per_hour: int = _AUTH.signups_per_hour
+    signup_approval: bool = _AUTH.signup_approval
     max_loaded: dict[str, int] = field(default_factory=dict)
     """``all`` and/or a kind → the most models loaded at once."""
-    gpu: str | int = "90%"
+    gpu: str | int = _MEMORY.gpu
     """The budget of each GPU: a share of its memory, or bytes."""
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None

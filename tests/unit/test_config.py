@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.config import Settings, load_config
+from modelyard.config import Config, Settings, load_config
 from modelyard.errors import ConfigError
 
 
@@ -466,3 +466,22 @@ def test_config_cors_origins(tmp_path: Path) -> None:
     for bad in ("localhost:3000", "http://h/app", "ftp://h"):
         with pytest.raises(ConfigError, match="is not an origin"):
             load_config(write(tmp_path, f'[server]\ncors_origins = ["{bad}"]\n'))
+
+
+def test_a_config_made_in_code_has_the_defaults_of_an_empty_file(tmp_path: Path) -> None:
+    """Tests make ``Config`` directly: they run with what a real server gets."""
+    read = load_config(write(tmp_path, ""))
+    made = Config(
+        host=read.host,
+        port=read.port,
+        home=read.home,
+        models_dir=read.models_dir,
+        ram=read.ram,
+        min_residency=read.min_residency,
+        stop_grace=read.stop_grace,
+        log_level=read.log_level,
+        models=read.models,
+        source=read.source,
+    )
+    assert made == read
+    assert (made.auth_mode, made.reload_interval) == ("auto", 2.0)

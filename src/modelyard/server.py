@@ -92,7 +92,7 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
     return _Protocol
 
 
-class _Server(uvicorn.Server):
+class _Uvicorn(uvicorn.Server):
     """uvicorn's server, telling the app when shutdown begins (``app.state.stopping``),
     saying what it waits for, and exiting 0 when asked to stop (uvicorn raises the signal
     again once done, which makes the exit status say "killed"). A second Ctrl-C stops
@@ -148,7 +148,7 @@ def run(app: FastAPI, config: Config, **options: Any) -> None:
         access_log=False,
         **options,
     )
-    _Server(settings, app).run()
+    _Uvicorn(settings, app).run()
 
 
 def serve(config: Config, settings: Settings) -> None:

@@ -102,7 +102,7 @@ def estimate(spec: ModelSpec, runner: Runner) -> Footprint:
     return found
 
 
-class Ledger:
+class MemoryLedger:
     """The one account of memory: the budget per device, what each model will take (its
     estimate, asked once per settings, ahead of need in a thread), the most each has used
     (measured peaks, remembered across restarts) and what a set of models holds.

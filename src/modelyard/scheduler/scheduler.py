@@ -2,7 +2,7 @@
 
 Everything runs on one event loop and every decision is made synchronously in ``_pump``, so
 no locks are needed. Side effects (starting and stopping runners) go through the ``Runner``
-seam; time goes through the injected ``Clock``; memory is accounted by the ``Ledger``
+seam; time goes through the injected ``Clock``; memory is accounted by the ``MemoryLedger``
 (``budget.py``) and the eviction choice is the pure ``policy``. The file is long on purpose:
 it is the one owner of the models' state, and splitting that state would bring back the
 locks and the implied states this design avoids.
@@ -72,7 +72,7 @@ from modelyard.errors import (
 )
 from modelyard.quantity import format_size
 from modelyard.runners.base import Runner, RunningModel, Sleeper
-from modelyard.scheduler.budget import Ledger
+from modelyard.scheduler.budget import MemoryLedger
 from modelyard.scheduler.event import (
     DECISIONS,
     CatalogReloaded,
@@ -335,7 +335,7 @@ class Scheduler:
         self._clock: Clock = clock or LoopClock()
         self._min_residency = min_residency
         self._stop_grace = stop_grace
-        self.ledger = Ledger(budget, runners, measured)
+        self.ledger = MemoryLedger(budget, runners, measured)
         self._models: dict[str, _Model] = {spec.name: _Model(spec) for spec in catalog}
         self._seq = 0
         self._generations = itertools.count(1)

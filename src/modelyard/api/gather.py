@@ -14,13 +14,11 @@ from typing import Any
 
 import orjson
 
-from modelyard.api.tally import Tally
+from modelyard.api.tally import HELD, Tally
 from modelyard.dialect.base import engine_error, sse_events, stream_chunks
 from modelyard.errors import RunnerError
 
 _OBJECTS = {"chat.completion.chunk": "chat.completion", "text_completion": "text_completion"}
-_HELD = 1 << 20
-"""The most of an unfinished event kept (an engine's event is a few hundred bytes)."""
 
 
 class Gathering:
@@ -40,7 +38,7 @@ class Gathering:
     def feed(self, data: bytes) -> None:
         """Some bytes of the stream, cut anywhere; an error event is the engine's failure."""
         events, held = sse_events(self._held + data if self._held else data)
-        self._held = held[-_HELD:]
+        self._held = held[-HELD:]
         for chunk in stream_chunks(events):
             self._tally.note(chunk)
             failure = engine_error(chunk)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-_HELD = 1 << 20
+HELD = 1 << 20
 """The most of an unfinished event kept (an engine's event is a few hundred bytes)."""
 
 
@@ -48,7 +48,7 @@ class Tally:
         data = self._held + chunk if self._held else chunk
         end = data.rfind(b"\n\n")
         if end < 0:
-            self._held = data[-_HELD:]
+            self._held = data[-HELD:]
             return
         self._held = data[end + 2 :]
         complete = data[:end]

@@ -94,7 +94,7 @@ from modelyard.scheduler.event import (
     exit_name,
 )
 from modelyard.scheduler.journal import Journal
-from modelyard.scheduler.policy import Loaded, choose_victims, fits
+from modelyard.scheduler.placement import LOCAL, Evict, Holder, Need, Snapshot, Wait, plan, relieve
 from modelyard.scheduler.queue import FairQueue
 from modelyard.scheduler.state import RESIDENT, ModelState, check_transition
 from modelyard.scheduler.state import ModelState as S
@@ -110,8 +110,6 @@ UNSET: Final = Unset()
 """``keep_alive`` not given by the request: use the catalog's."""
 
 _BACKOFF_MAX = 60.0
-_MAX_LAYERS = 1024
-"""More layers than any model has (``gpu_layers = "auto"`` searches below it)."""
 _MODELS = "models"
 """The pseudo-device of the caps on loaded models."""
 
@@ -183,6 +181,8 @@ class _Replica:
     asleep: Footprint | None = None
     """What it holds while it sleeps, measured (``None`` until it has gone to sleep)."""
     slept_at: float = 0.0
+    node: str = LOCAL
+    """Where its runner runs (or last ran)."""
 
     @property
     def live(self) -> bool:
@@ -737,8 +737,7 @@ class Scheduler:
                     self._pump_at(min(r.restart_at for r in stopped))
                 continue
             if scale_up:
-                if self._fits_now(m, due[0]):
-                    self._place(m, due[0], now)
+                self._place(m, due[0], now, evict=False)
                 continue
             placed = 0
             for r in due[: m.spec.replicas - live]:
@@ -773,13 +772,6 @@ class Scheduler:
             return False
         return True
 
-    def _fits_now(self, m: _Model, r: _Replica) -> bool:
-        """``r`` fits in the memory free now."""
-        spec = self._replica_spec(m, r)
-        if spec.gpu_layers == "auto":
-            spec = self._fit_layers(spec, self.ledger.free(self.reserved()))
-        return fits(self.ledger.estimate(spec), self.ledger.free(self.reserved()))
-
     def _back_off(self, m: _Model, now: float) -> None:
         error = LoadFailedError(
             f"Model {m.spec.name!r} failed to load and is backing off for "
@@ -790,65 +782,82 @@ class Scheduler:
         for waiter in list(m.waiters):
             self._fail(m, waiter, error)
 
-    def _place(self, m: _Model, r: _Replica, now: float) -> bool:
-        """Loads ``r`` or makes room for it; ``False`` when it has to wait.
-
-        The caps on loaded models (``max_loaded``) are devices too, of one unit per model,
-        so that the same policy chooses whom to evict for a count as for memory. A model's
-        runners after its first take no unit."""
-        residents = [
-            (x, y) for x in self._models.values() for y in x.replicas if y.state in RESIDENT
-        ]
-        # Freed soon: by runners stopping, and the GPU part of those going to sleep.
-        freeing = _sum(
-            {
-                d: n
-                for d, n in self.ledger.footprint(x.run_spec(y)).items()
-                if y.state is S.UNLOADING or d != "ram"
-            }
-            for x, y in residents
-            if y.state is S.UNLOADING or (y.state is S.SLEEPING and y.task is not None)
-        )
-        free_now = self.ledger.free(self.reserved())
-        free_soon = {d: n + freeing.get(d, 0) for d, n in free_now.items()}
+    def _place(self, m: _Model, r: _Replica, now: float, *, evict: bool = True) -> bool:
+        """Starts (or wakes) ``r`` where ``placement.plan`` says, or evicts for it; ``False``
+        when it has to wait. ``evict=False``: only in memory free now (a scale-up)."""
         waking = r.state is S.SLEEPING
+        spec = m.run_spec(r) if waking else self._replica_spec(m, r)
         if waking:  # it takes what it holds awake beyond what it holds asleep
-            spec = m.run_spec(r)
             asleep = self._held(m, r)
             awake = self.ledger.footprint(spec)
-            need = {d: max(0, n - asleep.get(d, 0)) for d, n in awake.items()}
+            wake = {d: max(0, n - asleep.get(d, 0)) for d, n in awake.items()}
+            need = Need(m.spec.name, wake, node=r.node)
         else:
-            spec = self._replica_spec(m, r)
-            if spec.gpu_layers == "auto":
-                spec = self._fit_layers(spec, free_soon)
             first = not any(y.state in RESIDENT for y in m.replicas)
-            need = {**self.ledger.estimate(spec), **(self._slots(spec) if first else {})}
-        held_by = {x.spec.name: x for x, _ in residents}
-        for cap, limit in self._max_loaded.items():
-            taken = sum(self._slots(x.spec).get(cap, 0) for x in held_by.values())
-            going = sum(
-                self._slots(x.spec).get(cap, 0)
-                for x in held_by.values()
-                if all(y.state is ModelState.UNLOADING for y in x.replicas if y.state in RESIDENT)
-            )
-            free_now[cap], free_soon[cap] = limit - taken, limit - taken + going
-        loaded = self._loaded(caps=True)
-        victims = choose_victims(need, free_soon, loaded, now, self._min_residency)
-        if victims is None:
-            self._repump_after_residency(loaded, now)
+            units = self._slots(spec) if first else {}
+            if spec.gpu_layers == "auto":
+                auto = spec
+
+                def layers(n: int) -> Footprint:
+                    return self.ledger.estimate(replace(auto, gpu_layers=n))
+
+                need = Need(m.spec.name, {}, units, layers, evict=evict)
+            else:
+                need = Need(m.spec.name, self.ledger.estimate(spec), units, evict=evict)
+        decision = plan(self._snapshot(), need, now)
+        if isinstance(decision, Evict):
+            for key in decision.victims:
+                victim, replica = self._by_key(key)
+                self._evict(victim, replica, decision.short, decision.reason, for_model=m.spec.name)
             return False
-        if victims:
-            short = {d for d, n in need.items() if n > free_soon.get(d, 0)}
-            reason: EvictionReason = "max_loaded" if short <= self._max_loaded.keys() else "memory"
-            for key in victims:
-                self._evict(*self._by_key(key), short, reason, for_model=m.spec.name)
+        if isinstance(decision, Wait):
+            if decision.until is not None:
+                if self._pump_timer is not None:
+                    self._pump_timer.cancel()
+                self._pump_timer = self._clock.call_at(decision.until, self._pump)
             return False
-        if not fits(need, free_now):
-            return False  # the memory is being freed by unloads in progress
         if not waking:
             r.placed = spec
+            if decision.layers is not None:
+                r.placed = replace(spec, gpu_layers=decision.layers)
+            r.node = decision.node
         self._load(m, r)
         return True
+
+    def _snapshot(self) -> Snapshot:
+        """Every runner holding memory, the budget and the caps, as placement sees them."""
+        holders = []
+        for m in self._models.values():
+            units = self._slots(m.spec)
+            for r in m.replicas:
+                if r.state not in RESIDENT:
+                    continue
+                asleep = self._asleep(r)
+                freeing: Footprint = {}
+                if r.state is S.UNLOADING:
+                    freeing = self.ledger.footprint(m.run_spec(r))
+                elif r.state is S.SLEEPING and not asleep:  # going to sleep: its GPU part
+                    full = self.ledger.footprint(m.run_spec(r))
+                    freeing = {d: n for d, n in full.items() if d != "ram"}
+                holder = Holder(
+                    key=self._key(m, r),
+                    model=m.spec.name,
+                    node=r.node,
+                    held=self._held(m, r),
+                    freeing=freeing,
+                    stopping=r.state is S.UNLOADING,
+                    evictable=r.state is S.READY or asleep,
+                    busy=r.leases > 0 or bool(m.waiters),
+                    pinned=m.spec.pinned,
+                    # A sleeping runner's keep-alive ran out when it fell asleep.
+                    expires_at=r.slept_at if asleep else r.expires_at,
+                    last_used=r.last_used,
+                    loaded_at=r.loaded_at,
+                    units=units,
+                )
+                holders.append(holder)
+        budgets = {LOCAL: self.ledger.budget}
+        return Snapshot(budgets, holders, self._max_loaded, self._min_residency)
 
     @staticmethod
     def _replica_spec(m: _Model, r: _Replica) -> ModelSpec:
@@ -862,22 +871,6 @@ class Scheduler:
             share = spec.gpus_per_replica
             gpus = gpus[r.index * share : (r.index + 1) * share]
         return replace(spec, replica=r.index, gpus=gpus)
-
-    def _fit_layers(self, spec: ModelSpec, free: Footprint) -> ModelSpec:
-        """``spec`` with the most GPU layers whose GPU memory fits ``free`` on its GPUs as
-        they are (nothing is evicted for a layer); 0 layers, the CPU, when none fits."""
-
-        def gpu_fits(layers: int) -> bool:
-            need = self.ledger.estimate(replace(spec, gpu_layers=layers))
-            return fits({d: n for d, n in need.items() if d != "ram"}, free)
-
-        if gpu_fits(-1):
-            return replace(spec, gpu_layers=-1)
-        low, high = 0, _MAX_LAYERS  # gpu_fits(low) holds; past a model's layers all are on it
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (middle, high) if gpu_fits(middle) else (low, middle)
-        return replace(spec, gpu_layers=low)
 
     def _slots(self, spec: ModelSpec) -> dict[str, int]:
         """The units of the ``max_loaded`` caps a model takes: one of ``models`` and one of
@@ -898,17 +891,6 @@ class Scheduler:
             self._pump()
 
         self._restart_timer = self._clock.call_at(when, fire)
-
-    def _repump_after_residency(self, loaded: Iterable[Loaded], now: float) -> None:
-        young = [
-            x.loaded_at + self._min_residency
-            for x in loaded
-            if not x.busy and not x.pinned and now - x.loaded_at < self._min_residency
-        ]
-        if young:
-            if self._pump_timer is not None:
-                self._pump_timer.cancel()
-            self._pump_timer = self._clock.call_at(min(young), self._pump)
 
     # ---- effects -------------------------------------------------------------------------------
 
@@ -1409,19 +1391,16 @@ class Scheduler:
 
     def _check_pressure(self) -> None:
         """Evicts idle models while the resident ones use more than the budget."""
-        reserved = self.reserved()
-        over = self.ledger.over(reserved)
-        if not over:
+        now = self._clock.now()
+        relief = relieve(self._snapshot(), now)
+        if relief is None:
             if self._pressure:
                 log.info("memory back within the budget")
             self._pressure = False
             return
-        now = self._clock.now()
-        loaded = self._loaded()
-        # Evict as much as can be evicted, even if it is not enough: the rest waits.
-        victims = choose_victims(over, {}, loaded, now) or [
-            x.name for x in loaded if not x.busy and not x.pinned
-        ]
+        reserved = self.reserved()
+        over = relief.over[LOCAL]
+        victims = relief.victims
         used = ", ".join(f"{format_size(reserved[d])} of {d}" for d in over)
         budget = ", ".join(f"{format_size(self.ledger.budget.get(d, 0))}" for d in over)
         if not self._pressure:
@@ -1434,39 +1413,12 @@ class Scheduler:
         self._pressure = True
         self._emit(
             MemoryPressure(
-                "", now, used=dict(reserved), evicting=tuple(victims), budget=self.ledger.budget
+                "", now, used=dict(reserved), evicting=victims, budget=self.ledger.budget
             )
         )
         for key in victims:
             detail = f"memory pressure: {used} in use, budget {budget}"
             self._evict(*self._by_key(key), set(over), "memory", detail)
-
-    def _loaded(self, *, caps: bool = False) -> list[Loaded]:
-        """The ready runners, as the eviction policy sees them (``caps``: with the units of
-        the ``max_loaded`` caps that a model's last resident runner frees)."""
-        loaded = []
-        for m in self._models.values():
-            resident = sum(r.state in RESIDENT for r in m.replicas)
-            for r in m.replicas:
-                asleep = self._asleep(r)
-                if r.state is not ModelState.READY and not asleep:
-                    continue
-                footprint = dict(self._held(m, r))
-                if caps and resident == 1:
-                    footprint.update(self._slots(m.spec))
-                loaded.append(
-                    Loaded(
-                        name=self._key(m, r),
-                        footprint=footprint,
-                        busy=r.leases > 0 or bool(m.waiters),
-                        pinned=m.spec.pinned,
-                        # A sleeping runner's keep-alive ran out when it fell asleep.
-                        expires_at=r.slept_at if asleep else r.expires_at,
-                        last_used=r.last_used,
-                        loaded_at=r.loaded_at,
-                    )
-                )
-        return loaded
 
 
 def _sum(footprints: Iterable[Footprint]) -> dict[str, int]:

@@ -118,8 +118,9 @@ def plan(snapshot: Snapshot, need: Need, now: float) -> Decision:
     1. On each node it may go to, it takes ``need.footprint`` (for ``gpu_layers = "auto"``,
        the most layers whose GPU part fits the node's GPUs free soon, or free now when it may
        not evict) plus its cap units.
-    2. Nodes where that fits in the memory free now: start on the one outside ``spread``
-       with the most room left on its tightest device.
+    2. Nodes where that fits in the memory free now: start on one outside ``spread``, of
+       those where the most layers go to a GPU, with the most room left on its tightest
+       device.
     3. It may not evict: wait.
     4. It fits somewhere once runners already stopping are gone: wait for them.
     5. Per node, the policy chooses idle victims among the node's runners (and, for the
@@ -150,10 +151,12 @@ def plan(snapshot: Snapshot, need: Need, now: float) -> Decision:
     room = [n for n in nodes if fits(wants[n][0], free_now[n])]
     if room:
 
-        def left(node: str) -> tuple[bool, int, str]:
-            want, free = wants[node][0], free_now[node]
+        def left(node: str) -> tuple[bool, int, int, str]:
+            want, layers = wants[node]
+            free = free_now[node]
             tightest = min((free[d] - a for d, a in want.items() if a > 0), default=0)
-            return node in need.spread, -tightest, node
+            on_gpu = _MAX_LAYERS + 1 if layers == -1 else layers or 0
+            return node in need.spread, -on_gpu, -tightest, node
 
         best = min(room, key=left)
         return Start(best, wants[best][1])

@@ -2,14 +2,8 @@
 
 from modelyard.catalog.catalog import CatalogChange
 from modelyard.scheduler.budget import estimate
-from modelyard.scheduler.scheduler import (
-    UNSET,
-    Lease,
-    ModelStatus,
-    ReplicaStatus,
-    Scheduler,
-    Unset,
-)
+from modelyard.scheduler.model import UNSET, Lease, ModelStatus, ReplicaStatus, Unset
+from modelyard.scheduler.scheduler import Scheduler
 from modelyard.scheduler.state import ModelState
 
 __all__ = [

@@ -51,13 +51,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass, field, replace
-from typing import Final
+from dataclasses import replace
 
 from modelyard.catalog.catalog import Catalog, CatalogChange
 from modelyard.catalog.spec import Footprint, ModelSpec
@@ -94,223 +93,37 @@ from modelyard.scheduler.event import (
     exit_name,
 )
 from modelyard.scheduler.journal import Journal
+from modelyard.scheduler.model import (
+    UNSET,
+    Lease,
+    Model,
+    ModelStatus,
+    ReplicaStatus,
+    Unset,
+    Waiter,
+)
 from modelyard.scheduler.placement import LOCAL, Evict, Holder, Need, Snapshot, Wait, plan, relieve
-from modelyard.scheduler.queue import FairQueue
-from modelyard.scheduler.state import RESIDENT, ModelState, check_transition
+from modelyard.scheduler.replica import (
+    Changed,
+    Crashed,
+    Exited,
+    Expired,
+    Replica,
+    Report,
+    SleepFailed,
+    Slept,
+    Started,
+    StartFailed,
+    backoff,
+)
+from modelyard.scheduler.state import RESIDENT, ModelState
 from modelyard.scheduler.state import ModelState as S
 
 log = logging.getLogger(__name__)
 
 
-class Unset:
-    pass
-
-
-UNSET: Final = Unset()
-"""``keep_alive`` not given by the request: use the catalog's."""
-
-_BACKOFF_MAX = 60.0
 _MODELS = "models"
 """The pseudo-device of the caps on loaded models."""
-
-
-def backoff(failures: int) -> float:
-    """Seconds to refuse loads after ``failures`` failures in a row: 0, 1, 2, 4 … 60."""
-    return 0.0 if failures <= 1 else min(2.0 ** (failures - 2), _BACKOFF_MAX)
-
-
-@dataclass(eq=False)
-class Lease:
-    """The right to send one request to a model's runner at ``base_url``."""
-
-    model: str
-    base_url: str
-    headers: Mapping[str, str]
-    """Sent with the request: the runner's key."""
-    queued: float
-    """Seconds spent waiting (queue and load)."""
-    generation: int
-    load_wait: float = 0.0
-    """Of ``queued``, the seconds spent waiting for the model to load."""
-    replica: int = 0
-    """Which of the model's runners it is for."""
-    released: bool = False
-
-
-@dataclass(eq=False)
-class _Waiter:
-    seq: int
-    future: asyncio.Future[Lease]
-    enqueued_at: float
-    keep_alive: float | Unset | None
-    request: str = ""
-    """Who asks, for the event log: a request id, ``POST /api/load`` or ``preload``."""
-    client: str = ""
-    """Whose request it is (an API key), for the turns in the queue."""
-    weight: float = 1.0
-    timer: Timer | None = None
-
-
-@dataclass(eq=False)
-class _Replica:
-    """One runner of a model and its lifecycle (a model has one unless ``max_replicas``)."""
-
-    index: int
-    state: ModelState = ModelState.STOPPED
-    running: RunningModel | None = None
-    generation: int = 0
-    """Unique to one run of a runner (0 while none runs): a lease counts only for it."""
-    leases: int = 0
-    keep_alive: float | None = None
-    loaded_at: float = 0.0
-    load_started: float = 0.0
-    last_used: float = 0.0
-    expires_at: float | None = None
-    expiry: Timer | None = None
-    unload_when_idle: tuple[EvictionReason, str] | None = None
-    """Unload once idle, and why."""
-    crashes: int = 0
-    """Runner exits in a row without a request served in between."""
-    restart_at: float = 0.0
-    """Waiting requests start the runner again no sooner than this."""
-    task: asyncio.Task[None] | None = None
-    watcher: asyncio.Task[None] | None = None
-    placed: ModelSpec | None = None
-    """The settings its runner was started with (the layers of ``gpu_layers = "auto"``, the
-    replica's number); ``None`` while stopped."""
-    asleep: Footprint | None = None
-    """What it holds while it sleeps, measured (``None`` until it has gone to sleep)."""
-    slept_at: float = 0.0
-    node: str = LOCAL
-    """Where its runner runs (or last ran)."""
-
-    @property
-    def live(self) -> bool:
-        """Serving, or about to: it takes requests."""
-        return self.state in (ModelState.LOADING, ModelState.READY)
-
-    def detach(self) -> RunningModel | None:
-        """Forgets its runner (and stops watching it) to stop it: the runner, if any."""
-        running, self.running = self.running, None
-        if self.watcher is not None:
-            self.watcher.cancel()
-            self.watcher = None
-        return running
-
-    def no_expiry(self) -> None:
-        """Its keep-alive is not running (stopped if it was)."""
-        if self.expiry is not None:
-            self.expiry.cancel()
-            self.expiry = None
-        self.expires_at = None
-
-
-@dataclass(eq=False)
-class _Model:
-    spec: ModelSpec
-    replicas: list[_Replica] = field(default_factory=list)
-    waiters: FairQueue[_Waiter] = field(default_factory=FairQueue)
-    failures: int = 0
-    """Loads that failed in a row: waiting requests fail fast until ``retry_at``."""
-    retry_at: float = 0.0
-    over_estimate: bool = False
-    """Its measured memory went past its estimate (reported once)."""
-    last_error: str | None = None
-    pending: ModelSpec | None = None
-    """New settings from the catalog, applied when every runner of the model has stopped."""
-    removed: bool = False
-    """Gone from the catalog: finishing its requests, then forgotten."""
-
-    def __post_init__(self) -> None:
-        self.size_replicas()
-
-    def size_replicas(self) -> None:
-        """One replica slot per runner the spec allows (called while none runs)."""
-        if len(self.replicas) != self.spec.max_replicas:
-            self.replicas = [_Replica(i) for i in range(self.spec.max_replicas)]
-
-    @property
-    def state(self) -> ModelState:
-        """The model's state, from its runners': ready if one is, else loading if one is, …"""
-        states = {r.state for r in self.replicas}
-        for state in (S.READY, S.LOADING, S.UNLOADING, S.SLEEPING):
-            if state in states:
-                return state
-        return ModelState.FAILED if ModelState.FAILED in states else ModelState.STOPPED
-
-    @property
-    def leases(self) -> int:
-        return sum(r.leases for r in self.replicas)
-
-    @property
-    def live(self) -> int:
-        """Runners serving or about to."""
-        if len(self.replicas) == 1:
-            return 1 if self.replicas[0].live else 0
-        return sum(r.live for r in self.replicas)
-
-    @property
-    def idle(self) -> bool:
-        return self.leases == 0 and not self.waiters
-
-    @property
-    def stopped(self) -> bool:
-        """No runner runs, starts or stops."""
-        return all(
-            r.state in (ModelState.STOPPED, ModelState.FAILED) and r.task is None
-            for r in self.replicas
-        )
-
-    def replica_idle(self, r: _Replica) -> bool:
-        return r.leases == 0 and not self.waiters
-
-    def run_spec(self, r: _Replica) -> ModelSpec:
-        """The settings ``r``'s memory is counted by: those it was started with, once
-        started."""
-        return r.placed or self.spec
-
-    def label(self, r: _Replica) -> int | None:
-        """``r``'s number in events: ``None`` for a model of one runner."""
-        return r.index if self.spec.max_replicas > 1 else None
-
-
-@dataclass(frozen=True)
-class ReplicaStatus:
-    index: int
-    state: ModelState
-    in_flight: int
-    loaded_since: float | None
-    expires_at: float | None
-    pid: int | None
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    name: str
-    spec: ModelSpec
-    """The catalog's entry (for a loaded model whose settings changed: the new settings)."""
-    removed: bool
-    """Removed from the catalog and still finishing requests."""
-    state: ModelState
-    estimate: Footprint
-    """Of one runner."""
-    measured: Footprint | None
-    """Of one runner."""
-    queued: int
-    in_flight: int
-    parallel: int
-    """Of one runner."""
-    loaded_since: float | None
-    """Wall-clock time (``time.time()``) the first runner running now became ready."""
-    expires_at: float | None
-    """Wall-clock time the keep-alive runs out; ``None`` while busy or when it never does."""
-    pinned: bool
-    last_error: str | None
-    replicas: tuple[ReplicaStatus, ...] = ()
-    """The runners not stopped, when the model may have several."""
-    held: Footprint = field(default_factory=dict)
-    """What its runners hold now, as the budget counts it (all of them; a sleeping one its
-    memory asleep)."""
 
 
 class Scheduler:
@@ -336,9 +149,8 @@ class Scheduler:
         self._min_residency = min_residency
         self._stop_grace = stop_grace
         self.ledger = MemoryLedger(budget, runners, measured)
-        self._models: dict[str, _Model] = {spec.name: _Model(spec) for spec in catalog}
+        self._models: dict[str, Model] = {}
         self._seq = 0
-        self._generations = itertools.count(1)
         self._listeners: list[Callable[[Event], None]] = []
         self.journal = journal or Journal()
         self._max_loaded = {
@@ -353,6 +165,8 @@ class Scheduler:
         self._measuring: asyncio.Task[None] | None = None
         self._pressure = False
         self._closed = False
+        for spec in catalog:
+            self._models[spec.name] = self._model(spec)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -395,7 +209,7 @@ class Scheduler:
             ) from None
         self._seq += 1
         future = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(self._seq, future, now, keep_alive, request, client, weight)
+        waiter = Waiter(self._seq, future, now, keep_alive, request, client, weight)
         m.waiters.append(waiter)
         if len(m.waiters) == 1 and m.state not in (ModelState.READY, ModelState.LOADING):
             estimate = dict(self.ledger.estimate(m.spec))
@@ -464,7 +278,7 @@ class Scheduler:
             m.pending = replace(m.pending, pinned=pinned)
         for r in m.replicas:
             if pinned:
-                r.no_expiry()
+                r.disarm()
             elif m.replica_idle(r) and r.state is ModelState.READY:
                 self._start_keep_alive(m, r)
         self._pump()  # a model waiting for memory may now evict it
@@ -474,7 +288,7 @@ class Scheduler:
         m = self._models[self._catalog.get(name).name]
         for r in m.replicas:
             if r.state is ModelState.FAILED:
-                self._set_state(m, r, ModelState.STOPPED, "unload requested")
+                r.set_state(ModelState.STOPPED, "unload requested")
             elif self._stoppable(m, r):
                 self._unload(m, r, "manual", "unload requested")
             elif r.live or r.state is ModelState.SLEEPING:
@@ -516,14 +330,14 @@ class Scheduler:
         found = self._replica_of(lease)
         if found is None or found[1].running is None:
             return True  # already known to be gone
-        m, r = found
+        r = found[1]
         running = r.running
         assert running is not None
         try:
             code = await asyncio.wait_for(asyncio.shield(running.wait()), grace)
         except TimeoutError:
             return False
-        self._exited(m, r, running, code)
+        r.exited(running, code)
         return True
 
     async def prepare(self, specs: Iterable[ModelSpec] | None = None) -> None:
@@ -543,7 +357,7 @@ class Scheduler:
             (m, r, r.running, r.state)
             for m in self._models.values()
             for r in m.replicas
-            if r.running is not None and (r.state is S.READY or self._asleep(r))
+            if r.running is not None and (r.state is S.READY or r.sleeping)
         ]
 
         def sample() -> list[Footprint]:
@@ -555,7 +369,7 @@ class Scheduler:
                 continue
             if state is S.READY:
                 self._record(m, r, footprint)
-            elif self._asleep(r):
+            elif r.sleeping:
                 r.asleep = footprint
         await asyncio.to_thread(self.ledger.flush)
         self._check_pressure()
@@ -567,7 +381,7 @@ class Scheduler:
         for spec in catalog:
             m = self._models.get(spec.name)
             if m is None:
-                self._models[spec.name] = _Model(spec)
+                self._models[spec.name] = self._model(spec)
                 added.append(spec.name)
                 continue
             if m.removed:
@@ -666,20 +480,7 @@ class Scheduler:
         for m in self._models.values():
             for waiter in list(m.waiters):
                 self._fail(m, waiter, LoadFailedError("the server is shutting down"))
-        for r in replicas:
-            r.no_expiry()
-        tasks = [r.task for r in replicas if r.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        stops = []
-        for r in replicas:
-            if r.watcher is not None:
-                r.watcher.cancel()
-            if r.running is not None:
-                stops.append(r.running.stop(grace))
-                r.running = None
-        await asyncio.gather(*stops, return_exceptions=True)
+        await asyncio.gather(*(r.close(grace) for r in replicas), return_exceptions=True)
         self.ledger.flush()
 
     # ---- the decision ------------------------------------------------------------------------
@@ -730,7 +531,7 @@ class Scheduler:
             if scale_up and (live >= m.spec.max_replicas or not self._scale_up_due(m, now)):
                 continue
             stopped = [r for r in m.replicas if r.state in (ModelState.STOPPED, ModelState.FAILED)]
-            due = [r for r in m.replicas if self._asleep(r)]  # waking is the faster start
+            due = [r for r in m.replicas if r.sleeping]  # waking is the faster start
             due += [r for r in stopped if r.task is None and r.restart_at <= now]
             if not due:
                 if stopped:
@@ -747,7 +548,7 @@ class Scheduler:
             if cold and not placed:
                 break
 
-    def _least_busy(self, m: _Model) -> _Replica | None:
+    def _least_busy(self, m: Model) -> Replica | None:
         """The ready runner of ``m`` with a free slot and the fewest requests in flight; of
         those, one of the ``replicas`` before one added under load (so that the added ones
         idle and stop when the load is gone), and the one unused longest (so that the
@@ -761,7 +562,7 @@ class Scheduler:
             return None
         return min(free, key=lambda r: (r.leases, r.index >= m.spec.replicas, r.last_used))
 
-    def _scale_up_due(self, m: _Model, now: float) -> bool:
+    def _scale_up_due(self, m: Model, now: float) -> bool:
         """``m``'s oldest request has waited ``scale_up_wait`` with no runner starting (else
         ``_pump`` runs again when it will have)."""
         if any(r.state is ModelState.LOADING for r in m.replicas):
@@ -772,7 +573,7 @@ class Scheduler:
             return False
         return True
 
-    def _back_off(self, m: _Model, now: float) -> None:
+    def _back_off(self, m: Model, now: float) -> None:
         error = LoadFailedError(
             f"Model {m.spec.name!r} failed to load and is backing off for "
             f"{m.retry_at - now:.0f}s more. Last error: {m.last_error}",
@@ -782,7 +583,7 @@ class Scheduler:
         for waiter in list(m.waiters):
             self._fail(m, waiter, error)
 
-    def _place(self, m: _Model, r: _Replica, now: float, *, evict: bool = True) -> bool:
+    def _place(self, m: Model, r: Replica, now: float, *, evict: bool = True) -> bool:
         """Starts (or wakes) ``r`` where ``placement.plan`` says, or evicts for it; ``False``
         when it has to wait. ``evict=False``: only in memory free now (a scale-up)."""
         waking = r.state is S.SLEEPING
@@ -832,7 +633,7 @@ class Scheduler:
             for r in m.replicas:
                 if r.state not in RESIDENT:
                     continue
-                asleep = self._asleep(r)
+                asleep = r.sleeping
                 freeing: Footprint = {}
                 if r.state is S.UNLOADING:
                     freeing = self.ledger.footprint(m.run_spec(r))
@@ -840,7 +641,7 @@ class Scheduler:
                     full = self.ledger.footprint(m.run_spec(r))
                     freeing = {d: n for d, n in full.items() if d != "ram"}
                 holder = Holder(
-                    key=self._key(m, r),
+                    key=m.key(r),
                     model=m.spec.name,
                     node=r.node,
                     held=self._held(m, r),
@@ -860,7 +661,7 @@ class Scheduler:
         return Snapshot(budgets, holders, self._max_loaded, self._min_residency)
 
     @staticmethod
-    def _replica_spec(m: _Model, r: _Replica) -> ModelSpec:
+    def _replica_spec(m: Model, r: Replica) -> ModelSpec:
         """The settings ``r`` starts with: its number, and its share of the model's GPUs
         when each runner gets its own (``gpus_per_replica``)."""
         spec = m.spec
@@ -894,10 +695,10 @@ class Scheduler:
 
     # ---- effects -------------------------------------------------------------------------------
 
-    def _grant(self, m: _Model, r: _Replica, waiter: _Waiter, now: float) -> None:
+    def _grant(self, m: Model, r: Replica, waiter: Waiter, now: float) -> None:
         if waiter.timer is not None:
             waiter.timer.cancel()
-        r.no_expiry()
+        r.disarm()
         r.keep_alive = (
             m.spec.keep_alive if isinstance(waiter.keep_alive, Unset) else waiter.keep_alive
         )
@@ -921,7 +722,7 @@ class Scheduler:
             LeaseAcquired(m.spec.name, now, queued=queued, load_wait=load_wait, replica=m.label(r))
         )
 
-    def _fail(self, m: _Model, waiter: _Waiter, error: ModelyardError) -> None:
+    def _fail(self, m: Model, waiter: Waiter, error: ModelyardError) -> None:
         if waiter.timer is not None:
             waiter.timer.cancel()
         with contextlib.suppress(ValueError):
@@ -929,7 +730,7 @@ class Scheduler:
         if not waiter.future.done():
             waiter.future.set_exception(error)
 
-    def _abandon(self, m: _Model, waiter: _Waiter) -> None:
+    def _abandon(self, m: Model, waiter: Waiter) -> None:
         """The waiting request went away (client disconnect): forget it, or return its lease."""
         if waiter.timer is not None:
             waiter.timer.cancel()
@@ -944,7 +745,7 @@ class Scheduler:
                 self._start_keep_alive(m, r)
         self._pump()
 
-    def _queue_timeout(self, m: _Model, waiter: _Waiter) -> None:
+    def _queue_timeout(self, m: Model, waiter: Waiter) -> None:
         if waiter.future.done():
             return
         waited = self._clock.now() - waiter.enqueued_at
@@ -956,7 +757,7 @@ class Scheduler:
         self._fail(m, waiter, self._refuse(m, "queue_timeout", error))
         self._pump()
 
-    def _start_keep_alive(self, m: _Model, r: _Replica) -> None:
+    def _start_keep_alive(self, m: Model, r: Replica) -> None:
         if r.state is ModelState.READY and r.unload_when_idle is not None:
             self._unload(m, r, *r.unload_when_idle)
             return
@@ -964,195 +765,48 @@ class Scheduler:
             self._idle_out(m, r, "keep_alive 0")
             return
         if m.spec.pinned or r.keep_alive is None or r.state is not ModelState.READY:
-            r.expires_at = None
+            r.disarm()
             return
-        r.expires_at = self._clock.now() + r.keep_alive
-        if r.expiry is not None:
-            r.expiry.cancel()
-        r.expiry = self._clock.call_at(r.expires_at, lambda: self._expire(m, r))
+        r.arm(r.keep_alive)
 
-    def _expire(self, m: _Model, r: _Replica) -> None:
-        r.expiry = None
-        if r.state is ModelState.READY and m.replica_idle(r) and r.expires_at is not None:
-            self._emit(KeepAliveExpired(m.spec.name, self._clock.now(), replica=m.label(r)))
-            self._idle_out(m, r, "keep-alive expired")
-
-    def _load(self, m: _Model, r: _Replica) -> None:
-        r.load_started = self._clock.now()
-        self._set_state(m, r, ModelState.LOADING)
-        name = m.run_spec(r).runner_name
-        r.task = asyncio.create_task(self._run_load(m, r), name=f"load {name}")
-
-    async def _run_load(self, m: _Model, r: _Replica) -> None:
-        spec = m.run_spec(r)
-        runner = self._runners[spec.engine]
-        try:
-            if r.running is not None:  # asleep
-                running = r.running
-                assert isinstance(running, Sleeper)
-                await running.wake()
-                if r.running is not running or r.state is not S.LOADING:
-                    r.task = None
-                    return  # stopped while waking
-            else:
-                running = await runner.start(spec)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            m.failures += 1
-            m.retry_at = self._clock.now() + backoff(m.failures)
-            m.last_error = exc.message if isinstance(exc, ModelyardError) else repr(exc)
-            if not isinstance(exc, ModelyardError):
-                log.exception("loading %s failed", spec.runner_name)
-            now = self._clock.now()
-            event = LoadFailed(
-                m.spec.name,
-                now,
-                now - r.load_started,
-                m.last_error,
-                m.retry_at - now,
-                replica=m.label(r),
-            )
-            failed = self._emit(event)
-            if (asleep := r.detach()) is not None:  # it did not wake: stop it
-                with contextlib.suppress(Exception):
-                    await asleep.stop(self._stop_grace)
-            r.task = None
-            r.asleep = None
-            self._set_state(m, r, ModelState.FAILED, m.last_error)
-            if not any(y.live for y in m.replicas):
-                error = LoadFailedError(f"Model {m.spec.name!r} failed to load: {m.last_error}")
-                error.add_event(failed)
-                for waiter in list(m.waiters):
-                    self._fail(m, waiter, error)
-            self._pump()
-            return
-        r.task = None
-        woken = r.running is running
-        r.running = running
-        r.asleep = None
-        r.generation = next(self._generations)
-        m.failures = 0
-        m.last_error = None
-        r.loaded_at = r.last_used = self._clock.now()
-        # One process or two just started: measuring them takes well under a millisecond.
-        measured = running.footprint()
-        self._record(m, r, measured)
-        self._emit(
-            LoadFinished(
-                m.spec.name,
-                r.loaded_at,
-                r.loaded_at - r.load_started,
-                dict(measured),
-                replica=m.label(r),
-            )
-        )
-        self._set_state(m, r, ModelState.READY, "woken" if woken else "")
-        if not woken:
-            r.watcher = asyncio.create_task(
-                self._watch(m, r, running), name=f"watch {spec.runner_name}"
-            )
-        if m.replica_idle(r):
-            r.keep_alive = m.spec.keep_alive
-            self._start_keep_alive(m, r)
-        self._pump()
-
-    async def _watch(self, m: _Model, r: _Replica, running: RunningModel) -> None:
-        self._exited(m, r, running, await running.wait())
-
-    def _exited(self, m: _Model, r: _Replica, running: RunningModel, code: int) -> None:
-        """``running`` exited with ``code``; a no-op unless it was ``r``'s ready runner."""
-        if r.running is not running or r.state not in (S.READY, S.SLEEPING):
-            return  # stopped by us, or handled already
-        if r.watcher is not None and r.watcher is not asyncio.current_task():
-            r.watcher.cancel()
-        r.watcher = None
-        tail = running.log_tail()
-        now = self._clock.now()
-        name = m.run_spec(r).runner_name
-        freed = dict(self._held(m, r))
-        r.running = None
-        r.asleep = None
-        r.generation = 0
-        r.leases = 0
-        r.crashes += 1
-        r.restart_at = now + backoff(r.crashes)
-        m.last_error = f"runner exited unexpectedly with code {code}: {tail[-500:]}"
-        if r.crashes <= 2:
-            log.error("runner for %s exited with code %s:\n%s", name, code, tail)
-        else:
-            log.error(
-                "runner for %s exited with code %s again (%d times without serving a request); "
-                "restarting in %.0fs",
-                name,
-                code,
-                r.crashes,
-                r.restart_at - now,
-            )
-        r.no_expiry()
-        label = m.label(r)
-        self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label))
-        self._emit(
-            Evicted(
-                m.spec.name,
-                now,
-                "crash",
-                f"runner exited with {exit_name(code)}",
-                freed=freed,
-                replica=label,
-            )
-        )
-        self._emit(Restarting(m.spec.name, now, r.restart_at - now, r.crashes, replica=label))
-        self._set_state(m, r, ModelState.STOPPED, f"runner exited with {exit_name(code)}")
-        self._pump()
+    def _load(self, m: Model, r: Replica) -> None:
+        r.load(self._runners[m.run_spec(r).engine], m.run_spec(r))
 
     def _unload(
         self,
-        m: _Model,
-        r: _Replica,
+        m: Model,
+        r: Replica,
         reason: EvictionReason,
         detail: str = "",
         *,
         for_model: str = "",
     ) -> None:
-        r.no_expiry()
-        r.unload_when_idle = None
         freed = self._held(m, r)
         now = self._clock.now()
         self._emit(
             Evicted(m.spec.name, now, reason, detail, for_model, dict(freed), replica=m.label(r))
         )
-        text = detail or (f"evicted to make room for {for_model}" if for_model else reason)
-        self._set_state(m, r, ModelState.UNLOADING, text)
-        name = m.run_spec(r).runner_name
-        r.task = asyncio.create_task(self._run_unload(m, r), name=f"unload {name}")
+        r.stop(detail or (f"evicted to make room for {for_model}" if for_model else reason))
 
-    async def _run_unload(self, m: _Model, r: _Replica) -> None:
-        running = r.detach()
-        if running is not None:
-            try:
-                await running.stop(self._stop_grace)
-                code = await asyncio.wait_for(running.wait(), 1.0)
-                self._emit(
-                    RunnerExited(
-                        m.spec.name,
-                        self._clock.now(),
-                        code,
-                        "",
-                        expected=True,
-                        replica=m.label(r),
-                    )
-                )
-            except Exception:
-                log.exception("stopping %s failed", m.run_spec(r).runner_name)
-        r.task = None
-        r.asleep = None
-        r.generation = 0
-        r.leases = 0
-        self._set_state(m, r, ModelState.STOPPED)
-        self._pump()
+    def _sleep(
+        self,
+        m: Model,
+        r: Replica,
+        reason: EvictionReason,
+        detail: str = "",
+        *,
+        for_model: str = "",
+    ) -> None:
+        """Puts ``r`` to sleep: its GPU memory is given back, its process stays."""
+        level = m.spec.sleep_level
+        full = self.ledger.footprint(m.run_spec(r))
+        freed = {d: n for d, n in full.items() if d != "ram"}
+        text = f"{detail}; asleep (level {level})" if detail else f"asleep (level {level})"
+        now = self._clock.now()
+        self._emit(Evicted(m.spec.name, now, reason, text, for_model, freed, replica=m.label(r)))
+        r.sleep(level, text)
 
-    def _idle_out(self, m: _Model, r: _Replica, detail: str) -> None:
+    def _idle_out(self, m: Model, r: Replica, detail: str) -> None:
         """``r`` has been idle long enough: it sleeps where it can, else it stops."""
         if self._can_sleep(m, r):
             self._sleep(m, r, "idle", detail)
@@ -1161,8 +815,8 @@ class Scheduler:
 
     def _evict(
         self,
-        m: _Model,
-        r: _Replica,
+        m: Model,
+        r: Replica,
         short: Iterable[str],
         reason: EvictionReason,
         detail: str = "",
@@ -1178,7 +832,7 @@ class Scheduler:
         else:
             self._unload(m, r, reason, detail, for_model=for_model)
 
-    def _can_sleep(self, m: _Model, r: _Replica) -> bool:
+    def _can_sleep(self, m: Model, r: Replica) -> bool:
         return (
             bool(m.spec.sleep_level)
             and r.state is S.READY
@@ -1186,53 +840,7 @@ class Scheduler:
             and r.unload_when_idle is None
         )
 
-    def _sleep(
-        self,
-        m: _Model,
-        r: _Replica,
-        reason: EvictionReason,
-        detail: str = "",
-        *,
-        for_model: str = "",
-    ) -> None:
-        """Puts ``r`` to sleep: its GPU memory is given back, its process stays."""
-        r.no_expiry()
-        now = self._clock.now()
-        level = m.spec.sleep_level
-        full = self.ledger.footprint(m.run_spec(r))
-        freed = {d: n for d, n in full.items() if d != "ram"}
-        text = f"{detail}; asleep (level {level})" if detail else f"asleep (level {level})"
-        event = Evicted(m.spec.name, now, reason, text, for_model, freed, replica=m.label(r))
-        self._emit(event)
-        self._set_state(m, r, S.SLEEPING, text)
-        r.slept_at = now
-        r.asleep = None
-        name = m.run_spec(r).runner_name
-        r.task = asyncio.create_task(self._run_sleep(m, r, level), name=f"sleep {name}")
-
-    async def _run_sleep(self, m: _Model, r: _Replica, level: int) -> None:
-        running = r.running
-        assert isinstance(running, Sleeper)
-        try:
-            await running.sleep(level)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            r.task = None
-            if r.running is running and r.state is S.SLEEPING:
-                message = exc.message if isinstance(exc, ModelyardError) else repr(exc)
-                log.warning("%s did not go to sleep (%s); stopping it", m.spec.name, message)
-                self._unload(m, r, "idle", f"sleep failed: {message}")
-            return
-        r.task = None
-        if r.running is not running or r.state is not S.SLEEPING:
-            return  # it exited meanwhile (handled as a crash)
-        r.asleep = running.footprint()
-        if r.unload_when_idle is not None:
-            self._unload(m, r, *r.unload_when_idle)
-        self._pump()
-
-    def _retire(self, m: _Model) -> None:
+    def _retire(self, m: Model) -> None:
         """``m`` left the catalog: unload it once its requests are done, then forget it."""
         m.removed = True
         m.pending = None
@@ -1244,44 +852,53 @@ class Scheduler:
         if m.stopped:
             self._forget(m)
 
-    def _forget(self, m: _Model) -> None:
+    def _forget(self, m: Model) -> None:
         error = ModelNotFoundError(
             f"The model {m.spec.name!r} was removed from the catalog", param="model"
         )
         for waiter in list(m.waiters):
             self._fail(m, waiter, error)
         for r in m.replicas:
-            r.no_expiry()
+            r.disarm()
         if self._models.get(m.spec.name) is m:
             del self._models[m.spec.name]
 
-    def _respec(self, m: _Model, spec: ModelSpec) -> None:
+    def _respec(self, m: Model, spec: ModelSpec) -> None:
         m.spec = spec
         m.pending = None
         m.failures = 0
         m.retry_at = 0.0
-        m.size_replicas()
+        self._size(m)
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 
-    def _held(self, m: _Model, r: _Replica) -> Footprint:
+    def _model(self, spec: ModelSpec) -> Model:
+        m = Model(spec)
+        self._size(m)
+        return m
+
+    def _size(self, m: Model) -> None:
+        """One replica per runner the spec allows (called while none runs)."""
+        if len(m.replicas) != m.spec.max_replicas:
+            report = functools.partial(self._on_report, m)
+            m.replicas = [
+                Replica(m.spec.name, i, self._clock, report, self._stop_grace)
+                for i in range(m.spec.max_replicas)
+            ]
+
+    def _held(self, m: Model, r: Replica) -> Footprint:
         """What ``r`` counts for in the budget: asleep, what it was measured to hold asleep
         (its RAM part until then); else the footprint of its settings."""
         full = self.ledger.footprint(m.run_spec(r))
-        if self._asleep(r):
+        if r.sleeping:
             return r.asleep if r.asleep is not None else {"ram": full.get("ram", 0)}
         return full
 
-    @staticmethod
-    def _asleep(r: _Replica) -> bool:
-        """Asleep, not going to sleep."""
-        return r.state is S.SLEEPING and r.task is None
-
-    def _stoppable(self, m: _Model, r: _Replica) -> bool:
+    def _stoppable(self, m: Model, r: Replica) -> bool:
         """Can be stopped now: ready and idle, or asleep."""
-        return (r.state is S.READY and m.replica_idle(r)) or self._asleep(r)
+        return (r.state is S.READY and m.replica_idle(r)) or r.sleeping
 
-    def _replica_of(self, lease: Lease) -> tuple[_Model, _Replica] | None:
+    def _replica_of(self, lease: Lease) -> tuple[Model, Replica] | None:
         """The model and runner ``lease`` counts on; ``None`` once that runner has exited."""
         m = self._models.get(lease.model)
         if m is None or lease.replica >= len(m.replicas):
@@ -1289,39 +906,85 @@ class Scheduler:
         r = m.replicas[lease.replica]
         return (m, r) if r.generation == lease.generation else None
 
-    def _key(self, m: _Model, r: _Replica) -> str:
-        """How the eviction policy names a runner: the model's name, ``@N`` after the first."""
-        return f"{m.spec.name}@{r.index}" if r.index else m.spec.name
-
-    def _by_key(self, key: str) -> tuple[_Model, _Replica]:
+    def _by_key(self, key: str) -> tuple[Model, Replica]:
         name, _, index = key.rpartition("@") if key not in self._models else (key, "", "0")
         m = self._models[name]
         return m, m.replicas[int(index)]
 
-    def _set_state(self, m: _Model, r: _Replica, new: ModelState, reason: str = "") -> None:
-        """The one place a runner's state changes."""
-        old = r.state
-        check_transition(old, new)
-        r.state = new
+    def _on_report(self, m: Model, r: Replica, report: Report) -> None:
+        """What a replica tells: the events it makes, the model's bookkeeping, and the
+        decisions due once one of its own tasks, watchers or timers has finished."""
+        now = self._clock.now()
+        label = m.label(r)
+        match report:
+            case Changed(old, new, reason):
+                name = m.spec.name
+                self._emit(StateChanged(name, now, old=old, new=new, reason=reason, replica=label))
+                if new in (S.STOPPED, S.FAILED) and m.stopped:
+                    if m.removed:
+                        self._forget(m)
+                    elif m.pending is not None:
+                        self._respec(m, m.pending)
+                if new is S.FAILED and not any(y.live for y in m.replicas):
+                    error = LoadFailedError(f"Model {name!r} failed to load: {m.last_error}")
+                    error.add_event(m.failed_event)
+                    for waiter in list(m.waiters):
+                        self._fail(m, waiter, error)
+                if new is S.READY and m.replica_idle(r):
+                    r.keep_alive = m.spec.keep_alive
+                    self._start_keep_alive(m, r)
+                if new in (S.READY, S.FAILED) or (new is S.STOPPED and old is not S.FAILED):
+                    self._pump()
+            case Started(measured, took, _):
+                m.failures = 0
+                m.last_error = None
+                self._record(m, r, measured)
+                self._emit(LoadFinished(m.spec.name, now, took, dict(measured), replica=label))
+            case StartFailed(error, message, took):
+                m.failures += 1
+                m.retry_at = now + backoff(m.failures)
+                m.last_error = message
+                if not isinstance(error, ModelyardError):
+                    log.error("loading %s failed", m.run_spec(r).runner_name, exc_info=error)
+                event = LoadFailed(m.spec.name, now, took, message, m.retry_at - now, replica=label)
+                m.failed_event = self._emit(event)
+            case Crashed(code, tail):
+                self._crashed(m, r, code, tail)
+            case Exited(code):
+                self._emit(RunnerExited(m.spec.name, now, code, "", expected=True, replica=label))
+            case Slept():
+                if r.unload_when_idle is not None:
+                    self._unload(m, r, *r.unload_when_idle)
+                self._pump()
+            case SleepFailed(message):
+                log.warning("%s did not go to sleep (%s); stopping it", m.spec.name, message)
+                self._unload(m, r, "idle", f"sleep failed: {message}")
+            case Expired():
+                if r.state is S.READY and m.replica_idle(r) and r.expires_at is not None:
+                    self._emit(KeepAliveExpired(m.spec.name, now, replica=label))
+                    self._idle_out(m, r, "keep-alive expired")
+
+    def _crashed(self, m: Model, r: Replica, code: int, tail: str) -> None:
+        now = self._clock.now()
         name = m.run_spec(r).runner_name
-        log.info("model %s: %s -> %s%s", name, old, new, f" ({reason})" if reason else "")
-        self._emit(
-            StateChanged(
-                m.spec.name,
-                self._clock.now(),
-                old=old,
-                new=new,
-                reason=reason,
-                replica=m.label(r),
+        m.last_error = f"runner exited unexpectedly with code {code}: {tail[-500:]}"
+        if r.crashes <= 2:
+            log.error("runner for %s exited with code %s:\n%s", name, code, tail)
+        else:
+            log.error(
+                "runner for %s exited with code %s again (%d times without serving a request); "
+                "restarting in %.0fs",
+                name,
+                code,
+                r.crashes,
+                r.restart_at - now,
             )
-        )
-        if new in (ModelState.STOPPED, ModelState.FAILED):
-            r.placed = None  # the next start chooses again
-            if m.stopped:
-                if m.removed:
-                    self._forget(m)
-                elif m.pending is not None:
-                    self._respec(m, m.pending)
+        label = m.label(r)
+        freed = dict(self._held(m, r))
+        self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label))
+        detail = f"runner exited with {exit_name(code)}"
+        self._emit(Evicted(m.spec.name, now, "crash", detail, freed=freed, replica=label))
+        self._emit(Restarting(m.spec.name, now, r.restart_at - now, r.crashes, replica=label))
 
     def _emit(self, event: Event) -> int:
         """Tells the listeners; a decision also goes into the journal (its id is returned,
@@ -1336,7 +999,7 @@ class Scheduler:
 
     def _refuse(
         self,
-        m: _Model,
+        m: Model,
         reason: RefusalReason,
         error: ModelyardError,
         *,
@@ -1357,7 +1020,7 @@ class Scheduler:
         error.add_event(self._emit(event))
         return error
 
-    def _record(self, m: _Model, r: _Replica, footprint: Footprint) -> None:
+    def _record(self, m: Model, r: Replica, footprint: Footprint) -> None:
         """Counts a measurement of ``r``; growth past its estimate is reported once."""
         spec = m.run_spec(r)
         peak = self.ledger.record(spec, footprint)

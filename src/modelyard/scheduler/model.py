@@ -1,0 +1,160 @@
+"""A model as the scheduler holds it: its runners, its queue, its failures; and what a
+request gets (``Lease``) and what ``status()`` says."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.clock import Timer
+from modelyard.scheduler.queue import FairQueue
+from modelyard.scheduler.replica import Replica
+from modelyard.scheduler.state import ModelState
+from modelyard.scheduler.state import ModelState as S
+
+
+class Unset:
+    pass
+
+
+UNSET: Final = Unset()
+"""``keep_alive`` not given by the request: use the catalog's."""
+
+
+@dataclass(eq=False)
+class Lease:
+    """The right to send one request to a model's runner at ``base_url``."""
+
+    model: str
+    base_url: str
+    headers: Mapping[str, str]
+    """Sent with the request: the runner's key."""
+    queued: float
+    """Seconds spent waiting (queue and load)."""
+    generation: int
+    load_wait: float = 0.0
+    """Of ``queued``, the seconds spent waiting for the model to load."""
+    replica: int = 0
+    """Which of the model's runners it is for."""
+    released: bool = False
+
+
+@dataclass(eq=False)
+class Waiter:
+    seq: int
+    future: asyncio.Future[Lease]
+    enqueued_at: float
+    keep_alive: float | Unset | None
+    request: str = ""
+    """Who asks, for the event log: a request id, ``POST /api/load`` or ``preload``."""
+    client: str = ""
+    """Whose request it is (an API key), for the turns in the queue."""
+    weight: float = 1.0
+    timer: Timer | None = None
+
+
+@dataclass(eq=False)
+class Model:
+    spec: ModelSpec
+    replicas: list[Replica] = field(default_factory=list)
+    """One per runner the spec allows (``max_replicas``); the scheduler makes them."""
+    waiters: FairQueue[Waiter] = field(default_factory=FairQueue)
+    failures: int = 0
+    """Loads that failed in a row: waiting requests fail fast until ``retry_at``."""
+    retry_at: float = 0.0
+    failed_event: int = 0
+    """The journal entry of its last failed load."""
+    over_estimate: bool = False
+    """Its measured memory went past its estimate (reported once)."""
+    last_error: str | None = None
+    pending: ModelSpec | None = None
+    """New settings from the catalog, applied when every runner of the model has stopped."""
+    removed: bool = False
+    """Gone from the catalog: finishing its requests, then forgotten."""
+
+    @property
+    def state(self) -> ModelState:
+        """The model's state, from its runners': ready if one is, else loading if one is, …"""
+        states = {r.state for r in self.replicas}
+        for state in (S.READY, S.LOADING, S.UNLOADING, S.SLEEPING):
+            if state in states:
+                return state
+        return ModelState.FAILED if ModelState.FAILED in states else ModelState.STOPPED
+
+    @property
+    def leases(self) -> int:
+        return sum(r.leases for r in self.replicas)
+
+    @property
+    def live(self) -> int:
+        """Runners serving or about to."""
+        if len(self.replicas) == 1:
+            return 1 if self.replicas[0].live else 0
+        return sum(r.live for r in self.replicas)
+
+    @property
+    def idle(self) -> bool:
+        return self.leases == 0 and not self.waiters
+
+    @property
+    def stopped(self) -> bool:
+        """No runner runs, starts or stops."""
+        return all(r.settled for r in self.replicas)
+
+    def replica_idle(self, r: Replica) -> bool:
+        return r.leases == 0 and not self.waiters
+
+    def run_spec(self, r: Replica) -> ModelSpec:
+        """The settings ``r``'s memory is counted by: those it was started with, once
+        started."""
+        return r.placed or self.spec
+
+    def label(self, r: Replica) -> int | None:
+        """``r``'s number in events: ``None`` for a model of one runner."""
+        return r.index if self.spec.max_replicas > 1 else None
+
+    def key(self, r: Replica) -> str:
+        """How placement names a runner: the model's name, ``@N`` after the first."""
+        return f"{self.spec.name}@{r.index}" if r.index else self.spec.name
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    index: int
+    state: ModelState
+    in_flight: int
+    loaded_since: float | None
+    expires_at: float | None
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    spec: ModelSpec
+    """The catalog's entry (for a loaded model whose settings changed: the new settings)."""
+    removed: bool
+    """Removed from the catalog and still finishing requests."""
+    state: ModelState
+    estimate: Footprint
+    """Of one runner."""
+    measured: Footprint | None
+    """Of one runner."""
+    queued: int
+    in_flight: int
+    parallel: int
+    """Of one runner."""
+    loaded_since: float | None
+    """Wall-clock time (``time.time()``) the first runner running now became ready."""
+    expires_at: float | None
+    """Wall-clock time the keep-alive runs out; ``None`` while busy or when it never does."""
+    pinned: bool
+    last_error: str | None
+    replicas: tuple[ReplicaStatus, ...] = ()
+    """The runners not stopped, when the model may have several."""
+    held: Footprint = field(default_factory=dict)
+    """What its runners hold now, as the budget counts it (all of them; a sleeping one its
+    memory asleep)."""

@@ -136,8 +136,8 @@ def plan(snapshot: Snapshot, need: Need, now: float) -> Decision:
     wants: dict[str, tuple[Footprint, int | None]] = {}
     for node in nodes:
         budget = snapshot.budgets.get(node, {})
-        held = _sum(h.held for h in snapshot.holders if h.node == node)
-        freeing = _sum(h.freeing for h in snapshot.holders if h.node == node)
+        held = total(h.held for h in snapshot.holders if h.node == node)
+        freeing = total(h.freeing for h in snapshot.holders if h.node == node)
         now_free = {d: n - held.get(d, 0) for d, n in budget.items()}
         soon_free = {d: n + freeing.get(d, 0) for d, n in now_free.items()}
         free_now[node] = now_free | caps_now
@@ -199,7 +199,7 @@ def relieve(snapshot: Snapshot, now: float) -> Relief | None:
     over: dict[str, Footprint] = {}
     victims: list[str] = []
     for node, budget in sorted(snapshot.budgets.items()):
-        held = _sum(h.held for h in snapshot.holders if h.node == node)
+        held = total(h.held for h in snapshot.holders if h.node == node)
         excess = {d: n - budget.get(d, 0) for d, n in held.items() if n > budget.get(d, 0)}
         if not excess:
             continue
@@ -277,10 +277,10 @@ def _residency_ends(snapshot: Snapshot, now: float) -> float | None:
     return min(young, default=None)
 
 
-def _sum(footprints: Iterable[Footprint]) -> dict[str, int]:
+def total(footprints: Iterable[Footprint]) -> dict[str, int]:
     """Per device, what ``footprints`` hold together."""
-    total: dict[str, int] = {}
+    result: dict[str, int] = {}
     for footprint in footprints:
         for device, amount in footprint.items():
-            total[device] = total.get(device, 0) + amount
-    return total
+            result[device] = result.get(device, 0) + amount
+    return result

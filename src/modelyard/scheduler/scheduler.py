@@ -71,6 +71,7 @@ from modelyard.errors import (
 )
 from modelyard.quantity import format_size
 from modelyard.runners.base import Runner, RunningModel, Sleeper
+from modelyard.scheduler import account
 from modelyard.scheduler.budget import MemoryLedger
 from modelyard.scheduler.event import (
     DECISIONS,
@@ -93,16 +94,16 @@ from modelyard.scheduler.event import (
     exit_name,
 )
 from modelyard.scheduler.journal import Journal
+from modelyard.scheduler.meter import Meter, record
 from modelyard.scheduler.model import (
     UNSET,
     Lease,
     Model,
     ModelStatus,
-    ReplicaStatus,
     Unset,
     Waiter,
 )
-from modelyard.scheduler.placement import LOCAL, Evict, Holder, Need, Snapshot, Wait, plan, relieve
+from modelyard.scheduler.placement import LOCAL, Evict, Need, Wait, plan, relieve
 from modelyard.scheduler.replica import (
     Changed,
     Crashed,
@@ -120,10 +121,6 @@ from modelyard.scheduler.state import RESIDENT, ModelState
 from modelyard.scheduler.state import ModelState as S
 
 log = logging.getLogger(__name__)
-
-
-_MODELS = "models"
-"""The pseudo-device of the caps on loaded models."""
 
 
 class Scheduler:
@@ -153,16 +150,13 @@ class Scheduler:
         self._seq = 0
         self._listeners: list[Callable[[Event], None]] = []
         self.journal = journal or Journal()
-        self._max_loaded = {
-            _MODELS if kind == "all" else f"{_MODELS}:{kind}": n
-            for kind, n in (max_loaded or {}).items()
-        }
+        self._max_loaded = account.caps(max_loaded)
         self._pump_timer: Timer | None = None
         self._restart_timer: Timer | None = None
         self._restart_when = 0.0
-        self._measure_interval = measure_interval
-        self._measure_timer: Timer | None = None
-        self._measuring: asyncio.Task[None] | None = None
+        self._meter = Meter(
+            self._clock, measure_interval, self.ledger, self._models.values, self._check_pressure
+        )
         self._pressure = False
         self._closed = False
         for spec in catalog:
@@ -195,7 +189,7 @@ class Scheduler:
         it is, and ``weight`` its share, for the turns in the queue."""
         m = self._models[self._catalog.get(name).name]
         now = self._clock.now()
-        first = self._replica_spec(m, m.replicas[0])
+        first = account.start_spec(m, m.replicas[0])
         try:
             self.ledger.check_fits(first)
         except DoesNotFitError as exc:
@@ -346,33 +340,11 @@ class Scheduler:
 
     def start_measuring(self) -> None:
         """Measures every running model each ``measure_interval`` from now on."""
-        if self._measure_interval > 0 and self._measure_timer is None and not self._closed:
-            self._measure_timer = self._clock.call_at(
-                self._clock.now() + self._measure_interval, self._measure_tick
-            )
+        self._meter.start()
 
     async def measure(self) -> None:
         """Measures every running model now (in a thread), then acts on what it found."""
-        targets = [
-            (m, r, r.running, r.state)
-            for m in self._models.values()
-            for r in m.replicas
-            if r.running is not None and (r.state is S.READY or r.sleeping)
-        ]
-
-        def sample() -> list[Footprint]:
-            return [running.footprint() for _, _, running, _ in targets]
-
-        footprints = await asyncio.to_thread(sample)
-        for (m, r, running, state), footprint in zip(targets, footprints, strict=True):
-            if r.running is not running or r.state is not state:
-                continue
-            if state is S.READY:
-                self._record(m, r, footprint)
-            elif r.sleeping:
-                r.asleep = footprint
-        await asyncio.to_thread(self.ledger.flush)
-        self._check_pressure()
+        await self._meter.measure()
 
     def update_catalog(self, catalog: Catalog) -> CatalogChange:
         """Serves ``catalog`` from now on; see the module docstring."""
@@ -411,71 +383,21 @@ class Scheduler:
     def status(self) -> list[ModelStatus]:
         """Every model in the catalog, with the memory last measured for loaded ones."""
         offset = time.time() - self._clock.now()
-        result = []
-        for m in self._models.values():
-            ready = [r for r in m.replicas if r.state is ModelState.READY]
-            expiring = [r.expires_at for r in ready if r.expires_at is not None]
-            replicas = tuple(
-                ReplicaStatus(
-                    index=r.index,
-                    state=r.state,
-                    in_flight=r.leases,
-                    loaded_since=r.loaded_at + offset if r.state is ModelState.READY else None,
-                    expires_at=(
-                        r.expires_at + offset
-                        if r.expires_at is not None and r.state is ModelState.READY
-                        else None
-                    ),
-                    pid=getattr(r.running, "pid", None),
-                )
-                for r in m.replicas
-                if r.state is not ModelState.STOPPED
-            )
-            first = ready[0] if ready else m.replicas[0]
-            result.append(
-                ModelStatus(
-                    name=m.spec.name,
-                    spec=m.pending or m.spec,
-                    removed=m.removed,
-                    state=m.state,
-                    estimate=self.ledger.estimate_or_empty(m.run_spec(first)),
-                    measured=self.ledger.measured(m.run_spec(first)),
-                    queued=len(m.waiters),
-                    in_flight=m.leases,
-                    parallel=m.spec.parallel,
-                    loaded_since=min(r.loaded_at for r in ready) + offset if ready else None,
-                    expires_at=(
-                        max(expiring) + offset
-                        if ready and m.idle and len(expiring) == len(ready)
-                        else None
-                    ),
-                    pinned=m.spec.pinned,
-                    last_error=m.last_error,
-                    replicas=replicas if m.spec.max_replicas > 1 else (),
-                    held=_sum(self._held(m, r) for r in m.replicas if r.state in RESIDENT),
-                )
-            )
-        return result
+        return [account.status(self.ledger, m, offset) for m in self._models.values()]
 
     def reserved(self) -> dict[str, int]:
         """Memory held by resident models, per device."""
-        return _sum(
-            self._held(m, r)
-            for m in self._models.values()
-            for r in m.replicas
-            if r.state in RESIDENT
-        )
+        return account.reserved(self.ledger, self._models.values())
 
     async def close(self, grace: float | None = None) -> None:
         """Stops every runner (each gets ``grace`` seconds, by default ``stop_grace``, before
         SIGKILL); waiting requests fail."""
         grace = self._stop_grace if grace is None else grace
         self._closed = True
-        for timer in (self._pump_timer, self._restart_timer, self._measure_timer):
+        self._meter.close()
+        for timer in (self._pump_timer, self._restart_timer):
             if timer is not None:
                 timer.cancel()
-        if self._measuring is not None:
-            self._measuring.cancel()
         replicas = [r for m in self._models.values() for r in m.replicas]
         for m in self._models.values():
             for waiter in list(m.waiters):
@@ -587,15 +509,15 @@ class Scheduler:
         """Starts (or wakes) ``r`` where ``placement.plan`` says, or evicts for it; ``False``
         when it has to wait. ``evict=False``: only in memory free now (a scale-up)."""
         waking = r.state is S.SLEEPING
-        spec = m.run_spec(r) if waking else self._replica_spec(m, r)
+        spec = m.run_spec(r) if waking else account.start_spec(m, r)
         if waking:  # it takes what it holds awake beyond what it holds asleep
-            asleep = self._held(m, r)
+            asleep = account.held(self.ledger, m, r)
             awake = self.ledger.footprint(spec)
             wake = {d: max(0, n - asleep.get(d, 0)) for d, n in awake.items()}
             need = Need(m.spec.name, wake, node=r.node)
         else:
             first = not any(y.state in RESIDENT for y in m.replicas)
-            units = self._slots(spec) if first else {}
+            units = account.units(spec, self._max_loaded) if first else {}
             if spec.gpu_layers == "auto":
                 auto = spec
 
@@ -605,7 +527,13 @@ class Scheduler:
                 need = Need(m.spec.name, {}, units, layers, evict=evict)
             else:
                 need = Need(m.spec.name, self.ledger.estimate(spec), units, evict=evict)
-        decision = plan(self._snapshot(), need, now)
+        decision = plan(
+            account.snapshot(
+                self.ledger, self._models.values(), self._max_loaded, self._min_residency
+            ),
+            need,
+            now,
+        )
         if isinstance(decision, Evict):
             for key in decision.victims:
                 victim, replica = self._by_key(key)
@@ -624,60 +552,6 @@ class Scheduler:
             r.node = decision.node
         self._load(m, r)
         return True
-
-    def _snapshot(self) -> Snapshot:
-        """Every runner holding memory, the budget and the caps, as placement sees them."""
-        holders = []
-        for m in self._models.values():
-            units = self._slots(m.spec)
-            for r in m.replicas:
-                if r.state not in RESIDENT:
-                    continue
-                asleep = r.sleeping
-                freeing: Footprint = {}
-                if r.state is S.UNLOADING:
-                    freeing = self.ledger.footprint(m.run_spec(r))
-                elif r.state is S.SLEEPING and not asleep:  # going to sleep: its GPU part
-                    full = self.ledger.footprint(m.run_spec(r))
-                    freeing = {d: n for d, n in full.items() if d != "ram"}
-                holder = Holder(
-                    key=m.key(r),
-                    model=m.spec.name,
-                    node=r.node,
-                    held=self._held(m, r),
-                    freeing=freeing,
-                    stopping=r.state is S.UNLOADING,
-                    evictable=r.state is S.READY or asleep,
-                    busy=r.leases > 0 or bool(m.waiters),
-                    pinned=m.spec.pinned,
-                    # A sleeping runner's keep-alive ran out when it fell asleep.
-                    expires_at=r.slept_at if asleep else r.expires_at,
-                    last_used=r.last_used,
-                    loaded_at=r.loaded_at,
-                    units=units,
-                )
-                holders.append(holder)
-        budgets = {LOCAL: self.ledger.budget}
-        return Snapshot(budgets, holders, self._max_loaded, self._min_residency)
-
-    @staticmethod
-    def _replica_spec(m: Model, r: Replica) -> ModelSpec:
-        """The settings ``r`` starts with: its number, and its share of the model's GPUs
-        when each runner gets its own (``gpus_per_replica``)."""
-        spec = m.spec
-        if not r.index and not spec.gpus_per_replica:
-            return spec
-        gpus = spec.gpus
-        if spec.gpus_per_replica:
-            share = spec.gpus_per_replica
-            gpus = gpus[r.index * share : (r.index + 1) * share]
-        return replace(spec, replica=r.index, gpus=gpus)
-
-    def _slots(self, spec: ModelSpec) -> dict[str, int]:
-        """The units of the ``max_loaded`` caps a model takes: one of ``models`` and one of
-        its kind's (``models:chat``), for the caps there are."""
-        keys = (_MODELS, f"{_MODELS}:{spec.kind}")
-        return {key: 1 for key in keys if key in self._max_loaded}
 
     def _pump_at(self, when: float) -> None:
         """Runs ``_pump`` again at ``when`` (the earliest of the times asked for)."""
@@ -781,7 +655,7 @@ class Scheduler:
         *,
         for_model: str = "",
     ) -> None:
-        freed = self._held(m, r)
+        freed = account.held(self.ledger, m, r)
         now = self._clock.now()
         self._emit(
             Evicted(m.spec.name, now, reason, detail, for_model, dict(freed), replica=m.label(r))
@@ -886,14 +760,6 @@ class Scheduler:
                 for i in range(m.spec.max_replicas)
             ]
 
-    def _held(self, m: Model, r: Replica) -> Footprint:
-        """What ``r`` counts for in the budget: asleep, what it was measured to hold asleep
-        (its RAM part until then); else the footprint of its settings."""
-        full = self.ledger.footprint(m.run_spec(r))
-        if r.sleeping:
-            return r.asleep if r.asleep is not None else {"ram": full.get("ram", 0)}
-        return full
-
     def _stoppable(self, m: Model, r: Replica) -> bool:
         """Can be stopped now: ready and idle, or asleep."""
         return (r.state is S.READY and m.replica_idle(r)) or r.sleeping
@@ -938,7 +804,7 @@ class Scheduler:
             case Started(measured, took, _):
                 m.failures = 0
                 m.last_error = None
-                self._record(m, r, measured)
+                record(self.ledger, m, r, measured)
                 self._emit(LoadFinished(m.spec.name, now, took, dict(measured), replica=label))
             case StartFailed(error, message, took):
                 m.failures += 1
@@ -980,7 +846,7 @@ class Scheduler:
                 r.restart_at - now,
             )
         label = m.label(r)
-        freed = dict(self._held(m, r))
+        freed = dict(account.held(self.ledger, m, r))
         self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label))
         detail = f"runner exited with {exit_name(code)}"
         self._emit(Evicted(m.spec.name, now, "crash", detail, freed=freed, replica=label))
@@ -1020,42 +886,15 @@ class Scheduler:
         error.add_event(self._emit(event))
         return error
 
-    def _record(self, m: Model, r: Replica, footprint: Footprint) -> None:
-        """Counts a measurement of ``r``; growth past its estimate is reported once."""
-        spec = m.run_spec(r)
-        peak = self.ledger.record(spec, footprint)
-        if peak is None or m.spec.memory is not None or m.over_estimate:
-            return
-        share = self.ledger.estimate_or_empty(spec)
-        over = {d: n for d, n in peak.items() if share.get(d) and n > share[d] * 1.1}
-        if over:
-            m.over_estimate = True
-            parts = ", ".join(
-                f"{format_size(n)} of {d} (estimated {format_size(share[d])})"
-                for d, n in over.items()
-            )
-            log.warning("model %s grew past its estimate: %s", m.spec.name, parts)
-
-    def _measure_tick(self) -> None:
-        self._measure_timer = None
-        if self._closed:
-            return
-
-        async def run() -> None:
-            try:
-                await self.measure()
-            except Exception:
-                log.exception("measuring runners failed")
-            finally:
-                self._measuring = None
-                self.start_measuring()
-
-        self._measuring = asyncio.create_task(run(), name="measure runners")
-
     def _check_pressure(self) -> None:
         """Evicts idle models while the resident ones use more than the budget."""
         now = self._clock.now()
-        relief = relieve(self._snapshot(), now)
+        relief = relieve(
+            account.snapshot(
+                self.ledger, self._models.values(), self._max_loaded, self._min_residency
+            ),
+            now,
+        )
         if relief is None:
             if self._pressure:
                 log.info("memory back within the budget")
@@ -1082,12 +921,3 @@ class Scheduler:
         for key in victims:
             detail = f"memory pressure: {used} in use, budget {budget}"
             self._evict(*self._by_key(key), set(over), "memory", detail)
-
-
-def _sum(footprints: Iterable[Footprint]) -> dict[str, int]:
-    """Per device, what ``footprints`` hold together."""
-    total: dict[str, int] = {}
-    for footprint in footprints:
-        for device, amount in footprint.items():
-            total[device] = total.get(device, 0) + amount
-    return total

@@ -1,0 +1,139 @@
+"""What the models hold, as the memory budget counts it: per runner, in all, as placement's
+snapshot and as ``status()`` reports it. Reads of the models and the ledger, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
+from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.scheduler.budget import MemoryLedger
+from modelyard.scheduler.model import Model, ModelStatus, ReplicaStatus
+from modelyard.scheduler.placement import LOCAL, Holder, Snapshot, total
+from modelyard.scheduler.replica import Replica
+from modelyard.scheduler.state import RESIDENT, ModelState
+from modelyard.scheduler.state import ModelState as S
+
+MODELS = "models"
+"""The pseudo-device of the caps on loaded models."""
+
+
+def caps(max_loaded: Mapping[str, int] | None) -> dict[str, int]:
+    """The caps on loaded models as devices: ``all`` is ``models``, a kind ``models:<kind>``."""
+    return {
+        MODELS if kind == "all" else f"{MODELS}:{kind}": n for kind, n in (max_loaded or {}).items()
+    }
+
+
+def units(spec: ModelSpec, caps: Mapping[str, int]) -> dict[str, int]:
+    """The units of the caps a model takes: one of ``models`` and one of its kind's
+    (``models:chat``), for the caps there are."""
+    keys = (MODELS, f"{MODELS}:{spec.kind}")
+    return {key: 1 for key in keys if key in caps}
+
+
+def start_spec(m: Model, r: Replica) -> ModelSpec:
+    """The settings ``r`` starts with: its number, and its share of the model's GPUs when
+    each runner gets its own (``gpus_per_replica``)."""
+    spec = m.spec
+    if not r.index and not spec.gpus_per_replica:
+        return spec
+    gpus = spec.gpus
+    if spec.gpus_per_replica:
+        share = spec.gpus_per_replica
+        gpus = gpus[r.index * share : (r.index + 1) * share]
+    return replace(spec, replica=r.index, gpus=gpus)
+
+
+def held(ledger: MemoryLedger, m: Model, r: Replica) -> Footprint:
+    """What ``r`` counts for in the budget: asleep, what it was measured to hold asleep (its
+    RAM part until then); else the footprint of its settings."""
+    full = ledger.footprint(m.run_spec(r))
+    if r.sleeping:
+        return r.asleep if r.asleep is not None else {"ram": full.get("ram", 0)}
+    return full
+
+
+def reserved(ledger: MemoryLedger, models: Iterable[Model]) -> dict[str, int]:
+    """Memory held by resident runners, per device."""
+    return total(held(ledger, m, r) for m in models for r in m.replicas if r.state in RESIDENT)
+
+
+def snapshot(
+    ledger: MemoryLedger, models: Iterable[Model], caps: Mapping[str, int], min_residency: float
+) -> Snapshot:
+    """Every runner holding memory, the budget and the caps, as placement sees them."""
+    holders = []
+    for m in models:
+        taken = units(m.spec, caps)
+        for r in m.replicas:
+            if r.state not in RESIDENT:
+                continue
+            asleep = r.sleeping
+            freeing: Footprint = {}
+            if r.state is S.UNLOADING:
+                freeing = ledger.footprint(m.run_spec(r))
+            elif r.state is S.SLEEPING and not asleep:  # going to sleep: its GPU part
+                full = ledger.footprint(m.run_spec(r))
+                freeing = {d: n for d, n in full.items() if d != "ram"}
+            holder = Holder(
+                key=m.key(r),
+                model=m.spec.name,
+                node=r.node,
+                held=held(ledger, m, r),
+                freeing=freeing,
+                stopping=r.state is S.UNLOADING,
+                evictable=r.state is S.READY or asleep,
+                busy=r.leases > 0 or bool(m.waiters),
+                pinned=m.spec.pinned,
+                # A sleeping runner's keep-alive ran out when it fell asleep.
+                expires_at=r.slept_at if asleep else r.expires_at,
+                last_used=r.last_used,
+                loaded_at=r.loaded_at,
+                units=taken,
+            )
+            holders.append(holder)
+    return Snapshot({LOCAL: ledger.budget}, holders, caps, min_residency)
+
+
+def status(ledger: MemoryLedger, m: Model, offset: float) -> ModelStatus:
+    """What ``status()`` says of ``m``; ``offset`` turns the clock's times into wall-clock
+    times."""
+    ready = [r for r in m.replicas if r.state is ModelState.READY]
+    expiring = [r.expires_at for r in ready if r.expires_at is not None]
+    replicas = tuple(
+        ReplicaStatus(
+            index=r.index,
+            state=r.state,
+            in_flight=r.leases,
+            loaded_since=r.loaded_at + offset if r.state is ModelState.READY else None,
+            expires_at=(
+                r.expires_at + offset
+                if r.expires_at is not None and r.state is ModelState.READY
+                else None
+            ),
+            pid=getattr(r.running, "pid", None),
+        )
+        for r in m.replicas
+        if r.state is not ModelState.STOPPED
+    )
+    first = ready[0] if ready else m.replicas[0]
+    return ModelStatus(
+        name=m.spec.name,
+        spec=m.pending or m.spec,
+        removed=m.removed,
+        state=m.state,
+        estimate=ledger.estimate_or_empty(m.run_spec(first)),
+        measured=ledger.measured(m.run_spec(first)),
+        queued=len(m.waiters),
+        in_flight=m.leases,
+        parallel=m.spec.parallel,
+        loaded_since=min(r.loaded_at for r in ready) + offset if ready else None,
+        expires_at=(
+            max(expiring) + offset if ready and m.idle and len(expiring) == len(ready) else None
+        ),
+        pinned=m.spec.pinned,
+        last_error=m.last_error,
+        replicas=replicas if m.spec.max_replicas > 1 else (),
+        held=total(held(ledger, m, r) for r in m.replicas if r.state in RESIDENT),
+    )

@@ -9,7 +9,7 @@ from dataclasses import replace
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.scheduler.budget import MemoryLedger
 from modelyard.scheduler.model import Model, ModelStatus, ReplicaStatus
-from modelyard.scheduler.placement import LOCAL, Holder, Snapshot, total
+from modelyard.scheduler.placement import LOCAL, Holder, Need, Snapshot, total
 from modelyard.scheduler.replica import Replica
 from modelyard.scheduler.state import RESIDENT, ModelState
 from modelyard.scheduler.state import ModelState as S
@@ -43,6 +43,34 @@ def start_spec(m: Model, r: Replica) -> ModelSpec:
         share = spec.gpus_per_replica
         gpus = gpus[r.index * share : (r.index + 1) * share]
     return replace(spec, replica=r.index, gpus=gpus)
+
+
+def need(
+    ledger: MemoryLedger, m: Model, r: Replica, caps: Mapping[str, int], *, evict: bool
+) -> tuple[Need, ModelSpec]:
+    """What starting (or waking) ``r`` takes, for placement, and the settings it starts
+    with. Waking, it takes what it holds awake beyond what it holds asleep, where it sleeps;
+    a model's first resident runner takes its units of the caps; with ``gpu_layers =
+    "auto"`` placement chooses the layers."""
+    if r.state is S.SLEEPING:
+        spec = m.run_spec(r)
+        asleep = held(ledger, m, r)
+        awake = ledger.footprint(spec)
+        wake = {d: max(0, n - asleep.get(d, 0)) for d, n in awake.items()}
+        return Need(m.spec.name, wake, node=r.node), spec
+    spec = start_spec(m, r)
+    first = not any(y.state in RESIDENT for y in m.replicas)
+    taken = units(spec, caps) if first else {}
+    spread = frozenset(y.node for y in m.replicas if y is not r and y.state in RESIDENT)
+    if spec.gpu_layers != "auto":
+        footprint = ledger.estimate(spec)
+        return Need(m.spec.name, footprint, taken, evict=evict, spread=spread), spec
+    auto = spec
+
+    def layers(n: int) -> Footprint:
+        return ledger.estimate(replace(auto, gpu_layers=n))
+
+    return Need(m.spec.name, {}, taken, layers, evict=evict, spread=spread), spec
 
 
 def held(ledger: MemoryLedger, m: Model, r: Replica) -> Footprint:

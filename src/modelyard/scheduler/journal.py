@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from modelyard.feed import Feed
-from modelyard.scheduler.event import Event
+from modelyard.scheduler.event import DECISIONS, Event
+
+log = logging.getLogger(__name__)
 
 
 def kind_of(event: Event) -> str:
@@ -82,3 +86,25 @@ def matches(
     if after is not None and entry.id <= after:
         return False
     return model is None or entry.event.model in (model, "")
+
+
+class Bus:
+    """Where the scheduler's events go: to every listener, and decisions into the journal."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, event: Event) -> int:
+        """Tells the listeners (one that fails is logged and skipped); a decision also goes
+        into the journal: its id is returned, else 0."""
+        entry = self.journal.record(event) if isinstance(event, DECISIONS) else 0
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %r", event)
+        return entry

@@ -116,6 +116,53 @@ class Model:
         """``r``'s number in events: ``None`` for a model of one runner."""
         return r.index if self.spec.max_replicas > 1 else None
 
+    def least_busy(self) -> Replica | None:
+        """The ready runner with a free slot and the fewest requests in flight; of those, one
+        of the ``replicas`` before one added under load (so that the added ones idle and stop
+        when the load is gone), and the one unused longest (so that the ``replicas`` all stay
+        warm)."""
+        parallel = self.spec.parallel
+        if len(self.replicas) == 1:  # most models: no choice to make
+            (r,) = self.replicas
+            return r if r.state is S.READY and r.leases < parallel else None
+        free = [r for r in self.replicas if r.state is S.READY and r.leases < parallel]
+        if not free:
+            return None
+        return min(free, key=lambda r: (r.leases, r.index >= self.spec.replicas, r.last_used))
+
+    def grant(self, r: Replica, waiter: Waiter, now: float) -> Lease:
+        """Gives ``waiter`` a slot on ``r`` (a ready runner with one free)."""
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        r.disarm()
+        keep_alive = waiter.keep_alive
+        r.keep_alive = self.spec.keep_alive if isinstance(keep_alive, Unset) else keep_alive
+        r.leases += 1
+        r.last_used = now
+        assert r.running is not None
+        queued = now - waiter.enqueued_at
+        # Time it waited while the model was not ready (for it, or for a load before it).
+        load_wait = max(0.0, min(queued, r.loaded_at - waiter.enqueued_at))
+        running = r.running
+        lease = Lease(
+            self.spec.name,
+            running.base_url,
+            running.headers,
+            queued,
+            r.generation,
+            load_wait,
+            r.index,
+        )
+        waiter.future.set_result(lease)
+        return lease
+
+    def replica_of(self, lease: Lease) -> Replica | None:
+        """The runner ``lease`` counts on; ``None`` once that runner has exited."""
+        if lease.replica >= len(self.replicas):
+            return None
+        r = self.replicas[lease.replica]
+        return r if r.generation == lease.generation else None
+
     def key(self, r: Replica) -> str:
         """How placement names a runner: the model's name, ``@N`` after the first."""
         return f"{self.spec.name}@{r.index}" if r.index else self.spec.name

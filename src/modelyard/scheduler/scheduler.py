@@ -1,11 +1,14 @@
-"""Leases, queues, keep-alive, loading and eviction: all scheduling state lives here.
+"""Leases, queues and the decisions who is served and where runners go: the one owner of
+the models' state.
 
 Everything runs on one event loop and every decision is made synchronously in ``_pump``, so
-no locks are needed. Side effects (starting and stopping runners) go through the ``Runner``
-seam; time goes through the injected ``Clock``; memory is accounted by the ``MemoryLedger``
-(``budget.py``) and the eviction choice is the pure ``policy``. The file is long on purpose:
-it is the one owner of the models' state, and splitting that state would bring back the
-locks and the implied states this design avoids.
+no locks are needed. The parts around this owner each keep one concern: placement
+(``placement.plan``, pure: where a runner starts, whom to evict, or wait), a ``Replica`` per
+runner (its life: state, tasks, timers, crashes, sleep; it reports through one callback),
+the ``Fleet`` (acts on replicas and turns their reports into events), ``account`` and the
+``MemoryLedger`` (what is held and will be), the ``Meter`` (measuring on a timer) and the
+``Bus`` (events out, decisions into the journal). Runners start through the ``Runner``
+seam; time goes through the injected ``Clock``.
 
 Contracts:
 - ``acquire(model)`` returns a ``Lease`` once the model is ready and one of its ``parallel``
@@ -69,32 +72,21 @@ from modelyard.errors import (
     QueueFullError,
     QueueTimeoutError,
 )
-from modelyard.quantity import format_size
-from modelyard.runners.base import Runner, RunningModel, Sleeper
+from modelyard.runners.base import Runner, RunningModel
 from modelyard.scheduler import account
 from modelyard.scheduler.budget import MemoryLedger
 from modelyard.scheduler.event import (
-    DECISIONS,
     CatalogReloaded,
     Event,
-    Evicted,
-    EvictionReason,
-    KeepAliveExpired,
     LeaseAcquired,
     LeaseReleased,
-    LoadFailed,
-    LoadFinished,
     LoadRequested,
-    MemoryPressure,
     RefusalReason,
     Refused,
-    Restarting,
-    RunnerExited,
-    StateChanged,
-    exit_name,
 )
-from modelyard.scheduler.journal import Journal
-from modelyard.scheduler.meter import Meter, record
+from modelyard.scheduler.fleet import Fleet
+from modelyard.scheduler.journal import Bus, Journal
+from modelyard.scheduler.meter import Meter
 from modelyard.scheduler.model import (
     UNSET,
     Lease,
@@ -103,21 +95,14 @@ from modelyard.scheduler.model import (
     Unset,
     Waiter,
 )
-from modelyard.scheduler.placement import LOCAL, Evict, Need, Wait, plan, relieve
+from modelyard.scheduler.placement import Evict, Wait, plan
 from modelyard.scheduler.replica import (
     Changed,
-    Crashed,
-    Exited,
-    Expired,
     Replica,
     Report,
-    SleepFailed,
     Slept,
-    Started,
-    StartFailed,
-    backoff,
 )
-from modelyard.scheduler.state import RESIDENT, ModelState
+from modelyard.scheduler.state import ModelState
 from modelyard.scheduler.state import ModelState as S
 
 log = logging.getLogger(__name__)
@@ -141,31 +126,40 @@ class Scheduler:
         max_loaded: Mapping[str, int] | None = None,
     ) -> None:
         self._catalog = catalog
-        self._runners = runners
         self._clock: Clock = clock or LoopClock()
-        self._min_residency = min_residency
         self._stop_grace = stop_grace
         self.ledger = MemoryLedger(budget, runners, measured)
         self._models: dict[str, Model] = {}
         self._seq = 0
-        self._listeners: list[Callable[[Event], None]] = []
-        self.journal = journal or Journal()
-        self._max_loaded = account.caps(max_loaded)
+        self._bus = Bus(journal or Journal())
+        self._emit = self._bus.emit
+        caps = account.caps(max_loaded)
+        self._fleet = Fleet(
+            self._models, runners, self.ledger, self._clock, self._emit, caps, min_residency
+        )
         self._pump_timer: Timer | None = None
         self._restart_timer: Timer | None = None
         self._restart_when = 0.0
         self._meter = Meter(
-            self._clock, measure_interval, self.ledger, self._models.values, self._check_pressure
+            self._clock, measure_interval, self.ledger, self._models.values, self._fleet.pressure
         )
-        self._pressure = False
         self._closed = False
         for spec in catalog:
             self._models[spec.name] = self._model(spec)
 
     # ---- public API -------------------------------------------------------------------------
 
+    @property
+    def journal(self) -> Journal:
+        """The event log of decisions."""
+        return self._bus.journal
+
+    @journal.setter
+    def journal(self, journal: Journal) -> None:
+        self._bus.journal = journal
+
     def subscribe(self, listener: Callable[[Event], None]) -> None:
-        self._listeners.append(listener)
+        self._bus.subscribe(listener)
 
     def spec(self, name: str) -> ModelSpec:
         """The catalog entry for a name or alias (``ModelNotFoundError`` when unknown)."""
@@ -250,7 +244,7 @@ class Scheduler:
         r.last_used = self._clock.now()
         self._emit(LeaseReleased(m.spec.name, r.last_used, replica=m.label(r)))
         if m.replica_idle(r):
-            self._start_keep_alive(m, r)
+            self._fleet.keep_alive(m, r)
         self._pump()
 
     async def load(
@@ -274,7 +268,7 @@ class Scheduler:
             if pinned:
                 r.disarm()
             elif m.replica_idle(r) and r.state is ModelState.READY:
-                self._start_keep_alive(m, r)
+                self._fleet.keep_alive(m, r)
         self._pump()  # a model waiting for memory may now evict it
 
     async def unload(self, name: str) -> None:
@@ -283,8 +277,8 @@ class Scheduler:
         for r in m.replicas:
             if r.state is ModelState.FAILED:
                 r.set_state(ModelState.STOPPED, "unload requested")
-            elif self._stoppable(m, r):
-                self._unload(m, r, "manual", "unload requested")
+            elif self._fleet.stoppable(m, r):
+                self._fleet.unload(m, r, "manual", "unload requested")
             elif r.live or r.state is ModelState.SLEEPING:
                 r.unload_when_idle = ("manual", "unload requested")
         tasks = [r.task for r in m.replicas if r.task is not None]
@@ -430,7 +424,7 @@ class Scheduler:
         now = self._clock.now()
         for m in self._models.values():
             while m.waiters:
-                r = self._least_busy(m)
+                r = m.least_busy()
                 if r is None:
                     break
                 waiter = m.waiters.popleft()
@@ -470,20 +464,6 @@ class Scheduler:
             if cold and not placed:
                 break
 
-    def _least_busy(self, m: Model) -> Replica | None:
-        """The ready runner of ``m`` with a free slot and the fewest requests in flight; of
-        those, one of the ``replicas`` before one added under load (so that the added ones
-        idle and stop when the load is gone), and the one unused longest (so that the
-        ``replicas`` all stay warm)."""
-        parallel = m.spec.parallel
-        if len(m.replicas) == 1:  # most models: no choice to make
-            (r,) = m.replicas
-            return r if r.state is S.READY and r.leases < parallel else None
-        free = [r for r in m.replicas if r.state is S.READY and r.leases < parallel]
-        if not free:
-            return None
-        return min(free, key=lambda r: (r.leases, r.index >= m.spec.replicas, r.last_used))
-
     def _scale_up_due(self, m: Model, now: float) -> bool:
         """``m``'s oldest request has waited ``scale_up_wait`` with no runner starting (else
         ``_pump`` runs again when it will have)."""
@@ -508,36 +488,14 @@ class Scheduler:
     def _place(self, m: Model, r: Replica, now: float, *, evict: bool = True) -> bool:
         """Starts (or wakes) ``r`` where ``placement.plan`` says, or evicts for it; ``False``
         when it has to wait. ``evict=False``: only in memory free now (a scale-up)."""
-        waking = r.state is S.SLEEPING
-        spec = m.run_spec(r) if waking else account.start_spec(m, r)
-        if waking:  # it takes what it holds awake beyond what it holds asleep
-            asleep = account.held(self.ledger, m, r)
-            awake = self.ledger.footprint(spec)
-            wake = {d: max(0, n - asleep.get(d, 0)) for d, n in awake.items()}
-            need = Need(m.spec.name, wake, node=r.node)
-        else:
-            first = not any(y.state in RESIDENT for y in m.replicas)
-            units = account.units(spec, self._max_loaded) if first else {}
-            if spec.gpu_layers == "auto":
-                auto = spec
-
-                def layers(n: int) -> Footprint:
-                    return self.ledger.estimate(replace(auto, gpu_layers=n))
-
-                need = Need(m.spec.name, {}, units, layers, evict=evict)
-            else:
-                need = Need(m.spec.name, self.ledger.estimate(spec), units, evict=evict)
-        decision = plan(
-            account.snapshot(
-                self.ledger, self._models.values(), self._max_loaded, self._min_residency
-            ),
-            need,
-            now,
-        )
+        need, spec = account.need(self.ledger, m, r, self._fleet.caps, evict=evict)
+        decision = plan(self._fleet.snapshot(), need, now)
         if isinstance(decision, Evict):
             for key in decision.victims:
-                victim, replica = self._by_key(key)
-                self._evict(victim, replica, decision.short, decision.reason, for_model=m.spec.name)
+                victim, replica = self._fleet.by_key(key)
+                self._fleet.evict(
+                    victim, replica, decision.short, decision.reason, for_model=m.spec.name
+                )
             return False
         if isinstance(decision, Wait):
             if decision.until is not None:
@@ -545,12 +503,11 @@ class Scheduler:
                     self._pump_timer.cancel()
                 self._pump_timer = self._clock.call_at(decision.until, self._pump)
             return False
-        if not waking:
-            r.placed = spec
+        if r.state is not S.SLEEPING:  # a sleeping runner wakes as it was started
             if decision.layers is not None:
-                r.placed = replace(spec, gpu_layers=decision.layers)
+                spec = replace(spec, gpu_layers=decision.layers)
             r.node = decision.node
-        self._load(m, r)
+        self._fleet.load(m, r, spec)
         return True
 
     def _pump_at(self, when: float) -> None:
@@ -570,30 +527,11 @@ class Scheduler:
     # ---- effects -------------------------------------------------------------------------------
 
     def _grant(self, m: Model, r: Replica, waiter: Waiter, now: float) -> None:
-        if waiter.timer is not None:
-            waiter.timer.cancel()
-        r.disarm()
-        r.keep_alive = (
-            m.spec.keep_alive if isinstance(waiter.keep_alive, Unset) else waiter.keep_alive
-        )
-        r.leases += 1
-        r.last_used = now
-        assert r.running is not None
-        queued = now - waiter.enqueued_at
-        # Time it waited while the model was not ready (for it, or for a load before it).
-        load_wait = max(0.0, min(queued, r.loaded_at - waiter.enqueued_at))
-        lease = Lease(
-            m.spec.name,
-            r.running.base_url,
-            r.running.headers,
-            queued,
-            r.generation,
-            load_wait,
-            r.index,
-        )
-        waiter.future.set_result(lease)
+        lease = m.grant(r, waiter, now)
         self._emit(
-            LeaseAcquired(m.spec.name, now, queued=queued, load_wait=load_wait, replica=m.label(r))
+            LeaseAcquired(
+                m.spec.name, now, queued=lease.queued, load_wait=lease.load_wait, replica=m.label(r)
+            )
         )
 
     def _fail(self, m: Model, waiter: Waiter, error: ModelyardError) -> None:
@@ -616,7 +554,7 @@ class Scheduler:
             m.waiters.remove(waiter)
         for r in m.replicas:
             if m.replica_idle(r) and r.state is ModelState.READY and r.expires_at is None:
-                self._start_keep_alive(m, r)
+                self._fleet.keep_alive(m, r)
         self._pump()
 
     def _queue_timeout(self, m: Model, waiter: Waiter) -> None:
@@ -631,96 +569,13 @@ class Scheduler:
         self._fail(m, waiter, self._refuse(m, "queue_timeout", error))
         self._pump()
 
-    def _start_keep_alive(self, m: Model, r: Replica) -> None:
-        if r.state is ModelState.READY and r.unload_when_idle is not None:
-            self._unload(m, r, *r.unload_when_idle)
-            return
-        if r.state is ModelState.READY and r.keep_alive == 0:
-            self._idle_out(m, r, "keep_alive 0")
-            return
-        if m.spec.pinned or r.keep_alive is None or r.state is not ModelState.READY:
-            r.disarm()
-            return
-        r.arm(r.keep_alive)
-
-    def _load(self, m: Model, r: Replica) -> None:
-        r.load(self._runners[m.run_spec(r).engine], m.run_spec(r))
-
-    def _unload(
-        self,
-        m: Model,
-        r: Replica,
-        reason: EvictionReason,
-        detail: str = "",
-        *,
-        for_model: str = "",
-    ) -> None:
-        freed = account.held(self.ledger, m, r)
-        now = self._clock.now()
-        self._emit(
-            Evicted(m.spec.name, now, reason, detail, for_model, dict(freed), replica=m.label(r))
-        )
-        r.stop(detail or (f"evicted to make room for {for_model}" if for_model else reason))
-
-    def _sleep(
-        self,
-        m: Model,
-        r: Replica,
-        reason: EvictionReason,
-        detail: str = "",
-        *,
-        for_model: str = "",
-    ) -> None:
-        """Puts ``r`` to sleep: its GPU memory is given back, its process stays."""
-        level = m.spec.sleep_level
-        full = self.ledger.footprint(m.run_spec(r))
-        freed = {d: n for d, n in full.items() if d != "ram"}
-        text = f"{detail}; asleep (level {level})" if detail else f"asleep (level {level})"
-        now = self._clock.now()
-        self._emit(Evicted(m.spec.name, now, reason, text, for_model, freed, replica=m.label(r)))
-        r.sleep(level, text)
-
-    def _idle_out(self, m: Model, r: Replica, detail: str) -> None:
-        """``r`` has been idle long enough: it sleeps where it can, else it stops."""
-        if self._can_sleep(m, r):
-            self._sleep(m, r, "idle", detail)
-        else:
-            self._unload(m, r, "idle", detail)
-
-    def _evict(
-        self,
-        m: Model,
-        r: Replica,
-        short: Iterable[str],
-        reason: EvictionReason,
-        detail: str = "",
-        *,
-        for_model: str = "",
-    ) -> None:
-        """Frees ``r``'s memory on the ``short`` devices: by sleeping, where it can and
-        only GPUs are short, else by stopping it."""
-        short = set(short)
-        gpus_only = bool(short) and all(d.startswith("gpu") for d in short)
-        if gpus_only and self._can_sleep(m, r):
-            self._sleep(m, r, reason, detail, for_model=for_model)
-        else:
-            self._unload(m, r, reason, detail, for_model=for_model)
-
-    def _can_sleep(self, m: Model, r: Replica) -> bool:
-        return (
-            bool(m.spec.sleep_level)
-            and r.state is S.READY
-            and isinstance(r.running, Sleeper)
-            and r.unload_when_idle is None
-        )
-
     def _retire(self, m: Model) -> None:
         """``m`` left the catalog: unload it once its requests are done, then forget it."""
         m.removed = True
         m.pending = None
         for r in m.replicas:
-            if self._stoppable(m, r):
-                self._unload(m, r, "reload", "removed from the catalog")
+            if self._fleet.stoppable(m, r):
+                self._fleet.unload(m, r, "reload", "removed from the catalog")
             elif r.live or r.state is ModelState.SLEEPING:
                 r.unload_when_idle = ("reload", "removed from the catalog")
         if m.stopped:
@@ -760,108 +615,34 @@ class Scheduler:
                 for i in range(m.spec.max_replicas)
             ]
 
-    def _stoppable(self, m: Model, r: Replica) -> bool:
-        """Can be stopped now: ready and idle, or asleep."""
-        return (r.state is S.READY and m.replica_idle(r)) or r.sleeping
-
     def _replica_of(self, lease: Lease) -> tuple[Model, Replica] | None:
         """The model and runner ``lease`` counts on; ``None`` once that runner has exited."""
         m = self._models.get(lease.model)
-        if m is None or lease.replica >= len(m.replicas):
-            return None
-        r = m.replicas[lease.replica]
-        return (m, r) if r.generation == lease.generation else None
-
-    def _by_key(self, key: str) -> tuple[Model, Replica]:
-        name, _, index = key.rpartition("@") if key not in self._models else (key, "", "0")
-        m = self._models[name]
-        return m, m.replicas[int(index)]
+        r = m.replica_of(lease) if m is not None else None
+        return (m, r) if m is not None and r is not None else None
 
     def _on_report(self, m: Model, r: Replica, report: Report) -> None:
-        """What a replica tells: the events it makes, the model's bookkeeping, and the
-        decisions due once one of its own tasks, watchers or timers has finished."""
-        now = self._clock.now()
-        label = m.label(r)
+        """What a replica tells: the fleet makes its events and does what follows for the
+        runner; then the model forgets or takes new settings once stopped, its waiters fail
+        when its last runner failed to load, and what a finished task freed is handed out."""
+        self._fleet.note(m, r, report)
         match report:
-            case Changed(old, new, reason):
-                name = m.spec.name
-                self._emit(StateChanged(name, now, old=old, new=new, reason=reason, replica=label))
+            case Changed(old, new):
                 if new in (S.STOPPED, S.FAILED) and m.stopped:
                     if m.removed:
                         self._forget(m)
                     elif m.pending is not None:
                         self._respec(m, m.pending)
                 if new is S.FAILED and not any(y.live for y in m.replicas):
+                    name = m.spec.name
                     error = LoadFailedError(f"Model {name!r} failed to load: {m.last_error}")
                     error.add_event(m.failed_event)
                     for waiter in list(m.waiters):
                         self._fail(m, waiter, error)
-                if new is S.READY and m.replica_idle(r):
-                    r.keep_alive = m.spec.keep_alive
-                    self._start_keep_alive(m, r)
                 if new in (S.READY, S.FAILED) or (new is S.STOPPED and old is not S.FAILED):
                     self._pump()
-            case Started(measured, took, _):
-                m.failures = 0
-                m.last_error = None
-                record(self.ledger, m, r, measured)
-                self._emit(LoadFinished(m.spec.name, now, took, dict(measured), replica=label))
-            case StartFailed(error, message, took):
-                m.failures += 1
-                m.retry_at = now + backoff(m.failures)
-                m.last_error = message
-                if not isinstance(error, ModelyardError):
-                    log.error("loading %s failed", m.run_spec(r).runner_name, exc_info=error)
-                event = LoadFailed(m.spec.name, now, took, message, m.retry_at - now, replica=label)
-                m.failed_event = self._emit(event)
-            case Crashed(code, tail):
-                self._crashed(m, r, code, tail)
-            case Exited(code):
-                self._emit(RunnerExited(m.spec.name, now, code, "", expected=True, replica=label))
             case Slept():
-                if r.unload_when_idle is not None:
-                    self._unload(m, r, *r.unload_when_idle)
                 self._pump()
-            case SleepFailed(message):
-                log.warning("%s did not go to sleep (%s); stopping it", m.spec.name, message)
-                self._unload(m, r, "idle", f"sleep failed: {message}")
-            case Expired():
-                if r.state is S.READY and m.replica_idle(r) and r.expires_at is not None:
-                    self._emit(KeepAliveExpired(m.spec.name, now, replica=label))
-                    self._idle_out(m, r, "keep-alive expired")
-
-    def _crashed(self, m: Model, r: Replica, code: int, tail: str) -> None:
-        now = self._clock.now()
-        name = m.run_spec(r).runner_name
-        m.last_error = f"runner exited unexpectedly with code {code}: {tail[-500:]}"
-        if r.crashes <= 2:
-            log.error("runner for %s exited with code %s:\n%s", name, code, tail)
-        else:
-            log.error(
-                "runner for %s exited with code %s again (%d times without serving a request); "
-                "restarting in %.0fs",
-                name,
-                code,
-                r.crashes,
-                r.restart_at - now,
-            )
-        label = m.label(r)
-        freed = dict(account.held(self.ledger, m, r))
-        self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label))
-        detail = f"runner exited with {exit_name(code)}"
-        self._emit(Evicted(m.spec.name, now, "crash", detail, freed=freed, replica=label))
-        self._emit(Restarting(m.spec.name, now, r.restart_at - now, r.crashes, replica=label))
-
-    def _emit(self, event: Event) -> int:
-        """Tells the listeners; a decision also goes into the journal (its id is returned,
-        else 0)."""
-        entry = self.journal.record(event) if isinstance(event, DECISIONS) else 0
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("event listener failed on %r", event)
-        return entry
 
     def _refuse(
         self,
@@ -885,39 +666,3 @@ class Scheduler:
         )
         error.add_event(self._emit(event))
         return error
-
-    def _check_pressure(self) -> None:
-        """Evicts idle models while the resident ones use more than the budget."""
-        now = self._clock.now()
-        relief = relieve(
-            account.snapshot(
-                self.ledger, self._models.values(), self._max_loaded, self._min_residency
-            ),
-            now,
-        )
-        if relief is None:
-            if self._pressure:
-                log.info("memory back within the budget")
-            self._pressure = False
-            return
-        reserved = self.reserved()
-        over = relief.over[LOCAL]
-        victims = relief.victims
-        used = ", ".join(f"{format_size(reserved[d])} of {d}" for d in over)
-        budget = ", ".join(f"{format_size(self.ledger.budget.get(d, 0))}" for d in over)
-        if not self._pressure:
-            log.warning(
-                "memory pressure: models use %s, over the budget of %s; evicting %s",
-                used,
-                budget,
-                ", ".join(victims) or "nothing (every model is busy or pinned)",
-            )
-        self._pressure = True
-        self._emit(
-            MemoryPressure(
-                "", now, used=dict(reserved), evicting=victims, budget=self.ledger.budget
-            )
-        )
-        for key in victims:
-            detail = f"memory pressure: {used} in use, budget {budget}"
-            self._evict(*self._by_key(key), set(over), "memory", detail)

@@ -35,7 +35,7 @@ from modelyard.api.openapi import document_errors
 from modelyard.api.proxy import Upstream
 from modelyard.api.telemetry import Observe, Telemetry
 from modelyard.catalog.catalog import Catalog
-from modelyard.catalog.watch import Reloader
+from modelyard.reload import Reloader
 from modelyard.clock import Clock
 from modelyard.config import Config, Settings, database_url, is_loopback, keys_required
 from modelyard.logbook import Rotation

@@ -29,7 +29,7 @@ from modelyard.api.ollama import ollama_fields
 from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.details import describe
 from modelyard.catalog.summary import summarize
-from modelyard.catalog.watch import Reloader
+from modelyard.reload import Reloader
 from modelyard.errors import (
     ConfigError,
     ConflictError,

@@ -18,7 +18,7 @@ from modelyard.quantity import parse_duration
 from modelyard.scheduler import UNSET, Scheduler, Unset
 
 if TYPE_CHECKING:
-    from modelyard.catalog.watch import Reloader
+    from modelyard.reload import Reloader
     from modelyard.config import Config
 
 M = TypeVar("M", bound=BaseModel)

@@ -65,6 +65,7 @@ ROOMS = [
     "scheduler",
     "accounts",
     "dialect",
+    "engines",
     "hub",
     "reload",
     "api",

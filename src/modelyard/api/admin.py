@@ -13,6 +13,7 @@ from modelyard.api.ollama import ps_fields
 from modelyard.api.request import documented, iso_time, keep_alive_of, read_json, scheduler_of
 from modelyard.catalog.details import describe, ollama_name
 from modelyard.catalog.template import model_warnings
+from modelyard.engines import engine_of
 from modelyard.protocol.openai import ModelLoadRequest, ModelPinRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
 
@@ -31,7 +32,7 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
             "held": dict(status.held),
             "estimate": dict(status.estimate),
             "measured": dict(status.measured) if status.measured else None,
-            "prompt_cache": spec.prompt_cache_bytes if spec.engine == "llamacpp" else None,
+            "prompt_cache": engine_of(spec).prompt_cache(spec),
         },
         "queued": status.queued,
         "in_flight": status.in_flight,

@@ -20,6 +20,7 @@ from modelyard.api.openai import serve_generation
 from modelyard.api.proxy import upstream_error
 from modelyard.api.request import documented, read_json, scheduler_of, validate
 from modelyard.dialect.anthropic import AnthropicDialect, chat_payload
+from modelyard.engines import engine_of
 from modelyard.errors import RunnerError, UnsupportedFeatureError, WrongModelKindError
 from modelyard.protocol.anthropic import CountTokensRequest, MessagesRequest
 from modelyard.protocol.openai import ChatCompletionRequest
@@ -46,7 +47,7 @@ async def count_tokens(request: Request) -> dict[str, int]:
     check_model(principal_of(request), spec)
     if "chat" not in spec.capabilities:
         raise WrongModelKindError(f"Model {spec.name!r} does not chat", param="model")
-    if spec.engine != "llamacpp":
+    if not engine_of(spec).tokenize:
         raise UnsupportedFeatureError(
             f"Counting tokens needs the model's tokenizer: {spec.name!r} runs on the "
             f"{spec.engine} engine, which does not offer it (llama.cpp models do)",

@@ -45,6 +45,7 @@ from modelyard.api.proxy import Upstream, read_answer
 from modelyard.api.tally import Tally
 from modelyard.api.telemetry import Trace
 from modelyard.dialect.base import Dialect, engine_error, sse_events, stream_chunks
+from modelyard.engines import engine_of
 from modelyard.errors import (
     ModelyardError,
     RunnerError,
@@ -146,7 +147,7 @@ class Dispatch(Response):
         """The engine streams an answer the client asked for whole (``api.gather``)."""
         self._stream = bool(payload.get("stream")) and not gathered
         self._tally = Tally(length.prompts, length.prompt) if length is not None else Tally()
-        self._remote = scheduler.spec(model).engine == "remote"
+        self._relays = engine_of(scheduler.spec(model)).relays
         self._trace = trace or Trace(request_id, "POST", path, time.perf_counter(), time.time())
         self._trace.model = model
         self._trace.stream = self._stream
@@ -185,7 +186,7 @@ class Dispatch(Response):
                 if gathered is not None:
                     answer = gathered
                 else:
-                    answer = await read_answer(upstream, passthrough=self._remote)
+                    answer = await read_answer(upstream, passthrough=self._relays)
                 watch.armed = False
                 trace.read_usage(answer)
                 if self._shape is not None:
@@ -268,7 +269,7 @@ class Dispatch(Response):
                          "the restart", self._model, self._request_id)  # fmt: skip
             except RunnerUnreachableError as exc:
                 self._scheduler.release(lease)
-                if self._remote:  # no process to wait for: it is down or out of reach
+                if self._relays:  # no process to wait for: it is down or out of reach
                     raise RunnerUnreachableError(
                         f"remote model {self._model!r} at {lease.base_url} did not answer: "
                         f"{exc.message}"

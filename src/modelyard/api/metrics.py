@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from modelyard.engines import engine_of
 from modelyard.scheduler import ModelState, Scheduler
 from modelyard.scheduler.event import (
     Event,
@@ -184,7 +185,7 @@ class Metrics:
         targets = []
         for status in self._scheduler.status():
             spec = status.spec
-            path = "/metrics" if spec.engine == "llamacpp" else spec.metrics
+            path = engine_of(spec).metrics_path(spec)
             if status.state is not ModelState.READY or path is None:
                 continue
             for index, running in self._scheduler.runners(status.name).items():

@@ -29,7 +29,6 @@ from modelyard.api.ollama import ollama_fields
 from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.details import describe
 from modelyard.catalog.summary import summarize
-from modelyard.reload import Reloader
 from modelyard.errors import (
     ConfigError,
     ConflictError,
@@ -42,6 +41,7 @@ from modelyard.hub.api import Hub
 from modelyard.hub.pull import Progress, PullCancelledError, PullResult, pull
 from modelyard.hub.ref import Reference, parse_reference
 from modelyard.protocol.openai import ModelDeleteRequest, ModelPullRequest, ModelShowRequest
+from modelyard.reload import Reloader
 from modelyard.scheduler import ModelState, Scheduler
 
 router = APIRouter()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import array
-import base64
 import json
-import math
 from collections.abc import Awaitable
 from typing import Any, Literal
 
@@ -19,13 +16,11 @@ from modelyard.api.length import LIMITS, Length, generation
 from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.spec import ModelSpec
 from modelyard.dialect.base import Dialect
-from modelyard.dialect.forced import ForcedCall, forced, hold_to_call
-from modelyard.dialect.legacy import LegacyCompletion
+from modelyard.engines import engine_of
 from modelyard.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     RunnerError,
-    UnsupportedFeatureError,
     WrongModelKindError,
 )
 from modelyard.protocol.openai import (
@@ -36,7 +31,6 @@ from modelyard.protocol.openai import (
     ModelList,
     RerankRequest,
 )
-from modelyard.runners.llamacpp import can_call_tools
 from modelyard.scheduler import ModelStatus, Scheduler, Unset
 
 router = APIRouter()
@@ -139,6 +133,7 @@ async def serve_generation(
     answered in ``dialect`` when another API asked (``modelyard.dialect``)."""
     scheduler = scheduler_of(request)
     spec = _model_for(request, scheduler, parsed.model, "chat", path)
+    engine = engine_of(spec)
     keep_alive = residency(request, spec, parsed.keep_alive)
     payload: dict[str, Any] = dict(body)
     payload.pop("keep_alive", None)
@@ -150,46 +145,15 @@ async def serve_generation(
     if isinstance(parsed, CompletionRequest):
         if all(payload.get(key) is None for key in LIMITS):
             payload["max_tokens"] = LEGACY_MAX_TOKENS
-        if spec.engine == "llamacpp" and dialect is None:
-            dialect = _legacy_completion(parsed, payload)
-    if (
-        isinstance(parsed, ChatCompletionRequest)
-        and spec.engine == "llamacpp"
-        and spec.mmproj is None
-        and parsed.has_media()
-    ):
-        raise UnsupportedFeatureError(
-            f"Model {spec.name!r} cannot read images or audio: it has no multimodal projector. "
-            "Send text only, or give the model an mmproj file (mmproj in its catalog entry)",
-            param="messages",
-        )
-    if (
-        isinstance(parsed, ChatCompletionRequest)
-        and isinstance(parsed.tool_choice, dict)
-        and spec.engine == "llamacpp"
-    ):
-        _name_the_tool(payload, parsed.tool_choice)
-    if isinstance(parsed, ChatCompletionRequest) and parsed.tools and not can_call_tools(spec):
-        raise UnsupportedFeatureError(
-            f"Model {spec.name!r} uses llama.cpp's built-in {spec.chat_template!r} chat format, "
-            "which cannot call tools. Give it a Jinja chat template (chat_template = a .jinja "
-            "file, or none to use the one in the GGUF), or send the request without tools",
-            param="tools",
-        )
-    llama = spec.engine == "llamacpp"
-    if (
-        isinstance(parsed, ChatCompletionRequest)
-        and llama
-        and forced(payload)
-        and hold_to_call(payload)
-    ):
-        usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        dialect = ForcedCall(dialect or Dialect(parsed.model), usage)
+        if dialect is None:
+            dialect = engine.adapt_completion(parsed, payload)
+    else:
+        dialect = engine.adapt_chat(spec, parsed, payload, dialect)
     # Every length field of every API, read once: the engine is sent exactly that limit.
     length = generation(payload, ctx=spec.ctx, prompt=len(await request.body()))
-    length.apply(payload, sized=llama)
+    length.apply(payload, sized=engine.sized)
     gathered = False
-    if llama:
+    if engine.gathers:
         # Each chunk then tells how far its answer has got: a stream stopped early is
         # charged what was generated. A whole answer is streamed too and gathered: its
         # client may leave, and llama.cpp's whole answer counts one choice only.
@@ -223,7 +187,8 @@ async def serve_embeddings(
     scheduler = scheduler_of(request)
     spec = _model_for(request, scheduler, parsed.model, "embedding", "/v1/embeddings")
     # The encoder worker checks `dimensions` itself (it knows the model's width).
-    if parsed.dimensions is not None and not spec.matryoshka and spec.engine != "encoder":
+    engine = engine_of(spec)
+    if parsed.dimensions is not None and not spec.matryoshka and not engine.checks_dimensions:
         raise InvalidRequestError(
             f"Model {spec.name!r} does not support 'dimensions': it was not trained to be "
             "shortened (set matryoshka = true in its catalog entry if it was)",
@@ -232,14 +197,7 @@ async def serve_embeddings(
     payload: dict[str, Any] = dict(body)
     payload.pop("keep_alive", None)
     payload["model"] = spec.upstream_model or spec.name
-    shape = None
-    if spec.engine == "llamacpp":
-        # llama.cpp neither shortens vectors nor knows our truncate flag: shorten here.
-        for key in ("dimensions", "truncate"):
-            payload.pop(key, None)
-        if parsed.dimensions is not None:
-            payload["encoding_format"] = "float"
-            shape = _shortener(parsed.dimensions, parsed.encoding_format)
+    shape = engine.adapt_embedding(parsed.dimensions, parsed.encoding_format, payload)
     keep_alive = residency(request, spec, parsed.keep_alive)
     # Every token of the input is read once: the body's bytes bound them.
     size = len(await request.body())
@@ -263,7 +221,7 @@ async def rerank(request: Request) -> Response:
         "query": parsed.query,
         "documents": documents,
     }
-    if parsed.truncate is not None and spec.engine == "encoder":
+    if parsed.truncate is not None and engine_of(spec).truncates:
         payload["truncate"] = parsed.truncate
     shape = _ranker(parsed, documents, request.state.request_id)
     keep_alive = residency(request, spec, parsed.keep_alive)
@@ -271,57 +229,6 @@ async def rerank(request: Request) -> Response:
     size = len(await request.body()) + len(parsed.query.encode()) * len(documents)
     path = "/v1/rerank"
     return await _forward(request, scheduler, spec, keep_alive, path, payload, shape, (size, size))
-
-
-def _legacy_completion(parsed: CompletionRequest, payload: dict[str, Any]) -> Dialect | None:
-    """What llama.cpp cannot do of a legacy completion is refused by name; logprobs and
-    ``echo`` are given OpenAI's legacy shape (``LegacyCompletion``)."""
-    if parsed.suffix:
-        raise UnsupportedFeatureError(
-            "suffix (fill in the middle) is not supported by llama.cpp's completions: send the "
-            "text before the gap as the prompt",
-            param="suffix",
-        )
-    if parsed.best_of is not None and parsed.best_of != (parsed.n or 1):
-        raise UnsupportedFeatureError(
-            "best_of is not supported: ask for n completions and choose among them",
-            param="best_of",
-        )
-    payload.pop("best_of", None)
-    echo = payload.pop("echo", None)
-    if echo and parsed.logprobs:
-        raise UnsupportedFeatureError(
-            "echo with logprobs needs the prompt's log probabilities, which llama.cpp does not "
-            "give: send one of them",
-            param="echo",
-        )
-    if echo and not isinstance(parsed.prompt, str):
-        raise UnsupportedFeatureError(
-            "echo works with a text prompt only, not tokens or a list", param="echo"
-        )
-    if not echo and not parsed.logprobs:
-        return None
-    prompt = parsed.prompt if echo and isinstance(parsed.prompt, str) else None
-    usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-    return LegacyCompletion(parsed.model, prompt, usage)
-
-
-def _name_the_tool(payload: dict[str, Any], choice: dict[str, Any]) -> None:
-    """A named ``tool_choice`` for llama.cpp, which takes only ``auto``, ``none`` and
-    ``required``: that tool is required, and the only one offered."""
-    name = (choice.get("function") or {}).get("name")
-    tools = [
-        tool
-        for tool in payload.get("tools") or []
-        if isinstance(tool, dict) and (tool.get("function") or {}).get("name") == name
-    ]
-    if not tools:
-        raise InvalidRequestError(
-            f"tool_choice names the function {name!r}, which is not among the tools",
-            param="tool_choice",
-        )
-    payload["tools"] = tools
-    payload["tool_choice"] = "required"
 
 
 def _model_for(
@@ -364,28 +271,6 @@ def _ranker(parsed: RerankRequest, documents: list[str], request_id: str) -> Sha
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return json.dumps(out).encode()
-
-    return shape
-
-
-def _shortener(dimensions: int, encoding_format: str) -> Shape:
-    """Cuts float vectors to ``dimensions`` and scales them back to unit length."""
-
-    def shape(answer: bytes) -> bytes:
-        try:
-            data = json.loads(answer)
-            vectors = [[float(x) for x in item["embedding"]] for item in data["data"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RunnerError(f"model server sent malformed embeddings: {exc}") from exc
-        for item, full in zip(data["data"], vectors, strict=True):
-            vector = full[:dimensions]
-            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
-            vector = [x / norm for x in vector]
-            if encoding_format == "base64":
-                item["embedding"] = base64.b64encode(array.array("f", vector).tobytes()).decode()
-            else:
-                item["embedding"] = vector
-        return json.dumps(data).encode()
 
     return shape
 

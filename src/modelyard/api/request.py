@@ -18,8 +18,8 @@ from modelyard.quantity import parse_duration
 from modelyard.scheduler import UNSET, Scheduler, Unset
 
 if TYPE_CHECKING:
-    from modelyard.reload import Reloader
     from modelyard.config import Config
+    from modelyard.reload import Reloader
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -1,0 +1,61 @@
+"""The engine seam: every engine a catalog entry may name has one, and what the API asks of
+an engine it answers (a plain server passes requests as they are; llama.cpp's are shaped)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from modelyard.catalog.spec import Engine as EngineName
+from modelyard.catalog.spec import ModelSpec
+from modelyard.engines import ENGINES, engine_of
+from modelyard.errors import UnsupportedFeatureError
+from modelyard.protocol.openai import ChatCompletionRequest
+
+SPEC = ModelSpec(name="m", path=Path("/models/m.gguf"))
+
+
+def test_engines_every_catalog_engine_has_one() -> None:
+    assert set(ENGINES) == set(get_args(EngineName))
+
+
+def test_engines_a_plain_server_takes_requests_as_they_are() -> None:
+    engine = engine_of(replace(SPEC, engine="command"))
+    payload = {"dimensions": 8, "truncate": True}
+    assert engine.adapt_embedding(8, "float", payload) is None
+    assert payload == {"dimensions": 8, "truncate": True}
+    assert not engine.gathers
+    assert not engine.sized
+
+
+def test_engines_llamacpp_embeddings_are_shortened_by_the_gateway() -> None:
+    payload = {"input": "x", "dimensions": 2, "truncate": True, "encoding_format": "base64"}
+    shape = engine_of(SPEC).adapt_embedding(2, "float", payload)
+    assert payload == {"input": "x", "encoding_format": "float"}
+    assert shape is not None
+    answer = json.loads(shape(json.dumps({"data": [{"embedding": [3.0, 4.0, 12.0]}]}).encode()))
+    vector = answer["data"][0]["embedding"]
+    assert len(vector) == 2
+    assert math.isclose(vector[0], 0.6)
+    assert math.isclose(vector[1], 0.8)
+
+
+def test_engines_llamacpp_refuses_images_without_a_projector() -> None:
+    parsed = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:,"}}],
+                }
+            ],
+        }
+    )
+    with pytest.raises(UnsupportedFeatureError, match="multimodal projector"):
+        engine_of(SPEC).adapt_chat(SPEC, parsed, {}, None)

@@ -51,6 +51,10 @@ class Sleeper(Protocol):
 
 
 class Runner(Protocol):
+    """Starts models of one engine. A runner whose ``estimate`` reads the model's files
+    says so with a class attribute ``reads_files = True``: its estimates are then read in a
+    thread, never on the event loop (a GGUF header takes 300 to 450 ms)."""
+
     def estimate(self, spec: ModelSpec) -> Footprint:
         """Memory the model will take once loaded, per device, before starting it."""
         ...

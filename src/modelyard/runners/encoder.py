@@ -54,6 +54,8 @@ def worker_args(spec: ModelSpec, port: int, onnx_cache: Path) -> list[str]:
 class EncoderRunner:
     """Starts one encoder worker per model; logs go to ``<log_dir>/<model>.log``."""
 
+    reads_files = True  # its estimate reads the model's config and weight headers
+
     def __init__(
         self,
         log_dir: Path,

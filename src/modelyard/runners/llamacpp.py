@@ -81,6 +81,8 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
 class LlamaCppRunner:
     """Starts one llama.cpp server per model; logs go to ``<log_dir>/<model>.log``."""
 
+    reads_files = True  # its estimate reads the GGUF header
+
     def __init__(
         self,
         log_dir: Path,

@@ -120,6 +120,8 @@ class MemoryLedger:
         self._runners = runners
         self._measured: MutableMapping[str, Footprint] = measured if measured is not None else {}
         self._estimates: dict[str, Footprint] = {}
+        self._reading: dict[str, asyncio.Task[None]] = {}
+        self._failed: dict[str, Exception] = {}
 
     async def prepare(self, specs: Iterable[ModelSpec]) -> None:
         """Computes the estimates of ``specs`` not known yet, in a thread, so that reading
@@ -137,15 +139,52 @@ class MemoryLedger:
 
         self._estimates.update(await asyncio.to_thread(compute))
 
-    def estimate(self, spec: ModelSpec) -> Footprint:
-        """``estimate`` of ``spec`` (``LoadFailedError`` if its files cannot say); asked on
-        the loop only for a model ``prepare`` has not seen."""
+    def known(self, spec: ModelSpec) -> bool:
+        """Its estimate is at hand without reading a file on the loop: read already, or its
+        runner's estimate reads no file (``Runner.reads_files``)."""
         key = _estimate_key(spec)
+        reads = getattr(self._runners[spec.engine], "reads_files", False)
+        return key in self._estimates or key in self._failed or not reads
+
+    async def ready(self, specs: Iterable[ModelSpec]) -> None:
+        """Reads the estimates of ``specs`` that are not ``known`` yet, each in a thread of
+        its own that callers asking for the same one share (they go on in the order they
+        asked); a caller that is cancelled leaves the reading to finish for the others."""
+        for spec in specs:
+            if self.known(spec):
+                continue
+            key = _estimate_key(spec)
+            task = self._reading.get(key)
+            if task is None:
+                task = asyncio.create_task(self._read(key, spec), name=f"estimate {spec.name}")
+                self._reading[key] = task
+            await asyncio.shield(task)
+
+    async def _read(self, key: str, spec: ModelSpec) -> None:
+        try:
+            found = await asyncio.to_thread(estimate, spec, self._runners[spec.engine])
+        except (ModelyardError, OSError, KeyError) as exc:
+            self._failed[key] = exc  # raised once by ``estimate``, then read again
+        else:
+            self._estimates[key] = found
+        finally:
+            del self._reading[key]
+
+    def estimate(self, spec: ModelSpec) -> Footprint:
+        """``estimate`` of ``spec`` (``LoadFailedError`` if its files cannot say); read on the
+        loop only for a model neither ``prepare`` nor ``ready`` has seen."""
+        key = _estimate_key(spec)
+        if key in self._failed:
+            raise self._failed.pop(key)
         if key not in self._estimates:
             self._estimates[key] = estimate(spec, self._runners[spec.engine])
         return self._estimates[key]
 
     def estimate_or_empty(self, spec: ModelSpec) -> Footprint:
+        """``estimate``, ``{}`` when its files cannot say or it is not ``known`` yet (a query
+        never reads a model's header)."""
+        if not self.known(spec):
+            return {}
         try:
             return self.estimate(spec)
         except ModelyardError:

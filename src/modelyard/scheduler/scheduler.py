@@ -182,6 +182,10 @@ class Scheduler:
         ``request`` names who asks (a request id) in the event log; ``client`` whose request
         it is, and ``weight`` its share, for the turns in the queue."""
         m = self._models[self._catalog.get(name).name]
+        specs = [account.start_spec(m, r) for r in m.replicas]
+        if not all(self.ledger.known(spec) for spec in (m.spec, *specs)):
+            await self.ledger.ready([m.spec, *specs])  # the header is read in a thread
+            m = self._models[self._catalog.get(name).name]
         now = self._clock.now()
         first = account.start_spec(m, m.replicas[0])
         try:

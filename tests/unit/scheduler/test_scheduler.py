@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -612,4 +613,49 @@ async def test_scheduler_max_loaded_per_kind_and_waiting_for_a_busy_one() -> Non
     second = await asyncio.wait_for(waiting, 5)
     assert scheduler.state("chat1") is ModelState.STOPPED
     assert runner.starts == ["chat1", "emb", "chat2"]
+    scheduler.release(second)
+
+
+class _SlowReader(FakeRunner):
+    """Reads a model's header the way llama.cpp's runner does: slowly, from a file."""
+
+    reads_files = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def estimate(self, spec: ModelSpec) -> dict[str, int]:
+        self.reads += 1
+        time.sleep(0.3)
+        return super().estimate(spec)
+
+
+async def test_scheduler_reads_model_headers_off_the_loop() -> None:
+    runner = _SlowReader()
+    scheduler = Scheduler(
+        Catalog([spec("a")]), {"llamacpp": runner}, {"ram": 1000}, clock=ManualClock()
+    )
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    (status,) = scheduler.status()  # a query reads no header: the estimate is not known yet
+    assert status.estimate == {}
+    assert runner.reads == 0
+    first, second = await asyncio.gather(scheduler.acquire("a"), scheduler.acquire("a"))
+    done.set()
+    await ticker
+    assert runner.reads == 1  # both requests waited for one reading
+    assert max(gaps) < 0.2  # the loop kept running while it read
+    assert scheduler.status()[0].estimate == {"ram": 100}
+    scheduler.release(first)
     scheduler.release(second)

@@ -173,6 +173,14 @@ class Exchange:
         return out
 
 
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Waits for the state a test expects next (not for a time): fails after ``within``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the state never came"
+        await asyncio.sleep(0.005)
+
+
 def canned_spec(tmp: Path, **kw: Any) -> ModelSpec:
     model = tmp / "canned.gguf"
     model.write_bytes(b"GGUF")

@@ -14,7 +14,7 @@ from typing import Any
 from modelyard.accounts.identity import Role
 from modelyard.accounts.service import Accounts
 from modelyard.accounts.store import UsageQuery
-from tests.unit.api.conftest import Harness, canned_spec
+from tests.unit.api.conftest import Harness, canned_spec, until
 from tests.unit.api.test_auth import bearer, make_key
 
 CHAT = {"model": "canned", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -165,9 +165,9 @@ async def test_accounts_fair_share_end_to_end(make_harness: Callable, tmp_path: 
             return done
 
         first = send(a, "a-first")
-        await asyncio.sleep(0.3)  # loaded, serving A's first
+        await until(lambda: h.ps()["in_flight"] == 1)  # loaded, serving A's first
         backlog = [send(a, f"a{n}") for n in range(10)]
-        await asyncio.sleep(0.02)
+        await until(lambda: h.ps()["queued"] == 10)
         late = send(b, "b")
         await asyncio.gather(first, late, *backlog)
         # Served right after the one running when it came (and at most one of A's that was

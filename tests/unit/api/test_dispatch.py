@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.unit.api.conftest import Harness, canned_spec
+from tests.unit.api.conftest import Harness, canned_spec, until
 
 CHAT = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -46,7 +46,7 @@ async def test_dispatch_client_gone_while_queued(make_harness: Callable, tmp_pat
         first = h.exchange("/v1/chat/completions", stream(x_chunks=100, x_delay_ms=20))
         await first.first_chunk.wait()
         queued = h.exchange("/v1/chat/completions", CHAT)
-        await asyncio.sleep(0.05)
+        await until(lambda: h.ps()["queued"] == 1)
         assert h.ps() == {"in_flight": 1, "queued": 1}
         queued.leave()
         await queued.done
@@ -60,7 +60,7 @@ async def test_dispatch_client_gone_while_loading(make_harness: Callable) -> Non
     async with make_harness() as h:
         h.runner.gate = asyncio.Event()
         waiting = h.exchange("/v1/chat/completions", CHAT)
-        await asyncio.sleep(0.05)
+        await until(lambda: h.ps()["queued"] == 1)
         assert h.scheduler.state("canned") == "loading"
         waiting.leave()
         await waiting.done
@@ -76,7 +76,7 @@ async def test_dispatch_client_gone_before_first_byte(make_harness: Callable) ->
     async with make_harness() as h:
         await h.call("/v1/chat/completions", CHAT)  # loaded
         slow = h.exchange("/v1/chat/completions", stream(x_headers_after_ms=2000))
-        await asyncio.sleep(0.05)
+        await until(lambda: h.ps() != {"in_flight": 0, "queued": 0})
         assert h.ps()["in_flight"] == 1
         slow.leave()
         await slow.done
@@ -137,7 +137,7 @@ async def test_dispatch_cancelled_while_queued_releases(
         first = h.exchange("/v1/chat/completions", stream(x_chunks=100, x_delay_ms=20))
         await first.first_chunk.wait()
         queued = h.exchange("/v1/chat/completions", CHAT)
-        await asyncio.sleep(0.05)
+        await until(lambda: h.ps()["queued"] == 1)
         queued.done.cancel()
         await queued.done
         assert queued.status == 503
@@ -207,7 +207,7 @@ async def test_dispatch_cold_model_admits_its_slots_and_queue(
     async with make_harness(canned_spec(tmp_path, parallel=4, max_queue=4)) as h:
         h.runner.gate = asyncio.Event()
         exchanges = [h.exchange("/v1/chat/completions", CHAT) for _ in range(20)]
-        await asyncio.sleep(0.1)
+        await until(lambda: sum(e.done.done() for e in exchanges) == 12)  # the 429s
         h.runner.gate.set()
         await asyncio.gather(*(e.done for e in exchanges))
         statuses = sorted(e.status for e in exchanges)

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.api.metrics import ENGINE_TIMEOUT
-from tests.unit.api.conftest import Harness, canned_spec
+from tests.unit.api.conftest import Harness, canned_spec, until
 from tests.unit.api.test_dispatch import idle
 
 MiB = 1024**2
@@ -62,7 +62,7 @@ async def test_metrics_after_a_scripted_sequence(make_harness: Callable, tmp_pat
         assert value(engines, "llamacpp_requests_total", model="other") == 1
         (runner,) = [s for s in h.runner.started if s.base_url.endswith(_port(h, "other"))]
         os.kill(runner.pid, signal.SIGKILL)
-        await _until(lambda: h.scheduler.state("other") != "ready")
+        await until(lambda: h.scheduler.state("other") != "ready")
 
         m = await scrape(h)
         requests = "modelyard_requests_total"
@@ -103,13 +103,6 @@ def _port(h: Harness, model: str) -> str:
     return running.base_url.rsplit(":", 1)[1]
 
 
-async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-
-
 async def test_metrics_scrape_never_waits_for_a_loading_or_slow_engine(
     make_harness: Callable, tmp_path: Path
 ) -> None:
@@ -117,7 +110,7 @@ async def test_metrics_scrape_never_waits_for_a_loading_or_slow_engine(
     async with make_harness(slow) as h:
         h.runner.gate = asyncio.Event()
         waiting = h.exchange("/v1/chat/completions", chat("canned"))
-        await _until(lambda: h.ps()["queued"] == 1)
+        await until(lambda: h.ps()["queued"] == 1)
         started = time.perf_counter()
         m = await scrape(h)
         assert time.perf_counter() - started < 1.0
@@ -173,7 +166,7 @@ async def test_activity_follow_is_live(make_harness: Callable) -> None:
         follow = h.exchange("/api/activity?follow=true", method="GET")
         await follow.first_chunk.wait()  # ": live"
         await h.call("/v1/chat/completions", chat("canned", stream=True, x_chunks=2))
-        await _until(lambda: b"event: request" in follow.body)
+        await until(lambda: b"event: request" in follow.body)
         follow.leave()
         await follow.done
         frame = follow.body.split(b"event: request\ndata: ")[1].split(b"\n\n")[0]
@@ -188,7 +181,7 @@ async def test_activity_follow_in_batches_sends_them_together(make_harness: Call
         await follow.first_chunk.wait()  # ": live"
         for _ in range(3):
             await h.call("/v1/chat/completions", chat("canned"))
-        await _until(lambda: follow.body.count(b"event: request") == 3)
+        await until(lambda: follow.body.count(b"event: request") == 3)
         follow.leave()
         await follow.done
         # the live line, then the three in one write
@@ -202,7 +195,7 @@ async def test_events_history_follow_and_bad_input(make_harness: Callable) -> No
         follow = h.exchange("/api/events?follow=true&model=canned", method="GET")
         await follow.first_chunk.wait()
         await h.call("/v1/chat/completions", chat("canned"))
-        await _until(lambda: b"event: load_finished" in follow.body)
+        await until(lambda: b"event: load_finished" in follow.body)
         follow.leave()
         await follow.done
         history = (await h.call("/api/events", method="GET")).json()
@@ -261,7 +254,7 @@ async def test_logs_api(make_harness: Callable, tmp_path: Path) -> None:
         log_file = tmp_path / "home" / "logs" / "canned.log"
         with log_file.open("a") as f:
             f.write("a line written now\n")
-        await _until(lambda: b"a line written now" in follow.body)
+        await until(lambda: b"a line written now" in follow.body)
         follow.leave()
         await follow.done
         assert follow.body.endswith(b'data: "a line written now"\n\n')

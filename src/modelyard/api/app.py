@@ -33,6 +33,7 @@ from modelyard.api.auth import Auth
 from modelyard.api.guard import Guard
 from modelyard.api.openapi import document_errors
 from modelyard.api.proxy import Upstream
+from modelyard.api.routes import MODEL_ROUTES
 from modelyard.api.telemetry import Observe, Telemetry
 from modelyard.catalog.catalog import Catalog
 from modelyard.clock import Clock
@@ -178,7 +179,7 @@ def create_app(
     trusted = frozenset(o for o in config.cors_origins if o != "*")
     app.add_middleware(Auth)
     app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)
-    app.add_middleware(Observe, paths=openai.MODEL_ROUTES)
+    app.add_middleware(Observe, paths=MODEL_ROUTES)
     app.add_middleware(RequestId)
     if config.cors_origins:
         # Outermost, so that every answer (a 413 or 429 too) carries its headers.

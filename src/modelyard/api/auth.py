@@ -1,11 +1,11 @@
 """Who may call which route: every request is authenticated (when accounts require it) and
 checked against the route's rule before any route code runs.
 
-A rule names the roles a route is for (``RULES``); a route without one answers nobody but an
-admin, and a test fails for every route that has none, so that a new route cannot be
-forgotten. Keys come in ``Authorization: Bearer`` or ``x-api-key`` (Anthropic's clients);
-sessions from ``POST /api/login`` as ``Bearer`` too. A key in the URL's query string is
-refused: URLs end up in logs and browser histories.
+A rule names the roles a route is for (``RULES``, from ``api.routes``); a route without one
+answers nobody but an admin, and a test fails for every route that has none, so that a new
+route cannot be forgotten. Keys come in ``Authorization: Bearer`` or ``x-api-key``
+(Anthropic's clients); sessions from ``POST /api/login`` as ``Bearer`` too. A key in the
+URL's query string is refused: URLs end up in logs and browser histories.
 
 The principal is put into the request's state; the routes that serve models check it
 against the model (``check_model``), and ``Dispatch`` charges it.
@@ -14,7 +14,6 @@ against the model (``check_model``), and ``Dispatch`` charges it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -25,8 +24,8 @@ from modelyard.accounts.credential import looks_like_session
 from modelyard.accounts.identity import LOCAL, Principal, Role
 from modelyard.accounts.service import Accounts
 from modelyard.api.errors import error_response
-from modelyard.api.passthrough import METHODS as UPSTREAM_METHODS
 from modelyard.api.request import keep_alive_of
+from modelyard.api.routes import ANY, PUBLIC, RULES, Access
 from modelyard.catalog.spec import ModelSpec
 from modelyard.errors import (
     AuthenticationError,
@@ -36,84 +35,6 @@ from modelyard.errors import (
     RoleError,
 )
 from modelyard.scheduler import UNSET, Unset
-
-
-@dataclass(frozen=True)
-class Access:
-    name: str
-    roles: frozenset[Role]
-    """Empty: anyone, no key needed."""
-
-    def allows(self, role: Role) -> bool:
-        return role in self.roles
-
-
-PUBLIC = Access("public", frozenset())
-ANY = Access("any role", frozenset(Role))
-INFERENCE = Access("inference", frozenset({Role.ADMIN, Role.USER}))
-MONITOR = Access("monitoring", frozenset({Role.ADMIN, Role.MONITOR}))
-ADMIN = Access("admin", frozenset({Role.ADMIN}))
-
-RULES: dict[tuple[str, str], Access] = {
-    ("GET", "/"): PUBLIC,
-    ("GET", "/ui"): PUBLIC,
-    ("GET", "/ui/"): PUBLIC,
-    ("GET", "/ui/{path:path}"): PUBLIC,
-    ("GET", "/health"): PUBLIC,
-    ("GET", "/ready"): PUBLIC,
-    ("GET", "/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
-    ("GET", "/openapi.json"): PUBLIC,
-    ("POST", "/api/login"): PUBLIC,
-    ("POST", "/api/signup"): PUBLIC,
-    ("GET", "/v1/models"): ANY,
-    ("GET", "/v1/models/{model:path}"): ANY,
-    ("GET", "/api/me"): ANY,
-    ("GET", "/api/usage"): ANY,
-    ("GET", "/api/keys"): ANY,
-    ("POST", "/api/keys"): ANY,
-    ("DELETE", "/api/keys/{key}"): ANY,
-    ("PATCH", "/api/keys/{key}"): ADMIN,
-    ("GET", "/api/version"): PUBLIC,
-    ("GET", "/api/tags"): ANY,
-    ("POST", "/v1/chat/completions"): INFERENCE,
-    ("POST", "/v1/messages"): INFERENCE,
-    ("POST", "/v1/responses"): INFERENCE,
-    ("POST", "/v1/messages/count_tokens"): INFERENCE,
-    ("POST", "/api/chat"): INFERENCE,
-    ("POST", "/api/generate"): INFERENCE,
-    ("POST", "/api/embed"): INFERENCE,
-    ("POST", "/api/embeddings"): INFERENCE,
-    ("POST", "/api/create"): ADMIN,
-    ("POST", "/api/copy"): ADMIN,
-    ("POST", "/api/push"): ADMIN,
-    ("POST", "/v1/completions"): INFERENCE,
-    ("POST", "/v1/embeddings"): INFERENCE,
-    ("POST", "/v1/rerank"): INFERENCE,
-    ("POST", "/v2/rerank"): INFERENCE,
-    ("POST", "/rerank"): INFERENCE,
-    ("GET", "/api/ps"): MONITOR,
-    ("GET", "/api/models"): MONITOR,
-    ("POST", "/api/show"): ANY,
-    ("GET", "/metrics"): MONITOR,
-    ("GET", "/api/events"): MONITOR,
-    ("GET", "/api/activity"): MONITOR,
-    ("GET", "/api/logs"): MONITOR,
-    ("GET", "/api/logs/{model:path}"): MONITOR,
-    ("GET", "/api/system"): MONITOR,
-    ("POST", "/api/load"): ADMIN,
-    ("POST", "/api/unload"): ADMIN,
-    ("POST", "/api/pin"): ADMIN,
-    ("POST", "/api/reload"): ADMIN,
-    ("DELETE", "/api/delete"): ADMIN,
-    ("POST", "/api/pull"): ADMIN,
-    **{(method, "/upstream/{model}/{path:path}"): ADMIN for method in UPSTREAM_METHODS},
-    ("GET", "/api/users"): ADMIN,
-    ("POST", "/api/users"): ADMIN,
-    ("PATCH", "/api/users/{name}"): ADMIN,
-    ("DELETE", "/api/users/{name}"): ADMIN,
-}
-"""(method, route path as the router writes it) → who may call it."""
 
 _KEY_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "api-key"})
 

@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
+from modelyard.api.routes import face_of
 from modelyard.dialect.anthropic import anthropic_envelope
-from modelyard.dialect.ollama import OLLAMA_PATHS, ollama_envelope
+from modelyard.dialect.ollama import ollama_envelope
 from modelyard.errors import InvalidRequestError, ModelyardError, invalid_request
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,10 @@ Envelope = Callable[[ModelyardError], dict[str, Any]]
 
 def envelope_for(path: str) -> Envelope | None:
     """The error shape of the API ``path`` belongs to; ``None``: OpenAI's."""
-    if path in OLLAMA_PATHS:
+    face = face_of(path)
+    if face == "ollama":
         return ollama_envelope
-    if path.startswith("/v1/messages"):
+    if face == "anthropic":
         return anthropic_envelope
     return None
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.api.errors import error_response
+from modelyard.api.routes import MODEL_ROUTES
 from modelyard.errors import (
     HeadersTooLargeError,
     ModelyardError,
@@ -38,8 +39,6 @@ from modelyard.quantity import format_size
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _GUARDED = ("/api/", "/upstream/")
 """Admin routes, and engines' own APIs reached through the gateway."""
-_MODEL_ROUTES = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
-"""Ollama's inference routes: under ``/api/`` but open to web pages like ``/v1/`` (CORS)."""
 _TRUSTED_FETCH_SITES = frozenset({b"same-origin", b"none"})
 MAX_HEADERS = 32 * 1024
 """Bytes of request headers in all (a browser's many cookies stay well under it)."""
@@ -76,7 +75,7 @@ class Guard:
             if (
                 scope["method"] not in _SAFE_METHODS
                 and path.startswith(_GUARDED)
-                and path not in _MODEL_ROUTES
+                and path not in MODEL_ROUTES  # Ollama's inference: open to web pages like /v1/
             ):
                 _check_admin(headers, length, self.trusted)
         except ModelyardError as exc:

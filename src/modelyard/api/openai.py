@@ -35,24 +35,6 @@ from modelyard.scheduler import ModelStatus, Scheduler, Unset
 
 router = APIRouter()
 
-MODEL_ROUTES = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/rerank",
-        "/rerank",
-        "/v2/rerank",
-        "/v1/messages",
-        "/v1/responses",
-        "/api/chat",
-        "/api/generate",
-        "/api/embed",
-        "/api/embeddings",
-    }
-)
-"""The routes that serve models: each request to them is traced (``api.telemetry``)."""
-
 
 LEGACY_MAX_TOKENS = 16
 """OpenAI's (and vLLM's) default for ``/v1/completions``; llama.cpp's own would fill the

@@ -13,8 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from modelyard.api.openai import MODEL_ROUTES
-from modelyard.dialect.ollama import OLLAMA_PATHS
+from modelyard.api.routes import MODEL_ROUTES, OLLAMA_PATHS, face_of
 
 _OPENAI_ERROR = {
     "type": "object",
@@ -101,9 +100,10 @@ def _stream_type(path: str) -> tuple[str, ...]:
 
 
 def _error_schema(path: str) -> dict[str, Any]:
-    if path in OLLAMA_PATHS:
+    face = face_of(path)
+    if face == "ollama":
         return _OLLAMA_ERROR
-    if path.startswith("/v1/messages"):
+    if face == "anthropic":
         return _ANTHROPIC_ERROR
     return _OPENAI_ERROR
 

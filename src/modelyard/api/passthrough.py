@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelyard.api.request import config_of, scheduler_of
+from modelyard.api.routes import UPSTREAM_METHODS as METHODS
 from modelyard.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -26,7 +27,6 @@ from modelyard.errors import (
 
 router = APIRouter()
 
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 PATH = "/upstream/{model}/{path:path}"
 _KEPT = ("content-type", "cache-control", "retry-after")
 _ANSWER_KEPT = (*_KEPT, "content-encoding")

@@ -47,12 +47,6 @@ RUNTIME_OPTIONS = frozenset(
 )  # fmt: skip
 """Options Ollama applies when it loads a model: a modelyard catalog entry sets them (``ctx``,
 ``gpu_layers``, ``threads``), so a request's are taken and not applied."""
-OLLAMA_PATHS = frozenset(
-    {"/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/tags",
-     "/api/version", "/api/show", "/api/ps", "/api/pull", "/api/delete", "/api/create",
-     "/api/copy", "/api/push"}
-)  # fmt: skip
-"""Ollama's routes: errors there are Ollama's ``{"error": "message"}``."""
 _DONE_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop"}
 _IMAGE_TYPES = (
     (b"\x89PNG", "image/png"),

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from modelyard.api.auth import check_model, principal_of
-from modelyard.api.openai import serve_generation
 from modelyard.api.proxy import upstream_error
 from modelyard.api.request import documented, read_json, scheduler_of, validate
+from modelyard.api.serving import serve_generation
 from modelyard.dialect.anthropic import AnthropicDialect, chat_payload
 from modelyard.engines import engine_of
 from modelyard.errors import RunnerError, UnsupportedFeatureError, WrongModelKindError

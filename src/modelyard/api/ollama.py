@@ -5,7 +5,7 @@ Continue) work with the base URL changed: ``/api/chat``, ``/api/generate``, ``/a
 ``/api/delete`` answer in Ollama's shape with modelyard's own fields added
 (``api.admin``, ``api.models``).
 
-Chats and generations go through the OpenAI chat path (``api.openai.serve_generation``)
+Chats and generations go through the OpenAI chat path (``api.serving.serve_generation``)
 with an ``OllamaDialect``: the same queue, limits and ledger as ``/v1/chat/completions``.
 Errors are Ollama's ``{"error": "message"}`` (``api.errors.envelope_for``).
 """
@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse, Response
 from modelyard import __version__
 from modelyard.accounts.identity import Role
 from modelyard.api.auth import check_model, may_see, principal_of, residency
-from modelyard.api.openai import serve_embeddings, serve_generation
 from modelyard.api.request import documented, keep_alive_of, read_json, scheduler_of, validate
+from modelyard.api.serving import serve_embeddings, serve_generation
 from modelyard.catalog.details import Details, describe, ollama_name
 from modelyard.dialect.base import Dialect
 from modelyard.dialect.ollama import (

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from modelyard.api.openai import serve_generation
 from modelyard.api.request import documented, read_json, validate
+from modelyard.api.serving import serve_generation
 from modelyard.dialect.responses import ResponsesDialect, chat_payload
 from modelyard.protocol.openai import ChatCompletionRequest, ResponseRequest
 

@@ -139,7 +139,7 @@ async def first_token_ms(session: aiohttp.ClientSession, url: str, model: str) -
 
 async def b6(rounds: int) -> dict[str, Any]:
     from modelyard.catalog.spec import ModelSpec
-    from modelyard.runners.llamacpp import server_args
+    from modelyard.engines.llamacpp.runner import server_args
 
     model = gemma()
     model.read_bytes()  # page cache warm for both sides

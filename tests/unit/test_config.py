@@ -445,7 +445,7 @@ def test_config_replicas(tmp_path: Path) -> None:
 def test_replicas_share_the_cores_unless_threads_is_set(tmp_path: Path) -> None:
     import os
 
-    from modelyard.runners.llamacpp import server_args
+    from modelyard.engines.llamacpp.runner import server_args
 
     text = '[models.a]\npath = "m.gguf"\nmax_replicas = 2\n[models.b]\npath = "m.gguf"\n'
     text += 'max_replicas = 2\nthreads = 3\n[models.c]\npath = "m.gguf"\n'

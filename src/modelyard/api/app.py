@@ -38,10 +38,10 @@ from modelyard.api.telemetry import Observe, Telemetry
 from modelyard.catalog.catalog import Catalog
 from modelyard.clock import Clock
 from modelyard.config import Config, Settings, database_url, is_loopback, keys_required
+from modelyard.engines import default_runners
 from modelyard.logbook import Rotation
 from modelyard.logbook import request_id as current_request_id
 from modelyard.reload import Reloader
-from modelyard.runners import default_runners
 from modelyard.runners.base import Runner
 from modelyard.runners.gpu import Gpus, detect
 from modelyard.scheduler import Scheduler

@@ -127,7 +127,7 @@ def entry_spec(
 def _command_spec(
     name: str, entry: ModelEntry, base_dir: Path, where: str, keep_alive: float | None
 ) -> ModelSpec:
-    """An entry whose runner is its own ``command`` (``modelyard.runners.command``)."""
+    """An entry whose runner is its own ``command`` (``modelyard.engines.command.runner``)."""
     if entry.engine not in (None, "command"):
         raise ConfigError(f'{where} command: only for engine = "command" (not {entry.engine})')
     if not entry.command:
@@ -188,7 +188,7 @@ def _gpus(entry: ModelEntry) -> tuple[int, ...]:
 
 
 def _remote_spec(name: str, entry: ModelEntry, where: str) -> ModelSpec:
-    """An entry served elsewhere (``modelyard.runners.remote``)."""
+    """An entry served elsewhere (``modelyard.engines.remote.runner``)."""
     if entry.engine not in (None, "remote"):
         raise ConfigError(f'{where} url: only for engine = "remote" (not {entry.engine})')
     if not entry.url:

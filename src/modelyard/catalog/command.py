@@ -1,5 +1,5 @@
 """What a command engine's entry may say: its placeholders and stop signal
-(``modelyard.runners.command`` runs it)."""
+(``modelyard.engines.command.runner`` runs it)."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ class ModelSpec:
     share of the weights (see ``prompt_cache_bytes``)."""
     command: tuple[str, ...] = ()
     """Command engine: the program and its arguments, with ``{port}``-style placeholders
-    (``modelyard.runners.command``)."""
+    (``modelyard.engines.command.runner``)."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Command engine: environment variables added to ours."""
     health: str = "/health"

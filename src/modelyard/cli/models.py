@@ -170,7 +170,7 @@ def show(
 def _show_here(model: str) -> dict[str, Any]:
     from modelyard.catalog.catalog import Catalog
     from modelyard.catalog.summary import summarize
-    from modelyard.runners import default_runners
+    from modelyard.engines import default_runners
     from modelyard.scheduler import estimate
 
     config = config_or_exit()

@@ -4,18 +4,28 @@ server (vLLM, SGLang, TEI, any ``command``) would."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from modelyard.catalog.spec import ModelSpec
 from modelyard.dialect.base import Dialect
+from modelyard.logbook import Rotation
 from modelyard.protocol.openai import ChatCompletionRequest, CompletionRequest
+from modelyard.runners.base import Runner
+from modelyard.runners.gpu import Gpus
 
 Shape = Callable[[bytes], bytes]
 """Reshapes a whole answer before it goes to the client."""
 
 
 class Engine:
-    """A plain OpenAI-compatible server: requests pass as the client sent them."""
+    """An engine: its runner, what it can do, and how a request is shaped for it. The
+    defaults are a plain OpenAI-compatible server's: requests pass as the client sent them."""
+
+    def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
+        """Its runner, logging under ``<home>/logs``; ``gpus`` measures what its processes
+        hold on the GPUs."""
+        raise NotImplementedError
 
     tokenize = False
     """It counts a prompt's tokens (``/tokenize``): Anthropic's ``count_tokens``."""

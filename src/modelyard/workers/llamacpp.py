@@ -1,6 +1,6 @@
 """Child program: serves one GGUF model with llama.cpp's HTTP server through xllamacpp.
 
-Takes the ``llama-server`` flags that ``modelyard.runners.llamacpp.server_args`` builds (and
+Takes the ``llama-server`` flags that ``modelyard.engines.llamacpp.runner.server_args`` builds (and
 the common ones a catalog's ``extra_args`` may add), so the same argv runs this program or a
 real ``llama-server`` binary, and its ``--api-key`` from ``LLAMA_API_KEY`` as llama-server
 does. Runs until SIGTERM or SIGKILL, or until the gateway dies.

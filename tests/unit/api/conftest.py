@@ -23,9 +23,9 @@ from starlette.types import Message
 from modelyard.api.app import create_app
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.config import Config
+from modelyard.engines.command.runner import CommandRunner
+from modelyard.engines.llamacpp.runner import LlamaCppRunner
 from modelyard.logbook import Rotation
-from modelyard.runners.command import CommandRunner
-from modelyard.runners.llamacpp import LlamaCppRunner
 from modelyard.runners.process import ChildServer
 from modelyard.scheduler import Scheduler
 from tests.fake import responder_binary

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from modelyard.catalog.spec import ModelSpec
 from modelyard.catalog.template import model_warnings
-from modelyard.runners.llamacpp import can_call_tools, server_args
+from modelyard.engines.llamacpp.runner import can_call_tools, server_args
 from tests.unit.catalog.test_gguf import _str, write_gguf
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.spec import ModelSpec
+from modelyard.engines.llamacpp.runner import LlamaCppRunner
 from modelyard.errors import DoesNotFitError
 from modelyard.runners.gpu import NoGpus, visible
-from modelyard.runners.llamacpp import LlamaCppRunner
 from modelyard.runners.process import ChildServer, free_port
 from modelyard.scheduler import Scheduler
 from modelyard.scheduler.budget import estimate, resolve_budget
@@ -123,7 +123,7 @@ async def test_gpu_runner_sees_only_its_gpus_and_is_measured_on_them(tmp_path: P
 async def test_gpu_command_engine_gets_its_gpus_as_placeholder_and_environment(
     tmp_path: Path,
 ) -> None:
-    from modelyard.runners.command import CommandRunner
+    from modelyard.engines.command.runner import CommandRunner
     from tests.fake import RESPONDER
 
     gpus = FakeGpus([GiB, GiB, GiB])

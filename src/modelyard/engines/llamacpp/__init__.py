@@ -7,6 +7,7 @@ import array
 import base64
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from modelyard.catalog.spec import ModelSpec
@@ -14,15 +15,21 @@ from modelyard.dialect.base import Dialect
 from modelyard.dialect.forced import ForcedCall, forced, hold_to_call
 from modelyard.dialect.legacy import LegacyCompletion
 from modelyard.engines.base import Engine, Shape
+from modelyard.engines.llamacpp.runner import LlamaCppRunner, can_call_tools
 from modelyard.errors import InvalidRequestError, RunnerError, UnsupportedFeatureError
+from modelyard.logbook import Rotation
 from modelyard.protocol.openai import ChatCompletionRequest, CompletionRequest
-from modelyard.runners.llamacpp import can_call_tools
+from modelyard.runners.base import Runner
+from modelyard.runners.gpu import Gpus
 
 
 class LlamaCpp(Engine):
     tokenize = True
     gathers = True
     sized = True
+
+    def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
+        return LlamaCppRunner(home / "logs", rotation=rotation, gpus=gpus)
 
     def calls_tools(self, spec: ModelSpec) -> bool:
         return can_call_tools(spec)

@@ -1,0 +1,19 @@
+"""Our encoder worker (sentence-transformers embeddings and cross-encoder rerank)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelyard.engines.base import Engine
+from modelyard.engines.encoder.runner import EncoderRunner
+from modelyard.logbook import Rotation
+from modelyard.runners.base import Runner
+from modelyard.runners.gpu import Gpus
+
+
+class Encoder(Engine):
+    checks_dimensions = True  # it knows the model's width
+    truncates = True
+
+    def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
+        return EncoderRunner(home / "logs", home / "cache", rotation=rotation)

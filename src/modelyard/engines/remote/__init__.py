@@ -1,0 +1,18 @@
+"""A server already running at a URL: no process of ours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelyard.engines.base import Engine
+from modelyard.engines.remote.runner import RemoteRunner
+from modelyard.logbook import Rotation
+from modelyard.runners.base import Runner
+from modelyard.runners.gpu import Gpus
+
+
+class Remote(Engine):
+    relays = True
+
+    def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
+        return RemoteRunner()

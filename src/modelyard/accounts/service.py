@@ -56,6 +56,26 @@ class Charge:
     reserved: int = 0
     wallets: tuple[Wallet, ...] = ()
     """The balances ``reserved`` was taken from."""
+    cost: int | None = None
+    """What it was charged, once settled."""
+
+
+@dataclass(frozen=True)
+class Bill:
+    """How the serving layer charges one request: ``reserve`` before it is served (its rate
+    limits and its worst case on the balances), ``settle`` once it is over."""
+
+    accounts: Accounts
+    principal: Principal
+    estimate: int
+    worst: int
+    price: float
+
+    async def reserve(self) -> Charge:
+        return await self.accounts.admit(self.principal, self.estimate, self.worst, self.price)
+
+    def settle(self, charge: Charge, tokens: int, request_id: str) -> int:
+        return self.accounts.settle(charge, tokens, self.price, request_id)
 
 
 @dataclass(frozen=True)
@@ -270,15 +290,27 @@ class Accounts:
             charge.wallets = wallets
         return charge
 
+    def settle(self, charge: Charge, tokens: int, price: float, request_id: str) -> int:
+        """The request used ``tokens``: frees its rate-limit place, settles its reservation
+        (the rest given back, or a shortfall taken from the credit in hand) and returns what
+        it costs. Once: a second call returns the first's cost."""
+        if charge.cost is not None:
+            return charge.cost
+        cost = math.ceil(tokens * price)
+        self.limiter.finish(charge.admission, tokens)
+        if charge.reserved:
+            cost = self._settle(charge, cost, request_id)
+        charge.cost = cost
+        return cost
+
     def finish(self, principal: Principal | None, charge: Charge | None, usage: Usage) -> None:
-        """The request is over: frees its rate-limit place, settles its reservation and
-        writes its ledger row (in the next batch)."""
+        """The request is over: writes its ledger row (in the next batch) with what it was
+        charged; settles it first if the serving layer has not (it settles beside the
+        lease's release)."""
         tokens = usage.prompt_tokens + usage.completion_tokens
         cost = math.ceil(tokens * usage.price)
         if charge is not None:
-            self.limiter.finish(charge.admission, tokens)
-            if charge.reserved:
-                cost = self._settle(charge, cost, usage.request_id)
+            cost = self.settle(charge, tokens, usage.price, usage.request_id)
         if principal is None or not self.keep_rows:
             return
         self.ledger.append(

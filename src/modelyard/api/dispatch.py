@@ -1,11 +1,14 @@
-"""The serving path: one ASGI response that takes a lease, forwards, relays and releases.
+"""The serving path: one ASGI response that reserves the charge, takes a lease, forwards,
+relays, releases and settles.
 
 Routes parse and shape; ``Dispatch`` does the rest inside its own ``__call__``, so the lease
-lives in exactly one ``try/finally`` that runs however the exchange ends: answered, upstream
-failure, the client leaving while queued, while the model loads, before or after the first
-streamed byte, or the task being cancelled at shutdown.
+and the charge live in exactly one ``try/finally`` that runs however the exchange ends:
+answered, upstream failure, the client leaving while queued, while the model loads, before
+or after the first streamed byte, or the task being cancelled at shutdown.
 
 The order of a request:
+0. With accounts: reserve the caller's charge (``Bill``: rate limits, the worst case on the
+   balances); refused, nothing else happens.
 1. ``acquire`` the model's lease (queue, load, evict); the client leaving cancels the wait.
 2. POST the payload to the runner with its key. A runner that refuses the connection or
    drops it before taking the request is dead or dying: the lease is returned, the
@@ -16,7 +19,8 @@ The order of a request:
    frame), or the whole answer, shaped by the route's ``shape``. A llama.cpp answer the
    client wants whole is asked as a stream and gathered (``api.gather``); the client has
    seen nothing of it until it ends, so a runner that dies meanwhile is waited for like in 2.
-4. Release, telling the scheduler whether the runner served the request.
+4. Release, telling the scheduler whether the runner served the request, and settle the
+   charge at the tokens the engine reported (what a client who left had made it generate).
 
 Along the way the request's ``Trace`` (``modelyard.api.telemetry``) gets the waits, the time
 to the runner's answer and to the first chunk, and the tokens the engine reported; the
@@ -30,14 +34,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from modelyard.accounts.service import Charge
+from modelyard.accounts.service import Bill
 from modelyard.api.errors import error_response, report, sse_error_frame
 from modelyard.api.gather import Gathering
 from modelyard.api.length import Length
@@ -119,7 +123,7 @@ class Dispatch(Response):
         request_id: str,
         trace: Trace | None = None,
         shape: Shape | None = None,
-        admit: Callable[[], Awaitable[Charge]] | None = None,
+        bill: Bill | None = None,
         strip_usage: bool = False,
         client: str = "",
         weight: float = 1.0,
@@ -136,7 +140,8 @@ class Dispatch(Response):
         self._payload = payload
         self._request_id = request_id
         self._shape = shape
-        self._admit = admit
+        self._bill = bill
+        """Reserved before the request is served, settled once it is over."""
         self._client = client
         self._weight = weight
         self._strip_usage = strip_usage
@@ -161,8 +166,8 @@ class Dispatch(Response):
         served = False
         try:
             limits: list[tuple[bytes, bytes]] = []
-            if self._admit is not None:
-                trace.charge = await self._admit()
+            if self._bill is not None:
+                trace.charge = await self._bill.reserve()
                 limits = [
                     (k.encode(), v.encode()) for k, v in trace.charge.admission.headers.items()
                 ]
@@ -224,6 +229,9 @@ class Dispatch(Response):
             watch.close()
             if lease is not None:
                 self._scheduler.release(lease, served=served)
+            if self._bill is not None and trace.charge is not None:
+                tokens = trace.prompt_tokens + trace.completion_tokens
+                self._bill.settle(trace.charge, tokens, self._request_id)
 
     async def _open(self) -> tuple[Lease, aiohttp.ClientResponse, bytes | None]:
         """A lease and the runner's response (its headers; the body is still to come), and

@@ -2,18 +2,17 @@
 Responses dialects parse and shape; what serves a request is here. It resolves the model and
 checks the caller may use it, asks the engine to shape the request (``modelyard.engines``),
 reads every length knob once (``api.length``), and hands the request to a ``Dispatch``, which
-reserves the caller's charge, takes the lease, forwards, relays and releases."""
+reserves the caller's charge, takes the lease, forwards, relays, releases and settles."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import Request
 from starlette.responses import Response
 
-from modelyard.accounts.service import Accounts, Charge
+from modelyard.accounts.service import Accounts, Bill
 from modelyard.api.auth import check_model, principal_of, residency
 from modelyard.api.dispatch import Dispatch, Shape
 from modelyard.api.length import LIMITS, Length, generation
@@ -200,12 +199,10 @@ async def _forward(
         trace.price = spec.price
     principal = principal_of(request)
     accounts: Accounts | None = request.app.state.accounts
-    admit = None
+    bill = None
     if accounts is not None and accounts.required:
         estimate, worst = tokens
-
-        def admit() -> Awaitable[Charge]:
-            return accounts.admit(principal, estimate, worst, spec.price)
+        bill = Bill(accounts, principal, estimate, worst, spec.price)
 
     return Dispatch(
         scheduler,
@@ -217,7 +214,7 @@ async def _forward(
         request_id=request.state.request_id,
         trace=trace,
         shape=shape,
-        admit=admit,
+        bill=bill,
         strip_usage=strip_usage,
         client=principal.client,
         weight=principal.priority,

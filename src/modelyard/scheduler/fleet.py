@@ -5,7 +5,7 @@ The scheduler decides (who is served, where a runner goes, whom to evict) and te
 ``Fleet`` to act; the fleet acts on replicas and tells the world (``emit``). It decides only
 what follows from a runner's own life: a keep-alive that ran out idles it, a runner marked
 to unload when idle unloads, a runner that did not go to sleep is stopped, and memory over
-the budget evicts idle runners (``check_pressure``, after each measurement).
+the budget evicts idle runners (``pressure``, after each measurement).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Contracts:
   whose lease turned out to point at a dead runner (``runner_unreachable``) waits for the
   restart like any request to a cold model.
 - ``max_loaded`` caps how many models are resident at once (in all, and per kind); a cap
-  is decided like memory, by the same policy (see ``_place``).
+  is decided like memory, by the same placement (``placement.plan``).
 - Memory is measured on a timer (``measure_interval``), off the request path and never by
   a query: each runner's peak counts from then on. When the resident models together
   exceed the budget (an engine grew past its estimate), idle models are evicted, and new

@@ -241,10 +241,7 @@ class Fleet:
     def pressure(self) -> None:
         """Evicts idle models while the resident ones use more than the budget."""
         now = self._clock.now()
-        relief = relieve(
-            self.snapshot(),
-            now,
-        )
+        relief = relieve(self.snapshot(), now)
         if relief is None:
             if self._pressure:
                 log.info("memory back within the budget")

@@ -349,8 +349,10 @@ class Accounts:
                 log.warning(
                     "request %s used %d tokens' worth more than it reserved; %d of them were "
                     "in hand to charge",
-                    request_id, extra, taken,
-                )  # fmt: skip
+                    request_id,
+                    extra,
+                    taken,
+                )
             return charge.reserved + taken
         for wallet in charge.wallets:
             self.wallets.give_back(wallet, -extra)

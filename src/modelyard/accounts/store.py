@@ -29,9 +29,24 @@ from modelyard.errors import ConfigError, ConflictError, NotFoundError
 log = logging.getLogger(__name__)
 
 GROUPS = ("key", "user", "model", "day")
-USAGE_COLUMNS = ("time", "request_id", "key_id", "key_name", "username", "model", "route",
-                 "status", "prompt_tokens", "completion_tokens", "cost", "queue_ms", "load_ms",
-                 "ttft_ms", "total_ms", "cancelled")  # fmt: skip
+USAGE_COLUMNS = (
+    "time",
+    "request_id",
+    "key_id",
+    "key_name",
+    "username",
+    "model",
+    "route",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "queue_ms",
+    "load_ms",
+    "ttft_ms",
+    "total_ms",
+    "cancelled",
+)
 SCHEMA = "0001"
 """The newest migration: a database already there is opened without loading Alembic (a
 third of a second at every start)."""
@@ -61,10 +76,24 @@ class UsageRow:
 
     def params(self) -> tuple[Any, ...]:
         """``values()`` in the order of ``USAGE_COLUMNS``."""
-        return (self.time, self.request_id, self.key_id, self.key_name, self.username,
-                self.model, self.route, self.status, self.prompt_tokens, self.completion_tokens,
-                self.cost, self.queue_ms, self.load_ms, self.ttft_ms, self.total_ms,
-                self.cancelled)  # fmt: skip
+        return (
+            self.time,
+            self.request_id,
+            self.key_id,
+            self.key_name,
+            self.username,
+            self.model,
+            self.route,
+            self.status,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cost,
+            self.queue_ms,
+            self.load_ms,
+            self.ttft_ms,
+            self.total_ms,
+            self.cancelled,
+        )
 
 
 @dataclass(frozen=True)

@@ -183,8 +183,10 @@ class Dispatch(Response):
             if self._stream and upstream.status < 400:
                 stream_headers = _STREAM_HEADERS
                 if self._dialect is not None:
-                    stream_headers = [(b"content-type", self._dialect.media_type),
-                                      *_STREAM_HEADERS[1:]]  # fmt: skip
+                    stream_headers = [
+                        (b"content-type", self._dialect.media_type),
+                        *_STREAM_HEADERS[1:],
+                    ]
                 await self._start(send, 200, [*stream_headers, *headers])
                 served = await self._relay(upstream, send)
             else:
@@ -273,8 +275,11 @@ class Dispatch(Response):
                 if not await self._scheduler.runner_unreachable(lease):
                     raise RunnerError(exc.message) from None
                 self._tally.reset()
-                log.info("runner of %s died while answering request %s whole; it waits for "
-                         "the restart", self._model, self._request_id)  # fmt: skip
+                log.info(
+                    "runner of %s died while answering request %s whole; it waits for the restart",
+                    self._model,
+                    self._request_id,
+                )
             except RunnerUnreachableError as exc:
                 self._scheduler.release(lease)
                 if self._relays:  # no process to wait for: it is down or out of reach
@@ -287,13 +292,19 @@ class Dispatch(Response):
                 if refused == _ATTEMPTS or time.perf_counter() > deadline:
                     raise
                 if gone:
-                    log.info("runner of %s is gone; request %s waits for its restart",
-                             self._model, self._request_id)  # fmt: skip
+                    log.info(
+                        "runner of %s is gone; request %s waits for its restart",
+                        self._model,
+                        self._request_id,
+                    )
                 else:
                     # Alive, but it closed the connection before taking the request (seen
                     # once under a kill storm): another try, on a new connection.
-                    log.info("runner of %s closed request %s's connection; trying again",
-                             self._model, self._request_id)  # fmt: skip
+                    log.info(
+                        "runner of %s closed request %s's connection; trying again",
+                        self._model,
+                        self._request_id,
+                    )
             except BaseException:
                 self._scheduler.release(lease)
                 raise

@@ -65,57 +65,83 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "modelyard_requests", "Model requests answered", ["model", "route", "status"],
+            "modelyard_requests",
+            "Model requests answered",
+            ["model", "route", "status"],
             registry=r,
-        )  # fmt: skip
+        )
         self.duration = Histogram(
-            "modelyard_request_duration_seconds", "Time from request to the last byte",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "modelyard_request_duration_seconds",
+            "Time from request to the last byte",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
-            "modelyard_queue_wait_seconds", "Time waiting in the model's queue (loads excluded)",
-            ["model"], buckets=_WAIT_BUCKETS, registry=r,
-        )  # fmt: skip
+            "modelyard_queue_wait_seconds",
+            "Time waiting in the model's queue (loads excluded)",
+            ["model"],
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
         self.load_wait = Histogram(
-            "modelyard_load_wait_seconds", "Time a request waited for its model to load",
-            ["model"], buckets=_WAIT_BUCKETS, registry=r,
-        )  # fmt: skip
+            "modelyard_load_wait_seconds",
+            "Time a request waited for its model to load",
+            ["model"],
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
         self.ttft = Histogram(
             "modelyard_time_to_first_token_seconds",
             "Time from request to the first token (streams; else the engine's prompt time)",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.tpot = Histogram(
-            "modelyard_time_per_output_token_seconds", "Time per generated token after the first",
-            ["model"], buckets=_TOKEN_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.tokens = Counter(
-            "modelyard_tokens", "Tokens, as the engine reported them", ["model", "type"],
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
+        self.tpot = Histogram(
+            "modelyard_time_per_output_token_seconds",
+            "Time per generated token after the first",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "modelyard_tokens",
+            "Tokens, as the engine reported them",
+            ["model", "type"],
+            registry=r,
+        )
         self.loads = Counter(
             "modelyard_model_loads", "Model loads by outcome", ["model", "outcome"], registry=r
         )
         self.load_duration = Histogram(
-            "modelyard_model_load_duration_seconds", "Time from load start to ready",
-            ["model"], buckets=_LOAD_BUCKETS, registry=r,
-        )  # fmt: skip
+            "modelyard_model_load_duration_seconds",
+            "Time from load start to ready",
+            ["model"],
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
         self.evictions = Counter(
             "modelyard_evictions", "Models unloaded, by reason", ["model", "reason"], registry=r
         )
         self.exits = Counter(
-            "modelyard_runner_exits", "Runner processes that ended (expected: stopped by us)",
-            ["model", "expected"], registry=r,
-        )  # fmt: skip
-        self.rejections = Counter(
-            "modelyard_rejections", "Requests refused, by reason", ["model", "reason"],
+            "modelyard_runner_exits",
+            "Runner processes that ended (expected: stopped by us)",
+            ["model", "expected"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.rejections = Counter(
+            "modelyard_rejections",
+            "Requests refused, by reason",
+            ["model", "reason"],
+            registry=r,
+        )
         self.engine_failures = Counter(
             "modelyard_engine_scrape_failures",
-            "Engines left out of a scrape (no answer in time, or an error)", ["model"],
+            "Engines left out of a scrape (no answer in time, or an error)",
+            ["model"],
             registry=r,
-        )  # fmt: skip
+        )
         r.register(_StateCollector(scheduler))
         self._counted: dict[tuple[str, str, int], Counter] = {}
         self._series: dict[str, _ModelSeries] = {}

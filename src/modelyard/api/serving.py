@@ -81,9 +81,19 @@ async def serve_generation(
             payload["stream_options"] = {**(options or {}), "include_usage": True}
             strip_usage = dialect is None
     return await _forward(
-        request, scheduler, spec, keep_alive, path, payload, None, (length.expected, length.worst),
-        strip_usage, dialect, length, gathered,
-    )  # fmt: skip
+        request,
+        scheduler,
+        spec,
+        keep_alive,
+        path,
+        payload,
+        None,
+        (length.expected, length.worst),
+        strip_usage,
+        dialect,
+        length,
+        gathered,
+    )
 
 
 async def serve_embeddings(

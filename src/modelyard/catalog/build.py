@@ -27,12 +27,33 @@ if TYPE_CHECKING:
 
 
 _AS_GIVEN = (
-    "ctx", "threads", "gpu_layers", "pinned", "preload", "max_queue", "queue_timeout",
-    "memory", "prompt_cache", "backend", "max_batch", "batch_wait", "max_batch_tokens",
-    "truncate", "matryoshka", "health", "health_status", "ready_timeout", "stop_signal",
-    "stop_timeout", "upstream_model", "price", "gpu_memory", "replicas", "scale_up_wait",
+    "ctx",
+    "threads",
+    "gpu_layers",
+    "pinned",
+    "preload",
+    "max_queue",
+    "queue_timeout",
+    "memory",
+    "prompt_cache",
+    "backend",
+    "max_batch",
+    "batch_wait",
+    "max_batch_tokens",
+    "truncate",
+    "matryoshka",
+    "health",
+    "health_status",
+    "ready_timeout",
+    "stop_signal",
+    "stop_timeout",
+    "upstream_model",
+    "price",
+    "gpu_memory",
+    "replicas",
+    "scale_up_wait",
     "gpus_per_replica",
-)  # fmt: skip
+)
 """Entry fields that reach the spec as they are (validated and parsed by the schema)."""
 
 
@@ -211,8 +232,13 @@ def _remote_spec(name: str, entry: ModelEntry, where: str) -> ModelSpec:
         key = "path" if entry.path else "command" if entry.command else "metrics"
         raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere)")
     for key in (
-        "replicas", "max_replicas", "scale_up_wait", "gpus_per_replica", "sleep", "sleep_level",
-    ):  # fmt: skip
+        "replicas",
+        "max_replicas",
+        "scale_up_wait",
+        "gpus_per_replica",
+        "sleep",
+        "sleep_level",
+    ):
         if key in entry.model_fields_set:
             hint = "; raise max_concurrency to send it more at once" if "rep" in key else ""
             raise ConfigError(f"{where} {key}: not for a remote model (it runs elsewhere{hint})")

@@ -45,8 +45,19 @@ def describe(spec: ModelSpec) -> Details:
         changed = spec.path.stat().st_mtime_ns if spec.path != Path() else 0
     except OSError:
         changed = -1
-    key = (spec.name, spec.path, spec.engine, spec.kind, spec.chat_template, spec.mmproj,
-           spec.gpus, spec.ctx, spec.served, spec.url, changed)  # fmt: skip
+    key = (
+        spec.name,
+        spec.path,
+        spec.engine,
+        spec.kind,
+        spec.chat_template,
+        spec.mmproj,
+        spec.gpus,
+        spec.ctx,
+        spec.served,
+        spec.url,
+        changed,
+    )
     found = _described.get(key)
     if found is None:
         if len(_described) > 256:
@@ -68,7 +79,7 @@ def _read(spec: ModelSpec) -> Details:
         capabilities=_capabilities(spec, ""),
         digest=_digest(spec, 0, 0),
         context_length=spec.ctx,
-    )  # fmt: skip
+    )
 
 
 def _gguf(spec: ModelSpec, info: GGUFInfo) -> Details:

@@ -19,14 +19,44 @@ from modelyard.catalog.spec import ModelSpec
 # llama.cpp's legacy (non-Jinja) chat formats that a catalog may name instead of a file.
 BUILTIN_TEMPLATES = frozenset(
     {
-        "chatglm3", "chatglm4", "chatml", "command-r", "deepseek", "deepseek2", "deepseek3",
-        "exaone3", "falcon3", "gemma", "gigachat", "glmedge", "granite", "llama2",
-        "llama2-sys", "llama2-sys-bos", "llama2-sys-strip", "llama3", "llama4", "megrez",
-        "minicpm", "mistral-v1", "mistral-v3", "mistral-v3-tekken", "mistral-v7", "monarch",
-        "openchat", "orion", "phi3", "phi4", "rwkv-world", "smolvlm", "vicuna",
-        "vicuna-orca", "yandex", "zephyr",
+        "chatglm3",
+        "chatglm4",
+        "chatml",
+        "command-r",
+        "deepseek",
+        "deepseek2",
+        "deepseek3",
+        "exaone3",
+        "falcon3",
+        "gemma",
+        "gigachat",
+        "glmedge",
+        "granite",
+        "llama2",
+        "llama2-sys",
+        "llama2-sys-bos",
+        "llama2-sys-strip",
+        "llama3",
+        "llama4",
+        "megrez",
+        "minicpm",
+        "mistral-v1",
+        "mistral-v3",
+        "mistral-v3-tekken",
+        "mistral-v7",
+        "monarch",
+        "openchat",
+        "orion",
+        "phi3",
+        "phi4",
+        "rwkv-world",
+        "smolvlm",
+        "vicuna",
+        "vicuna-orca",
+        "yandex",
+        "zephyr",
     }
-)  # fmt: skip
+)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 """Jinja equivalents of built-in formats, shipped so that models on them can call tools."""

@@ -107,9 +107,13 @@ def call(
     server is absent or says no."""
     try:
         response = httpx.request(
-            method, url + path, json=json, timeout=timeout, params=params,
+            method,
+            url + path,
+            json=json,
+            timeout=timeout,
+            params=params,
             headers=auth_headers(url),
-        )  # fmt: skip
+        )
     except httpx.ConnectError:
         err.print(
             f"[red]No modelyard server is running at {url}.[/] Start one with: modelyard serve"
@@ -160,9 +164,13 @@ def events(
     timeout = httpx.Timeout(30, read=None)
     try:
         with httpx.stream(
-            method, url + path, json=json, params=params, timeout=timeout,
+            method,
+            url + path,
+            json=json,
+            params=params,
+            timeout=timeout,
             headers={**auth_headers(url), "Accept": "text/event-stream"},
-        ) as r:  # fmt: skip
+        ) as r:
             if r.status_code >= 400:
                 r.read()
                 _fail(r)

@@ -86,18 +86,26 @@ def chat_messages(system: Any, messages: list[dict[str, Any]]) -> list[dict[str,
                 parts.append(_image(block, where))
             elif kind == "tool_use" and role == "assistant":
                 calls.append(
-                    {"id": str(block.get("id", f"toolu_{i}_{n}")), "type": "function",
-                     "function": {"name": str(block.get("name", "")),
-                                  "arguments": json.dumps(block.get("input") or {})}}
-                )  # fmt: skip
+                    {
+                        "id": str(block.get("id", f"toolu_{i}_{n}")),
+                        "type": "function",
+                        "function": {
+                            "name": str(block.get("name", "")),
+                            "arguments": json.dumps(block.get("input") or {}),
+                        },
+                    }
+                )
             elif kind == "tool_result" and role == "user":
                 text = _text(block.get("content"), f"{where}.content")
                 if block.get("is_error"):
                     text = f"Error: {text}"
                 out.append(
-                    {"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")),
-                     "content": text}
-                )  # fmt: skip
+                    {
+                        "role": "tool",
+                        "tool_call_id": str(block.get("tool_use_id", "")),
+                        "content": text,
+                    }
+                )
             elif kind in ("thinking", "redacted_thinking") and role == "assistant":
                 thinking.append(str(block.get("thinking", "")))
             else:
@@ -212,9 +220,13 @@ class AnthropicDialect(Dialect):
             except ValueError:
                 arguments = {}
             content.append(
-                {"type": "tool_use", "id": call.get("id") or f"toolu_{len(content)}",
-                 "name": function.get("name", ""), "input": arguments}
-            )  # fmt: skip
+                {
+                    "type": "tool_use",
+                    "id": call.get("id") or f"toolu_{len(content)}",
+                    "name": function.get("name", ""),
+                    "input": arguments,
+                }
+            )
         stop = _STOP_REASONS.get(self.finish or "stop", "end_turn")
         return json.dumps(self._message(content, stop)).encode()
 
@@ -252,8 +264,9 @@ class AnthropicDialect(Dialect):
             if delta.get("reasoning_content"):
                 if self._open != "thinking":
                     out.append(self._switch("thinking", {"type": "thinking", "thinking": ""}))
-                out.append(self._delta({"type": "thinking_delta",
-                                        "thinking": delta["reasoning_content"]}))  # fmt: skip
+                out.append(
+                    self._delta({"type": "thinking_delta", "thinking": delta["reasoning_content"]})
+                )
             if delta.get("content"):
                 if self._open != "text":
                     out.append(self._switch("text", {"type": "text", "text": ""}))

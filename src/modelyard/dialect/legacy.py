@@ -65,6 +65,10 @@ def _legacy(content: list[dict[str, Any]], offset: int) -> tuple[dict[str, Any],
         )
         offsets.append(offset)
         offset += len(token)
-    shaped = {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops,
-              "text_offset": offsets}  # fmt: skip
+    shaped = {
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
     return shaped, offset

@@ -41,10 +41,25 @@ _OPTIONS = {
     "mirostat_eta": "mirostat_eta",
 }
 RUNTIME_OPTIONS = frozenset(
-    {"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap", "use_mlock",
-     "numa", "low_vram", "vocab_only", "f16_kv", "logits_all", "embedding_only", "num_gqa",
-     "penalize_newline", "tfs_z"}
-)  # fmt: skip
+    {
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "num_thread",
+        "use_mmap",
+        "use_mlock",
+        "numa",
+        "low_vram",
+        "vocab_only",
+        "f16_kv",
+        "logits_all",
+        "embedding_only",
+        "num_gqa",
+        "penalize_newline",
+        "tfs_z",
+    }
+)
 """Options Ollama applies when it loads a model: a modelyard catalog entry sets them (``ctx``,
 ``gpu_layers``, ``threads``), so a request's are taken and not applied."""
 _DONE_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop"}
@@ -130,9 +145,12 @@ def chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if not isinstance(arguments, str):
                     arguments = json.dumps(arguments)
                 item["tool_calls"].append(
-                    {"id": call_id, "type": "function",
-                     "function": {"name": name, "arguments": arguments}}
-                )  # fmt: skip
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": arguments},
+                    }
+                )
                 pending.append((call_id, name))
         if role == "tool":
             tool = message.get("tool_name") or message.get("name")

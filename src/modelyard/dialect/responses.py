@@ -72,8 +72,9 @@ def chat_messages(instructions: str | None, items: str | list[Any]) -> list[dict
         elif kind == "function_call_output":
             output = item.get("output", "")
             text = output if isinstance(output, str) else json.dumps(output)
-            out.append({"role": "tool", "tool_call_id": str(item.get("call_id", "")),
-                        "content": text})  # fmt: skip
+            out.append(
+                {"role": "tool", "tool_call_id": str(item.get("call_id", "")), "content": text}
+            )
         elif kind == "reasoning":
             continue  # an earlier answer's reasoning: the model does not read it back
         else:
@@ -310,8 +311,10 @@ class ResponsesDialect(Dialect):
 
     def stream_error(self, exc: ModelyardError) -> bytes:
         error = {"code": exc.code or exc.type, "message": exc.message, "param": exc.param}
-        response = {**self._response("failed"), "error": {"code": error["code"],
-                                                          "message": exc.message}}  # fmt: skip
+        response = {
+            **self._response("failed"),
+            "error": {"code": error["code"], "message": exc.message},
+        }
         return (
             self._begin()
             + self._event("error", error)

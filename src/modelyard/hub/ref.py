@@ -20,9 +20,25 @@ from pathlib import PurePosixPath
 from modelyard.errors import HubNotFoundError, InvalidRequestError
 
 DEFAULT_QUANTS = (
-    "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "IQ4_NL", "Q5_K_M", "Q5_K_S", "Q5_0", "Q6_K",
-    "Q8_0", "Q3_K_M", "Q3_K_L", "Q3_K_S", "IQ3_M", "Q2_K", "BF16", "F16", "F32",
-)  # fmt: skip
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "IQ4_XS",
+    "IQ4_NL",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_0",
+    "Q6_K",
+    "Q8_0",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q3_K_S",
+    "IQ3_M",
+    "Q2_K",
+    "BF16",
+    "F16",
+    "F32",
+)
 """The quantisation chosen when a GGUF reference names none: the first the repo has."""
 
 # Hugging Face's rules for an ``owner/name`` (``huggingface_hub``'s ``validate_repo_id``):

@@ -38,8 +38,10 @@ def device(index: int) -> str:
 def visible(indices: Collection[int]) -> dict[str, str]:
     """The environment that shows a runner ``indices`` (NVML's numbers) and no other GPU."""
     # PCI order: CUDA then numbers the GPUs as NVML (and the budget) does.
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in indices)}  # fmt: skip
+    return {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in indices),
+    }
 
 
 class Gpus(Protocol):

@@ -31,15 +31,23 @@ _ACTIVATION_BYTES = 20
 def worker_args(spec: ModelSpec, port: int, onnx_cache: Path) -> list[str]:
     """Command-line flags of ``modelyard.workers.encoder`` for ``spec``."""
     args = [
-        "--model", str(spec.path),
-        "--name", spec.name,
-        "--kind", spec.kind,
-        "--port", str(port),
-        "--backend", spec.backend,
-        "--max-batch", str(spec.max_batch),
-        "--batch-wait", str(spec.batch_wait),
-        "--max-batch-tokens", str(spec.max_batch_tokens),
-    ]  # fmt: skip
+        "--model",
+        str(spec.path),
+        "--name",
+        spec.name,
+        "--kind",
+        spec.kind,
+        "--port",
+        str(port),
+        "--backend",
+        spec.backend,
+        "--max-batch",
+        str(spec.max_batch),
+        "--batch-wait",
+        str(spec.batch_wait),
+        "--max-batch-tokens",
+        str(spec.max_batch_tokens),
+    ]
     if spec.threads:
         args += ["--threads", str(spec.threads)]
     if spec.backend == "onnx":

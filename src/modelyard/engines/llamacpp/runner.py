@@ -46,18 +46,26 @@ def replica_threads(spec: ModelSpec) -> int | None:
 def server_args(spec: ModelSpec, port: int) -> list[str]:
     """``llama-server`` flags for ``spec`` listening on 127.0.0.1:``port``."""
     args = [
-        "--model", str(spec.path),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--ctx-size", str(spec.ctx * spec.parallel),
-        "--parallel", str(spec.parallel),
+        "--model",
+        str(spec.path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ctx-size",
+        str(spec.ctx * spec.parallel),
+        "--parallel",
+        str(spec.parallel),
         # "auto" is resolved by the scheduler before a start; unresolved, llama.cpp fits it.
-        "--n-gpu-layers", str(spec.gpu_layers) if spec.gpu_layers != "auto" else "-1",
-        "--alias", spec.name,
+        "--n-gpu-layers",
+        str(spec.gpu_layers) if spec.gpu_layers != "auto" else "-1",
+        "--alias",
+        spec.name,
         "--slots",
         "--metrics",
-        "--cache-ram", str(spec.prompt_cache_bytes // 1024**2),
-    ]  # fmt: skip
+        "--cache-ram",
+        str(spec.prompt_cache_bytes // 1024**2),
+    ]
     threads = spec.threads or replica_threads(spec)
     if threads:
         args += ["--threads", str(threads), "--threads-batch", str(threads)]

@@ -4,12 +4,16 @@ request gets (``Lease``) and what ``status()`` says."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.clock import Timer
+from modelyard.errors import LoadFailedError, ModelyardError, QueueFullError, QueueTimeoutError
+from modelyard.runners.base import RunningModel
 from modelyard.scheduler.queue import FairQueue
 from modelyard.scheduler.replica import Replica
 from modelyard.scheduler.state import ModelState
@@ -155,6 +159,53 @@ class Model:
         )
         waiter.future.set_result(lease)
         return lease
+
+    def fail(self, waiter: Waiter, error: ModelyardError) -> None:
+        """``waiter`` gets ``error`` and leaves the queue."""
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
+        if not waiter.future.done():
+            waiter.future.set_exception(error)
+
+    def queue_full(self) -> QueueFullError | None:
+        """The 429 for the newest waiter when more wait than ``max_queue`` beyond the slots
+        that are free, or will be once the model has loaded."""
+        runners = max(1, self.live)
+        free_slots = max(0, self.spec.parallel * runners - self.leases)
+        if len(self.waiters) <= self.spec.max_queue + free_slots:
+            return None
+        return QueueFullError(
+            f"Too many requests queued for model {self.spec.name!r} "
+            f"({self.spec.max_queue} waiting, {self.leases} in flight); retry later",
+            retry_after=max(1, math.ceil(len(self.waiters) / self.spec.parallel)),
+        )
+
+    def timed_out(self, waited: float) -> QueueTimeoutError:
+        """The 503 for a request that waited ``waited`` seconds, past ``queue_timeout``."""
+        return QueueTimeoutError(
+            f"Timed out after {waited:.0f}s waiting for model {self.spec.name!r} "
+            f"(state {self.state}, {self.leases} in flight, {len(self.waiters)} queued)",
+            retry_after=max(1, math.ceil((self.spec.queue_timeout or 10) / 10)),
+        )
+
+    def backing_off(self, now: float) -> LoadFailedError:
+        """The 503 for requests while its loads back off after failures (until
+        ``retry_at``)."""
+        return LoadFailedError(
+            f"Model {self.spec.name!r} failed to load and is backing off for "
+            f"{self.retry_at - now:.0f}s more. Last error: {self.last_error}",
+            retry_after=max(1, math.ceil(self.retry_at - now)),
+        )
+
+    def runners(self) -> dict[int, RunningModel]:
+        """Its runners that are ready or asleep, by number."""
+        return {
+            r.index: r.running
+            for r in self.replicas
+            if r.running is not None and r.state in (S.READY, S.SLEEPING)
+        }
 
     def replica_of(self, lease: Lease) -> Replica | None:
         """The runner ``lease`` counts on; ``None`` once that runner has exited."""

@@ -56,7 +56,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import replace
@@ -69,8 +68,6 @@ from modelyard.errors import (
     LoadFailedError,
     ModelNotFoundError,
     ModelyardError,
-    QueueFullError,
-    QueueTimeoutError,
 )
 from modelyard.runners.base import Runner, RunningModel
 from modelyard.scheduler import account
@@ -208,20 +205,10 @@ class Scheduler:
             self._emit(LoadRequested(m.spec.name, now, request or "a request", estimate))
         self._pump()
         if not waiter.future.done():
-            # Slots that are free, or will be once the model has loaded, take waiters too.
-            runners = max(1, m.live)
-            free_slots = max(0, m.spec.parallel * runners - m.leases)
-            if len(m.waiters) > m.spec.max_queue + free_slots:
+            full = m.queue_full()
+            if full is not None:
                 m.waiters.remove(waiter)
-                raise self._refuse(
-                    m,
-                    "queue_full",
-                    QueueFullError(
-                        f"Too many requests queued for model {m.spec.name!r} "
-                        f"({m.spec.max_queue} waiting, {m.leases} in flight); retry later",
-                        retry_after=max(1, math.ceil(len(m.waiters) / m.spec.parallel)),
-                    ),
-                )
+                raise self._refuse(m, "queue_full", full)
             if m.spec.queue_timeout is not None:
                 waiter.timer = self._clock.call_at(
                     now + m.spec.queue_timeout, lambda: self._queue_timeout(m, waiter)
@@ -298,13 +285,7 @@ class Scheduler:
         """The runners of the model called ``name`` (its canonical name) that are ready or
         asleep, by number."""
         m = self._models.get(name)
-        if m is None:
-            return {}
-        return {
-            r.index: r.running
-            for r in m.replicas
-            if r.running is not None and r.state in (S.READY, S.SLEEPING)
-        }
+        return m.runners() if m is not None else {}
 
     def estimate(self, name: str) -> Footprint:
         """The memory loading ``name`` will take (``LoadFailedError`` if it cannot be read)."""
@@ -399,7 +380,7 @@ class Scheduler:
         replicas = [r for m in self._models.values() for r in m.replicas]
         for m in self._models.values():
             for waiter in list(m.waiters):
-                self._fail(m, waiter, LoadFailedError("the server is shutting down"))
+                m.fail(waiter, LoadFailedError("the server is shutting down"))
         await asyncio.gather(*(r.close(grace) for r in replicas), return_exceptions=True)
         self.ledger.flush()
 
@@ -480,14 +461,9 @@ class Scheduler:
         return True
 
     def _back_off(self, m: Model, now: float) -> None:
-        error = LoadFailedError(
-            f"Model {m.spec.name!r} failed to load and is backing off for "
-            f"{m.retry_at - now:.0f}s more. Last error: {m.last_error}",
-            retry_after=max(1, math.ceil(m.retry_at - now)),
-        )
-        self._refuse(m, "backing_off", error)
+        error = self._refuse(m, "backing_off", m.backing_off(now))
         for waiter in list(m.waiters):
-            self._fail(m, waiter, error)
+            m.fail(waiter, error)
 
     def _place(self, m: Model, r: Replica, now: float, *, evict: bool = True) -> bool:
         """Starts (or wakes) ``r`` where ``placement.plan`` says, or evicts for it; ``False``
@@ -538,14 +514,6 @@ class Scheduler:
             )
         )
 
-    def _fail(self, m: Model, waiter: Waiter, error: ModelyardError) -> None:
-        if waiter.timer is not None:
-            waiter.timer.cancel()
-        with contextlib.suppress(ValueError):
-            m.waiters.remove(waiter)
-        if not waiter.future.done():
-            waiter.future.set_exception(error)
-
     def _abandon(self, m: Model, waiter: Waiter) -> None:
         """The waiting request went away (client disconnect): forget it, or return its lease."""
         if waiter.timer is not None:
@@ -564,13 +532,8 @@ class Scheduler:
     def _queue_timeout(self, m: Model, waiter: Waiter) -> None:
         if waiter.future.done():
             return
-        waited = self._clock.now() - waiter.enqueued_at
-        error = QueueTimeoutError(
-            f"Timed out after {waited:.0f}s waiting for model {m.spec.name!r} "
-            f"(state {m.state}, {m.leases} in flight, {len(m.waiters)} queued)",
-            retry_after=max(1, math.ceil((m.spec.queue_timeout or 10) / 10)),
-        )
-        self._fail(m, waiter, self._refuse(m, "queue_timeout", error))
+        error = m.timed_out(self._clock.now() - waiter.enqueued_at)
+        m.fail(waiter, self._refuse(m, "queue_timeout", error))
         self._pump()
 
     def _retire(self, m: Model) -> None:
@@ -590,7 +553,7 @@ class Scheduler:
             f"The model {m.spec.name!r} was removed from the catalog", param="model"
         )
         for waiter in list(m.waiters):
-            self._fail(m, waiter, error)
+            m.fail(waiter, error)
         for r in m.replicas:
             r.disarm()
         if self._models.get(m.spec.name) is m:
@@ -642,7 +605,7 @@ class Scheduler:
                     error = LoadFailedError(f"Model {name!r} failed to load: {m.last_error}")
                     error.add_event(m.failed_event)
                     for waiter in list(m.waiters):
-                        self._fail(m, waiter, error)
+                        m.fail(waiter, error)
                 if new in (S.READY, S.FAILED) or (new is S.STOPPED and old is not S.FAILED):
                     self._pump()
             case Slept():

@@ -102,30 +102,27 @@ def _budget(value: str | int) -> str | int:
 
 
 class ModelEntry(BaseModel):
-    """One ``[models.NAME]`` table (``modelyard.catalog.build.entry_spec`` resolves it)."""
+    """One ``[models.NAME]`` table (``modelyard.catalog.build.entry_spec`` resolves it): the
+    keys every engine shares. The engine's own keys come in its table, ``[models.NAME.engine]``
+    with ``name``, or flat beside these (kept in ``model_extra``, checked by the engine)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     path: str | None = None
     kind: Literal["chat", "embedding", "rerank"] | None = None
     """Default: ``chat`` for a GGUF file, read from the files of a model directory."""
-    engine: Literal["llamacpp", "encoder", "command", "remote"] | None = None
-    """Default: ``llamacpp`` for a GGUF file, ``encoder`` for a model directory, ``command``
-    when there is a ``command``, ``remote`` when there is a ``url``."""
+    engine: str | dict[str, Any] | None = None
+    """An engine's name, or its table with ``name``. Default: ``llamacpp`` for a GGUF file,
+    ``encoder`` for a model directory, ``command`` when there is a ``command``, ``remote``
+    when there is a ``url``."""
     aliases: list[str] = Field(default_factory=list)
     ctx: int = Field(default=default("ctx"), gt=0)
     parallel: int = Field(default=default("parallel"), gt=0, le=256)
-    """Unset: ``default_parallel`` of the engine."""
+    """Unset: the engine's ``parallel``."""
     threads: int | None = Field(default=None, gt=0)
-    gpu_layers: int | Literal["auto"] = 0
-    """llama.cpp: layers on the GPU (-1: all of them; ``auto``: as many as fit its GPUs' free
-    budget when it loads, none when they have no room)."""
     gpus: list[Annotated[int, Field(ge=0, le=63)]] = Field(default_factory=list, max_length=64)
     """GPUs (NVML's numbers) the runner may use: its ``CUDA_VISIBLE_DEVICES`` and ``{gpu}``.
     Unset: GPU 0 when ``gpu_layers`` puts layers there, else none."""
-    chat_template: str | None = None
-    mmproj: str | None = None
-    extra_args: list[str] = Field(default_factory=list)
     defaults: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
     keep_alive: Duration = None
     """Unset: the server's ``keep_alive``."""
@@ -136,32 +133,10 @@ class ModelEntry(BaseModel):
     memory: Size | None = None
     gpu_memory: Size | None = None
     """GPU memory the model takes (on each of its ``gpus``), overriding the estimate."""
-    prompt_cache: Size | None = None
-    llama_server: str | None = None
-    backend: Literal["torch", "onnx"] = default("backend")
-    max_batch: int = Field(default=default("max_batch"), gt=0, le=1024)
-    batch_wait: Seconds = default("batch_wait")
-    max_batch_tokens: int = Field(default=default("max_batch_tokens"), gt=0)
-    truncate: bool = False
-    matryoshka: bool = False
-    command: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    health: str = default("health")
-    metrics: str | None = None
-    """Command engine: the path of its Prometheus metrics (``/metrics``), merged into ours."""
-    health_status: int = Field(default=default("health_status"), ge=100, le=599)
-    ready_timeout: Seconds = default("ready_timeout")
-    stop_signal: str = default("stop_signal")
-    stop_timeout: Seconds | None = None
     upstream_model: str | None = Field(default=None, min_length=1, max_length=512)
     capabilities: list[Literal["chat", "completion", "embedding", "rerank"]] = Field(
         default_factory=list
     )
-    url: str | None = None
-    api_key: str | None = None
-    """``env:NAME``: the key is read from that environment variable, never from this file."""
-    max_concurrency: int | None = Field(default=None, gt=0, le=4096)
-    """Remote engine: requests sent at once (``parallel``)."""
     price: float = Field(default=default("price"), ge=0, le=1_000_000)
     """Charged per token (prompt and completion) from a key's or user's token balance."""
     replicas: int = Field(default=default("replicas"), ge=1, le=64)
@@ -173,11 +148,6 @@ class ModelEntry(BaseModel):
     runner 1 the next …); unset: every runner uses all of ``gpus``."""
     scale_up_wait: Seconds = default("scale_up_wait")
     """How long the oldest request waits, every runner busy, before one more starts."""
-    sleep: bool = False
-    """Command engine running vLLM with ``--enable-sleep-mode``: an idle runner sleeps (its
-    GPU memory given back) instead of stopping, and the next request wakes it."""
-    sleep_level: Literal[1, 2] = 1
-    """vLLM's sleep level: 1 keeps the weights in RAM (fastest wake), 2 drops them."""
 
 
 class _ServerTable(BaseModel):
@@ -397,7 +367,7 @@ def load_config(settings: Settings | None = None) -> Config:
     )
     keep_alive = server.keep_alive
     explicit = [
-        entry_spec(name, entry, base_dir, origin, keep_alive, server.llama_server)
+        entry_spec(name, entry, base_dir, origin, keep_alive, server.model_dump())
         for name, entry in parsed.models.items()
     ]
     defaults = ModelSpec(name="", path=Path(), keep_alive=keep_alive)

@@ -485,3 +485,84 @@ def test_a_config_made_in_code_has_the_defaults_of_an_empty_file(tmp_path: Path)
     )
     assert made == read
     assert (made.auth_mode, made.reload_interval) == ("auto", 2.0)
+
+
+def _readme_tables() -> list[str]:
+    """The README's ``modelyard.toml`` examples that configure models."""
+    import re
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    return [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[models." in b]
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _toml_table(name: str, keys: dict[str, object]) -> str:
+    return f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())
+
+
+@pytest.mark.parametrize("example", _readme_tables())
+def test_config_readme_examples_load_flat_and_as_engine_tables(
+    tmp_path: Path, example: str
+) -> None:
+    """Every README example loads as written (engine keys flat, as files always had them),
+    and means the same with those keys in the engine's own table."""
+    import tomllib
+
+    from modelyard.catalog.demo import demo_embedding_dir
+    from modelyard.catalog.engine import engine_named
+
+    def write(text: str) -> Settings:
+        (tmp_path / "modelyard.toml").write_text(text)
+        models = tmp_path / "models"
+        models.mkdir(exist_ok=True)
+        return Settings(config=tmp_path / "modelyard.toml", models_dir=models, demo=False)
+
+    for entry in tomllib.loads(example).get("models", {}).values():
+        path = entry.get("path", "")
+        if path.endswith(".gguf"):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_bytes(b"GGUF")
+        elif path and "command" not in entry:
+            minilm = demo_embedding_dir()
+            assert minilm is not None
+            (tmp_path / path).symlink_to(minilm)
+    as_written = load_config(write(example)).models
+    assert as_written
+    document = tomllib.loads(example)
+    flat = [_toml_table(k, v) for k, v in document.items() if k != "models"]
+    tabled = list(flat)
+    for name, entry in document.get("models", {}).items():
+        engine = next(s.engine for s in as_written if s.name == name)
+        keys = {k: v for k, v in entry.items() if k != "engine"}
+        if isinstance(entry.get("engine"), dict):
+            keys.update({k: v for k, v in entry["engine"].items() if k != "name"})
+        own = engine_named(engine).Table.model_fields
+        flat.append(_toml_table(f"models.{name}", {"engine": engine, **keys}))
+        shared = {k: v for k, v in keys.items() if k not in own}
+        tabled.append(_toml_table(f"models.{name}", shared))
+        table = {"name": engine, **{k: v for k, v in keys.items() if k in own}}
+        tabled.append(_toml_table(f"models.{name}.engine", table))
+    assert load_config(write("\n".join(flat))).models == as_written
+    assert load_config(write("\n".join(tabled))).models == as_written
+
+
+def test_config_readme_full_example_reaches_the_specs(tmp_path: Path) -> None:
+    (full,) = [t for t in _readme_tables() if "[models.minilm]" in t]
+    test_config_readme_examples_load_flat_and_as_engine_tables(tmp_path, full)
+    specs = {s.name: s for s in load_config(Settings(config=tmp_path / "modelyard.toml")).models}
+    qwen, minilm = specs["qwen"], specs["minilm"]
+    assert (qwen.engine, qwen.chat_template, qwen.prompt_cache) == ("llamacpp", "chatml", 1024**3)
+    assert qwen.extra_args == ("--flash-attn", "on")
+    assert (minilm.engine, minilm.kind, minilm.backend, minilm.batch_wait) == (
+        "encoder",
+        "embedding",
+        "torch",
+        0.005,
+    )

@@ -7,21 +7,23 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import get_args
 
 import pytest
 
-from modelyard.catalog.spec import Engine as EngineName
 from modelyard.catalog.spec import ModelSpec
-from modelyard.engines import ENGINES, engine_of
+from modelyard.engines import Engine, engine_of, engines
 from modelyard.errors import UnsupportedFeatureError
 from modelyard.protocol.openai import ChatCompletionRequest
 
 SPEC = ModelSpec(name="m", path=Path("/models/m.gguf"))
 
 
-def test_engines_every_catalog_engine_has_one() -> None:
-    assert set(ENGINES) == set(get_args(EngineName))
+def test_engines_the_built_in_ones_are_installed_as_plugins() -> None:
+    found = engines()
+    assert set(found) >= {"llamacpp", "encoder", "command", "remote"}
+    for name, engine in found.items():
+        assert isinstance(engine, Engine)
+        assert engine.name == name
 
 
 def test_engines_a_plain_server_takes_requests_as_they_are() -> None:

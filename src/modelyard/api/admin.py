@@ -12,7 +12,6 @@ from starlette.responses import JSONResponse
 from modelyard.api.ollama import ps_fields
 from modelyard.api.request import documented, iso_time, keep_alive_of, read_json, scheduler_of
 from modelyard.catalog.details import describe, ollama_name
-from modelyard.catalog.template import model_warnings
 from modelyard.engines import engine_of
 from modelyard.protocol.openai import ModelLoadRequest, ModelPinRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
@@ -100,7 +99,7 @@ async def models(request: Request) -> dict[str, Any]:
     scheduler = scheduler_of(request)
     listed = [status for status in scheduler.status() if not status.removed]
     # Reads each GGUF's header once (cached while the file stays the same).
-    warnings = await asyncio.to_thread(lambda: [model_warnings(s.spec) for s in listed])
+    warnings = await asyncio.to_thread(lambda: [engine_of(s.spec).warnings(s.spec) for s in listed])
     result = []
     for status, notes in zip(listed, warnings, strict=True):
         spec = status.spec

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from modelyard.catalog.hf import is_hf_dir
-from modelyard.catalog.spec import ModelSpec, default_parallel
+from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec, encoder_serves
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,10 @@ def demo_models(defaults: ModelSpec, cache: Path) -> list[ModelSpec]:
                 name=DEMO_EMBEDDING_MODEL,
                 path=minilm,
                 kind="embedding",
+                served=encoder_serves("embedding"),
                 engine="encoder",
                 aliases=("all-minilm", "all-MiniLM-L6-v2"),
-                parallel=default_parallel("encoder"),
+                parallel=ENCODER_PARALLEL,
                 # On a CPU, ONNX Runtime serves this small model faster than torch, alone
                 # and batched; the export is made once, on first load.
                 backend="onnx",

@@ -12,10 +12,11 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from modelyard.catalog.gguf import GGUFError, GGUFInfo, gguf_info
+from modelyard.catalog.engine import engine_named
+from modelyard.catalog.gguf import GGUFError, GGUFInfo
 from modelyard.catalog.hf import parameter_count, read_config
 from modelyard.catalog.spec import ModelSpec
-from modelyard.catalog.template import BUILTIN_TEMPLATES, jinja_file
+from modelyard.catalog.template import jinja_file
 
 _MAX_INFO_TEXT = 256
 """Longer GGUF strings (the chat template, licences) are left out of ``model_info``."""
@@ -68,12 +69,11 @@ def describe(spec: ModelSpec) -> Details:
 
 def _read(spec: ModelSpec) -> Details:
     try:
-        if spec.engine == "llamacpp":
-            return _gguf(spec, gguf_info(spec))
-        if spec.engine == "encoder":
-            return _hf(spec)
+        found = engine_named(spec.engine).details(spec)
     except (OSError, ValueError, GGUFError, struct.error):
-        pass
+        found = None
+    if found is not None:
+        return found
     return Details(
         details=_details(spec.engine, "", "", ""),
         capabilities=_capabilities(spec, ""),
@@ -82,7 +82,8 @@ def _read(spec: ModelSpec) -> Details:
     )
 
 
-def _gguf(spec: ModelSpec, info: GGUFInfo) -> Details:
+def gguf_details(spec: ModelSpec, info: GGUFInfo) -> Details:
+    """What a GGUF's header says, in Ollama's words."""
     arch = info.architecture
     model_info = {
         key: value
@@ -111,7 +112,8 @@ def _gguf(spec: ModelSpec, info: GGUFInfo) -> Details:
     )
 
 
-def _hf(spec: ModelSpec) -> Details:
+def hf_details(spec: ModelSpec) -> Details:
+    """What a Hugging Face model directory's files say, in Ollama's words."""
     config = read_config(spec.path)
     arch = str(config.get("model_type") or "unknown")
     count = parameter_count(spec.path) or 0
@@ -160,12 +162,12 @@ def _capabilities(spec: ModelSpec, template: str) -> list[str]:
     found = []
     if "chat" in serves or "completion" in serves:
         found.append("completion")
-        jinja = spec.engine == "llamacpp" and template not in BUILTIN_TEMPLATES
-        if (jinja and "tools" in template) or spec.engine in ("command", "remote"):
+        abilities = engine_named(spec.engine).abilities(spec, template)
+        if "tools" in abilities:
             found.append("tools")
         if spec.mmproj is not None:
             found.append("vision")
-        if jinja and ("enable_thinking" in template or "<think>" in template):
+        if "thinking" in abilities:
             found.append("thinking")
     if "embedding" in serves:
         found.append("embedding")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
 from modelyard.catalog.manifest import aliases, projectors, read_manifest
-from modelyard.catalog.spec import ModelSpec, default_parallel
+from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec, encoder_serves
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,9 @@ def _hf_spec(directory: Path, defaults: ModelSpec) -> ModelSpec | None:
         name=name,
         path=directory,
         kind=info.kind,
+        served=encoder_serves(info.kind),
         engine="encoder",
-        parallel=default_parallel("encoder"),
+        parallel=ENCODER_PARALLEL,
     )
 
 

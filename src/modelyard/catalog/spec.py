@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 ModelKind = Literal["chat", "embedding", "rerank"]
-Engine = Literal["llamacpp", "encoder", "command", "remote"]
 EncoderBackend = Literal["torch", "onnx"]
 
 Footprint = Mapping[str, int]
@@ -34,7 +33,8 @@ class ModelSpec:
     name: str
     path: Path
     kind: ModelKind = "chat"
-    engine: Engine = "llamacpp"
+    engine: str = "llamacpp"
+    """The engine it runs on (``modelyard.catalog.engine``: a registered name)."""
     aliases: tuple[str, ...] = ()
     ctx: int = 4096
     """Context per parallel slot (tokens); the runner allocates ``ctx * parallel`` in all."""
@@ -101,7 +101,7 @@ class ModelSpec:
     upstream_model: str | None = None
     """The model name the engine expects: requests' ``model`` is rewritten to it."""
     served: tuple[str, ...] = ()
-    """Command and remote engines: what they serve (``capabilities``); empty: what ``kind``
+    """What it serves, where its engine says (``capabilities``); empty: what ``kind``
     implies."""
     url: str | None = None
     """Remote engine: the server's root URL (requests go to ``url + /v1/...``)."""
@@ -122,6 +122,9 @@ class ModelSpec:
     """Command engine: vLLM's sleep mode. An idle runner gives back its GPU memory by
     sleeping at this level (1: weights kept in RAM; 2: dropped) instead of being stopped,
     and the next request wakes it; 0: off."""
+    options: Any = None
+    """An engine's own settings that have no field here, as its table validated them (an
+    engine from another package keeps its keys here)."""
     replica: int = 0
     """Which runner of the model this is (0 … ``max_replicas`` - 1): set by the scheduler
     on the settings a runner is started with, for its log file and its name."""
@@ -137,8 +140,6 @@ class ModelSpec:
         """The prompt cache a llama.cpp runner is given and counted for: the configured size,
         else ``PROMPT_CACHE_SHARE`` of the weight files (from one ``stat`` of each, once).
         Left to itself llama.cpp keeps up to 8 GiB per model, beyond any estimate."""
-        if self.engine != "llamacpp":
-            return 0
         if self.prompt_cache is not None:
             return self.prompt_cache
         try:
@@ -159,8 +160,6 @@ class ModelSpec:
             return self.served
         if self.kind == "chat":
             return ("chat", "completion")
-        if self.kind == "embedding" and self.engine == "encoder":
-            return ("embedding", "rerank")  # rerank by cosine similarity
         return (self.kind,)
 
     @functools.cached_property
@@ -182,6 +181,8 @@ class ModelSpec:
             "command": list(self.command),
             "url": self.url,
         }
+        if self.options is not None:  # absent otherwise: the keys measured before stay
+            settings["options"] = repr(self.options)
         blob = json.dumps(settings, sort_keys=True).encode()
         return f"{self.name}:{hashlib.sha256(blob).hexdigest()[:16]}"
 
@@ -196,7 +197,6 @@ def default(name: str) -> Any:
     return spec_field.default_factory()
 
 
-def default_parallel(engine: Engine) -> int:
-    """Requests let through at once unless configured: llama.cpp's slots, or for the encoder
-    (which merges them into batches) ``ENCODER_PARALLEL``."""
-    return ENCODER_PARALLEL if engine == "encoder" else int(default("parallel"))
+def encoder_serves(kind: ModelKind) -> tuple[str, ...]:
+    """What an encoder model serves: an embedding model reranks too (by cosine similarity)."""
+    return ("embedding", "rerank") if kind == "embedding" else (kind,)

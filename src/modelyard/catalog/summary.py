@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelyard.catalog.engine import engine_named
 from modelyard.catalog.gguf import GGUFError, read_gguf
 from modelyard.catalog.hf import parameter_count, read_config, weights_bytes
 from modelyard.catalog.manifest import find_pull
 from modelyard.catalog.spec import Footprint, ModelSpec
-from modelyard.catalog.template import model_warnings
 from modelyard.errors import ModelyardError
 
 
@@ -27,7 +27,7 @@ def summarize(
         "engine": spec.engine,
         "serves": list(spec.capabilities),
         "path": str(spec.path) if spec.path != Path() else None,
-        "settings": _settings(spec),
+        "settings": engine_named(spec.engine).settings(spec),
     }
     pulled = find_pull(spec.path) if spec.path != Path() else None
     if pulled is not None:
@@ -38,17 +38,16 @@ def summarize(
             "commit": record.commit,
             "at": record.pulled_at,
         }
+    engine = engine_named(spec.engine)
     try:
-        if spec.engine == "llamacpp":
-            summary.update(_gguf(spec))
-        elif spec.engine == "encoder":
-            summary.update(_hf(spec))
+        summary.update(engine.describe(spec))
     except (OSError, ValueError, GGUFError, struct.error) as exc:
         summary["error"] = f"cannot read {spec.path}: {exc}"
-    summary["warnings"] = model_warnings(spec)
+    summary["warnings"] = engine.warnings(spec)
     memory: dict[str, Any] = {"estimate": None, "measured": dict(measured) if measured else None}
-    if spec.engine == "llamacpp":
-        memory["prompt_cache"] = spec.prompt_cache_bytes  # part of the estimate
+    cache = engine.prompt_cache(spec)
+    if cache is not None:
+        memory["prompt_cache"] = cache  # part of the estimate
     try:
         memory["estimate"] = dict(estimate())
     except ModelyardError as exc:
@@ -57,32 +56,8 @@ def summarize(
     return summary
 
 
-def _settings(spec: ModelSpec) -> dict[str, Any]:
-    if spec.engine == "remote":
-        return {
-            "url": spec.url,
-            "max_concurrency": spec.parallel,
-            "upstream_model": spec.upstream_model,
-            "api_key": f"env:{spec.api_key_env}" if spec.api_key_env else None,
-        }
-    if spec.engine == "command":
-        return {
-            "command": list(spec.command),
-            "parallel": spec.parallel,
-            "upstream_model": spec.upstream_model,
-            "health": spec.health,
-        }
-    if spec.engine == "encoder":
-        return {
-            "parallel": spec.parallel,
-            "backend": spec.backend,
-            "max_batch": spec.max_batch,
-            "max_batch_tokens": spec.max_batch_tokens,
-        }
-    return {"ctx": spec.ctx, "parallel": spec.parallel, "gpu_layers": spec.gpu_layers}
-
-
-def _gguf(spec: ModelSpec) -> dict[str, Any]:
+def gguf_summary(spec: ModelSpec) -> dict[str, Any]:
+    """What a GGUF's header says."""
     info = read_gguf(spec.path, spec.shards)
     n_head = info.arch_value("attention.head_count")
     n_head_kv = info.arch_value("attention.head_count_kv", n_head)
@@ -103,7 +78,8 @@ def _gguf(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def _hf(spec: ModelSpec) -> dict[str, Any]:
+def hf_summary(spec: ModelSpec) -> dict[str, Any]:
+    """What a Hugging Face model directory's files say."""
     config = read_config(spec.path)
     architectures = config.get("architectures") or []
     files = [p for p in spec.path.rglob("*") if p.is_file() and ".partial" not in p.parts]

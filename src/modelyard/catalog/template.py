@@ -98,7 +98,7 @@ _LIKELY: dict[str, str] = {
 def template_warning(spec: ModelSpec, info: GGUFInfo) -> str | None:
     """What is wrong with a llama.cpp chat model's template, and how to set one; ``None``
     when it has one (configured or in its GGUF) or chats are not what it serves."""
-    if spec.engine != "llamacpp" or spec.kind != "chat" or spec.chat_template:
+    if spec.kind != "chat" or spec.chat_template:
         return None
     if info.chat_template:
         return None
@@ -114,7 +114,7 @@ def template_warning(spec: ModelSpec, info: GGUFInfo) -> str | None:
 def model_warnings(spec: ModelSpec) -> list[str]:
     """What a user should fix about ``spec`` before chatting with it (an unreadable file is
     not one of them: loading it says why)."""
-    if spec.engine != "llamacpp" or spec.kind != "chat" or spec.chat_template:
+    if spec.kind != "chat" or spec.chat_template:
         return []
     try:
         warning = template_warning(spec, gguf_info(spec))

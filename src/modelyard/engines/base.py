@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelyard.catalog.engine import CatalogEngine
 from modelyard.catalog.spec import ModelSpec
 from modelyard.dialect.base import Dialect
 from modelyard.logbook import Rotation
@@ -18,9 +19,10 @@ Shape = Callable[[bytes], bytes]
 """Reshapes a whole answer before it goes to the client."""
 
 
-class Engine:
-    """An engine: its runner, what it can do, and how a request is shaped for it. The
-    defaults are a plain OpenAI-compatible server's: requests pass as the client sent them."""
+class Engine(CatalogEngine):
+    """An engine: its config table and catalog entries (``CatalogEngine``), its runner, what
+    it can do, and how a request is shaped for it. The defaults are a plain OpenAI-compatible
+    server's: requests pass as the client sent them."""
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
         """Its runner, logging under ``<home>/logs``; ``gpus`` measures what its processes
@@ -56,10 +58,6 @@ class Engine:
     def metrics_path(self, spec: ModelSpec) -> str | None:
         """The path of its Prometheus metrics, merged into the gateway's; ``None``: none."""
         return spec.metrics
-
-    def prompt_cache(self, spec: ModelSpec) -> int | None:
-        """Bytes of host RAM it keeps for cached prompts; ``None``: it keeps none of ours."""
-        return None
 
     def adapt_chat(
         self,

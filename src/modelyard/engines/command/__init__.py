@@ -6,12 +6,13 @@ from pathlib import Path
 
 from modelyard.engines.base import Engine
 from modelyard.engines.command.runner import CommandRunner
+from modelyard.engines.command.table import CommandEntry
 from modelyard.logbook import Rotation
 from modelyard.runners.base import Runner
 from modelyard.runners.gpu import Gpus
 
 
-class Command(Engine):
+class Command(CommandEntry, Engine):
     """A plain OpenAI-compatible server: the seam's defaults."""
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelyard.catalog.command import placeholders, stop_signal
 from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.engines.command.table import placeholders, stop_signal
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
 from modelyard.runners.gpu import Gpus, NoGpus, device, visible

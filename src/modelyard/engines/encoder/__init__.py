@@ -6,12 +6,13 @@ from pathlib import Path
 
 from modelyard.engines.base import Engine
 from modelyard.engines.encoder.runner import EncoderRunner
+from modelyard.engines.encoder.table import EncoderEntry
 from modelyard.logbook import Rotation
 from modelyard.runners.base import Runner
 from modelyard.runners.gpu import Gpus
 
 
-class Encoder(Engine):
+class Encoder(EncoderEntry, Engine):
     checks_dimensions = True  # it knows the model's width
     truncates = True
 

@@ -16,6 +16,7 @@ from modelyard.dialect.forced import ForcedCall, forced, hold_to_call
 from modelyard.dialect.legacy import LegacyCompletion
 from modelyard.engines.base import Engine, Shape
 from modelyard.engines.llamacpp.runner import LlamaCppRunner, can_call_tools
+from modelyard.engines.llamacpp.table import LlamaCppEntry
 from modelyard.errors import InvalidRequestError, RunnerError, UnsupportedFeatureError
 from modelyard.logbook import Rotation
 from modelyard.protocol.openai import ChatCompletionRequest, CompletionRequest
@@ -23,7 +24,7 @@ from modelyard.runners.base import Runner
 from modelyard.runners.gpu import Gpus
 
 
-class LlamaCpp(Engine):
+class LlamaCpp(LlamaCppEntry, Engine):
     tokenize = True
     gathers = True
     sized = True
@@ -39,9 +40,6 @@ class LlamaCpp(Engine):
 
     def metrics_path(self, spec: ModelSpec) -> str | None:
         return "/metrics"
-
-    def prompt_cache(self, spec: ModelSpec) -> int | None:
-        return spec.prompt_cache_bytes
 
     def adapt_chat(
         self,

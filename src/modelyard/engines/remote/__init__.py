@@ -6,12 +6,13 @@ from pathlib import Path
 
 from modelyard.engines.base import Engine
 from modelyard.engines.remote.runner import RemoteRunner
+from modelyard.engines.remote.table import RemoteEntry
 from modelyard.logbook import Rotation
 from modelyard.runners.base import Runner
 from modelyard.runners.gpu import Gpus
 
 
-class Remote(Engine):
+class Remote(RemoteEntry, Engine):
     relays = True
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:

@@ -1,0 +1,67 @@
+"""The encoder in the catalog: its keys, how an entry becomes a spec, what a model directory
+says."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from modelyard.catalog.build import encoder_kind
+from modelyard.catalog.details import hf_details
+from modelyard.catalog.engine import CatalogEngine, Entry, Place, Table
+from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec, default, encoder_serves
+from modelyard.catalog.summary import hf_summary
+from modelyard.config import Seconds
+
+if TYPE_CHECKING:
+    from modelyard.catalog.details import Details
+
+
+class EncoderTable(Table):
+    backend: Literal["torch", "onnx"] = default("backend")
+    max_batch: int = Field(default=default("max_batch"), gt=0, le=1024)
+    batch_wait: Seconds = default("batch_wait")
+    max_batch_tokens: int = Field(default=default("max_batch_tokens"), gt=0)
+    truncate: bool = False
+    matryoshka: bool = False
+
+
+class EncoderEntry(CatalogEngine):
+    name = "encoder"
+    Table = EncoderTable
+    parallel = ENCODER_PARALLEL
+
+    def takes(self, path: Path) -> bool:
+        return path.is_dir()
+
+    def resolve(
+        self, spec: ModelSpec, entry: Entry, table: EncoderTable, place: Place
+    ) -> ModelSpec:
+        if not entry.path:
+            raise place.error("path", "required (a .gguf file or a model directory)")
+        path = place.resolve(entry.path)
+        kind = encoder_kind(path, entry.kind, place.where)
+        return replace(
+            spec,
+            path=path,
+            kind=kind,
+            served=encoder_serves(kind),
+            **table.model_dump(),
+        )
+
+    def settings(self, spec: ModelSpec) -> dict[str, Any]:
+        return {
+            "parallel": spec.parallel,
+            "backend": spec.backend,
+            "max_batch": spec.max_batch,
+            "max_batch_tokens": spec.max_batch_tokens,
+        }
+
+    def describe(self, spec: ModelSpec) -> dict[str, Any]:
+        return hf_summary(spec)
+
+    def details(self, spec: ModelSpec) -> Details | None:
+        return hf_details(spec)

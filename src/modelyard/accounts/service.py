@@ -305,11 +305,13 @@ class Accounts:
 
     def finish(self, principal: Principal | None, charge: Charge | None, usage: Usage) -> None:
         """The request is over: writes its ledger row (in the next batch) with what it was
-        charged; settles it first if the serving layer has not (it settles beside the
-        lease's release)."""
+        charged. The serving layer settles a charge beside the lease's release; one it left
+        unsettled is a fault, logged, and settled here so that no reservation is kept."""
         tokens = usage.prompt_tokens + usage.completion_tokens
         cost = math.ceil(tokens * usage.price)
         if charge is not None:
+            if charge.cost is None:
+                log.error("request %s ended with its charge unsettled", usage.request_id)
             cost = self.settle(charge, tokens, usage.price, usage.request_id)
         if principal is None or not self.keep_rows:
             return

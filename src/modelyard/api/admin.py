@@ -32,6 +32,7 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
             "estimate": dict(status.estimate),
             "measured": dict(status.measured) if status.measured else None,
             "prompt_cache": engine_of(spec).prompt_cache(spec),
+            "nodes": {node: dict(held) for node, held in status.held_on.items()},
         },
         "queued": status.queued,
         "in_flight": status.in_flight,
@@ -52,6 +53,7 @@ def _describe(scheduler: Scheduler, status: ModelStatus) -> dict[str, Any]:
                 "loaded_since": iso_time(r.loaded_since),
                 "expires_at": iso_time(r.expires_at),
                 "pid": r.pid,
+                "node": r.node,
             }
             for r in status.replicas
         ],
@@ -87,9 +89,18 @@ async def ps(request: Request) -> dict[str, Any]:
         size = sum(footprint.values())
         entry.update(model=ollama_name(status.spec), **ps_fields(details, size, vram))
         models.append(entry)
+    reserved = scheduler.reserved_on()
+    nodes = {
+        node: {"budget": budget, "reserved": reserved.get(node, {})}
+        for node, budget in scheduler.budgets().items()
+    }
     return {
         "models": models,
-        "memory": {"budget": dict(scheduler.ledger.budget), "reserved": scheduler.reserved()},
+        "memory": {
+            "budget": dict(scheduler.ledger.budget),
+            "reserved": scheduler.reserved(),
+            "nodes": nodes,  # the same, per node
+        },
     }
 
 

@@ -271,6 +271,11 @@ class _StateCollector(Collector):
             "Memory of a model: its estimate, and the most it was measured to use",
             labels=["model", "device", "source"],
         )
+        held = GaugeMetricFamily(
+            "modelyard_model_held_bytes",
+            "Memory a model's runners hold now, as the budget counts it",
+            labels=["model", "node", "device"],
+        )
         for status in self._scheduler.status():
             name = status.name
             queue.add_metric([name], status.queued)
@@ -280,20 +285,23 @@ class _StateCollector(Collector):
                 memory.add_metric([name, device, "estimate"], n)
             for device, n in (status.measured or {}).items():
                 memory.add_metric([name, device, "measured"], n)
+            for node, footprint in status.held_on.items():
+                for device, n in footprint.items():
+                    held.add_metric([name, node, device], n)
         budget = GaugeMetricFamily(
-            "modelyard_memory_budget_bytes", "The memory budget", labels=["device"]
+            "modelyard_memory_budget_bytes", "The memory budget", labels=["node", "device"]
         )
-        for device, n in self._scheduler.ledger.budget.items():
-            budget.add_metric([device], n)
         used = GaugeMetricFamily(
             "modelyard_memory_used_bytes",
             "Memory held by loaded and loading models, as the budget counts it",
-            labels=["device"],
+            labels=["node", "device"],
         )
-        reserved = self._scheduler.reserved()
-        for device in self._scheduler.ledger.budget:
-            used.add_metric([device], reserved.get(device, 0))
-        yield from (queue, in_flight, loaded, memory, budget, used)
+        reserved = self._scheduler.reserved_on()
+        for node, devices in self._scheduler.budgets().items():
+            for device, n in devices.items():
+                budget.add_metric([node, device], n)
+                used.add_metric([node, device], reserved.get(node, {}).get(device, 0))
+        yield from (queue, in_flight, loaded, memory, held, budget, used)
 
 
 def _labelled(families: Iterable[Metric], added: dict[str, str]) -> list[Metric]:

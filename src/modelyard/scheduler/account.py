@@ -83,8 +83,18 @@ def held(ledger: MemoryLedger, m: Model, r: Replica) -> Footprint:
 
 
 def reserved(ledger: MemoryLedger, models: Iterable[Model]) -> dict[str, int]:
-    """Memory held by resident runners, per device."""
+    """Memory held by resident runners, per device (of every node)."""
     return total(held(ledger, m, r) for m in models for r in m.replicas if r.state in RESIDENT)
+
+
+def reserved_on(ledger: MemoryLedger, models: Iterable[Model]) -> dict[str, dict[str, int]]:
+    """Memory held by resident runners, per node and device."""
+    found: dict[str, list[Footprint]] = {}
+    for m in models:
+        for r in m.replicas:
+            if r.state in RESIDENT:
+                found.setdefault(r.node, []).append(held(ledger, m, r))
+    return {node: total(parts) for node, parts in found.items()}
 
 
 def snapshot(
@@ -141,6 +151,7 @@ def status(ledger: MemoryLedger, m: Model, offset: float) -> ModelStatus:
                 else None
             ),
             pid=getattr(r.running, "pid", None),
+            node=r.node,
         )
         for r in m.replicas
         if r.state is not ModelState.STOPPED
@@ -164,4 +175,5 @@ def status(ledger: MemoryLedger, m: Model, offset: float) -> ModelStatus:
         last_error=m.last_error,
         replicas=replicas if m.spec.max_replicas > 1 else (),
         held=total(held(ledger, m, r) for r in m.replicas if r.state in RESIDENT),
+        held_on=reserved_on(ledger, [m]),
     )

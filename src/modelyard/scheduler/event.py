@@ -39,6 +39,9 @@ class Event:
     """The scheduler's clock (monotonic seconds)."""
     replica: int | None = field(default=None, kw_only=True)
     """Which of the model's runners it is about, for a model that may run several."""
+    node: str | None = field(default=None, kw_only=True)
+    """The node it happened on: where the runner runs, or the one short of room (its sizes
+    are of that node's devices); ``None`` where no one node is concerned."""
 
     def describe(self) -> str:
         return type(self).__name__

@@ -90,7 +90,11 @@ class Fleet:
         match report:
             case Changed(old, new, reason):
                 name = m.spec.name
-                self._emit(StateChanged(name, now, old=old, new=new, reason=reason, replica=label))
+                self._emit(
+                    StateChanged(
+                        name, now, old=old, new=new, reason=reason, replica=label, node=r.node
+                    )
+                )
                 if new is S.READY and m.replica_idle(r):
                     r.keep_alive = m.spec.keep_alive
                     self.keep_alive(m, r)
@@ -98,19 +102,27 @@ class Fleet:
                 m.failures = 0
                 m.last_error = None
                 record(self.ledger, m, r, measured)
-                self._emit(LoadFinished(m.spec.name, now, took, dict(measured), replica=label))
+                self._emit(
+                    LoadFinished(m.spec.name, now, took, dict(measured), replica=label, node=r.node)
+                )
             case StartFailed(error, message, took):
                 m.failures += 1
                 m.retry_at = now + backoff(m.failures)
                 m.last_error = message
                 if not isinstance(error, ModelyardError):
                     log.error("loading %s failed", m.run_spec(r).runner_name, exc_info=error)
-                event = LoadFailed(m.spec.name, now, took, message, m.retry_at - now, replica=label)
+                event = LoadFailed(
+                    m.spec.name, now, took, message, m.retry_at - now, replica=label, node=r.node
+                )
                 m.failed_event = self._emit(event)
             case Crashed(code, tail):
                 self.crashed(m, r, code, tail)
             case Exited(code):
-                self._emit(RunnerExited(m.spec.name, now, code, "", expected=True, replica=label))
+                self._emit(
+                    RunnerExited(
+                        m.spec.name, now, code, "", expected=True, replica=label, node=r.node
+                    )
+                )
             case Slept():
                 if r.unload_when_idle is not None:
                     self.unload(m, r, *r.unload_when_idle)
@@ -119,7 +131,7 @@ class Fleet:
                 self.unload(m, r, "idle", f"sleep failed: {message}")
             case Expired():
                 if r.state is S.READY and m.replica_idle(r) and r.expires_at is not None:
-                    self._emit(KeepAliveExpired(m.spec.name, now, replica=label))
+                    self._emit(KeepAliveExpired(m.spec.name, now, replica=label, node=r.node))
                     self.idle_out(m, r, "keep-alive expired")
 
     def keep_alive(self, m: Model, r: Replica) -> None:
@@ -151,7 +163,16 @@ class Fleet:
         freed = account.held(self.ledger, m, r)
         now = self._clock.now()
         self._emit(
-            Evicted(m.spec.name, now, reason, detail, for_model, dict(freed), replica=m.label(r))
+            Evicted(
+                m.spec.name,
+                now,
+                reason,
+                detail,
+                for_model,
+                dict(freed),
+                replica=m.label(r),
+                node=r.node,
+            )
         )
         r.stop(detail or (f"evicted to make room for {for_model}" if for_model else reason))
 
@@ -170,7 +191,11 @@ class Fleet:
         freed = {d: n for d, n in full.items() if d != "ram"}
         text = f"{detail}; asleep (level {level})" if detail else f"asleep (level {level})"
         now = self._clock.now()
-        self._emit(Evicted(m.spec.name, now, reason, text, for_model, freed, replica=m.label(r)))
+        self._emit(
+            Evicted(
+                m.spec.name, now, reason, text, for_model, freed, replica=m.label(r), node=r.node
+            )
+        )
         r.sleep(level, text)
 
     def idle_out(self, m: Model, r: Replica, detail: str) -> None:
@@ -233,10 +258,16 @@ class Fleet:
             )
         label = m.label(r)
         freed = dict(account.held(self.ledger, m, r))
-        self._emit(RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label))
+        self._emit(
+            RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label, node=r.node)
+        )
         detail = f"runner exited with {exit_name(code)}"
-        self._emit(Evicted(m.spec.name, now, "crash", detail, freed=freed, replica=label))
-        self._emit(Restarting(m.spec.name, now, r.restart_at - now, r.crashes, replica=label))
+        self._emit(
+            Evicted(m.spec.name, now, "crash", detail, freed=freed, replica=label, node=r.node)
+        )
+        self._emit(
+            Restarting(m.spec.name, now, r.restart_at - now, r.crashes, replica=label, node=r.node)
+        )
 
     def pressure(self) -> None:
         """Evicts idle models while the resident ones use more than the budget."""
@@ -262,7 +293,12 @@ class Fleet:
         self._pressure = True
         self._emit(
             MemoryPressure(
-                "", now, used=dict(reserved), evicting=victims, budget=self.ledger.budget
+                "",
+                now,
+                used=dict(reserved),
+                evicting=victims,
+                budget=self.ledger.budget,
+                node=LOCAL,
             )
         )
         for key in victims:

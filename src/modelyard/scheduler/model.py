@@ -14,6 +14,7 @@ from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.clock import Timer
 from modelyard.errors import LoadFailedError, ModelyardError, QueueFullError, QueueTimeoutError
 from modelyard.runners.base import RunningModel
+from modelyard.scheduler.placement import LOCAL
 from modelyard.scheduler.queue import FairQueue
 from modelyard.scheduler.replica import Replica
 from modelyard.scheduler.state import ModelState
@@ -227,6 +228,7 @@ class ReplicaStatus:
     loaded_since: float | None
     expires_at: float | None
     pid: int | None
+    node: str = LOCAL
 
 
 @dataclass(frozen=True)
@@ -256,3 +258,5 @@ class ModelStatus:
     held: Footprint = field(default_factory=dict)
     """What its runners hold now, as the budget counts it (all of them; a sleeping one its
     memory asleep)."""
+    held_on: Mapping[str, Footprint] = field(default_factory=dict)
+    """``held``, per node."""

@@ -92,7 +92,7 @@ from modelyard.scheduler.model import (
     Unset,
     Waiter,
 )
-from modelyard.scheduler.placement import Evict, Wait, plan
+from modelyard.scheduler.placement import LOCAL, Evict, Wait, plan
 from modelyard.scheduler.replica import (
     Changed,
     Replica,
@@ -195,6 +195,7 @@ class Scheduler:
                 needed=self.ledger.footprint(first),
                 budget=dict(self.ledger.budget),
                 in_use=self.reserved(),
+                node=LOCAL,
             ) from None
         self._seq += 1
         future = asyncio.get_running_loop().create_future()
@@ -365,8 +366,16 @@ class Scheduler:
         return [account.status(self.ledger, m, offset) for m in self._models.values()]
 
     def reserved(self) -> dict[str, int]:
-        """Memory held by resident models, per device."""
+        """Memory held by resident models, per device (of every node)."""
         return account.reserved(self.ledger, self._models.values())
+
+    def budgets(self) -> dict[str, dict[str, int]]:
+        """The memory budget, per node and device."""
+        return {LOCAL: dict(self.ledger.budget)}
+
+    def reserved_on(self) -> dict[str, dict[str, int]]:
+        """Memory held by resident models, per node and device."""
+        return account.reserved_on(self.ledger, self._models.values())
 
     async def close(self, grace: float | None = None) -> None:
         """Stops every runner (each gets ``grace`` seconds, by default ``stop_grace``, before
@@ -620,6 +629,7 @@ class Scheduler:
         needed: Footprint | None = None,
         budget: Footprint | None = None,
         in_use: Footprint | None = None,
+        node: str | None = None,
     ) -> ModelyardError:
         """``error``, recorded as a ``Refused`` decision and naming its event."""
         event = Refused(
@@ -630,6 +640,7 @@ class Scheduler:
             dict(needed or {}),
             dict(budget or {}),
             dict(in_use or {}),
+            node=node,
         )
         error.add_event(self._emit(event))
         return error

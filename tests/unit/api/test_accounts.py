@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from modelyard.accounts.identity import Role
 from modelyard.accounts.service import Accounts
 from modelyard.accounts.store import UsageQuery
@@ -29,10 +31,11 @@ async def usage_rows(h: Harness, admin: str, **params: str) -> list[dict[str, An
 
 
 async def test_accounts_balances_hold_under_200_concurrent_requests(
-    make_harness: Callable, tmp_path: Path, database_url: str
+    make_harness: Callable, tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """10 keys with small balances send 200 requests at once: no balance goes below zero,
-    what was charged is what the ledger says, and every refusal is insufficient_quota."""
+    what was charged is what the ledger says, every refusal is insufficient_quota, and each
+    charge was settled by the serving layer beside its lease."""
     spec = canned_spec(tmp_path, parallel=8, max_queue=500)
     async with make_harness(spec, auth_mode="keys", database_url=database_url) as h:
         admin = await make_key(h, Role.ADMIN, name="root")
@@ -64,6 +67,7 @@ async def test_accounts_balances_hold_under_200_concurrent_requests(
             served = sum(1 for r in rows if r["key_name"] == f"k{n}" and r["status"] == 200)
             assert billed == 12 * served  # the canned answer's 5 + 7 tokens, price 1
             assert key  # used above
+        assert "unsettled" not in caplog.text
 
 
 async def test_accounts_stream_usage_is_asked_for_and_left_out_again(

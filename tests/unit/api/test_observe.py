@@ -60,6 +60,12 @@ async def test_metrics_after_a_scripted_sequence(make_harness: Callable, tmp_pat
         assert (await h.call(route, chat("other"))).status == 200  # evicts canned
         engines = await scrape(h)
         assert value(engines, "llamacpp_requests_total", model="other") == 1
+        # Memory by node and device: what "other" holds, and the budget it counts against.
+        held = {"model": "other", "node": "local", "device": "ram"}
+        assert value(engines, "modelyard_model_held_bytes", **held) == 600 * MiB
+        assert value(engines, "modelyard_memory_used_bytes", node="local", device="ram") == (
+            600 * MiB
+        )
         (runner,) = [s for s in h.runner.started if s.base_url.endswith(_port(h, "other"))]
         os.kill(runner.pid, signal.SIGKILL)
         await until(lambda: h.scheduler.state("other") != "ready")
@@ -90,8 +96,9 @@ async def test_metrics_after_a_scripted_sequence(make_harness: Callable, tmp_pat
         assert value(m, "modelyard_queue_wait_seconds_count", model="canned") == 4
         assert value(m, "modelyard_time_to_first_token_seconds_count", model="canned") == 2
         assert value(m, "modelyard_time_per_output_token_seconds_count", model="canned") == 2
-        assert value(m, "modelyard_memory_budget_bytes", device="ram") == 1024**3
-        assert value(m, "modelyard_memory_used_bytes", device="ram") == 0
+        assert value(m, "modelyard_memory_budget_bytes", node="local", device="ram") == 1024**3
+        assert value(m, "modelyard_memory_used_bytes", node="local", device="ram") == 0
+        assert not [k for k in m if k[0] == "modelyard_model_held_bytes"]
         # Nothing loaded: no engine metrics, and none counted as failed.
         assert not [k for k in m if k[0].startswith("llamacpp_")]
         assert not [k for k in m if k[0] == "modelyard_engine_scrape_failures_total"]
@@ -282,3 +289,28 @@ def test_engine_families_that_would_break_the_exposition_are_left_out() -> None:
     parsed = {f.name: f for f in text_string_to_metric_families(text)}
     assert list(parsed) == ["vllm_running"]
     assert [(s.labels, s.value) for s in parsed["vllm_running"].samples] == [({"model": "a"}, 2)]
+
+
+async def test_memory_is_reported_per_node_and_device(
+    make_harness: Callable, tmp_path: Path
+) -> None:
+    """``/api/ps``, the events and the metrics say on which node memory is held (one node,
+    ``local``, on one machine), beside the totals per device."""
+    async with make_harness(canned_spec(tmp_path, memory=600 * MiB)) as h:
+        assert (await h.call("/v1/chat/completions", chat("canned"))).status == 200
+        ps = (await h.call("/api/ps", method="GET")).json()
+        (model,) = ps["models"]
+        assert model["memory"]["nodes"] == {"local": {"ram": 600 * MiB}}
+        assert ps["memory"]["nodes"] == {
+            "local": {"budget": {"ram": 1024**3}, "reserved": {"ram": 600 * MiB}}
+        }
+        assert ps["memory"]["reserved"] == {"ram": 600 * MiB}
+        events = (await h.call("/api/events", method="GET")).json()["events"]
+        (finished,) = [e for e in events if e["type"] == "load_finished"]
+        assert finished["node"] == "local"
+        (requested,) = [e for e in events if e["type"] == "load_requested"]
+        assert requested["node"] is None  # before a node is chosen
+        await h.call("/api/unload", {"model": "canned"})
+        await until(lambda: h.scheduler.state("canned") == "stopped")
+        ps = (await h.call("/api/ps", method="GET")).json()
+        assert ps["memory"]["nodes"]["local"]["reserved"] == {}

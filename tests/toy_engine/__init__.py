@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import Field
 
-from modelyard.catalog.engine import Entry, Place, Table
+from modelyard.catalog.engine import Place, Table
+from modelyard.catalog.entry import ModelEntry
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.dialect.base import Dialect
 from modelyard.engines import Engine
@@ -56,7 +57,9 @@ class Toy(Engine):
     Table = ToyTable
     parallel = 2
 
-    def resolve(self, spec: ModelSpec, entry: Entry, table: ToyTable, place: Place) -> ModelSpec:
+    def resolve(
+        self, spec: ModelSpec, entry: ModelEntry, table: ToyTable, place: Place
+    ) -> ModelSpec:
         if entry.path:
             raise place.error("path", "not for a toy model (it needs no files)")
         return replace(spec, kind="chat", served=("chat",), options=table, ready_timeout=20.0)

@@ -98,7 +98,7 @@ owner; the owner (``scheduler``) sits on top."""
 def _arrows(package: str, depth: int) -> set[tuple[str, str]]:
     """(importer, imported) for every import between modules of ``package``, each named by
     its part at ``depth`` below ``modelyard`` (1: the room; 2: a module of a room); lazy
-    imports inside functions count too, imports for type checking only do not."""
+    imports inside functions and imports for type checking only count too."""
     import ast
     from pathlib import Path
 
@@ -113,15 +113,7 @@ def _arrows(package: str, depth: int) -> set[tuple[str, str]]:
             continue
         here = parts[depth]
         tree = ast.parse(path.read_text())
-        typing_only = {
-            id(inner)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-            for inner in ast.walk(node)
-        }
         for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
             names: list[str] = []
             if isinstance(node, ast.ImportFrom) and node.module:
                 # ``from modelyard.scheduler import account`` imports the module ``account``.

@@ -12,16 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from modelyard.catalog.engine import Entry, Place, choose, engine_named, validate
+from modelyard.catalog.engine import Place, choose, engine_named, validate
+from modelyard.catalog.entry import ModelEntry
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
 from modelyard.catalog.spec import ModelKind, ModelSpec
 from modelyard.errors import ConfigError
-
-if TYPE_CHECKING:
-    from modelyard.config import ModelEntry
-
 
 _SHARED = (
     "ctx",
@@ -100,7 +97,7 @@ def entry_spec(
     return engine.resolve(spec, entry, options, place)
 
 
-def served(entry: Entry, kind: ModelKind) -> tuple[str, ...]:
+def served(entry: ModelEntry, kind: ModelKind) -> tuple[str, ...]:
     """What an engine that serves what it is told serves: the entry's ``capabilities``, else
     what its kind implies."""
     return tuple(dict.fromkeys(entry.capabilities)) or (

@@ -12,14 +12,15 @@ the ``modelyard.engines`` entry points; ``register`` adds one at run time.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from modelyard.catalog.spec import ModelKind, ModelSpec, default
+from modelyard.catalog.entry import ModelEntry
+from modelyard.catalog.spec import ModelSpec, default
 from modelyard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,23 +33,6 @@ class Table(BaseModel):
     """An engine's own keys; none by default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Entry(Protocol):
-    """A ``[models.NAME]`` table's keys that every engine shares (``config.ModelEntry``)."""
-
-    @property
-    def path(self) -> str | None: ...
-    @property
-    def kind(self) -> ModelKind | None: ...
-    @property
-    def capabilities(self) -> Sequence[str]: ...
-    @property
-    def parallel(self) -> int: ...
-    @property
-    def keep_alive(self) -> float | None: ...
-    @property
-    def model_fields_set(self) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +70,7 @@ class CatalogEngine:
         """It runs an entry with this ``path`` and no ``engine`` (a GGUF file; a directory)."""
         return False
 
-    def resolve(self, spec: ModelSpec, entry: Entry, table: Any, place: Place) -> ModelSpec:
+    def resolve(self, spec: ModelSpec, entry: ModelEntry, table: Any, place: Place) -> ModelSpec:
         """The entry's spec: ``spec`` holds the shared keys, ``table`` its own (validated)."""
         return spec
 

@@ -13,9 +13,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from modelyard.catalog.build import served
-from modelyard.catalog.engine import CatalogEngine, Entry, Place, Table
+from modelyard.catalog.engine import CatalogEngine, Place, Table
+from modelyard.catalog.entry import ModelEntry, Seconds
 from modelyard.catalog.spec import ModelSpec, default
-from modelyard.config import Seconds
 
 PLACEHOLDERS = frozenset({"port", "host", "path", "name", "ctx", "key", "gpu"})
 
@@ -69,7 +69,7 @@ class CommandEntry(CatalogEngine):
     }
 
     def resolve(
-        self, spec: ModelSpec, entry: Entry, table: CommandTable, place: Place
+        self, spec: ModelSpec, entry: ModelEntry, table: CommandTable, place: Place
     ) -> ModelSpec:
         """An entry whose runner is its own ``command`` (``modelyard.engines.command.runner``)."""
         if not table.command:

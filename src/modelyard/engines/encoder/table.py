@@ -11,10 +11,10 @@ from pydantic import Field
 
 from modelyard.catalog.build import encoder_kind
 from modelyard.catalog.details import hf_details
-from modelyard.catalog.engine import CatalogEngine, Entry, Place, Table
+from modelyard.catalog.engine import CatalogEngine, Place, Table
+from modelyard.catalog.entry import ModelEntry, Seconds
 from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec, default, encoder_serves
 from modelyard.catalog.summary import hf_summary
-from modelyard.config import Seconds
 
 if TYPE_CHECKING:
     from modelyard.catalog.details import Details
@@ -38,7 +38,7 @@ class EncoderEntry(CatalogEngine):
         return path.is_dir()
 
     def resolve(
-        self, spec: ModelSpec, entry: Entry, table: EncoderTable, place: Place
+        self, spec: ModelSpec, entry: ModelEntry, table: EncoderTable, place: Place
     ) -> ModelSpec:
         if not entry.path:
             raise place.error("path", "required (a .gguf file or a model directory)")

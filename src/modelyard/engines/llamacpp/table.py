@@ -11,12 +11,12 @@ from pydantic import Field
 from modelyard.catalog import flags
 from modelyard.catalog.details import gguf_details
 from modelyard.catalog.discovery import shard_set
-from modelyard.catalog.engine import CatalogEngine, Entry, Place, Table
+from modelyard.catalog.engine import CatalogEngine, Place, Table
+from modelyard.catalog.entry import ModelEntry, Size
 from modelyard.catalog.gguf import gguf_info
 from modelyard.catalog.spec import ModelSpec
 from modelyard.catalog.summary import gguf_summary
 from modelyard.catalog.template import BUILTIN_TEMPLATES, model_warnings
-from modelyard.config import Size
 
 if TYPE_CHECKING:
     from modelyard.catalog.details import Details
@@ -41,7 +41,7 @@ class LlamaCppEntry(CatalogEngine):
         return not path.is_dir()
 
     def resolve(
-        self, spec: ModelSpec, entry: Entry, table: LlamaCppTable, place: Place
+        self, spec: ModelSpec, entry: ModelEntry, table: LlamaCppTable, place: Place
     ) -> ModelSpec:
         if not entry.path:
             raise place.error("path", "required (a .gguf file or a model directory)")

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from modelyard.catalog.build import served
-from modelyard.catalog.engine import CatalogEngine, Entry, Place, Table
+from modelyard.catalog.engine import CatalogEngine, Place, Table
+from modelyard.catalog.entry import ModelEntry, Seconds
 from modelyard.catalog.spec import ModelSpec, default
-from modelyard.config import Seconds
 
 _ELSEWHERE = "not for a remote model (it runs elsewhere)"
 
@@ -37,7 +37,9 @@ class RemoteEntry(CatalogEngine):
         key: _ELSEWHERE for key in ("command", "metrics", "sleep", "sleep_level")
     }
 
-    def resolve(self, spec: ModelSpec, entry: Entry, table: RemoteTable, place: Place) -> ModelSpec:
+    def resolve(
+        self, spec: ModelSpec, entry: ModelEntry, table: RemoteTable, place: Place
+    ) -> ModelSpec:
         """An entry served elsewhere (``modelyard.engines.remote.runner``)."""
         if not table.url:
             raise place.error("url", 'required for engine = "remote"')

@@ -61,3 +61,25 @@ def test_engines_llamacpp_refuses_images_without_a_projector() -> None:
     )
     with pytest.raises(UnsupportedFeatureError, match="multimodal projector"):
         engine_of(SPEC).adapt_chat(SPEC, parsed, {}, None)
+
+
+def test_engines_a_broken_plugin_leaves_the_others_loaded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another package's engine that fails to import is logged and left out; the built-in
+    ones still load."""
+    import importlib.metadata
+
+    from modelyard.catalog import engine as registry
+
+    real = importlib.metadata.entry_points(group=registry.ENTRY_POINTS)
+    broken = importlib.metadata.EntryPoint(
+        name="broken", value="modelyard_no_such_package:Engine", group=registry.ENTRY_POINTS
+    )
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda group: [*real, broken] if group else []
+    )
+    monkeypatch.setattr(registry, "_registered", {})
+    monkeypatch.setattr(registry, "_loaded", False)
+    assert registry.names() == ["command", "encoder", "llamacpp", "remote"]
+    assert "engine 'broken' (modelyard_no_such_package:Engine) did not load" in caplog.text

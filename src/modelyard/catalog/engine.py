@@ -12,6 +12,7 @@ the ``modelyard.engines`` entry points; ``register`` adds one at run time.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from modelyard.catalog.details import Details
 
 ENTRY_POINTS = "modelyard.engines"
+
+log = logging.getLogger(__name__)
 
 
 class Table(BaseModel):
@@ -113,9 +116,13 @@ def _load() -> None:
         return
     _loaded = True
     for point in importlib.metadata.entry_points(group=ENTRY_POINTS):
-        if point.name not in _registered:
+        if point.name in _registered:
+            continue
+        try:
             factory: Callable[[], CatalogEngine] = point.load()
             _registered[point.name] = factory()
+        except Exception as exc:  # another package's plugin: the others still load
+            log.warning("engine %r (%s) did not load: %s", point.name, point.value, exc)
     if not _registered:
         raise ConfigError(
             f"no engine is installed (no {ENTRY_POINTS!r} entry points): install modelyard "

@@ -13,12 +13,11 @@ import signal
 import sys
 from typing import Any
 
-from modelyard.catalog import flags
-from modelyard.workers import lifeline
+from modelyard.workers import flags, lifeline
 
 
 def build_params(argv: list[str]) -> Any:
-    """``CommonParams`` from llama-server flags (the table in ``modelyard.catalog.flags``)."""
+    """``CommonParams`` from llama-server flags (the table in ``modelyard.workers.flags``)."""
     import xllamacpp as x
 
     p = x.CommonParams()

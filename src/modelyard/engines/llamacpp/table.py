@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from modelyard.catalog import flags
 from modelyard.catalog.details import gguf_details
 from modelyard.catalog.discovery import shard_set
 from modelyard.catalog.engine import CatalogEngine, Place, Table
@@ -17,6 +16,7 @@ from modelyard.catalog.gguf import gguf_info
 from modelyard.catalog.spec import ModelSpec
 from modelyard.catalog.summary import gguf_summary
 from modelyard.catalog.template import BUILTIN_TEMPLATES, model_warnings
+from modelyard.workers import flags
 
 if TYPE_CHECKING:
     from modelyard.catalog.details import Details

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.catalog import flags
+from modelyard.workers import flags
 
 x = pytest.importorskip("xllamacpp")
 

@@ -31,6 +31,8 @@ ENTRY_POINTS = "modelyard.engines"
 
 log = logging.getLogger(__name__)
 
+_PATH_REQUIRED = "required (a .gguf file or a model directory)"
+
 
 class Table(BaseModel):
     """An engine's own keys; none by default."""
@@ -50,6 +52,12 @@ class Place:
     def resolve(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def path(self, value: str | None) -> Path:
+        """An entry's ``path``, which it must give, resolved."""
+        if not value:
+            raise self.error("path", _PATH_REQUIRED)
+        return self.resolve(value)
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.where} {key}: {message}")
@@ -169,7 +177,7 @@ def choose(engine: str | None, table: Mapping[str, Any], path: Path | None, wher
         for other in known:
             if _registered[other].takes(path):
                 return other
-    raise ConfigError(f"{where} path: required (a .gguf file or a model directory)")
+    raise ConfigError(f"{where} path: {_PATH_REQUIRED}")
 
 
 def validate(name: str, table: Mapping[str, Any], flat: set[str], where: str) -> Any:

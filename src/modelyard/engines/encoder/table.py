@@ -40,9 +40,7 @@ class EncoderEntry(CatalogEngine):
     def resolve(
         self, spec: ModelSpec, entry: ModelEntry, table: EncoderTable, place: Place
     ) -> ModelSpec:
-        if not entry.path:
-            raise place.error("path", "required (a .gguf file or a model directory)")
-        path = place.resolve(entry.path)
+        path = place.path(entry.path)
         kind = encoder_kind(path, entry.kind, place.where)
         return replace(
             spec,

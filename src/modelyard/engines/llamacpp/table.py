@@ -43,9 +43,7 @@ class LlamaCppEntry(CatalogEngine):
     def resolve(
         self, spec: ModelSpec, entry: ModelEntry, table: LlamaCppTable, place: Place
     ) -> ModelSpec:
-        if not entry.path:
-            raise place.error("path", "required (a .gguf file or a model directory)")
-        path = place.resolve(entry.path)
+        path = place.path(entry.path)
         if not path.is_file():
             raise place.error("path", f"file not found: {path}")
         mmproj = place.resolve(table.mmproj) if table.mmproj else None

@@ -1,8 +1,9 @@
 """The catalog from a config file's model tables, discovered files and the demo models.
 
-``entry_spec`` turns one validated ``[models.NAME]`` table into a ``ModelSpec`` (resolving
-paths against the config file, reading a model directory's kind, checking llama-server
-flags); ``merge`` puts explicit entries before discovered models, and ``check_names`` refuses
+``entry_spec`` turns one validated ``[models.NAME]`` table into a ``ModelSpec``: it finds the
+engine the entry runs on, checks the engine's keys against that engine's table
+(``modelyard.catalog.engine``) and lets the engine resolve the rest against the files it
+names; ``merge`` puts explicit entries before discovered models, and ``check_names`` refuses
 a name or alias that two models claim. Every problem is a ``ConfigError`` naming the file,
 the table and the key.
 """
@@ -61,8 +62,9 @@ def entry_spec(
         named = own.pop("name", None)
         if not isinstance(named, str):
             raise place.error("engine.name", "required: the engine this table is for")
-        for key in own.keys() & table.keys():
-            raise place.error(key, f"given twice, flat and in [models.{name}.engine]")
+        twice = sorted(own.keys() & table.keys())
+        if twice:
+            raise place.error(twice[0], f"given twice, flat and in [models.{name}.engine]")
         table.update(own)
     path = place.resolve(entry.path) if entry.path else None
     chosen = choose(named, table, path, place.where)

@@ -145,6 +145,19 @@ def test_config_durations_beyond_a_century_are_forever(tmp_path: Path) -> None:
         ("[memory]\nmin_residency = -1", r"\[memory\] min_residency: .*not forever"),
         ("[memory]\nstop_grace = [1]", r"\[memory\] stop_grace: expected a number"),
         ("[models.x]\npath = 'm.gguf'\nprompt_cache = 'lots'", r"prompt_cache: invalid size"),
+        (
+            "[models.x]\npath = 'm.gguf'\ngpu_layers = 1\n[models.x.engine]\nname = 'llamacpp'"
+            "\ngpu_layers = 2",
+            r"\[models.x\] gpu_layers: given twice, flat and in \[models.x.engine\]",
+        ),
+        (
+            "[models.x]\npath = 'm.gguf'\n[models.x.engine]\nname = 'llamacpp'\nbackend = 'onnx'",
+            r"\[models.x\] backend: Extra inputs",  # another engine's key: refused in a table
+        ),
+        (
+            "[models.x]\npath = 'm.gguf'\n[models.x.engine]\nname = 'llamacpp'\ngpu_layers = 'x'",
+            r"\[models.x\] gpu_layers.*: Input should be",
+        ),
         ("[server]\nmax_request_size = -5", r"\[server\] max_request_size: .*negative"),
         (
             "[models.x]\npath = 'm.gguf'\nextra_args = ['--flash-attn', 'on', '--turbo']",

@@ -99,6 +99,7 @@ def chat(server: Server, *args: str) -> pexpect.spawn[str]:
         timeout=60,
         dimensions=(40, 120),
     )
+    child.expect_exact("Chatting with chatty. Type /? for help, /bye to exit.")
     child.expect_exact(">>> ")
     return child
 
@@ -162,6 +163,7 @@ def test_run_interactive_ctrl_c_stops_the_answer_and_ctrl_d_exits(server: Server
         time.sleep(0.05)
     time.sleep(0.5)  # it is answering
     child.sendintr()
+    child.expect_exact("(stopped the answer)")
     child.expect_exact(">>> ")
     deadline = time.monotonic() + 10
     while (ps := httpx.get(f"{server.url}/api/ps").json()["models"]) and any(

@@ -13,7 +13,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from modelyard.catalog.hf import is_hf_dir
+from modelyard.catalog.hf import context_length, is_hf_dir
 from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec, encoder_serves
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def demo_models(defaults: ModelSpec, cache: Path) -> list[ModelSpec]:
                 path=minilm,
                 kind="embedding",
                 served=encoder_serves("embedding"),
+                ctx=context_length(minilm) or defaults.ctx,
                 engine="encoder",
                 aliases=("all-minilm", "all-MiniLM-L6-v2"),
                 parallel=ENCODER_PARALLEL,

@@ -21,7 +21,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from modelyard.catalog.hf import is_hf_dir, read_hf_dir
+from modelyard.catalog.hf import context_length, is_hf_dir, read_hf_dir
 from modelyard.catalog.manifest import aliases, projectors, read_manifest
 from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec, encoder_serves
 
@@ -106,6 +106,7 @@ def discover(models_dir: Path, defaults: ModelSpec) -> list[ModelSpec]:
 def _hf_spec(directory: Path, defaults: ModelSpec) -> ModelSpec | None:
     try:
         info = read_hf_dir(directory)
+        ctx = context_length(directory)
     except (OSError, ValueError) as exc:
         log.warning("skipping %s: %s", directory, exc)
         return None
@@ -119,6 +120,7 @@ def _hf_spec(directory: Path, defaults: ModelSpec) -> ModelSpec | None:
         path=directory,
         kind=info.kind,
         served=encoder_serves(info.kind),
+        ctx=ctx or defaults.ctx,
         engine="encoder",
         parallel=ENCODER_PARALLEL,
     )

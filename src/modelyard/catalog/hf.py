@@ -62,6 +62,21 @@ def read_config(path: Path) -> dict[str, Any]:
     return _read_json(path / "config.json")
 
 
+def context_length(path: Path) -> int | None:
+    """The most tokens the encoder reads of one input, as sentence-transformers does:
+    ``max_seq_length`` of ``sentence_bert_config.json``, else the tokenizer's
+    ``model_max_length`` within the architecture's ``max_position_embeddings``."""
+    configured = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    limits = [
+        _read_json(path / "tokenizer_config.json").get("model_max_length"),
+        read_config(path).get("max_position_embeddings"),
+    ]
+    found = [n for n in limits if isinstance(n, int) and 0 < n < 10**7]  # 1e30: "no limit"
+    return min(found) if found else None
+
+
 def parameter_count(path: Path) -> int | None:
     """Weights in the ``*.safetensors`` files under ``path``, from their headers alone."""
     files = sorted(path.rglob("*.safetensors"))

@@ -89,7 +89,7 @@ def hf_summary(spec: ModelSpec) -> dict[str, Any]:
         "model_type": config.get("model_type"),
         "parameter_count": parameter_count(spec.path),
         "dtype": config.get("torch_dtype") or config.get("dtype"),
-        "context_length": config.get("max_position_embeddings"),
+        "context_length": spec.ctx,  # what it reads of one input (``hf.context_length``)
         "embedding_length": config.get("hidden_size"),
         "layers": config.get("num_hidden_layers"),
         "heads": config.get("num_attention_heads"),

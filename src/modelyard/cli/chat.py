@@ -84,8 +84,11 @@ class Chat:
                         sys.stdout.flush()
         except KeyboardInterrupt:
             frames.close()  # closes the connection: the server stops generating
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            if answer:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            what = "the answer" if answer else "before the first word; nothing was kept"
+            err.print(f"[dim](stopped {what})[/]")
             return False
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -176,6 +179,7 @@ def _read_message(first: str) -> str | None:
 def _interactive(chat: Chat) -> None:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
+    err.print(f"[dim]Chatting with {escape(chat.model)}. Type /? for help, /bye to exit.[/]")
     while True:
         try:
             line = input(">>> ")

@@ -67,7 +67,10 @@ def serve(
         Path | None, typer.Option("--config", "-c", help="modelyard.toml to use.")
     ] = None,
     models_dir: Annotated[
-        Path | None, typer.Option(help="Directory scanned for *.gguf models.")
+        Path | None,
+        typer.Option(
+            help="Directory scanned for models: *.gguf files and Hugging Face model directories."
+        ),
     ] = None,
     memory: Annotated[
         str | None, typer.Option("--memory", help="RAM budget: bytes, '16GiB' or '75%'.")

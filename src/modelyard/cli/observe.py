@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -75,8 +76,9 @@ def events_command(
 
 
 def _print_event(event: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        out.print(json.dumps(event), markup=False)
+    if as_json:  # times in ISO 8601, as every --json prints them
+        when = datetime.fromtimestamp(event["time"], UTC).isoformat(timespec="milliseconds")
+        out.print(json.dumps({**event, "time": when}), markup=False)
         return
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["time"]))
     model = event.get("model") or "-"

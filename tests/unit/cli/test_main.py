@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from modelyard import __version__
 
 
@@ -84,3 +86,38 @@ def test_cli_relative_times() -> None:
     assert relative("2026-11-29T12:00:00+00:00", now) == "in 1 day"
     assert relative("2026-11-28T11:59:59+00:00", now) == "1 second ago"
     assert relative(None, now) is None
+
+
+def test_run_ctrl_c_before_the_first_word_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopped while the model has not said a word yet: the user is told, and the unanswered
+    message is not kept in the conversation."""
+    from collections.abc import Iterator
+
+    from modelyard.cli import chat as chat_module
+
+    def frames(*_: object) -> Iterator[dict[str, object]]:
+        yield {"choices": [{"delta": {"role": "assistant"}}]}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chat_module, "events", frames)
+    chat = chat_module.Chat("http://127.0.0.1:1", "m")
+    assert chat.ask("hi") is False
+    assert chat.messages == []
+    assert "(stopped before the first word; nothing was kept)" in capsys.readouterr().err
+
+
+def test_events_json_prints_iso_times(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from modelyard.cli.observe import _print_event
+
+    _print_event({"id": 3, "time": 1764633600.25, "model": "m", "message": "x"}, True)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {
+        "id": 3,
+        "time": "2025-12-02T00:00:00.250+00:00",
+        "model": "m",
+        "message": "x",
+    }

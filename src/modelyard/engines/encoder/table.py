@@ -13,6 +13,7 @@ from modelyard.catalog.build import encoder_kind
 from modelyard.catalog.details import hf_details
 from modelyard.catalog.engine import CatalogEngine, Place, Table
 from modelyard.catalog.entry import ModelEntry, Seconds
+from modelyard.catalog.hf import context_length
 from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec, default, encoder_serves
 from modelyard.catalog.summary import hf_summary
 
@@ -42,10 +43,17 @@ class EncoderEntry(CatalogEngine):
     ) -> ModelSpec:
         path = place.path(entry.path)
         kind = encoder_kind(path, entry.kind, place.where)
+        ctx = spec.ctx
+        if "ctx" not in entry.model_fields_set:
+            try:
+                ctx = context_length(path) or ctx
+            except (OSError, ValueError) as exc:
+                raise place.error("path", f"cannot read {path}: {exc}") from None
         return replace(
             spec,
             path=path,
             kind=kind,
+            ctx=ctx,
             served=encoder_serves(kind),
             **table.model_dump(),
         )

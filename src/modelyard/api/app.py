@@ -157,7 +157,7 @@ def create_app(
         title="modelyard",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # ``api.ui`` serves it, from files of its own
         redoc_url=None,
     )
     app.state.accounts = None
@@ -175,6 +175,7 @@ def create_app(
     app.include_router(passthrough.router)
     app.include_router(ui.router)
     app.mount("/ui", ui.assets(), name="ui")
+    app.mount("/docs/assets", ui.docs_assets(), name="docs-assets")
     document_errors(app)
     trusted = frozenset(o for o in config.cors_origins if o != "*")
     app.add_middleware(Auth)

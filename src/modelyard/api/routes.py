@@ -52,7 +52,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/health"): Route(PUBLIC),
     ("GET", "/ready"): Route(PUBLIC),
     ("GET", "/docs"): Route(PUBLIC),
-    ("GET", "/docs/oauth2-redirect"): Route(PUBLIC),
+    ("GET", "/docs/assets/{path:path}"): Route(PUBLIC),
     ("GET", "/openapi.json"): Route(PUBLIC),
     ("POST", "/api/login"): Route(PUBLIC),
     ("POST", "/api/signup"): Route(PUBLIC),

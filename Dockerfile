@@ -31,6 +31,6 @@ WORKDIR /data
 VOLUME ["/models", "/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('MODELYARD_PORT', '8000'), timeout=4)"]
 STOPSIGNAL SIGTERM
 CMD ["modelyard", "serve"]

@@ -7,7 +7,8 @@
 # SOURCE is the project directory (default: the one this script is in). Environment:
 #   MODELYARD_EXTRAS  extras to install (default "encoder"; "demo" adds the demo models,
 #                     "" is chat only, no torch)
-#   TORCH_SPEC        the torch requirement (default "torch")
+#   TORCH_SPEC        the torch requirement (default "torch==2.13.0", the version the README
+#                     installs and the tests run with)
 #   TORCH_INDEX       where torch comes from (default PyTorch's CPU index, so no CUDA build
 #                     is pulled; empty: pip's own index; a CUDA index for GPU images)
 #   XLLAMACPP_INDEX   an index with a GPU build of xllamacpp (llama.cpp), installed over the
@@ -16,7 +17,7 @@ set -eu
 venv=${1:?usage: install.sh VENV [SOURCE]}
 source=${2:-$(cd "$(dirname "$0")/.." && pwd)}
 extras=${MODELYARD_EXTRAS-encoder}
-torch_spec=${TORCH_SPEC:-torch}
+torch_spec=${TORCH_SPEC:-torch==2.13.0}
 torch_index=${TORCH_INDEX-https://download.pytorch.org/whl/cpu}
 
 python3 -m venv "$venv"

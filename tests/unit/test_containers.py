@@ -73,3 +73,57 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_volume(name: st
                 assert (ROOT / source).exists(), f"{name}: COPY {source}: not in the project"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored  # the build context stays small
+
+
+def test_compose_starts_modelyard_after_a_healthy_postgres_when_there_is_one() -> None:
+    services = compose()["services"]
+    for name in ("modelyard", "modelyard-gpu"):
+        needs = services[name]["depends_on"]["postgres"]
+        # Only under --profile postgres: without it, modelyard starts alone (SQLite).
+        assert needs == {"condition": "service_healthy", "required": False}
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfile_health_check_follows_the_port(name: str, tmp_path: Path) -> None:
+    """The health check asks the port the server listens on (``MODELYARD_PORT``), not 8000."""
+    import http.server
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    text = (ROOT / name).read_text().replace("\\\n", " ")
+    (check,) = re.findall(r"^HEALTHCHECK .*? CMD (\[.*\])$", text, re.M)
+    argv = json.loads(check)
+    argv[0] = sys.executable
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    try:
+        for port, healthy in ((server.server_port, True), (closed, False)):
+            env = {**os.environ, "MODELYARD_PORT": str(port)}
+            done = subprocess.run(argv, env=env, capture_output=True, timeout=30, check=False)
+            assert (done.returncode == 0) == healthy, done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_install_script_pins_the_torch_the_readme_installs() -> None:
+    readme = set(re.findall(r"torch==[0-9.]+", (ROOT / "README.md").read_text()))
+    (pinned,) = re.findall(
+        r"TORCH_SPEC:-(torch==[0-9.]+)", (ROOT / "docker/install.sh").read_text()
+    )
+    assert readme == {pinned}

@@ -303,9 +303,8 @@ def load_config(settings: Settings | None = None) -> Config:
     if server.llama_server:
         defaults = replace(defaults, llama_server=resolve(server.llama_server, base_dir))
     found = discover(models_dir, defaults)
-    if settings.demo if settings.demo is not None else server.demo:
-        found = demo_models(defaults, home / "cache") + found
-    models = merge(explicit, found)
+    demo = settings.demo if settings.demo is not None else server.demo
+    models = merge(explicit, found, demo_models(defaults, home / "cache") if demo else ())
     check_names(models, origin)
 
     return Config(

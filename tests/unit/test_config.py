@@ -227,6 +227,12 @@ def test_config_file_adds_to_the_demo_models_and_overrides_them(tmp_path: Path) 
         "all-minilm-l6-v2",
         "gemma-3-270m",
     ]
+    # An entry of the demo's own file is one more model: the demo stays.
+    from modelyard.catalog.demo import demo_gguf
+
+    same = f'[models.gemma-long]\npath = "{demo_gguf(tmp_path / "home" / "cache")}"\nctx = 8192\n'
+    assert names(same)["gemma-long"] == ()
+    assert names(same)["gemma-3-270m"] == ("demo",)
     # demo = false in the file, or --no-demo (which wins over the file).
     assert names("[server]\ndemo = false\n" + mine) == {"mine": ()}
     assert names(mine, demo=False) == {"mine": ()}
@@ -579,3 +585,18 @@ def test_config_readme_full_example_reaches_the_specs(tmp_path: Path) -> None:
         "torch",
         0.005,
     )
+
+
+def test_config_an_entry_of_a_discovered_file_serves_it_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "qwen-q4.gguf").write_bytes(b"GGUF")
+    (models / "other.gguf").write_bytes(b"GGUF")
+    config = tmp_path / "modelyard.toml"
+    config.write_text('[models.qwen]\npath = "models/qwen-q4.gguf"\nctx = 8192\n')
+    caplog.set_level("INFO")
+    settings = Settings(config=config, home=tmp_path, models_dir=models, demo=False)
+    assert [m.name for m in load_config(settings).models] == ["qwen", "other"]
+    assert "qwen-q4.gguf is served as the entry 'qwen', which names its file" in caplog.text

@@ -10,6 +10,7 @@ the table and the key.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,8 @@ from modelyard.catalog.entry import ModelEntry
 from modelyard.catalog.hf import is_hf_dir, read_hf_dir
 from modelyard.catalog.spec import ModelKind, ModelSpec
 from modelyard.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _SHARED = (
     "ctx",
@@ -132,16 +135,26 @@ def encoder_kind(path: Path, kind: ModelKind | None, where: str) -> ModelKind:
     return kind or info.kind or "embedding"
 
 
-def merge(explicit: Sequence[ModelSpec], found: Sequence[ModelSpec]) -> list[ModelSpec]:
-    """Explicit entries win over discovered ones with the same name or the same file, and
-    keep their aliases: a discovered model loses an alias (a pulled name) an entry uses."""
+def merge(
+    explicit: Sequence[ModelSpec], found: Sequence[ModelSpec], demo: Sequence[ModelSpec] = ()
+) -> list[ModelSpec]:
+    """Explicit entries, then the demo models, then the discovered ones. An entry wins over a
+    discovered model with the same name or the same file (the file is served once, by the
+    entry), and over a demo model with the same name (an entry of the demo's file is one more
+    model: the demo stays). Entries keep their aliases: a demo or discovered model loses an
+    alias (a pulled name, ``demo``) an entry uses."""
     names = {spec.name for spec in explicit}
     taken = names | {alias for spec in explicit for alias in spec.aliases}
-    files = {spec.path for spec in explicit}
+    files = {spec.path: spec.name for spec in explicit}
+    kept = [s for s in demo if s.name not in names]
+    for spec in found:
+        if spec.name not in names and spec.path in files:
+            log.info(
+                "%s is served as the entry %r, which names its file", spec.path, files[spec.path]
+            )
+    kept += [s for s in found if s.name not in names and s.path not in files]
     return [*explicit] + [
-        replace(s, aliases=tuple(a for a in s.aliases if a not in taken))
-        for s in found
-        if s.name not in names and s.path not in files
+        replace(s, aliases=tuple(a for a in s.aliases if a not in taken)) for s in kept
     ]
 
 

@@ -83,3 +83,24 @@ def test_engines_a_broken_plugin_leaves_the_others_loaded(
     monkeypatch.setattr(registry, "_loaded", False)
     assert registry.names() == ["command", "encoder", "llamacpp", "remote"]
     assert "engine 'broken' (modelyard_no_such_package:Engine) did not load" in caplog.text
+
+
+def test_engines_encoder_estimate_counts_its_largest_batch() -> None:
+    """An encoder's estimate grows with the batch it may run and with the square of the
+    input length (attention), and ONNX Runtime holds a second copy of the weights."""
+    from modelyard.catalog.demo import demo_embedding_dir
+    from modelyard.engines.encoder.runner import footprint_parts
+
+    path = demo_embedding_dir()
+    assert path is not None
+    spec = ModelSpec(name="e", path=path, engine="encoder", kind="embedding", ctx=256)
+    torch = footprint_parts(spec)
+    assert set(torch) == {"worker", "weights", "activations"}
+    assert engine_of(spec).estimate_parts(spec) == torch
+    onnx = replace(spec, backend="onnx")
+    full = footprint_parts(onnx)
+    assert full["weights"] == 2 * torch["weights"]
+    fewer = footprint_parts(replace(onnx, max_batch_tokens=1024))  # 4 inputs of 256, not 32
+    assert fewer["activations"] < full["activations"] / 4
+    shorter = footprint_parts(replace(onnx, ctx=128))  # 32 inputs of 128 tokens
+    assert full["activations"] / 4 < shorter["activations"] < full["activations"] / 2

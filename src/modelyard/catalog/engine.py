@@ -94,6 +94,11 @@ class CatalogEngine:
         like when they cannot be read."""
         return {}
 
+    def estimate_parts(self, spec: ModelSpec) -> dict[str, int]:
+        """What its estimate counts, part by part (``show``); may raise ``OSError`` and the
+        like when the files cannot be read. Empty: it has no parts to tell."""
+        return {}
+
     def prompt_cache(self, spec: ModelSpec) -> int | None:
         """Bytes of host RAM it keeps for cached prompts, part of its estimate; ``None``:
         it keeps none of ours."""

@@ -276,13 +276,23 @@ def compute_bytes(info: GGUFInfo, ctx: int) -> int:
     return 4 * (scores + _UBATCH * (3 * n_ff + 8 * n_embd))
 
 
-def estimate_bytes(info: GGUFInfo, ctx: int, parallel: int) -> int:
-    """Weights (the file) + KV cache + compute buffers, in bytes of RAM on a CPU build."""
+def estimate_parts(info: GGUFInfo, ctx: int, parallel: int) -> dict[str, int]:
+    """Weights (the file), KV cache, the output (logits) and compute buffers and the
+    engine's own memory, in bytes of RAM on a CPU build."""
     n_vocab_value = info.metadata.get("tokenizer.ggml.tokens")
     n_vocab = n_vocab_value.length if isinstance(n_vocab_value, ArrayInfo) else 32000
-    logits = 4 * n_vocab * (parallel + 16)
-    kv = kv_cache_bytes(info, ctx, parallel)
-    return info.size + kv + logits + compute_bytes(info, ctx) + _ENGINE_OVERHEAD
+    return {
+        "weights": info.size,
+        "kv_cache": kv_cache_bytes(info, ctx, parallel),
+        "output": 4 * n_vocab * (parallel + 16),
+        "compute": compute_bytes(info, ctx),
+        "engine": _ENGINE_OVERHEAD,
+    }
+
+
+def estimate_bytes(info: GGUFInfo, ctx: int, parallel: int) -> int:
+    """``estimate_parts`` in all."""
+    return sum(estimate_parts(info, ctx, parallel).values())
 
 
 CUDA_CONTEXT = 400 * 1024**2

@@ -50,8 +50,11 @@ def summarize(
         memory["prompt_cache"] = cache  # part of the estimate
     try:
         memory["estimate"] = dict(estimate())
+        memory["parts"] = engine.estimate_parts(spec)  # what the estimate counts
     except ModelyardError as exc:
         memory["error"] = exc.message
+    except (OSError, ValueError, GGUFError, struct.error):
+        pass  # the estimate's own error says why
     summary["memory"] = memory
     return summary
 

@@ -211,8 +211,15 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     memory = data["memory"]
     if memory.get("estimate"):
         text = footprint_text(memory["estimate"])
-        if memory.get("prompt_cache"):
-            text += f", of it {footprint_text({'ram': memory['prompt_cache']})} prompt cache"
+        parts = memory.get("parts") or {}
+        if parts:  # what it counts: the heaviest the model gets
+            text += (
+                " ("
+                + ", ".join(
+                    f"{name.replace('_', ' ')} {format_size(n)}" for name, n in parts.items()
+                )
+                + ")"
+            )
         rows.append(("memory estimate", text))
     if memory.get("measured"):
         rows.append(("memory measured", footprint_text(memory["measured"])))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelyard.catalog.spec import ModelSpec
 from modelyard.engines.base import Engine
-from modelyard.engines.encoder.runner import EncoderRunner
+from modelyard.engines.encoder.runner import EncoderRunner, footprint_parts
 from modelyard.engines.encoder.table import EncoderEntry
 from modelyard.logbook import Rotation
 from modelyard.runners.base import Runner
@@ -18,3 +19,6 @@ class Encoder(EncoderEntry, Engine):
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
         return EncoderRunner(home / "logs", home / "cache", rotation=rotation)
+
+    def estimate_parts(self, spec: ModelSpec) -> dict[str, int]:
+        return footprint_parts(spec)

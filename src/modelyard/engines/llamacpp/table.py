@@ -12,7 +12,7 @@ from modelyard.catalog.details import gguf_details
 from modelyard.catalog.discovery import shard_set
 from modelyard.catalog.engine import CatalogEngine, Place, Table
 from modelyard.catalog.entry import ModelEntry, Size
-from modelyard.catalog.gguf import gguf_info
+from modelyard.catalog.gguf import estimate_parts, gguf_info
 from modelyard.catalog.spec import ModelSpec
 from modelyard.catalog.summary import gguf_summary
 from modelyard.catalog.template import BUILTIN_TEMPLATES, model_warnings
@@ -84,6 +84,13 @@ class LlamaCppEntry(CatalogEngine):
 
     def prompt_cache(self, spec: ModelSpec) -> int | None:
         return spec.prompt_cache_bytes
+
+    def estimate_parts(self, spec: ModelSpec) -> dict[str, int]:
+        parts = estimate_parts(gguf_info(spec), spec.ctx, spec.parallel)
+        parts["prompt_cache"] = spec.prompt_cache_bytes
+        if spec.mmproj is not None:
+            parts["projector"] = spec.mmproj.stat().st_size
+        return parts
 
     def details(self, spec: ModelSpec) -> Details | None:
         return gguf_details(spec, gguf_info(spec))

@@ -88,7 +88,7 @@ class Chat:
                 sys.stdout.write("\n")
                 sys.stdout.flush()
             what = "the answer" if answer else "before the first word; nothing was kept"
-            err.print(f"[dim](stopped {what})[/]")
+            err.print(f"(stopped {what})", style="dim", highlight=False)
             return False
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -179,7 +179,8 @@ def _read_message(first: str) -> str | None:
 def _interactive(chat: Chat) -> None:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
-    err.print(f"[dim]Chatting with {escape(chat.model)}. Type /? for help, /bye to exit.[/]")
+    greeting = f"Chatting with {chat.model}. Type /? for help, /bye to exit."
+    err.print(greeting, style="dim", highlight=False, markup=False)
     while True:
         try:
             line = input(">>> ")

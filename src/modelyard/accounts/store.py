@@ -431,10 +431,11 @@ def _version(connection: Connection) -> str | None:
 
 
 def _migrate(connection: Connection) -> None:
+    # Quiet before the import: importing alembic logs its plugin list, at every start.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin list, at every start
     config = AlembicConfig()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     config.attributes["connection"] = connection

@@ -268,3 +268,22 @@ async def test_wallets_keep_a_busy_balance_in_hand_and_give_back_an_idle_one(
         assert wallets.drain() == {("key", key): 10}
     finally:
         await store.close()
+
+
+def test_store_migrations_log_nothing_at_start(tmp_path: Path) -> None:
+    """A fresh process opening a database prints no alembic lines (they used to be seven)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from modelyard.accounts.store import Store\n"
+        "async def main():\n"
+        f"    store = await Store.open('sqlite+aiosqlite:///{tmp_path / 'm.db'}')\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "alembic" not in done.stderr

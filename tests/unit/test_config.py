@@ -600,3 +600,21 @@ def test_config_an_entry_of_a_discovered_file_serves_it_once(
     settings = Settings(config=config, home=tmp_path, models_dir=models, demo=False)
     assert [m.name for m in load_config(settings).models] == ["qwen", "other"]
     assert "qwen-q4.gguf is served as the entry 'qwen', which names its file" in caplog.text
+
+
+def test_config_matryoshka_is_for_every_engine(tmp_path: Path) -> None:
+    """Any embedding model may be one trained to be cut short: a GGUF, a command's or a
+    remote server's, not only the encoder's."""
+    (tmp_path / "e.gguf").write_bytes(b"GGUF")
+    text = (
+        '[models.gguf]\npath = "e.gguf"\nkind = "embedding"\nmatryoshka = true\n'
+        '[models.cmd]\ncommand = ["srv", "{port}"]\ncapabilities = ["embedding"]\n'
+        "matryoshka = true\n"
+        '[models.far]\nurl = "http://h:1"\ncapabilities = ["embedding"]\nmatryoshka = true\n'
+    )
+    specs = load_config(write(tmp_path, text)).models
+    assert [(s.engine, s.matryoshka) for s in specs] == [
+        ("llamacpp", True),
+        ("command", True),
+        ("remote", True),
+    ]

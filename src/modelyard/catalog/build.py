@@ -34,6 +34,7 @@ _SHARED = (
     "memory",
     "gpu_memory",
     "upstream_model",
+    "matryoshka",
     "price",
     "replicas",
     "scale_up_wait",

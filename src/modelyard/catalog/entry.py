@@ -66,6 +66,8 @@ class ModelEntry(BaseModel):
     gpu_memory: Size | None = None
     """GPU memory the model takes (on each of its ``gpus``), overriding the estimate."""
     upstream_model: str | None = Field(default=None, min_length=1, max_length=512)
+    matryoshka: bool = False
+    """An embedding model trained to be cut short: requests may ask for ``dimensions``."""
     capabilities: list[Literal["chat", "completion", "embedding", "rerank"]] = Field(
         default_factory=list
     )

@@ -27,7 +27,6 @@ class EncoderTable(Table):
     batch_wait: Seconds = default("batch_wait")
     max_batch_tokens: int = Field(default=default("max_batch_tokens"), gt=0)
     truncate: bool = False
-    matryoshka: bool = False
 
 
 class EncoderEntry(CatalogEngine):

@@ -129,10 +129,14 @@ class FakeRunner:
         self.starts: list[str] = []
         self.running: dict[str, FakeRunning] = {}
         self.fail: dict[str, str] = {}
+        self.unreadable: dict[str, str] = {}
+        """Per model, why its files cannot be read: its estimate fails, as a corrupt GGUF's."""
         self.gate: asyncio.Event | None = None
         """When set, loads wait for it: a test can observe the ``loading`` state."""
 
     def estimate(self, spec: ModelSpec) -> Footprint:
+        if spec.name in self.unreadable:
+            raise LoadFailedError(self.unreadable[spec.name])
         return self._footprint(spec)
 
     def _footprint(self, spec: ModelSpec) -> Footprint:

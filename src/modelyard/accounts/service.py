@@ -35,6 +35,7 @@ from modelyard.accounts.limits import Admission, RateLimiter
 from modelyard.accounts.store import Store, UsageRow
 from modelyard.errors import (
     AuthenticationError,
+    ConflictError,
     InsufficientQuotaError,
     InvalidRequestError,
     NotFoundError,
@@ -393,6 +394,8 @@ class Accounts:
 
     async def update_key(self, ref: str, values: Mapping[str, Any]) -> dict[str, Any]:
         record = await self.store.find_key(ref)
+        if _demotes(values):
+            await self._keep_an_admin({f"key:{record['id']}"})
         if values:
             await self.store.update_key(record["id"], values)
         self.forget()
@@ -425,12 +428,53 @@ class Accounts:
             password = values.pop("password")
             _check_password(password)
             values["password_hash"] = await hash_password(password)
+        if _demotes(values):
+            await self._keep_an_admin(await self._ways_of(name))
         await self.store.update_user(name, values)
         self.forget()
 
     async def remove_user(self, name: str) -> None:
+        await self._keep_an_admin(await self._ways_of(name))
         await self.store.remove_user(name)
         self.forget()
+
+    async def _admin_ways(self) -> set[str]:
+        """Every credential that can act as an admin now: enabled, unexpired admin keys (of
+        an enabled admin user, when bound to one) and enabled admin users with a password."""
+        now = time.time()
+        ways = {
+            f"key:{k['id']}"
+            for k in await self.store.keys()
+            if k["enabled"]
+            and k["role"] == Role.ADMIN
+            and (k["expires_at"] is None or k["expires_at"] > now)
+            and (k["user_id"] is None or (k["user_enabled"] and k["user_role"] == Role.ADMIN))
+        }
+        for user in await self.store.users():
+            if user["enabled"] and user["role"] == Role.ADMIN and user["password_hash"]:
+                ways.add(f"user:{user['name']}")
+        return ways
+
+    async def _ways_of(self, name: str) -> set[str]:
+        """The credentials a change to user ``name`` touches: the user and its keys."""
+        user = await self.store.user(name)
+        keys = await self.store.keys(user_id=user["id"])
+        return {f"user:{name}", *(f"key:{k['id']}" for k in keys)}
+
+    async def _keep_an_admin(self, losing: set[str]) -> None:
+        """Refuses a change that would leave no way in as an admin (``losing``: the
+        credentials it revokes, disables or demotes): nobody could manage the server again."""
+        ways = await self._admin_ways()
+        if ways and ways <= losing:
+            raise ConflictError(
+                "This is the last admin credential: make another admin key or admin user "
+                "first (modelyard keys create NAME --role admin), then revoke this one"
+            )
+
+
+def _demotes(values: Mapping[str, Any]) -> bool:
+    """The change disables a credential or takes its admin role away."""
+    return values.get("enabled") is False or values.get("role", Role.ADMIN) != Role.ADMIN
 
 
 def _wallets(principal: Principal) -> tuple[Wallet, ...]:

@@ -42,7 +42,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from modelyard.accounts.service import Bill
-from modelyard.api.errors import error_response, report, sse_error_frame
+from modelyard.api.errors import error_response, report, shown_to, sse_error_frame
 from modelyard.api.gather import Gathering
 from modelyard.api.length import Length
 from modelyard.api.proxy import Upstream, read_answer
@@ -206,7 +206,7 @@ class Dispatch(Response):
             watch.armed = False
             report(exc)
             served = exc.status < 500
-            await self._fail(send, exc)
+            await self._fail(send, shown_to(scope, exc))
         except asyncio.CancelledError:
             watch.close()
             trace.cancelled = True

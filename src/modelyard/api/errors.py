@@ -3,11 +3,13 @@ routes of another API (Ollama's, Anthropic's) the shape its clients read."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
+from modelyard.accounts.identity import Role
 from modelyard.api.routes import face_of
 from modelyard.dialect.anthropic import anthropic_envelope
 from modelyard.dialect.ollama import ollama_envelope
@@ -94,11 +97,27 @@ def report(exc: ModelyardError) -> None:
         throttle.warn(exc)
 
 
+# An absolute path in a message: its directories are the server's business, not a user's.
+_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"]+/)+(?=[^\s/'\"]+)")
+
+
+def shown_to(scope: Mapping[str, Any], exc: ModelyardError) -> ModelyardError:
+    """``exc`` as the caller may read it: a server-side failure (a load that failed, a runner
+    that crashed) names the server's files; a caller that does not run the server (a user
+    key) reads their names without their directories."""
+    principal = scope.get("state", {}).get("principal")
+    if exc.status < 500 or principal is None or principal.role in (Role.ADMIN, Role.MONITOR):
+        return exc
+    shown = copy.copy(exc)
+    shown.message = _PATH.sub("", exc.message)
+    return shown
+
+
 def install(app: FastAPI) -> None:
     async def on_modelyard(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ModelyardError)
         report(exc)
-        return error_response(exc, path=request.url.path)
+        return error_response(shown_to(request.scope, exc), path=request.url.path)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError | ValidationError)

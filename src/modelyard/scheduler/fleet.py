@@ -101,6 +101,7 @@ class Fleet:
             case Started(measured, took, _):
                 m.failures = 0
                 m.last_error = None
+                m.unreadable = False
                 record(self.ledger, m, r, measured)
                 self._emit(
                     LoadFinished(m.spec.name, now, took, dict(measured), replica=label, node=r.node)
@@ -240,6 +241,17 @@ class Fleet:
         name, _, index = key.rpartition("@") if key not in self._models else (key, "", "0")
         m = self._models[name]
         return m, m.replicas[int(index)]
+
+    def unreadable(self, m: Model, message: str) -> None:
+        """A load of ``m`` failed before a runner could start: its files cannot be read (a
+        corrupt or truncated file). The model shows as failed, with the reason, until a
+        load succeeds or it is unloaded; the next request reads its files again."""
+        now = self._clock.now()
+        changed = not m.unreadable or m.last_error != message
+        m.unreadable = True
+        m.last_error = message
+        if changed:  # one event per new reason, not one per request that hits it
+            m.failed_event = self._emit(LoadFailed(m.spec.name, now, 0.0, message, 0.0))
 
     def crashed(self, m: Model, r: Replica, code: int, tail: str) -> None:
         now = self._clock.now()

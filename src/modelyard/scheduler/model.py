@@ -75,6 +75,9 @@ class Model:
     over_estimate: bool = False
     """Its measured memory went past its estimate (reported once)."""
     last_error: str | None = None
+    unreadable: bool = False
+    """Its last load failed before a runner could start (its files cannot be read): shown as
+    failed until a load succeeds or it is unloaded."""
     pending: ModelSpec | None = None
     """New settings from the catalog, applied when every runner of the model has stopped."""
     removed: bool = False
@@ -87,7 +90,8 @@ class Model:
         for state in (S.READY, S.LOADING, S.UNLOADING, S.SLEEPING):
             if state in states:
                 return state
-        return ModelState.FAILED if ModelState.FAILED in states else ModelState.STOPPED
+        failed = ModelState.FAILED in states or self.unreadable
+        return ModelState.FAILED if failed else ModelState.STOPPED
 
     @property
     def leases(self) -> int:

@@ -187,6 +187,9 @@ class Scheduler:
         first = account.start_spec(m, m.replicas[0])
         try:
             self.ledger.check_fits(first)
+        except LoadFailedError as exc:
+            self._fleet.unreadable(m, exc.message)
+            raise
         except DoesNotFitError as exc:
             raise self._refuse(
                 m,
@@ -266,6 +269,7 @@ class Scheduler:
     async def unload(self, name: str) -> None:
         """Unloads ``name`` now if idle, else once its in-flight requests are done."""
         m = self._models[self._catalog.get(name).name]
+        m.unreadable = False
         for r in m.replicas:
             if r.state is ModelState.FAILED:
                 r.set_state(ModelState.STOPPED, "unload requested")

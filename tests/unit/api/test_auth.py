@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from modelyard.accounts.identity import LOCAL, Role
 from modelyard.accounts.service import Accounts
 from modelyard.api.auth import PUBLIC, RULES, principal_of
 from modelyard.errors import AuthenticationError
-from tests.unit.api.conftest import Harness
+from tests.unit.api.conftest import Harness, canned_spec
 
 CHAT = {"model": "canned", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 _BODY_METHODS = {"POST", "PATCH", "DELETE", "PUT"}
@@ -192,6 +193,41 @@ async def test_auth_revoked_or_expired_key_stops_within_a_second(make_harness: C
         assert "expired" in expired.json()["error"]["message"]
 
 
+async def test_auth_the_last_admin_credential_cannot_be_revoked(make_harness: Callable) -> None:
+    """Revoking, demoting or removing the last way in as an admin is refused (409): nobody
+    could manage the server again. With a second admin, the first may go."""
+    async with make_harness(auth_mode="keys") as h:
+        admin = await make_key(h, Role.ADMIN, name="root")
+        listed = (await h.call("/api/keys", method="GET", headers=bearer(admin))).json()["keys"]
+        for other in listed:  # the admin key the server made at start
+            if other["name"] != "root":
+                path = f"/api/keys/{other['id']}"
+                assert (await h.call(path, method="DELETE", headers=bearer(admin))).status == 200
+        refused = await h.call("/api/keys/root", method="DELETE", headers=bearer(admin))
+        assert refused.status == 409
+        assert "last admin credential" in refused.json()["error"]["message"]
+        assert (await h.call("/api/me", method="GET", headers=bearer(admin))).status == 200
+        made = await h.call(
+            "/api/users",
+            {"name": "ada", "password": "ada-password", "role": "admin"},
+            headers=bearer(admin),
+        )
+        assert made.status == 201
+        demoted = await h.call(
+            "/api/users/ada", {"role": "user"}, method="PATCH", headers=bearer(admin)
+        )
+        assert demoted.status == 200  # the root key still is an admin
+        revoked = await h.call("/api/keys/root", method="DELETE", headers=bearer(admin))
+        assert revoked.status == 409  # ada is a user now: root is the last again
+        await h.call("/api/users/ada", {"role": "admin"}, method="PATCH", headers=bearer(admin))
+        revoked = await h.call("/api/keys/root", method="DELETE", headers=bearer(admin))
+        assert revoked.status == 200
+        login = await h.call("/api/login", {"username": "ada", "password": "ada-password"})
+        session = login.json()["token"]
+        gone = await h.call("/api/users/ada", method="DELETE", headers=bearer(session))
+        assert gone.status == 409
+
+
 async def test_auth_login_session_and_signup(make_harness: Callable) -> None:
     async with make_harness(auth_mode="keys", allow_signup=True, signup_balance=500) as h:
         off = await h.call("/api/login", {"username": "nobody", "password": "whatever1"})
@@ -352,3 +388,26 @@ def test_auth_a_request_nobody_admitted_is_refused_not_served_as_admin() -> None
     with pytest.raises(AuthenticationError):
         principal_of(Request(scope))
     assert principal_of(Request({**scope, "state": {"principal": LOCAL}})) is LOCAL
+
+
+async def test_auth_a_users_load_error_names_no_server_directories(
+    make_harness: Callable, tmp_path: Path
+) -> None:
+    """A model whose file is corrupt: the admin reads where it is, a user key only its name;
+    both see the model failed, with the reason."""
+    spec = canned_spec(tmp_path, memory=None)  # its estimate reads the (4-byte) header
+    async with make_harness(spec, auth_mode="keys") as h:
+        admin = await make_key(h, Role.ADMIN, name="root")
+        user = await make_key(h, name="u")
+        chat = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}
+        theirs = await h.call("/v1/chat/completions", chat, headers=bearer(user))
+        ours = await h.call("/api/load", {"model": "canned"}, headers=bearer(admin))
+        assert theirs.status == ours.status == 503
+        assert str(tmp_path) in ours.json()["error"]["message"]
+        message = theirs.json()["error"]["message"]
+        assert "canned.gguf" in message
+        assert str(tmp_path) not in message
+        listed = await h.call("/api/models", method="GET", headers=bearer(admin))
+        (row,) = listed.json()["models"]
+        assert row["state"] == "failed"
+        assert "canned.gguf" in row["last_error"]

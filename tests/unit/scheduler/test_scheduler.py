@@ -175,6 +175,33 @@ async def test_scheduler_model_bigger_than_budget_is_507_at_once() -> None:
     assert runner.starts == []
 
 
+async def test_scheduler_unreadable_model_shows_failed_with_its_reason_until_it_loads() -> None:
+    scheduler, runner, _, events = make(spec("bad"))
+    runner.unreadable["bad"] = "cannot read /models/x.gguf: not a GGUF file"
+    for _ in range(2):
+        with pytest.raises(LoadFailedError):
+            await scheduler.acquire("bad")
+    (status,) = scheduler.status()
+    assert status.state is ModelState.FAILED
+    assert status.last_error == "cannot read /models/x.gguf: not a GGUF file"
+    assert [type(e).__name__ for e in events].count("LoadFailed") == 1  # one per reason
+    assert runner.starts == []
+    del runner.unreadable["bad"]  # the file is fixed: a retry reads it again and loads
+    async with leased(scheduler, "bad"):
+        pass
+    (status,) = scheduler.status()
+    assert (status.state, status.last_error) == (ModelState.READY, None)
+
+
+async def test_scheduler_unload_clears_an_unreadable_models_failure() -> None:
+    scheduler, runner, _, _ = make(spec("bad"))
+    runner.unreadable["bad"] = "not a GGUF file"
+    with pytest.raises(LoadFailedError):
+        await scheduler.acquire("bad")
+    await scheduler.unload("bad")
+    assert scheduler.status()[0].state is ModelState.STOPPED
+
+
 async def test_scheduler_keep_alive_unloads_when_expired() -> None:
     scheduler, runner, clock, events = make(spec("a", keep_alive=300.0))
     async with leased(scheduler, "a"):

@@ -40,8 +40,11 @@ BODY = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}
 class Canned:
     """The responder directly on one port, and behind a gateway as model ``canned``."""
 
-    def __init__(self, chunks: int = 200, delay_ms: float = 5.0) -> None:
-        flags = ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
+    def __init__(self, chunks: int | None = None, delay_ms: float = 0.0) -> None:
+        # By default the responder's own seven-token answer, at once: llama.cpp's whole
+        # answers are gathered from a stream (api.gather), so a paced stream here would make
+        # B2 and B12 measure the pace (200 chunks at 5 ms: a second a request), not the gateway.
+        flags = ["--delay-ms", str(delay_ms)] + (["--chunks", str(chunks)] if chunks else [])
         self.port = free_port()
         self.responder = spawn(
             [PY, str(HERE / "responder.py"), "--port", str(self.port), *flags],

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import axe_playwright_python
 import pytest
 
 from tests.integration.conftest import Server, no_orphan_runners, server_factory
@@ -32,6 +33,11 @@ def browser() -> Iterator[object]:
         browser.close()
 
 
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1400, "height": 900}
+AXE = Path(axe_playwright_python.__file__).with_name("axe.min.js")
+
+
 @dataclass
 class Watched:
     page: object
@@ -39,22 +45,40 @@ class Watched:
     failed: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)
     allowed_errors: tuple[str, ...] = ()
+    offline: bool = False
+    """The test stops the server under the page: requests that could not connect are
+    expected (and their console lines)."""
 
     def check(self) -> None:
-        errors = [e for e in self.errors if not any(a in e for a in self.allowed_errors)]
+        allowed = self.allowed_errors + (("ERR_CONNECTION_REFUSED",) if self.offline else ())
+        errors = [e for e in self.errors if not any(a in e for a in allowed)]
         assert not errors, errors
-        assert not self.failed, self.failed
+        failed = [f for f in self.failed if not (self.offline and "ERR_CONNECTION" in f)]
+        assert not failed, failed
         assert not self.outside, self.outside
+
+    def axe(self) -> list[str]:
+        """axe-core's serious and critical violations on the page as it is now."""
+        self.page.add_script_tag(path=str(AXE))
+        found = self.page.evaluate(
+            "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+            ".map(v => ({id: v.id, impact: v.impact, help: v.help,"
+            " where: v.nodes.slice(0, 3).map(n => n.target.join(' '))}))"
+        )
+        return [f"{v['id']}: {v['help']} at {v['where']}" for v in found
+                if v["impact"] in ("serious", "critical")]  # fmt: skip
 
 
 @pytest.fixture
 def watched(browser: object) -> Iterator[Callable[..., Watched]]:
     made: list[tuple[object, Watched]] = []
 
-    def open_page(url: str, *allowed_errors: str) -> Watched:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+    def open_page(
+        url: str, *allowed_errors: str, viewport: dict[str, int] = DESKTOP, offline: bool = False
+    ) -> Watched:
+        context = browser.new_context(viewport=viewport)
         page = context.new_page()
-        w = Watched(page, allowed_errors=allowed_errors)
+        w = Watched(page, allowed_errors=allowed_errors, offline=offline)
         page.on("console", lambda m: w.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: w.errors.append(str(e)))
 

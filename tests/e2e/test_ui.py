@@ -71,7 +71,7 @@ def test_ui_chat_streams_and_stop_frees_the_slot(
     page.get_by_role("button", name="Send").click()
     answer = page.locator(".msg.assistant")
     page.wait_for_function(
-        "() => (document.querySelector('.msg.assistant')?.textContent ?? '').length > 20",
+        "() => (document.querySelector('.msg.assistant .text')?.textContent ?? '').length > 20",
         timeout=60_000,
     )
     assert "tokens/s" in page.locator(".stats").text_content()
@@ -86,6 +86,68 @@ def test_ui_chat_streams_and_stop_frees_the_slot(
         time.sleep(0.02)
     assert answer.text_content()
     page.locator(".stats", has_text="stopped").wait_for()
+
+
+def test_ui_stop_before_the_first_token_leaves_no_empty_turn(
+    demo: Server, watched: Callable[..., Watched]
+) -> None:
+    """Stopped while the model still loads: no empty answer stays (shown, saved or sent
+    next turn); the question goes back into the box, and sending it again answers it."""
+    httpx.post(f"{demo.url}/api/unload", json={"model": GEMMA}, timeout=60).raise_for_status()
+    w = watched(f"{demo.url}/ui/#/playground")
+    page = w.page
+    page.evaluate("localStorage.removeItem('modelyard.chat')")
+    page.get_by_label("Max tokens").fill("8")
+    page.get_by_label("Message", exact=False).fill("Say hello")
+    page.get_by_role("button", name="Send").click()
+    page.locator(".msg.assistant.pending").wait_for()
+    page.locator(".stats", has_text=f"Loading {GEMMA}").wait_for()
+    page.get_by_role("button", name="Stop").click()
+    page.locator(".stats", has_text="Stopped before the first token").wait_for()
+    assert page.locator(".msg").count() == 0
+    assert page.get_by_label("Message", exact=False).input_value() == "Say hello"
+    assert page.evaluate("localStorage.getItem('modelyard.chat')") == "[]"
+    page.get_by_role("button", name="Send").click()
+    page.locator(".stats", has_text="tokens/s").wait_for(timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('button.primary').disabled")
+    history = page.evaluate("JSON.parse(localStorage.getItem('modelyard.chat'))")
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[0]["content"] == "Say hello"
+    assert history[1]["content"]
+    page.get_by_role("button", name="Regenerate").click()
+    page.locator(".msg.pending").wait_for(state="detached", timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('button.primary').disabled")
+    assert page.locator(".msg").count() == 2  # the answer replaced, not added
+
+
+def test_ui_completion_mode_streams_text_on_from_the_prompt(
+    demo: Server, watched: Callable[..., Watched]
+) -> None:
+    w = watched(f"{demo.url}/ui/#/playground?tab=complete")
+    page = w.page
+    page.get_by_label("Text to continue").fill("The capital of France is")
+    page.get_by_label("Max tokens").fill("12")
+    page.get_by_label("Temperature").fill("0")
+    page.get_by_role("button", name="Complete").click()
+    page.locator(".stats", has_text="tokens/s").wait_for(timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('.completion[aria-busy]')")
+    generated = page.locator(".completion .generated").text_content()
+    assert generated.strip()
+    assert page.locator(".completion").text_content().startswith("The capital of France is")
+    screenshot(page, "complete")
+
+
+def test_ui_embeddings_say_the_model_is_loading(
+    demo: Server, watched: Callable[..., Watched]
+) -> None:
+    httpx.post(f"{demo.url}/api/unload", json={"model": MINILM}, timeout=60).raise_for_status()
+    w = watched(f"{demo.url}/ui/#/playground?tab=embeddings")
+    page = w.page
+    page.get_by_role("button", name="Embed").click()
+    page.locator(".stats", has_text=f"Loading {MINILM}").wait_for()
+    assert page.get_by_role("button", name="Embedding…").is_disabled()
+    page.locator("table.matrix").wait_for(timeout=120_000)
+    assert page.get_by_role("button", name="Embed").is_enabled()
 
 
 def test_ui_rerank_ranks_the_matching_document_first(
@@ -176,7 +238,7 @@ def log_in(w: Watched, key: str) -> None:
     page = w.page
     page.get_by_role("dialog").wait_for()
     page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("dialog").get_by_role("button", name="Log in").click()
     page.get_by_role("dialog").wait_for(state="hidden")
 
 
@@ -193,6 +255,9 @@ def test_ui_with_keys_shows_what_each_role_may_do(
     assert page.get_by_role("button", name="Load").count() == 0
     assert page.get_by_role("link", name="Playground").is_visible()
     assert not page.get_by_role("link", name="Events").is_visible()
+    page.goto(f"{server.url}/ui/#/playground")  # its one model embeds: it may not chat
+    page.get_by_role("alert").filter(has_text="No model you may use does chat").wait_for()
+    assert page.get_by_role("button", name="Send").is_disabled()
     page.goto(f"{server.url}/ui/#/keys")  # a key makes no keys: the page says how to
     page.get_by_text("Log in with your user name and password to make keys").wait_for()
     assert page.get_by_role("button", name="Make a key").count() == 0
@@ -220,9 +285,10 @@ def test_ui_with_keys_shows_what_each_role_may_do(
     )
     new = a.page.locator("tr[data-key-id]", has_text="from-the-page")
     new.get_by_role("button", name="Edit").click()
-    new.get_by_label("rpm").fill("7")
-    new.get_by_label("models").fill(MINILM)
-    new.get_by_role("button", name="Save").click()
+    editor = a.page.locator("tr[data-editor]")  # a row of its own, below the key's
+    editor.get_by_label("rpm").fill("7")
+    editor.get_by_label("models").fill(MINILM)
+    editor.get_by_role("button", name="Save").click()
     a.page.locator("tr[data-key-id]", has_text="7 rpm").wait_for()
     listed = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert [m["id"] for m in listed.json()["data"]] == [MINILM]

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -79,6 +79,9 @@ class Server:
     process: subprocess.Popen[bytes]
     home: Path
     log: Path
+    argv: list[str] = field(default_factory=list)
+    cwd: Path | None = None
+    environ: dict[str, str] = field(default_factory=dict)
 
     @property
     def models_dir(self) -> Path:
@@ -100,6 +103,24 @@ class Server:
         key = environ.get("LLAMA_API_KEY") or environ.get("MODELYARD_RUNNER_KEY")
         port = argv[argv.index("--port") + 1]
         return Runner(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
+
+    def start(self) -> None:
+        """Starts it again after ``stop``: the same command on the same port and home."""
+        self.process = _spawn(self.argv, self.cwd, self.environ, self.log)
+        self.wait_up()
+
+    def wait_up(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not come up:\n{self.log.read_text()}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -139,22 +160,18 @@ def start_server(
         else:
             environ[name] = value
     log = tmp / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv, cwd=cwd or tmp, env=environ, stdout=out, stderr=subprocess.STDOUT
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, home, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"server did not come up:\n{log.read_text()}")
+    log.write_bytes(b"")
+    process = _spawn(argv, cwd or tmp, environ, log)
+    server = Server(f"http://127.0.0.1:{port}", process, home, log, argv, cwd or tmp, environ)
+    server.wait_up()
+    return server
+
+
+def _spawn(
+    argv: list[str], cwd: Path | None, environ: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, cwd=cwd, env=environ, stdout=out, stderr=subprocess.STDOUT)
 
 
 HUB_REPO = "google/gemma-3-270m-GGUF"

@@ -1,18 +1,31 @@
 // Usage (charts and CSV) and keys (make, revoke, change limits), as the role allows.
-import { api, can, session } from "/ui/app.js";
-import { el } from "/ui/util.js";
+import { api, can, session } from "/ui/client.js";
+import { busy, confirmed, el } from "/ui/util.js";
 
 export async function usage(main, signal) {
   const by = el("select", { name: "by" }, ["day", "model", "key", "user"].map((g) =>
     el("option", { value: g }, `by ${g}`)));
   const since = el("input", { name: "since", value: "168h" });
   const chart = el("div");
+  const problem = el("p", { class: "error", role: "alert" });
   const csv = el("a", { href: "#", download: "usage.csv" }, "Export CSV");
   main.append(el("h1", {}, "Usage"), el("div", { class: "row" }, el("label", {}, "Totals", by),
-    el("label", {}, "Since (ISO time, or 24h, 168h…)", since)), chart, csv);
+    el("label", {}, "Since (ISO time, or 24h, 168h…)", since)), problem, chart, csv);
   const draw = async () => {
     const query = `by=${by.value}&since=${encodeURIComponent(since.value)}`;
-    const data = await api(`/api/usage?${query}`, { signal });
+    let data;
+    try {
+      data = await api(`/api/usage?${query}`, { signal });
+    } catch (error) {
+      // Old numbers under a new question would mislead: none are shown, and why.
+      if (error.name === "AbortError") return;
+      chart.replaceChildren();
+      since.setAttribute("aria-invalid", "true");
+      problem.textContent = error.message;
+      return;
+    }
+    since.removeAttribute("aria-invalid");
+    problem.textContent = "";
     const top = Math.max(1, ...data.rows.map((r) => r.prompt_tokens + r.completion_tokens));
     chart.replaceChildren(el("table", {}, el("thead", {}, el("tr", {},
       [by.value, "Requests", "Tokens", "Cost", ""].map((h) => el("th", { scope: "col" }, h)))),
@@ -39,6 +52,13 @@ export async function usage(main, signal) {
 }
 
 export async function keys(main, signal) {
+  main.append(el("h1", {}, "Keys"));
+  if (!can("keys")) {
+    main.append(el("p", {}, "This server runs without keys: anyone who reaches it may use " +
+      "it, as an admin. To hand out keys with roles, models, limits and balances, start it " +
+      "with keys required (MODELYARD_AUTH=keys, or auth = \"keys\" in modelyard.toml)."));
+    return;
+  }
   const admin = can("admin");
   const body = el("tbody");
   const made = el("div", { role: "status" });
@@ -75,24 +95,57 @@ export async function keys(main, signal) {
   // Only admins and users logged in with their password make keys (a key cannot).
   const makes = admin || session.me?.kind === "session";
   const note = el("p", {}, "Log in with your user name and password to make keys.");
-  main.append(el("h1", {}, "Keys"), makes ? form : note, made, el("div", { class: "scroll" }, el("table", {},
+  main.append(makes ? form : note, made, el("div", { class: "scroll", tabindex: 0 }, el("table", {},
     el("thead", {}, el("tr", {}, ["Key", "Name", "User", "Role", "Models", "Limits", "Balance",
       "Status", ""].map((h) => el("th", { scope: "col" }, h)))), body)));
 
+  const editing = new Map();  // key id → its editor row, kept across redraws
   async function list() {
     const data = await api("/api/keys", { signal });
-    body.replaceChildren(...data.keys.map((k) => el("tr", { "data-key-id": k.id },
+    // The last admin key cannot be revoked (the server says so too): no button offers it.
+    const admins = data.keys.filter((k) => k.enabled && k.role === "admin");
+    const last = admins.length === 1 ? admins[0].id : null;
+    const rows = [];
+    for (const k of data.keys) {
+      rows.push(keyRow(k, k.id !== last));
+      if (editing.has(k.id)) rows.push(editing.get(k.id));
+    }
+    body.replaceChildren(...rows);
+  }
+  async function revoke(button, k) {
+    if (!(await confirmed(`Revoke the key ${k.name} (${k.prefix}…)? Whatever uses it stops ` +
+      "working within a second; this cannot be undone.", "Revoke"))) return;
+    await busy(button, "Revoking…", async () => {
+      try {
+        await api(`/api/keys/${k.id}`, { method: "DELETE", signal });
+      } catch (error) {
+        made.replaceChildren(el("p", { class: "error" }, error.message));
+      }
+    });
+    await list();
+  }
+  function edit(k) {
+    if (editing.has(k.id)) editing.delete(k.id);
+    else {
+      editing.set(k.id, el("tr", { class: "details", "data-editor": k.id },
+        el("td", { colspan: 9 }, editor(k, signal, async () => {
+          editing.delete(k.id);
+          await list();
+        }))));
+    }
+    list();
+  }
+  function keyRow(k, revocable) {
+    return el("tr", { "data-key-id": k.id },
       el("td", {}, k.prefix), el("td", {}, k.name), el("td", {}, k.user ?? "-"),
       el("td", {}, k.role), el("td", {}, k.models.join(", ") || "all"),
       el("td", {}, [k.rpm && `${k.rpm} rpm`, k.tpm && `${k.tpm} tpm`,
         k.max_concurrent && `${k.max_concurrent} at once`].filter(Boolean).join(", ") || "-"),
       el("td", {}, k.balance ?? "-"), el("td", {}, k.enabled ? "enabled" : "revoked"),
-      el("td", { class: "row" }, k.enabled ? el("button", { type: "button", onclick: async () => {
-        await api(`/api/keys/${k.id}`, { method: "DELETE", signal });
-        await list();
-      } }, "Revoke") : "", admin ? el("button", { type: "button",
-        onclick: (e) => e.target.closest("td").append(editor(k, signal, list)) }, "Edit") :
-        ""))));
+      el("td", { class: "row" }, k.enabled && revocable ? el("button", { type: "button",
+        onclick: (e) => revoke(e.target, k) }, "Revoke") : "", admin ? el("button", {
+        type: "button", "aria-expanded": String(editing.has(k.id)), onclick: () => edit(k) },
+      "Edit") : ""));
   }
   await list();
   if (admin) await users(main, signal);
@@ -151,7 +204,7 @@ async function users(main, signal) {
     }
   } }, el("label", {}, "User name", name), el("label", {}, "Password", password),
     el("label", {}, "Role", role), el("button", { type: "submit" }, "Add user"));
-  main.append(el("h2", {}, "Users"), form, message, el("div", { class: "scroll" },
+  main.append(el("h2", {}, "Users"), form, message, el("div", { class: "scroll", tabindex: 0 },
     el("table", {}, el("thead", {}, el("tr", {}, ["User", "Role", "Balance", "Status", ""]
       .map((h) => el("th", { scope: "col" }, h)))), body)));
   async function list() {
@@ -159,8 +212,17 @@ async function users(main, signal) {
     body.replaceChildren(...data.users.map((u) => el("tr", { "data-user": u.name },
       el("td", {}, u.name), el("td", {}, u.role), el("td", {}, u.balance ?? "-"),
       el("td", {}, u.enabled ? "enabled" : "disabled"),
-      el("td", {}, el("button", { type: "button", onclick: async () => {
-        await api(`/api/users/${encodeURIComponent(u.name)}`, { method: "DELETE", signal });
+      el("td", {}, el("button", { type: "button", onclick: async (e) => {
+        if (!(await confirmed(`Remove the user ${u.name} and all its keys? Its usage stays ` +
+          "in the ledger.", "Remove"))) return;
+        await busy(e.target, "Removing…", async () => {
+          try {
+            await api(`/api/users/${encodeURIComponent(u.name)}`, { method: "DELETE", signal });
+            message.textContent = "";
+          } catch (error) {
+            message.textContent = error.message;
+          }
+        });
         await list();
       } }, "Remove")))));
   }

@@ -8,11 +8,37 @@ export function el(tag, attrs = {}, ...children) {
     else if (name === "text") node.textContent = value;
     else node.setAttribute(name, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+// Asks before a destructive action, in the page's own dialog; resolves true to go on.
+export function confirmed(text, action) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-ok").textContent = action;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => dialog.addEventListener("close",
+    () => resolve(dialog.returnValue === "ok"), { once: true }));
+}
+
+// Runs `work` with `button` disabled and saying `doing` meanwhile.
+export async function busy(button, doing, work) {
+  const label = button.textContent;
+  button.disabled = true;
+  button.textContent = doing;
+  button.setAttribute("aria-busy", "true");
+  try {
+    return await work();
+  } finally {
+    button.disabled = false;
+    button.textContent = label;
+    button.removeAttribute("aria-busy");
+  }
 }
 
 export function size(bytes) {

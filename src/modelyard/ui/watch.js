@@ -1,5 +1,5 @@
 // Events, logs and activity: what the server decided, wrote and served, live.
-import { api, stream } from "/ui/app.js";
+import { api, follow } from "/ui/client.js";
 import { el } from "/ui/util.js";
 
 const MAX_ROWS = 500;
@@ -27,15 +27,25 @@ export async function events(main, signal) {
   const body = el("tbody");
   main.append(el("h1", {}, "Events"),
     el("label", {}, "Model", filter),
-    el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
+    el("div", { class: "scroll", tabindex: 0 }, el("table", {}, el("thead", {}, el("tr", {},
       ["#", "Time", "Model", "Event", "What happened"].map((h) => el("th", { scope: "col" }, h)))),
       body)));
   const put = liveRows(body, filter);
-  const add = (e) => put(el("tr", { "data-kind": e.type, "data-model": e.model ?? "" },
-    el("td", {}, e.id), el("td", {}, clock(e.time)), el("td", {}, e.model ?? "-"),
-    el("td", {}, e.type), el("td", {}, e.message)));
-  // The last hour's, then each as it happens.
-  stream("/api/events?follow=true&since=1h", { signal, onData: add }).catch(() => {});
+  // The last hour's, then each as it happens; back from a lost connection (the server
+  // restarted, or the network dropped), those since the last one shown, each once.
+  const seen = new Set();
+  let last = null;
+  const add = (e) => {
+    const key = `${e.id}@${e.time}`;
+    if (seen.has(key)) return;
+    seen.add(key);
+    last = Math.max(last ?? 0, e.time);
+    put(el("tr", { "data-kind": e.type, "data-model": e.model ?? "" },
+      el("td", {}, e.id), el("td", {}, clock(e.time)), el("td", {}, e.model ?? "-"),
+      el("td", {}, e.type), el("td", {}, e.message)));
+  };
+  follow(() => `/api/events?follow=true&since=${last === null ? "1h" : last}`,
+    { signal, onData: add }).catch(() => {});
 }
 
 export async function logs(main, signal) {
@@ -49,26 +59,26 @@ export async function logs(main, signal) {
     el("label", {}, "Search", search), pause), view);
   let paused = false;
   let lines = [];
-  let follow = null;
+  let following = null;
   const draw = () => {
     if (paused) return;
     const shown = search.value ? lines.filter((l) => l.includes(search.value)) : lines;
     view.textContent = shown.join("\n");
     view.scrollTop = view.scrollHeight;
   };
+  // Each (re)connection sends the last 200 lines again: they replace what is shown.
   const open = () => {
-    follow?.abort();
-    follow = new AbortController();
-    signal.addEventListener("abort", () => follow.abort());
-    lines = [];
+    following?.abort();
+    following = new AbortController();
+    signal.addEventListener("abort", () => following.abort());
     const path = source.value ? `/api/logs/${encodeURIComponent(source.value)}` : "/api/logs";
-    stream(`${path}?n=200&follow=true`, { signal: follow.signal, onData: (line) => {
-      lines.push(line);
-      if (lines.length > 2000) lines.splice(0, lines.length - 2000);
-      draw();
-    } }).catch((error) => {
-      if (error.name !== "AbortError") view.textContent = error.message;
-    });
+    follow(() => `${path}?n=200&follow=true`, { signal: following.signal,
+      onOpen: () => { lines = []; },
+      onData: (line) => {
+        lines.push(line);
+        if (lines.length > 2000) lines.splice(0, lines.length - 2000);
+        draw();
+      } }).catch((error) => { view.textContent = error.message; });
   };
   pause.addEventListener("click", () => {
     paused = !paused;
@@ -84,13 +94,15 @@ export async function logs(main, signal) {
 export async function activity(main, signal) {
   const filter = el("input", { name: "model", placeholder: "all models" });
   const body = el("tbody");
-  const columns = ["Time", "Model", "Key", "Status", "Tokens", "TTFT ms", "Tokens/s", "Total ms"];
+  const columns = ["Time", "Model", "Route", "Key", "Status", "Tokens", "TTFT ms", "Tokens/s",
+    "Total ms"];
   main.append(el("h1", {}, "Activity"), el("label", {}, "Model", filter),
-    el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
+    el("div", { class: "scroll", tabindex: 0 }, el("table", {}, el("thead", {}, el("tr", {},
       columns.map((h) => el("th", { scope: "col" }, h)))), body)));
   const put = liveRows(body, filter);
   const add = (r) => put(el("tr", { "data-model": r.model ?? "" }, el("td", {}, clock(r.time)),
-    el("td", {}, r.model ?? "-"), el("td", {}, r.key ?? r.user ?? "-"),
+    el("td", {}, r.model ?? "-"), el("td", {}, r.route ?? "-"),
+    el("td", {}, r.key ?? r.user ?? "-"),
     el("td", {}, r.cancelled ? `${r.status} (cancelled)` : r.status),
     el("td", {}, `${r.prompt_tokens} + ${r.completion_tokens}`), el("td", {}, r.ttft_ms ?? "-"),
     el("td", {}, r.tokens_per_s ?? "-"), el("td", {}, r.total_ms)));
@@ -107,5 +119,6 @@ export async function activity(main, signal) {
     }, 250);
   };
   signal.addEventListener("abort", () => clearTimeout(timer));
-  stream("/api/activity?follow=true&every=0.5", { signal, onData: later }).catch(() => {});
+  follow(() => "/api/activity?follow=true&every=0.5", { signal, onData: later })
+    .catch(() => {});
 }

@@ -507,11 +507,13 @@ def test_a_config_made_in_code_has_the_defaults_of_an_empty_file(tmp_path: Path)
 
 
 def _readme_tables() -> list[str]:
-    """The README's ``modelyard.toml`` examples that configure models."""
+    """The ``modelyard.toml`` examples of the README and the docs that configure models."""
     import re
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    return [b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[models." in b]
+    root = Path(__file__).parents[2]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    return [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "[models." in b]
 
 
 def _toml(value: object) -> str:

@@ -208,9 +208,10 @@ def test_ui_edit_opens_one_editor_and_closes_it(
 
 
 def test_ui_usage_says_when_since_is_not_a_time(
-    demo: Server, watched: Callable[..., Watched]
+    broken: Server, watched: Callable[..., Watched]
 ) -> None:
     """Keys off: Usage is there (the ledger still counts), Keys says how to turn keys on."""
+    demo = broken  # any server without keys
     w = watched(f"{demo.url}/ui/#/usage", "status of 400")
     page = w.page
     page.get_by_role("heading", name="Usage").wait_for()

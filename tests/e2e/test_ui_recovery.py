@@ -80,8 +80,10 @@ def test_ui_a_corrupt_model_shows_failed_with_its_reason_and_a_retry(
     assert page.locator("tr[data-model]").count() == 2
     screenshot(page, "failed")
     # A model shows failed until it is unloaded (or loads): Unload clears it.
-    httpx.post(f"{broken.url}/api/unload", json={"model": "noise"}, timeout=30)
-    row(w, "noise").wait_for(state="detached", timeout=15_000)  # no longer failed
+    httpx.post(f"{broken.url}/api/unload", json={"model": "noise"}, timeout=30).raise_for_status()
+    listed = httpx.get(f"{broken.url}/api/models").json()["models"]
+    assert [m["state"] for m in listed if m["name"] == "noise"] == ["stopped"]
+    row(w, "noise").wait_for(state="detached", timeout=30_000)  # the page follows
     page.locator("select[name=state]").select_option("")
     row(w, "noise").locator('.badge[data-state="stopped"]').wait_for()
 
@@ -159,13 +161,19 @@ def test_ui_a_revoked_key_brings_the_login_back_with_the_reason(
     assert w.page.get_by_label("API key").input_value() == ""
 
 
-def test_ui_revoke_and_remove_ask_first_and_the_last_admin_key_offers_no_revoke(
+def keys_page_as_admin(
     keyed: tuple[Server, dict[str, str]], watched: Callable[..., Watched]
-) -> None:
+) -> Watched:
     server, keys = keyed
     w = watched(f"{server.url}/ui/#/keys", UNAUTHENTICATED)
     log_in(w, keys["admin"])
-    page = w.page
+    return w
+
+
+def test_ui_revoke_and_remove_ask_first_and_the_last_admin_key_offers_no_revoke(
+    keyed: tuple[Server, dict[str, str]], watched: Callable[..., Watched]
+) -> None:
+    page = keys_page_as_admin(keyed, watched).page
     page.get_by_label("Name", exact=True).fill("to-revoke")
     page.get_by_role("button", name="Make a key").click()
     line = page.locator("tr[data-key-id]", has_text="to-revoke")
@@ -194,10 +202,7 @@ def test_ui_revoke_and_remove_ask_first_and_the_last_admin_key_offers_no_revoke(
 def test_ui_edit_opens_one_editor_and_closes_it(
     keyed: tuple[Server, dict[str, str]], watched: Callable[..., Watched]
 ) -> None:
-    server, keys = keyed
-    w = watched(f"{server.url}/ui/#/keys", UNAUTHENTICATED)
-    log_in(w, keys["admin"])
-    page = w.page
+    page = keys_page_as_admin(keyed, watched).page
     line = page.locator("tr[data-key-id]", has_text="monitor").first
     for _ in range(2):
         line.get_by_role("button", name="Edit").click()

@@ -253,6 +253,12 @@ class Fleet:
         if changed:  # one event per new reason, not one per request that hits it
             m.failed_event = self._emit(LoadFailed(m.spec.name, now, 0.0, message, 0.0))
 
+    def forgive(self, m: Model, reason: str) -> None:
+        """Clears the failure ``unreadable`` left: the model shows as stopped again."""
+        if m.unreadable:
+            m.unreadable = False
+            self._emit(StateChanged(m.spec.name, self._clock.now(), S.FAILED, S.STOPPED, reason))
+
     def crashed(self, m: Model, r: Replica, code: int, tail: str) -> None:
         now = self._clock.now()
         name = m.run_spec(r).runner_name

@@ -269,7 +269,7 @@ class Scheduler:
     async def unload(self, name: str) -> None:
         """Unloads ``name`` now if idle, else once its in-flight requests are done."""
         m = self._models[self._catalog.get(name).name]
-        m.unreadable = False
+        self._fleet.forgive(m, "unload requested")
         for r in m.replicas:
             if r.state is ModelState.FAILED:
                 r.set_state(ModelState.STOPPED, "unload requested")

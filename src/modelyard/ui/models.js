@@ -44,7 +44,28 @@ export async function models(main, signal) {
   const notes = new Map();  // model → what its last action said (an error)
   const open = new Map();  // model → its details row, kept across redraws
 
-  async function refresh() {
+  // One read at a time, and one more when asked meanwhile: answers never land out of order.
+  let reading = null;
+  let again = false;
+  function refresh() {
+    if (reading) {
+      again = true;
+      return reading;
+    }
+    reading = (async () => {
+      try {
+        do {
+          again = false;
+          await read();
+        } while (again);
+      } finally {
+        reading = null;
+      }
+    })();
+    return reading;
+  }
+
+  async function read() {
     if (can("monitor")) {
       const [catalog, ps] = await Promise.all([api("/api/models", { signal }),
         api("/api/ps", { signal })]);

@@ -55,6 +55,28 @@ function speed(started, first, tokens) {
     `${seconds > 0 ? (tokens / seconds).toFixed(1) : "-"} tokens/s`;
 }
 
+// Streams `body` to `path`: `onPiece` gets each piece of text `pick` finds in an event (and
+// whether it is the first); `stats` says the speed as it goes, then why it ended early.
+async function generate(path, body, { signal, stats, pick, onPiece }) {
+  const started = performance.now();
+  let first = null;
+  let tokens = 0;
+  try {
+    await stream(path, { method: "POST", body, signal, onData: (chunk) => {
+      if (chunk.error) throw new Error(chunk.error.message);
+      const piece = pick(chunk);
+      if (!piece) return;
+      first ??= performance.now();
+      tokens += 1;
+      onPiece(piece, tokens === 1);
+      stats.textContent = speed(started, first, tokens);
+    } });
+  } catch (error) {
+    if (error.name === "AbortError") stats.textContent += " · stopped";
+    else stats.textContent = error.message;
+  }
+}
+
 function chat(panel, listed, signal) {
   const send = el("button", { type: "submit", class: "primary" }, "Send");
   const [model, none] = picker(listed, "chat", send);
@@ -119,50 +141,36 @@ function chat(panel, listed, signal) {
     signal.addEventListener("abort", () => running?.abort());
     send.disabled = true;
     stop.disabled = false;
-    const started = performance.now();
-    let first = null;
-    let tokens = 0;
     stats.textContent = await waitingFor(model.value, signal);
     const body = { model: model.value, stream: true, max_tokens: Number(maxTokens.value),
       temperature: Number(temperature.value),
       messages: system.value ? [{ role: "system", content: system.value }, ...history] : history };
-    try {
-      await stream("/v1/chat/completions", { method: "POST", body, signal: running.signal,
-        onData: (chunk) => {
-          if (chunk.error) throw new Error(chunk.error.message);
-          const delta = chunk.choices?.[0]?.delta?.content;
-          if (!delta) return;
-          if (first === null) {
-            first = performance.now();
-            node.classList.remove("pending");
-            node.removeAttribute("aria-busy");
-          }
-          tokens += 1;
-          reply.content += delta;
-          text.innerHTML = markdown(reply.content);
-          stats.textContent = speed(started, first, tokens);
-        } });
-    } catch (error) {
-      if (error.name === "AbortError") stats.textContent += " · stopped";
-      else stats.textContent = error.message;
-    } finally {
-      running = null;
-      send.disabled = false;
-      stop.disabled = true;
-      if (!reply.content) {
-        // Nothing came (stopped or failed before the first token): no empty turn stays;
-        // the question goes back into the box, to send again.
-        messages.pop();
-        if (messages.at(-1)?.role === "user" && !prompt.value) {
-          prompt.value = messages.pop().content;
+    await generate("/v1/chat/completions", body, { signal: running.signal, stats,
+      pick: (chunk) => chunk.choices?.[0]?.delta?.content,
+      onPiece: (piece, first) => {
+        if (first) {
+          node.classList.remove("pending");
+          node.removeAttribute("aria-busy");
         }
-        if (stats.textContent.endsWith("stopped")) {
-          stats.textContent = "Stopped before the first token.";
-        }
+        reply.content += piece;
+        text.innerHTML = markdown(reply.content);
+      } });
+    running = null;
+    send.disabled = false;
+    stop.disabled = true;
+    if (!reply.content) {
+      // Nothing came (stopped or failed before the first token): no empty turn stays; the
+      // question goes back into the box, to send again.
+      messages.pop();
+      if (messages.at(-1)?.role === "user" && !prompt.value) {
+        prompt.value = messages.pop().content;
       }
-      save();
-      draw();
+      if (stats.textContent.endsWith("stopped")) {
+        stats.textContent = "Stopped before the first token.";
+      }
     }
+    save();
+    draw();
   }
 
   stop.addEventListener("click", () => running?.abort());
@@ -207,32 +215,16 @@ function complete(panel, listed, signal) {
     signal.addEventListener("abort", () => running?.abort());
     send.disabled = true;
     stop.disabled = false;
-    const started = performance.now();
-    let first = null;
-    let tokens = 0;
     stats.textContent = await waitingFor(model.value, signal);
-    try {
-      await stream("/v1/completions", { method: "POST", signal: running.signal,
-        body: { model: model.value, prompt: text.value, stream: true,
-          max_tokens: Number(maxTokens.value), temperature: Number(temperature.value) },
-        onData: (chunk) => {
-          if (chunk.error) throw new Error(chunk.error.message);
-          const piece = chunk.choices?.[0]?.text;
-          if (!piece) return;
-          first ??= performance.now();
-          tokens += 1;
-          generated.textContent += piece;
-          stats.textContent = speed(started, first, tokens);
-        } });
-    } catch (error) {
-      if (error.name === "AbortError") stats.textContent += " · stopped";
-      else stats.textContent = error.message;
-    } finally {
-      running = null;
-      send.disabled = false;
-      stop.disabled = true;
-      out.removeAttribute("aria-busy");
-    }
+    const body = { model: model.value, prompt: text.value, stream: true,
+      max_tokens: Number(maxTokens.value), temperature: Number(temperature.value) };
+    await generate("/v1/completions", body, { signal: running.signal, stats,
+      pick: (chunk) => chunk.choices?.[0]?.text,
+      onPiece: (piece) => { generated.textContent += piece; } });
+    running = null;
+    send.disabled = false;
+    stop.disabled = true;
+    out.removeAttribute("aria-busy");
   } }, none, el("div", { class: "row" }, el("label", {}, "Model", model),
     el("label", {}, "Temperature", temperature), el("label", {}, "Max tokens", maxTokens)),
   el("label", {}, "Text to continue", text), el("div", { class: "row" }, send, stop,

@@ -22,7 +22,10 @@ torch_index=${TORCH_INDEX-https://download.pytorch.org/whl/cpu}
 
 python3 -m venv "$venv"
 pip="$venv/bin/pip"
-"$pip" install -q --upgrade pip
+# As the README's install: torch through pip (from its index), uv for the rest (the same
+# requirements, resolved and installed in a third of pip's time), bytecode compiled once.
+"$pip" install -q uv
+uv() { "$venv/bin/uv" pip install -q --python "$venv/bin/python" "$@"; }
 if [ -n "$extras" ]; then
   # torch first: sentence-transformers would otherwise pull the CUDA build (several GB).
   if [ -n "$torch_index" ]; then
@@ -30,13 +33,14 @@ if [ -n "$extras" ]; then
   else
     "$pip" install -q "$torch_spec"
   fi
-  "$pip" install -q "$source[$extras]"
+  uv --compile-bytecode "$source[$extras]"
 else
-  "$pip" install -q "$source"
+  uv --compile-bytecode "$source"
 fi
 if [ -n "${XLLAMACPP_INDEX:-}" ]; then
-  "$pip" install -q --force-reinstall --no-deps xllamacpp --index-url "$XLLAMACPP_INDEX"
+  uv --reinstall --no-deps xllamacpp --index-url "$XLLAMACPP_INDEX"
 fi
+"$pip" uninstall -q -y uv  # an installer, not part of what runs
 # What the image runs must import: the CLI, the llama.cpp worker, and the encoder's stack.
 "$venv/bin/modelyard" --version
 "$venv/bin/python" -c "import modelyard.workers.llamacpp, xllamacpp"

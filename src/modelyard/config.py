@@ -33,7 +33,7 @@ from modelyard.catalog.build import check_names, entry_spec, merge, resolve
 from modelyard.catalog.demo import demo_models
 from modelyard.catalog.discovery import discover
 from modelyard.catalog.entry import Duration, ModelEntry, Seconds, Size
-from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ModelSpec
+from modelyard.catalog.spec import DEFAULT_KEEP_ALIVE, ModelSpec, default
 from modelyard.errors import ConfigError
 from modelyard.quantity import parse_size
 
@@ -86,6 +86,9 @@ class _ServerTable(BaseModel):
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     models_dir: str | None = None
     llama_server: str | None = None
+    kv_cache_disk: Size = default("kv_cache_disk")
+    """Disk the saved KV states of llama.cpp models may take together (warm swaps: a model
+    unloaded and loaded again picks its conversations up where they were); 0: off."""
     demo: bool = True
     """Serve the demo models (when their packages are installed) besides this file's."""
     keep_alive: Duration = DEFAULT_KEEP_ALIVE
@@ -299,7 +302,9 @@ def load_config(settings: Settings | None = None) -> Config:
         entry_spec(name, entry, base_dir, origin, keep_alive, server.model_dump())
         for name, entry in parsed.models.items()
     ]
-    defaults = ModelSpec(name="", path=Path(), keep_alive=keep_alive)
+    defaults = ModelSpec(
+        name="", path=Path(), keep_alive=keep_alive, kv_cache_disk=server.kv_cache_disk
+    )
     if server.llama_server:
         defaults = replace(defaults, llama_server=resolve(server.llama_server, base_dir))
     found = discover(models_dir, defaults)

@@ -38,6 +38,10 @@ from modelyard.scheduler import ModelState, Scheduler
 from modelyard.scheduler.event import (
     Event,
     Evicted,
+    KvDiscarded,
+    KvMissed,
+    KvRestored,
+    KvSaved,
     LoadFailed,
     LoadFinished,
     Refused,
@@ -142,6 +146,25 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.kv_loads = Counter(
+            "modelyard_kv_restores",
+            "Loads of llama.cpp models with warm swaps: hit (saved conversations restored) "
+            "or miss (none to restore)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.kv_states = Counter(
+            "modelyard_kv_states",
+            "Saved conversations (slot KV states), by what happened to them",
+            ["model", "action"],
+            registry=r,
+        )
+        self.kv_bytes = Counter(
+            "modelyard_kv_bytes",
+            "Bytes of conversations saved to or restored from disk",
+            ["model", "action"],
+            registry=r,
+        )
         r.register(_StateCollector(scheduler))
         self._counted: dict[tuple[str, str, int], Counter] = {}
         self._series: dict[str, _ModelSeries] = {}
@@ -199,6 +222,14 @@ class Metrics:
             self.exits.labels(event.model, "true" if event.expected else "false").inc()
         elif isinstance(event, Refused):
             self.rejections.labels(event.model, event.reason).inc()
+        elif isinstance(event, KvRestored | KvSaved | KvDiscarded):
+            action = {KvRestored: "restored", KvSaved: "saved"}.get(type(event), "discarded")
+            self.kv_states.labels(event.model, action).inc(event.states)
+            self.kv_bytes.labels(event.model, action).inc(event.bytes)
+            if isinstance(event, KvRestored):
+                self.kv_loads.labels(event.model, "hit").inc()
+        elif isinstance(event, KvMissed):
+            self.kv_loads.labels(event.model, "miss").inc()
 
     # ---- the scrape ---------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from modelyard.api.ollama import ollama_fields
 from modelyard.api.request import documented, read_json, scheduler_of
 from modelyard.catalog.details import describe
 from modelyard.catalog.summary import summarize
+from modelyard.engines import engine_of
 from modelyard.errors import (
     ConfigError,
     ConflictError,
@@ -107,6 +108,7 @@ async def delete(request: Request) -> dict[str, Any]:
             )
         await scheduler.unload(spec.name)
     deleted = await asyncio.to_thread(store.remove, spec, reloader.config.models_dir)
+    deleted += await asyncio.to_thread(engine_of(spec).forget, spec, reloader.config.home)
     with contextlib.suppress(ConfigError):
         await reloader.reload()
     return {"model": spec.name, "deleted": [str(p) for p in deleted]}

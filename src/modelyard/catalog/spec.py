@@ -80,6 +80,9 @@ class ModelSpec:
     prompt_cache: int | None = None
     """llama.cpp: bytes of host RAM for cached prompt states (0: none); ``None``: the default
     share of the weights (see ``prompt_cache_bytes``)."""
+    kv_cache_disk: int = 4 * 1024**3
+    """llama.cpp: bytes of disk the saved KV states of every model may take together (warm
+    swaps, ``modelyard.engines.llamacpp.warm``); 0: no state is saved or restored."""
     command: tuple[str, ...] = ()
     """Command engine: the program and its arguments, with ``{port}``-style placeholders
     (``modelyard.engines.command.runner``)."""

@@ -29,6 +29,11 @@ class Engine(CatalogEngine):
         hold on the GPUs."""
         raise NotImplementedError
 
+    def forget(self, spec: ModelSpec, home: Path) -> list[Path]:
+        """Deletes what it keeps of a model whose files are being deleted (under ``home``);
+        the paths deleted. Called in a thread."""
+        return []
+
     tokenize = False
     """It counts a prompt's tokens (``/tokenize``): Anthropic's ``count_tokens``."""
     gathers = False

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 from modelyard.catalog.spec import Footprint, ModelSpec
 
@@ -48,6 +49,41 @@ class Sleeper(Protocol):
     async def wake(self) -> None:
         """Returns once the server serves again."""
         ...
+
+
+@dataclass(frozen=True)
+class KvNews:
+    """What a runner's warm swaps did: states ``saved`` at its stop, ``restored`` at its
+    start (or ``missed``: none to restore), ``discarded`` (broken, or over the disk budget),
+    or ``no_reuse``: its restores spare no prompt reading, so it saves no more."""
+
+    kind: Literal["saved", "restored", "missed", "discarded", "no_reuse"]
+    states: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    detail: str = ""
+
+
+class Warm(Protocol):
+    """A running model's conversations kept across its unload (llama.cpp's saved slots)."""
+
+    tell: Callable[[KvNews], None]
+    """Where what it did is told (its replica sets it)."""
+
+    async def restore(self) -> None:
+        """Before it takes requests: puts back what was saved (bounded in time)."""
+        ...
+
+    async def save(self) -> None:
+        """Before it is stopped (never after a crash): saves what is worth it (bounded)."""
+        ...
+
+
+def warm_of(running: RunningModel) -> Warm | None:
+    """The running model's ``warm`` attribute, if it keeps conversations across unloads."""
+    warm: Warm | None = getattr(running, "warm", None)
+    return warm
 
 
 class Runner(Protocol):

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import aiohttp
 import psutil
@@ -108,7 +109,7 @@ class ChildServer:
         lifeline: bool = False,
         lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
         gpus: Gpus | None = None,
-    ) -> ChildServer:
+    ) -> Self:
         """Starts ``argv`` with ``env`` added to ours (``gpus``: to measure its GPU memory).
 
         ``lifeline``: the program does not set its own parent-death signal (it is not one of
@@ -148,7 +149,7 @@ class ChildServer:
         lifeline: bool = False,
         lifecycle: Lifecycle = DEFAULT_LIFECYCLE,
         gpus: Gpus | None = None,
-    ) -> ChildServer:
+    ) -> Self:
         """Spawns the server and returns once it is healthy; stops it if it never gets there."""
         server = await cls.spawn(
             argv,

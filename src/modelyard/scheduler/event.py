@@ -194,6 +194,66 @@ class CatalogReloaded(Event):
         return "catalog reloaded: " + ("; ".join(parts) or "no model changed")
 
 
+@dataclass(frozen=True)
+class KvSaved(Event):
+    """Its runner's conversations (slots' KV states) were saved before it stopped."""
+
+    states: int
+    tokens: int
+    bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"saved {self.states} conversation(s), {self.tokens} tokens "
+            f"({format_size(self.bytes)}) in {self.seconds * 1000:.0f} ms"
+        )
+
+
+@dataclass(frozen=True)
+class KvRestored(Event):
+    """Saved conversations were put back into its runner's slots before it took requests."""
+
+    states: int
+    tokens: int
+    bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"restored {self.states} conversation(s), {self.tokens} tokens "
+            f"({format_size(self.bytes)}) in {self.seconds * 1000:.0f} ms"
+        )
+
+
+@dataclass(frozen=True)
+class KvMissed(Event):
+    """It loaded with no saved conversation to restore (metrics count it; not logged)."""
+
+
+@dataclass(frozen=True)
+class KvDiscarded(Event):
+    """Saved conversations were deleted: broken, or over ``kv_cache_disk``."""
+
+    states: int
+    bytes: int
+    reason: str
+
+    def describe(self) -> str:
+        size = format_size(self.bytes)
+        return f"deleted {self.states} saved conversation(s) ({size}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class KvNoReuse(Event):
+    """A restore spared no prompt reading on this model: its conversations are not saved."""
+
+    detail: str
+
+    def describe(self) -> str:
+        return f"warm swaps off: {self.detail}"
+
+
 DECISIONS: tuple[type[Event], ...] = (
     StateChanged,
     LoadRequested,
@@ -205,4 +265,8 @@ DECISIONS: tuple[type[Event], ...] = (
     Restarting,
     MemoryPressure,
     CatalogReloaded,
+    KvSaved,
+    KvRestored,
+    KvDiscarded,
+    KvNoReuse,
 )

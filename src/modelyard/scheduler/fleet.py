@@ -17,7 +17,7 @@ from modelyard.catalog.spec import ModelSpec
 from modelyard.clock import Clock
 from modelyard.errors import ModelyardError
 from modelyard.quantity import format_size
-from modelyard.runners.base import Runner, Sleeper
+from modelyard.runners.base import KvNews, Runner, Sleeper
 from modelyard.scheduler import account
 from modelyard.scheduler.budget import MemoryLedger
 from modelyard.scheduler.event import (
@@ -25,6 +25,11 @@ from modelyard.scheduler.event import (
     Evicted,
     EvictionReason,
     KeepAliveExpired,
+    KvDiscarded,
+    KvMissed,
+    KvNoReuse,
+    KvRestored,
+    KvSaved,
     LoadFailed,
     LoadFinished,
     MemoryPressure,
@@ -130,6 +135,8 @@ class Fleet:
             case SleepFailed(message):
                 log.warning("%s did not go to sleep (%s); stopping it", m.spec.name, message)
                 self.unload(m, r, "idle", f"sleep failed: {message}")
+            case KvNews():
+                self._emit(_kv_event(m.spec.name, now, report, replica=label, node=r.node))
             case Expired():
                 if r.state is S.READY and m.replica_idle(r) and r.expires_at is not None:
                     self._emit(KeepAliveExpired(m.spec.name, now, replica=label, node=r.node))
@@ -322,3 +329,22 @@ class Fleet:
         for key in victims:
             detail = f"memory pressure: {used} in use, budget {budget}"
             self.evict(*self.by_key(key), set(over), "memory", detail)
+
+
+def _kv_event(model: str, at: float, news: KvNews, replica: int | None, node: str) -> Event:
+    """The event of what a runner's warm swaps did."""
+    n = news
+    match n.kind:
+        case "saved":
+            return KvSaved(
+                model, at, n.states, n.tokens, n.bytes, n.seconds, replica=replica, node=node
+            )
+        case "restored":
+            return KvRestored(
+                model, at, n.states, n.tokens, n.bytes, n.seconds, replica=replica, node=node
+            )
+        case "discarded":
+            return KvDiscarded(model, at, n.states, n.bytes, n.detail, replica=replica, node=node)
+        case "no_reuse":
+            return KvNoReuse(model, at, n.detail, replica=replica, node=node)
+    return KvMissed(model, at, replica=replica, node=node)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.clock import Clock, Timer
 from modelyard.errors import ModelyardError
-from modelyard.runners.base import Runner, RunningModel, Sleeper
+from modelyard.runners.base import KvNews, Runner, RunningModel, Sleeper, warm_of
 from modelyard.scheduler.event import EvictionReason, exit_name
 from modelyard.scheduler.placement import LOCAL
 from modelyard.scheduler.state import ModelState, check_transition
@@ -102,7 +102,7 @@ class Expired:
     """Its keep-alive ran out."""
 
 
-Report = Changed | Started | StartFailed | Crashed | Exited | Slept | SleepFailed | Expired
+Report = Changed | Started | StartFailed | Crashed | Exited | Slept | SleepFailed | Expired | KvNews
 
 
 class Replica:
@@ -241,6 +241,8 @@ class Replica:
             await asyncio.gather(self.task, return_exceptions=True)
         running = self._detach()
         if running is not None:
+            if grace > 0:
+                await _save(running)
             await running.stop(grace)
 
     # ---- its tasks -----------------------------------------------------------------------------
@@ -256,6 +258,7 @@ class Replica:
                     return  # stopped while waking
             else:
                 running = await runner.start(spec)
+                await self._restore(running)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -289,6 +292,7 @@ class Replica:
         running = self._detach()
         if running is not None:
             try:
+                await _save(running)
                 await running.stop(self._stop_grace)
                 code = await asyncio.wait_for(running.wait(), 1.0)
                 self._report(self, Exited(code))
@@ -319,6 +323,24 @@ class Replica:
         self.asleep = running.footprint()
         self._report(self, Slept())
 
+    async def _restore(self, running: RunningModel) -> None:
+        """Puts back what ``running``'s model kept at its last unload (warm swaps), if it
+        keeps anything; a failure costs the conversations, never the load."""
+        warm = warm_of(running)
+        if warm is None:
+            return
+        warm.tell = self._warm_news
+        try:
+            await warm.restore()
+        except asyncio.CancelledError:
+            await asyncio.shield(running.stop(self._stop_grace))
+            raise
+        except Exception:
+            log.exception("restoring the slots of %s failed", self._name())
+
+    def _warm_news(self, news: KvNews) -> None:
+        self._report(self, news)
+
     def _expire(self) -> None:
         self._expiry = None
         self._report(self, Expired())
@@ -330,3 +352,13 @@ class Replica:
             self._watcher.cancel()
             self._watcher = None
         return running
+
+
+async def _save(running: RunningModel) -> None:
+    """Saves what ``running`` keeps across an unload (warm swaps), if it does; never fails."""
+    warm = warm_of(running)
+    if warm is not None:
+        try:
+            await warm.save()
+        except Exception:
+            log.exception("saving the slots of %s failed", running.base_url)

@@ -70,6 +70,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--mmproj", "-mm"), "mmproj.path", "str", managed=True),
     Flag(("-cram", "--cache-ram"), "cache_ram_mib", "int", managed=True),
     Flag(("--chat-template",), "chat_template", "str", managed=True),
+    Flag(("--slot-save-path",), "slot_save_path", "str", managed=True),
     Flag(("--chat-template-file",), "chat_template", "file", managed=True),
     Flag(("--embedding", "--embeddings"), "embedding", "on"),
     Flag(("--reranking", "--rerank"), "embedding", "rerank"),

@@ -15,6 +15,7 @@ from modelyard.dialect.base import Dialect
 from modelyard.dialect.forced import ForcedCall, forced, hold_to_call
 from modelyard.dialect.legacy import LegacyCompletion
 from modelyard.engines.base import Engine, Shape
+from modelyard.engines.llamacpp.kvstore import KvStore
 from modelyard.engines.llamacpp.runner import LlamaCppRunner, can_call_tools
 from modelyard.engines.llamacpp.table import LlamaCppEntry
 from modelyard.errors import InvalidRequestError, RunnerError, UnsupportedFeatureError
@@ -31,6 +32,11 @@ class LlamaCpp(LlamaCppEntry, Engine):
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
         return LlamaCppRunner(home / "logs", rotation=rotation, gpus=gpus)
+
+    def forget(self, spec: ModelSpec, home: Path) -> list[Path]:
+        """Its saved conversations (warm swaps)."""
+        store = KvStore(home / "kv")
+        return [store.root / store.file_name(saved) for saved in store.forget(spec.path)]
 
     def calls_tools(self, spec: ModelSpec) -> bool:
         return can_call_tools(spec)

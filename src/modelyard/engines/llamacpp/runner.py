@@ -7,6 +7,7 @@ configures a ``llama-server`` binary, or handed to our xllamacpp child program
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 from modelyard.catalog.gguf import GGUFError, gguf_info, split_bytes
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.catalog.template import BUILTIN_TEMPLATES, jinja_file, model_warnings
+from modelyard.engines.llamacpp.kvstore import KvStore, identity
+from modelyard.engines.llamacpp.warm import WarmSlots
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
 from modelyard.runners.gpu import Gpus, NoGpus, device, visible
@@ -43,8 +46,15 @@ def replica_threads(spec: ModelSpec) -> int | None:
     return max(1, (os.cpu_count() or 1) // spec.max_replicas)
 
 
-def server_args(spec: ModelSpec, port: int) -> list[str]:
-    """``llama-server`` flags for ``spec`` listening on 127.0.0.1:``port``."""
+def warm_swaps(spec: ModelSpec) -> bool:
+    """Its slots are saved at an unload and restored at the next load: a chat model (an
+    embedding's slots hold nothing worth keeping), unless ``kv_cache_disk`` is 0."""
+    return spec.kind == "chat" and spec.kv_cache_disk > 0
+
+
+def server_args(spec: ModelSpec, port: int, slot_save_path: str | None = None) -> list[str]:
+    """``llama-server`` flags for ``spec`` listening on 127.0.0.1:``port`` (saving slots
+    under ``slot_save_path``, when given)."""
     args = [
         "--model",
         str(spec.path),
@@ -66,6 +76,8 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
         "--cache-ram",
         str(spec.prompt_cache_bytes // 1024**2),
     ]
+    if slot_save_path is not None:
+        args += ["--slot-save-path", slot_save_path]
     threads = spec.threads or replica_threads(spec)
     if threads:
         args += ["--threads", str(threads), "--threads-batch", str(threads)]
@@ -86,8 +98,15 @@ def server_args(spec: ModelSpec, port: int) -> list[str]:
     return args + list(spec.extra_args)
 
 
+class LlamaCppServer(ChildServer):
+    """A running llama.cpp server, and its saved slots (``warm``: ``None`` when off)."""
+
+    warm: WarmSlots | None = None
+
+
 class LlamaCppRunner:
-    """Starts one llama.cpp server per model; logs go to ``<log_dir>/<model>.log``."""
+    """Starts one llama.cpp server per model; logs go to ``<log_dir>/<model>.log``, saved
+    slots to ``kv_dir``."""
 
     reads_files = True  # its estimate reads the GGUF header
 
@@ -97,11 +116,14 @@ class LlamaCppRunner:
         load_timeout: float = 600.0,
         rotation: Rotation = DEFAULT_ROTATION,
         gpus: Gpus | None = None,
+        kv_dir: Path | None = None,
     ) -> None:
         self._log_dir = log_dir
         self._load_timeout = load_timeout
         self._rotation = rotation
         self._gpus = gpus or NoGpus()
+        self.store = KvStore(kv_dir or log_dir.parent / "kv")
+        self._swept = False
 
     def estimate(self, spec: ModelSpec) -> Footprint:
         try:
@@ -123,17 +145,20 @@ class LlamaCppRunner:
             footprint["ram"] += projector
         return footprint
 
-    async def start(self, spec: ModelSpec) -> ChildServer:
+    async def start(self, spec: ModelSpec) -> LlamaCppServer:
         for warning in model_warnings(spec):
             log.warning("%s: %s", spec.name, warning)
+        ident = None
+        if warm_swaps(spec):
+            ident = await asyncio.to_thread(self._prepare_store, spec)
         port = free_port()
-        args = server_args(spec, port)
+        args = server_args(spec, port, self.store.save_path if ident else None)
         if spec.llama_server is not None:
             argv = [str(spec.llama_server), *args]
         else:
             argv = [sys.executable, "-m", "modelyard.workers.llamacpp", *args]
         key = runner_key()
-        return await ChildServer.start(
+        server = await LlamaCppServer.start(
             argv,
             port=port,
             log_path=log_path(self._log_dir, spec.runner_name),
@@ -145,3 +170,21 @@ class LlamaCppRunner:
             lifeline=spec.llama_server is not None,
             gpus=self._gpus,
         )
+        if ident is not None:
+            server.warm = WarmSlots(spec, ident, server.base_url, server.headers, self.store)
+        return server
+
+    def _prepare_store(self, spec: ModelSpec) -> str | None:
+        """The setup's identity for its saved states (``None``: its files cannot be read);
+        at the first start, what earlier runs left half-done is swept away."""
+        if not self._swept:
+            self._swept = True
+            swept = self.store.sweep()
+            if swept:
+                log.info("deleted %d saved KV file(s) no state accounts for", swept)
+        try:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            return identity(spec)
+        except OSError as exc:
+            log.warning("%s: no warm swaps (%s)", spec.name, exc)
+            return None

@@ -72,6 +72,7 @@ class LlamaCppEntry(CatalogEngine):
             llama_server=place.resolve(binary) if binary else None,
             gpu_layers=table.gpu_layers,
             prompt_cache=table.prompt_cache,
+            kv_cache_disk=place.server.get("kv_cache_disk", spec.kv_cache_disk),
             # GPU 0 when layers go to a GPU and none is listed.
             gpus=spec.gpus or ((0,) if table.gpu_layers != 0 else ()),
         )

@@ -223,7 +223,7 @@ class Metrics:
         elif isinstance(event, Refused):
             self.rejections.labels(event.model, event.reason).inc()
         elif isinstance(event, KvRestored | KvSaved | KvDiscarded):
-            action = {KvRestored: "restored", KvSaved: "saved"}.get(type(event), "discarded")
+            action = event.verb if isinstance(event, KvRestored | KvSaved) else "discarded"
             self.kv_states.labels(event.model, action).inc(event.states)
             self.kv_bytes.labels(event.model, action).inc(event.bytes)
             if isinstance(event, KvRestored):

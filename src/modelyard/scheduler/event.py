@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from modelyard.quantity import format_size
 from modelyard.scheduler.state import ModelState
@@ -195,35 +195,33 @@ class CatalogReloaded(Event):
 
 
 @dataclass(frozen=True)
-class KvSaved(Event):
-    """Its runner's conversations (slots' KV states) were saved before it stopped."""
-
+class _KvMoved(Event):
     states: int
     tokens: int
     bytes: int
     seconds: float
 
+    verb: ClassVar[str] = ""
+
     def describe(self) -> str:
         return (
-            f"saved {self.states} conversation(s), {self.tokens} tokens "
+            f"{self.verb} {self.states} conversation(s), {self.tokens} tokens "
             f"({format_size(self.bytes)}) in {self.seconds * 1000:.0f} ms"
         )
 
 
 @dataclass(frozen=True)
-class KvRestored(Event):
+class KvSaved(_KvMoved):
+    """Its runner's conversations (slots' KV states) were saved before it stopped."""
+
+    verb: ClassVar[str] = "saved"
+
+
+@dataclass(frozen=True)
+class KvRestored(_KvMoved):
     """Saved conversations were put back into its runner's slots before it took requests."""
 
-    states: int
-    tokens: int
-    bytes: int
-    seconds: float
-
-    def describe(self) -> str:
-        return (
-            f"restored {self.states} conversation(s), {self.tokens} tokens "
-            f"({format_size(self.bytes)}) in {self.seconds * 1000:.0f} ms"
-        )
+    verb: ClassVar[str] = "restored"
 
 
 @dataclass(frozen=True)

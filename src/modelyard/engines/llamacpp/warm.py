@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -44,6 +44,11 @@ _read_speed: dict[str, float] = {}
 
 def _no_news(news: KvNews) -> None:
     pass
+
+
+def _moved(kind: Literal["saved", "restored"], states: list[Saved], seconds: float) -> KvNews:
+    tokens = sum(s.tokens for s in states)
+    return KvNews(kind, len(states), tokens, sum(s.bytes for s in states), seconds)
 
 
 class WarmSlots:
@@ -88,15 +93,7 @@ class WarmSlots:
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("%s: restoring saved slots stopped: %r", self._spec.name, exc)
         if restored:
-            self.tell(
-                KvNews(
-                    "restored",
-                    len(restored),
-                    sum(s.tokens for s in restored),
-                    sum(s.bytes for s in restored),
-                    time.perf_counter() - started,
-                )
-            )
+            self.tell(_moved("restored", restored, time.perf_counter() - started))
         else:
             self.tell(KvNews("missed"))
 
@@ -133,15 +130,7 @@ class WarmSlots:
                        detail="least recently used, over kv_cache_disk")
             )  # fmt: skip
         if saved:
-            self.tell(
-                KvNews(
-                    "saved",
-                    len(saved),
-                    sum(s.tokens for s in saved),
-                    sum(s.bytes for s in saved),
-                    time.perf_counter() - started,
-                )
-            )
+            self.tell(_moved("saved", saved, time.perf_counter() - started))
 
     # ---- steps -------------------------------------------------------------------------------
 

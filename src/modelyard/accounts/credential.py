@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +30,25 @@ async def verify_password(stored: str | None, password: str) -> bool:
 
     def check() -> bool:
         try:
-            return _hasher.verify(stored or _DUMMY, password) and stored is not None
+            return _hasher.verify(stored or _dummy(), password) and stored is not None
         except (VerificationError, InvalidHashError):
             return False
 
     return await asyncio.to_thread(check)
 
 
-_DUMMY = _hasher.hash("no such user")
+@functools.cache
+def _dummy() -> str:
+    """A hash to check against when there is none: made once, in a thread after the server
+    has started (``prepare``), not at import (an argon2 hash takes 0.2 to 0.3 s, which every
+    start would wait for)."""
+    return _hasher.hash("no such user")
+
+
+def prepare() -> asyncio.Future[str]:
+    """Makes the hash checked against for unknown users in a thread (so that the first
+    login of an unknown user takes no longer than any other)."""
+    return asyncio.ensure_future(asyncio.to_thread(_dummy))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from modelyard.accounts.credential import (
     Sessions,
     hash_password,
     looks_like_session,
+    prepare,
     verify_password,
 )
 from modelyard.accounts.identity import LOCAL, Limits, Principal, Role
@@ -137,10 +138,12 @@ class Accounts:
         self._keys: dict[str, tuple[float, tuple[dict[str, Any], Principal] | None]] = {}
         self._users: dict[int, tuple[float, dict[str, Any] | None]] = {}
         self._loading: dict[str, asyncio.Future[tuple[dict[str, Any], Principal] | None]] = {}
+        self._prepared: asyncio.Future[str] | None = None
 
     async def start(self) -> None:
         self._sessions = Sessions(await self.store.secret(_SECRET), self._session_ttl)
         self.ledger.start()
+        self._prepared = prepare()
 
     async def close(self) -> None:
         await self.ledger.close()

@@ -4,6 +4,9 @@ and answers exactly as it would have without the swap."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,17 @@ def test_the_next_turn_after_a_swap_reads_only_what_is_new_and_answers_the_same(
     assert saved["states"] >= 1
     assert saved["tokens"] >= prompt
     assert list((warm.home / "kv").glob("*.bin"))
+    shown = httpx.post(f"{warm.url}/api/show", json={"model": "gemma"}).json()["warm_swaps"]
+    assert shown["on"]
+    assert shown["states"] >= 1
+    assert shown["tokens"] >= prompt
+    # modelyard show says it in a row of its own.
+    printed = subprocess.run(
+        [sys.executable, "-m", "modelyard", "show", "gemma", "--url", warm.url],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    ).stdout  # fmt: skip
+    assert "warm swaps" in printed
+    assert "conversation(s) saved" in printed
 
     after = _turn(warm, messages)  # loads the model again, and restores
     assert (

@@ -76,7 +76,12 @@ async def show(request: Request) -> dict[str, Any]:
     check_model(principal_of(request), spec)  # a user: its own models only
     summary, details = await asyncio.to_thread(
         lambda: (
-            summarize(spec, lambda: scheduler.estimate(spec.name), scheduler.measured(spec.name)),
+            summarize(
+                spec,
+                lambda: scheduler.estimate(spec.name),
+                scheduler.measured(spec.name),
+                request.app.state.config.home,
+            ),
             describe(spec),
         )
     )

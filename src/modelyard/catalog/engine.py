@@ -117,6 +117,11 @@ class CatalogEngine:
         """What a user should fix about the entry before using it."""
         return []
 
+    def kept(self, spec: ModelSpec, home: Path) -> dict[str, Any] | None:
+        """What its runner keeps of the model across unloads (under ``home``), for ``show``;
+        ``None``: nothing. Reads files."""
+        return None
+
 
 _registered: dict[str, CatalogEngine] = {}
 _loaded = False

@@ -16,10 +16,14 @@ from modelyard.errors import ModelyardError
 
 
 def summarize(
-    spec: ModelSpec, estimate: Callable[[], Footprint], measured: Footprint | None = None
+    spec: ModelSpec,
+    estimate: Callable[[], Footprint],
+    measured: Footprint | None = None,
+    home: Path | None = None,
 ) -> dict[str, Any]:
-    """The model's identity, its files, what kind of network it is (from their headers) and
-    the memory it will take (``estimate``; its error instead when the files cannot say)."""
+    """The model's identity, its files, what kind of network it is (from their headers),
+    the memory it will take (``estimate``; its error instead when the files cannot say) and
+    what its engine keeps of it under ``home`` across unloads."""
     summary: dict[str, Any] = {
         "name": spec.name,
         "aliases": list(spec.aliases),
@@ -56,6 +60,10 @@ def summarize(
     except (OSError, ValueError, GGUFError, struct.error):
         pass  # the estimate's own error says why
     summary["memory"] = memory
+    if home is not None:
+        kept = engine.kept(spec, home)
+        if kept is not None:
+            summary["warm_swaps"] = kept
     return summary
 
 

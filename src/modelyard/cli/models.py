@@ -180,7 +180,7 @@ def _show_here(model: str) -> dict[str, Any]:
         err.print(f"[red]Error:[/] {escape(exc.message)}")
         raise typer.Exit(1) from None
     runner = default_runners(config.home)[spec.engine]
-    summary = summarize(spec, lambda: estimate(spec, runner))
+    summary = summarize(spec, lambda: estimate(spec, runner), home=config.home)
     summary["state"] = "stopped (no server running)"
     return summary
 
@@ -225,6 +225,15 @@ def _rows(data: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("memory measured", footprint_text(memory["measured"])))
     if memory.get("error"):
         rows.append(("memory estimate", memory["error"]))
+    warm = data.get("warm_swaps")
+    if warm is not None:
+        if warm["on"]:
+            saved = f"{warm['states']} conversation(s) saved"
+            if warm["states"]:
+                saved += f", {warm['tokens']} tokens ({format_size(warm['bytes'])})"
+            rows.append(("warm swaps", f"on: {saved}"))
+        else:
+            rows.append(("warm swaps", f"off: {warm['why']}"))
     if "pulled" in data:
         pulled = data["pulled"]
         rows.append(("pulled", f"{pulled['reference']} @ {pulled['commit'][:12]}, {pulled['at']}"))
@@ -257,12 +266,14 @@ def rm(
         name = data["model"]
     else:
         from modelyard.catalog.catalog import Catalog
+        from modelyard.engines import engine_of
         from modelyard.hub import store
 
         config = config_or_exit()
         try:
             spec = Catalog(config.models).get(model)
             deleted = [str(p) for p in store.remove(spec, config.models_dir)]
+            deleted += [str(p) for p in engine_of(spec).forget(spec, config.home)]
         except ModelyardError as exc:
             err.print(f"[red]Error:[/] {escape(exc.message)}")
             raise typer.Exit(1) from None

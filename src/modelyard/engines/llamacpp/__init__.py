@@ -15,8 +15,8 @@ from modelyard.dialect.base import Dialect
 from modelyard.dialect.forced import ForcedCall, forced, hold_to_call
 from modelyard.dialect.legacy import LegacyCompletion
 from modelyard.engines.base import Engine, Shape
-from modelyard.engines.llamacpp.kvstore import KvStore
-from modelyard.engines.llamacpp.runner import LlamaCppRunner, can_call_tools
+from modelyard.engines.llamacpp.kvstore import KvStore, identity
+from modelyard.engines.llamacpp.runner import LlamaCppRunner, can_call_tools, warm_swaps
 from modelyard.engines.llamacpp.table import LlamaCppEntry
 from modelyard.errors import InvalidRequestError, RunnerError, UnsupportedFeatureError
 from modelyard.logbook import Rotation
@@ -37,6 +37,26 @@ class LlamaCpp(LlamaCppEntry, Engine):
         """Its saved conversations (warm swaps)."""
         store = KvStore(home / "kv")
         return [store.root / store.file_name(saved) for saved in store.forget(spec.path)]
+
+    def kept(self, spec: ModelSpec, home: Path) -> dict[str, Any] | None:
+        """Its warm swaps: on or off (and why), and the conversations saved for it."""
+        if not warm_swaps(spec):
+            return {"on": False, "why": "kv_cache_disk = 0"} if spec.kind == "chat" else None
+        store = KvStore(home / "kv")
+        try:
+            ident = identity(spec)
+        except OSError:
+            return None
+        states = store.states(ident)
+        kept: dict[str, Any] = {
+            "on": store.reuses(ident) is not False,
+            "states": len(states),
+            "tokens": sum(s.tokens for s in states),
+            "bytes": sum(s.bytes for s in states),
+        }
+        if not kept["on"]:
+            kept["why"] = "a restore spared no prompt reading on this model"
+        return kept
 
     def calls_tools(self, spec: ModelSpec) -> bool:
         return can_call_tools(spec)

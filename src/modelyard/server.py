@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import resource
 import signal
 import socket
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ from modelyard.api.app import create_app
 from modelyard.config import Config, Settings
 
 log = logging.getLogger(__name__)
+
+_OPEN_FILES = 65536
+"""Open files asked for when the system sets no hard limit."""
 
 
 def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
@@ -151,6 +155,21 @@ def run(app: FastAPI, config: Config, **options: Any) -> None:
     _Uvicorn(settings, app).run()
 
 
+def open_files_limit() -> int:
+    """Raises this process's limit of open files to what the system allows it (each stream
+    holds two connections, and a shell's default of 1,024 runs out near 500 streams); the
+    limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, _OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
+    return soft
+
+
 def serve(config: Config, settings: Settings) -> None:
     """Logs as configured and serves ``config`` (reloadable from ``settings``)."""
     logbook.setup(
@@ -159,4 +178,5 @@ def serve(config: Config, settings: Settings) -> None:
         config.home / "logs",
         logbook.Rotation(config.log_max_size, config.log_files),
     )
+    open_files_limit()
     run(create_app(config, settings=settings), config)

@@ -54,3 +54,19 @@ def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
     for scenario in report["results"]:
         for row in scenario["rows"]:
             assert row["label"] in result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_streams_smoke_serves_every_stream_and_every_queued_request() -> None:
+    """B15 (``bench/streams.py``) in smoke mode: 32 streams at once, 8 requests queued."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "streams.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT / "bench",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "failed streams: through 0, direct 0" in result.stdout, result.stdout
+    assert "refused 0" in result.stdout, result.stdout
+    assert "gateway RSS" in result.stdout

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -35,6 +36,7 @@ from modelyard.api.openapi import document_errors
 from modelyard.api.proxy import Upstream
 from modelyard.api.routes import MODEL_ROUTES
 from modelyard.api.telemetry import Observe, Telemetry
+from modelyard.catalog import gguf
 from modelyard.catalog.catalog import Catalog
 from modelyard.clock import Clock
 from modelyard.config import Config, Settings, database_url, is_loopback, keys_required
@@ -79,6 +81,15 @@ class RequestId:
         await self.app(scope, receive, send_with_id)
 
 
+async def _estimates(scheduler: Scheduler, home: Path) -> None:
+    """Reads every model's estimate in a thread, from the GGUF headers the last run read
+    where their files have not changed (a thousand take minutes to read again)."""
+    headers = home / "cache" / "gguf-headers.json"
+    await asyncio.to_thread(gguf.remember, headers)
+    await scheduler.prepare()
+    await asyncio.to_thread(gguf.keep, headers)
+
+
 def create_app(
     config: Config,
     *,
@@ -115,7 +126,7 @@ def create_app(
         # that comes first reads its own model's.
         accounts = await _accounts(config)
         app.state.accounts = accounts
-        preparing = asyncio.create_task(scheduler.prepare(), name="estimates")
+        preparing = asyncio.create_task(_estimates(scheduler, config.home), name="estimates")
         scheduler.start_measuring()
         app.state.scheduler = scheduler
         app.state.config = config

@@ -34,7 +34,9 @@ class Details:
     context_length: int | None = None
 
 
-_described: dict[tuple[object, ...], Details] = {}
+_described: dict[str, tuple[tuple[object, ...], Details]] = {}
+"""By model name: what its details were read from, and what they are (one entry per model
+of the catalog, however large; a model's change replaces its entry)."""
 """Details by what they are read from: ``/api/ps`` and ``/api/tags`` ask on every call, and
 an encoder's are read from every weight file's header."""
 
@@ -59,11 +61,11 @@ def describe(spec: ModelSpec) -> Details:
         spec.url,
         changed,
     )
-    found = _described.get(key)
-    if found is None:
-        if len(_described) > 256:
-            _described.clear()
-        found = _described[key] = _read(spec)
+    known = _described.get(spec.name)
+    if known is not None and known[0] == key:
+        return known[1]
+    found = _read(spec)
+    _described[spec.name] = (key, found)
     return found
 
 

@@ -9,7 +9,8 @@ vocabulary costs one pass over its strings and no memory.
 
 from __future__ import annotations
 
-import functools
+import json
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -125,14 +126,68 @@ class GGUFInfo:
         return value if isinstance(value, str) else None
 
 
-@functools.lru_cache(maxsize=64)
-def _cached(path: Path, shards: tuple[Path, ...], mtime_ns: int) -> GGUFInfo:
-    return read_gguf(path, shards)
+_read_once: dict[Path, tuple[tuple[Path, ...], int, int, GGUFInfo]] = {}
+"""By file: its shards, size and modification time when read, and what it said (one entry
+per GGUF of the catalog, however large: a header takes 0.2 s to read, and a list of a
+thousand models must not read them all again)."""
 
 
 def gguf_info(spec: ModelSpec) -> GGUFInfo:
     """``read_gguf`` of a model's file, read once while the file stays the same."""
-    return _cached(spec.path, spec.shards, spec.path.stat().st_mtime_ns)
+    stat = spec.path.stat()
+    known = _read_once.get(spec.path)
+    if known is not None and known[:3] == (spec.shards, stat.st_size, stat.st_mtime_ns):
+        return known[3]
+    info = read_gguf(spec.path, spec.shards)
+    _read_once[spec.path] = (spec.shards, stat.st_size, stat.st_mtime_ns, info)
+    return info
+
+
+def remember(path: Path) -> int:
+    """Takes the headers read by an earlier run from ``path`` (``keep``'s file); each is used
+    only while its file keeps the size and modification time it had. The number taken."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    taken = 0
+    for entry in saved if isinstance(saved, list) else []:
+        try:
+            file, shards, size, mtime, info = entry
+            metadata = {k: _from_json(v) for k, v in info["metadata"].items()}
+            read = GGUFInfo(info["version"], info["tensor_count"], metadata, info["size"],
+                            info["parameters"])  # fmt: skip
+            _read_once.setdefault(Path(file), (tuple(map(Path, shards)), size, mtime, read))
+            taken += 1
+        except (TypeError, ValueError, KeyError):
+            continue
+    return taken
+
+
+def keep(path: Path) -> None:
+    """Writes every header read so far to ``path`` (for ``remember`` at the next start)."""
+    entries = [
+        [str(file), [str(s) for s in shards], size, mtime, {
+            "version": info.version, "tensor_count": info.tensor_count, "size": info.size,
+            "parameters": info.parameters,
+            "metadata": {k: _to_json(v) for k, v in info.metadata.items()},
+        }]
+        for file, (shards, size, mtime, info) in list(_read_once.items())
+    ]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(json.dumps(entries))
+    os.replace(scratch, path)
+
+
+def _to_json(value: Any) -> Any:
+    return {"array": [value.type, value.length]} if isinstance(value, ArrayInfo) else value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and list(value) == ["array"]:
+        return ArrayInfo(*value["array"])
+    return value
 
 
 def read_gguf(path: Path, shards: Sequence[Path] = ()) -> GGUFInfo:

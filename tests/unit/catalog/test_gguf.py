@@ -67,3 +67,38 @@ def test_gguf_damaged_header_is_an_error_not_a_huge_read(tmp_path: Path) -> None
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + struct.pack("<Q", 2**62) + b"x")
     with pytest.raises(GGUFError, match="damaged GGUF header"):
         read_gguf(path)
+
+
+def test_headers_read_once_are_remembered_by_the_next_run_while_the_file_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.catalog import gguf
+    from modelyard.catalog.spec import ModelSpec
+
+    vocab = struct.pack("<IQ", 8, 5000) + b"".join(_str(f"t{i}") for i in range(5000))
+    path = write_gguf(
+        tmp_path / "m.gguf",
+        [("general.architecture", 8, _str("llama")), ("tokenizer.ggml.tokens", 9, vocab),
+         ("llama.block_count", *u32(2))],
+    )  # fmt: skip
+    spec = ModelSpec(name="m", path=path)
+    monkeypatch.setattr(gguf, "_read_once", {})
+    first = gguf.gguf_info(spec)
+    kept = tmp_path / "cache" / "headers.json"
+    gguf.keep(kept)
+
+    # The next run: nothing in memory, the header is taken from the file kept, not read.
+    monkeypatch.setattr(gguf, "_read_once", {})
+    assert gguf.remember(kept) == 1
+    reads: list[Path] = []
+    real = gguf.read_gguf
+    monkeypatch.setattr(gguf, "read_gguf", lambda p, s=(): reads.append(p) or real(p, s))
+    assert gguf.gguf_info(spec) == first
+    assert reads == []
+    # The file changed: read again.
+    path.write_bytes(path.read_bytes() + b"\0" * 10)
+    assert gguf.gguf_info(spec).metadata["tokenizer.ggml.tokens"] == ArrayInfo(8, 5000)
+    assert reads == [path]
+    # A damaged file of headers is no headers.
+    kept.write_text("{not json")
+    assert gguf.remember(kept) == 0

@@ -149,7 +149,11 @@ async def main(streams: int, chunks: int, delay_ms: float, queued: int, wait: fl
                       f"http://127.0.0.1:{port}")  # fmt: skip
     config = CONFIG.format(dummy=dummy, responder=HERE / "responder.py", half=(streams + 1) // 2,
                            queued=queued)  # fmt: skip
-    gateway = Gateway(config, core=None)
+    try:
+        gateway = Gateway(config, core=None)
+    except BaseException:
+        responder.terminate()
+        raise
     try:
         through = f"{gateway.url}/v1/chat/completions"
         direct = f"http://127.0.0.1:{port}/v1/chat/completions"

@@ -185,6 +185,6 @@ class LlamaCppRunner:
         try:
             self.store.root.mkdir(parents=True, exist_ok=True)
             return identity(spec)
-        except OSError as exc:
+        except Exception as exc:  # a best effort: the model loads without them
             log.warning("%s: no warm swaps (%s)", spec.name, exc)
             return None

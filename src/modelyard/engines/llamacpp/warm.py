@@ -39,7 +39,7 @@ BOUND = 10.0
 _REUSED = 0.5
 """The share of a restored state's tokens the engine must spare for restores to count."""
 _read_speed: dict[str, float] = {}
-"""Bytes per second a restore took (file checks included), by setup, measured here."""
+"""Bytes per second llama.cpp took to restore a state, by setup, measured here."""
 
 
 def _no_news(news: KvNews) -> None:
@@ -88,7 +88,8 @@ class WarmSlots:
                 for saved in chosen:
                     if await self._restore(session, len(restored), saved):
                         restored.append(saved)
-                if restored and self._store.reuses(self._ident) is None:
+                unchecked = await asyncio.to_thread(self._store.reuses, self._ident) is None
+                if restored and unchecked:
                     await self._check_reuse(session, restored[0])
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("%s: restoring saved slots stopped: %r", self._spec.name, exc)
@@ -99,7 +100,9 @@ class WarmSlots:
 
     async def save(self) -> None:
         """Saves every slot holding ``MIN_TOKENS`` or more (at most ``BOUND`` s)."""
-        if self._spec.kv_cache_disk <= 0 or self._store.reuses(self._ident) is False:
+        if self._spec.kv_cache_disk <= 0:
+            return
+        if await asyncio.to_thread(self._store.reuses, self._ident) is False:
             return
         started = time.perf_counter()
         saved: list[Saved] = []

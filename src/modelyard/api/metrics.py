@@ -63,6 +63,11 @@ _TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1
 _LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
+_KV_MOVED = (KvRestored, KvSaved)
+_KV_STATES = (KvRestored, KvSaved, KvDiscarded)
+"""Built once: every event (two a request) is tested against them."""
+
+
 class Metrics:
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
@@ -222,8 +227,8 @@ class Metrics:
             self.exits.labels(event.model, "true" if event.expected else "false").inc()
         elif isinstance(event, Refused):
             self.rejections.labels(event.model, event.reason).inc()
-        elif isinstance(event, KvRestored | KvSaved | KvDiscarded):
-            action = event.verb if isinstance(event, KvRestored | KvSaved) else "discarded"
+        elif isinstance(event, _KV_STATES):
+            action = event.verb if isinstance(event, _KV_MOVED) else "discarded"
             self.kv_states.labels(event.model, action).inc(event.states)
             self.kv_bytes.labels(event.model, action).inc(event.bytes)
             if isinstance(event, KvRestored):

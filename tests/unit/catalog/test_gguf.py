@@ -69,6 +69,22 @@ def test_gguf_damaged_header_is_an_error_not_a_huge_read(tmp_path: Path) -> None
         read_gguf(path)
 
 
+@pytest.mark.parametrize(
+    ("vocab", "error"),
+    [
+        # A vocabulary cut short: its strings run past the end of the file.
+        (b"".join(_str(f"t{i}") for i in range(4000)), "end of file"),
+        # A string in the vocabulary that claims more than any header holds.
+        (_str("a") * 4096 + struct.pack("<Q", 2**40) + _str("b") * 5000, "damaged GGUF header"),
+    ],
+)
+def test_gguf_damaged_vocabulary_is_an_error(tmp_path: Path, vocab: bytes, error: str) -> None:
+    array = struct.pack("<IQ", 8, 9000) + vocab
+    path = write_gguf(tmp_path / "m.gguf", [("tokenizer.ggml.tokens", 9, array)])
+    with pytest.raises(GGUFError, match=error):
+        read_gguf(path)
+
+
 def test_headers_read_once_are_remembered_by_the_next_run_while_the_file_stays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

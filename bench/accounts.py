@@ -32,8 +32,10 @@ def keyed(config: str, env: dict[str, str] | None = None, **key: object) -> Gate
     gateway = Gateway(config, core=0, env={**KEYS, **(env or {})})
     printed = re.search(rb"^\s+(my-\w+)\s*$", (gateway.home / "gateway.log").read_bytes(), re.M)
     assert printed is not None, "no admin key printed"
-    admin = {"Authorization": f"Bearer {printed.group(1).decode()}"}
-    made = httpx.post(f"{gateway.url}/api/keys", json={"name": "bench", **key}, headers=admin)
+    gateway.admin = {"Authorization": f"Bearer {printed.group(1).decode()}"}
+    made = httpx.post(
+        f"{gateway.url}/api/keys", json={"name": "bench", **key}, headers=gateway.admin
+    )
     made.raise_for_status()
     gateway.headers = {"Authorization": f"Bearer {made.json()['key']}"}
     return gateway

@@ -70,6 +70,8 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.headers: dict[str, str] = {}
         """Sent with every request of the scenarios (an API key)."""
+        self.admin: dict[str, str] = {}
+        """An admin's key, where keys are required."""
         wait_http(self.url + "/health")
 
     def cpu_seconds(self) -> float:

@@ -70,3 +70,38 @@ def test_bench_streams_smoke_serves_every_stream_and_every_queued_request() -> N
     assert "failed streams: through 0, direct 0" in result.stdout, result.stdout
     assert "refused 0" in result.stdout, result.stdout
     assert "gateway RSS" in result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_soak_smoke_keeps_the_books_and_lets_every_model_go() -> None:
+    """B16 (``bench/soak.py``) in smoke mode: 50 s of mixed traffic over the four dialects
+    with keys on, two runner kills; ledger rows = requests, every model idles out."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT / "bench",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "verdict: all held" in result.stdout, result.stdout
+    assert "other failures 0" in result.stdout, result.stdout
+    assert "idle-out: every model unloaded" in result.stdout, result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_catalog_smoke_measures_starts_listings_reloads_and_the_page() -> None:
+    """B14 (``bench/catalog.py``) in smoke mode: 50 models, a file added and removed."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "catalog.py"), "--smoke", "--page"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT / "bench",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "catalog of 50 models" in result.stdout
+    labels = ("next starts: s to /health", "/api/tags: median ms", "reload, a file added",
+              "reload, a file removed", "Models page: ms to a search")  # fmt: skip
+    for label in labels:
+        assert label in result.stdout, result.stdout

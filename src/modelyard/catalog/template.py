@@ -121,3 +121,12 @@ def model_warnings(spec: ModelSpec) -> list[str]:
     except (GGUFError, OSError, ValueError, struct.error):
         return []
     return [warning] if warning else []
+
+
+def can_call_tools(spec: ModelSpec) -> bool:
+    """llama.cpp calls tools only through a Jinja chat template, never a built-in format."""
+    return (
+        spec.engine != "llamacpp"
+        or spec.chat_template not in BUILTIN_TEMPLATES
+        or jinja_file(spec) is not None
+    )

@@ -2,8 +2,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from modelyard.catalog.spec import ModelSpec
-from modelyard.catalog.template import model_warnings
-from modelyard.engines.llamacpp.runner import can_call_tools, server_args
+from modelyard.catalog.template import can_call_tools, model_warnings
+from modelyard.engines.llamacpp.runner import server_args
 from tests.unit.catalog.test_gguf import _str, write_gguf
 
 

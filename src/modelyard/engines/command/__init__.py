@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelyard.engines.base import Engine
-from modelyard.engines.command.runner import CommandRunner
 from modelyard.engines.command.table import CommandEntry
 from modelyard.logbook import Rotation
 from modelyard.runners.base import Runner
@@ -16,4 +15,6 @@ class Command(CommandEntry, Engine):
     """A plain OpenAI-compatible server: the seam's defaults."""
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
+        from modelyard.engines.command.runner import CommandRunner  # not to read a config
+
         return CommandRunner(home / "logs", rotation=rotation, gpus=gpus)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from modelyard.catalog.spec import ModelSpec
 from modelyard.engines.base import Engine
-from modelyard.engines.encoder.runner import EncoderRunner, footprint_parts
 from modelyard.engines.encoder.table import EncoderEntry
 from modelyard.logbook import Rotation
 from modelyard.runners.base import Runner
@@ -18,7 +17,11 @@ class Encoder(EncoderEntry, Engine):
     truncates = True
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
+        from modelyard.engines.encoder.runner import EncoderRunner  # not to read a config
+
         return EncoderRunner(home / "logs", home / "cache", rotation=rotation)
 
     def estimate_parts(self, spec: ModelSpec) -> dict[str, int]:
+        from modelyard.engines.encoder.runner import footprint_parts
+
         return footprint_parts(spec)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.catalog.spec import ModelSpec
+from modelyard.catalog.template import can_call_tools
 from modelyard.dialect.base import Dialect
 from modelyard.dialect.forced import ForcedCall, forced, hold_to_call
 from modelyard.dialect.legacy import LegacyCompletion
 from modelyard.engines.base import Engine, Shape
-from modelyard.engines.llamacpp.kvstore import KvStore, identity
-from modelyard.engines.llamacpp.runner import LlamaCppRunner, can_call_tools, warm_swaps
+from modelyard.engines.llamacpp.kvstore import KvStore, identity, warm_swaps
 from modelyard.engines.llamacpp.table import LlamaCppEntry
 from modelyard.errors import InvalidRequestError, RunnerError, UnsupportedFeatureError
 from modelyard.logbook import Rotation
@@ -31,6 +31,8 @@ class LlamaCpp(LlamaCppEntry, Engine):
     sized = True
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
+        from modelyard.engines.llamacpp.runner import LlamaCppRunner  # not to read a config
+
         return LlamaCppRunner(home / "logs", rotation=rotation, gpus=gpus)
 
     def forget(self, spec: ModelSpec, home: Path) -> list[Path]:

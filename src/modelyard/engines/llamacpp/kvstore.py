@@ -274,3 +274,9 @@ class KvStore:
         with contextlib.suppress(OSError, ValueError, TypeError):
             return Saved(**json.loads(manifest.read_text()))
         return None
+
+
+def warm_swaps(spec: ModelSpec) -> bool:
+    """Its slots are saved at an unload and restored at the next load: a chat model (an
+    embedding's slots hold nothing worth keeping), unless ``kv_cache_disk`` is 0."""
+    return spec.kind == "chat" and spec.kv_cache_disk > 0

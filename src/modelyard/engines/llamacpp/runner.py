@@ -15,8 +15,8 @@ from pathlib import Path
 
 from modelyard.catalog.gguf import GGUFError, gguf_info, split_bytes
 from modelyard.catalog.spec import Footprint, ModelSpec
-from modelyard.catalog.template import BUILTIN_TEMPLATES, jinja_file, model_warnings
-from modelyard.engines.llamacpp.kvstore import KvStore, identity
+from modelyard.catalog.template import jinja_file, model_warnings
+from modelyard.engines.llamacpp.kvstore import KvStore, identity, warm_swaps
 from modelyard.engines.llamacpp.warm import WarmSlots
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
@@ -29,27 +29,12 @@ KEY_ENV = "LLAMA_API_KEY"
 """llama-server reads its ``--api-key`` from here (so the key is not on its command line)."""
 
 
-def can_call_tools(spec: ModelSpec) -> bool:
-    """llama.cpp calls tools only through a Jinja chat template, never a built-in format."""
-    return (
-        spec.engine != "llamacpp"
-        or spec.chat_template not in BUILTIN_TEMPLATES
-        or jinja_file(spec) is not None
-    )
-
-
 def replica_threads(spec: ModelSpec) -> int | None:
     """Threads of each runner of a model that may run several (``max_replicas``) without
     ``threads`` set: the cores shared out between them (llama.cpp takes them all)."""
     if spec.max_replicas <= 1:
         return None
     return max(1, (os.cpu_count() or 1) // spec.max_replicas)
-
-
-def warm_swaps(spec: ModelSpec) -> bool:
-    """Its slots are saved at an unload and restored at the next load: a chat model (an
-    embedding's slots hold nothing worth keeping), unless ``kv_cache_disk`` is 0."""
-    return spec.kind == "chat" and spec.kv_cache_disk > 0
 
 
 def server_args(spec: ModelSpec, port: int, slot_save_path: str | None = None) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelyard.engines.base import Engine
-from modelyard.engines.remote.runner import RemoteRunner
 from modelyard.engines.remote.table import RemoteEntry
 from modelyard.logbook import Rotation
 from modelyard.runners.base import Runner
@@ -16,4 +15,6 @@ class Remote(RemoteEntry, Engine):
     relays = True
 
     def runner(self, home: Path, rotation: Rotation, gpus: Gpus | None) -> Runner:
+        from modelyard.engines.remote.runner import RemoteRunner  # not to read a config
+
         return RemoteRunner()

@@ -35,7 +35,7 @@ def pinned(argv: list[str], core: int | None) -> list[str]:
     return ["taskset", "-c", str(core), *argv]
 
 
-def wait_http(url: str, limit: float = 60) -> None:
+def wait_http(url: str, limit: float = 60, pause: float = 0.05) -> None:
     import urllib.request
 
     deadline = time.monotonic() + limit
@@ -45,8 +45,28 @@ def wait_http(url: str, limit: float = 60) -> None:
                 if r.status == 200:
                     return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(pause)
     raise RuntimeError(f"{url} did not answer")
+
+
+def wait_started(url: str, limit: float = 60) -> None:
+    """Waits until the gateway at ``url`` has started its app (its port listens before)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=1):
+                return  # 200: ready
+        except urllib.error.HTTPError as e:
+            if json.loads(e.read())["status"] != "starting":
+                return  # 503 loading: started, preloading models
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"{url} did not start")
 
 
 class Gateway:
@@ -64,6 +84,7 @@ class Gateway:
         argv = [PY, "-m", "modelyard", "serve", "--port", str(self.port)]
         argv += ["--config", str(self.home / "modelyard.toml")]
         self.log = open(self.home / "gateway.log", "wb")  # noqa: SIM115
+        started = time.perf_counter()
         self.process = subprocess.Popen(
             pinned(argv, core), env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -72,7 +93,12 @@ class Gateway:
         """Sent with every request of the scenarios (an API key)."""
         self.admin: dict[str, str] = {}
         """An admin's key, where keys are required."""
-        wait_http(self.url + "/health")
+        wait_http(self.url + "/health", pause=0.005)
+        self.health_s = time.perf_counter() - started
+        """Seconds from its start to its first answer to ``/health``."""
+        wait_started(self.url)
+        self.started_s = time.perf_counter() - started
+        """… and until its app had started (its accounts, its scheduler)."""
 
     def cpu_seconds(self) -> float:
         t = psutil.Process(self.process.pid).cpu_times()

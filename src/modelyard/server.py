@@ -1,6 +1,6 @@
 """The server process: the app (``modelyard.api``) under uvicorn, with the timeouts a server
 on a shared machine needs. ``modelyard serve`` calls ``serve``; the CLI itself only talks
-HTTP.
+HTTP. The port listens before the app is imported and started (``modelyard.gate``).
 
 uvicorn bounds how long an idle keep-alive connection stays open, but not how long a client
 may take to send a request: a client that sends half a header line and then nothing holds
@@ -23,17 +23,19 @@ import math
 import resource
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelyard import logbook
-from modelyard.api.app import create_app
 from modelyard.config import Config, Settings
+from modelyard.gate import ASGIApp, Gate
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,9 @@ class _Uvicorn(uvicorn.Server):
     process exits.
     """
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, gate: Gate) -> None:
         super().__init__(config)
-        self._app = app
+        self._gate = gate
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit and sig == signal.SIGINT:
@@ -120,8 +122,10 @@ class _Uvicorn(uvicorn.Server):
             self._captured_signals.clear()  # a stop that was asked for is a clean exit
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self._app.state.stopping.set()
-        scheduler = getattr(self._app.state, "scheduler", None)
+        app: FastAPI | None = self._gate.app  # type: ignore[assignment]
+        if app is not None:
+            app.state.stopping.set()
+        scheduler = getattr(app.state, "scheduler", None) if app is not None else None
         busy = [s for s in scheduler.status() if s.in_flight] if scheduler is not None else []
         if busy:
             what = ", ".join(f"{s.in_flight} on {s.name}" for s in busy)
@@ -135,14 +139,28 @@ class _Uvicorn(uvicorn.Server):
         if self.force_exit:
             # uvicorn leaves the app's shutdown out then; run it, with no grace for the
             # runners, so that they are stopped and nothing is cancelled mid-way at exit.
-            self._app.state.stop_now = True
+            if app is not None:
+                app.state.stop_now = True
             await self.lifespan.shutdown()
 
 
-def run(app: FastAPI, config: Config, **options: Any) -> None:
-    """Serves ``app`` on ``config.host:config.port`` until SIGTERM or Ctrl-C."""
+_STARTUP_FAILURE = 3
+"""The exit status when the app does not start (uvicorn's)."""
+
+
+def run(build: Callable[[], ASGIApp], config: Config, **options: Any) -> None:
+    """Listens on ``config.host:config.port`` at once, serves the app ``build`` makes (in a
+    thread, meanwhile: see ``modelyard.gate``) until SIGTERM or Ctrl-C; exits with status 3
+    if the app does not start."""
+    server: _Uvicorn | None = None
+
+    def failed() -> None:
+        assert server is not None
+        server.should_exit = True
+
+    gate = Gate(build, on_failure=failed)
     settings = uvicorn.Config(
-        app,
+        gate,
         host=config.host,
         port=config.port,
         http=protocol(config.header_timeout),
@@ -152,7 +170,10 @@ def run(app: FastAPI, config: Config, **options: Any) -> None:
         access_log=False,
         **options,
     )
-    _Uvicorn(settings, app).run()
+    server = _Uvicorn(settings, gate)
+    server.run()
+    if gate.failed is not None:
+        raise SystemExit(_STARTUP_FAILURE)
 
 
 def open_files_limit() -> int:
@@ -179,4 +200,10 @@ def serve(config: Config, settings: Settings) -> None:
         logbook.Rotation(config.log_max_size, config.log_files),
     )
     open_files_limit()
-    run(create_app(config, settings=settings), config)
+
+    def build() -> ASGIApp:
+        from modelyard.api.app import create_app  # imported while the port already listens
+
+        return create_app(config, settings=settings)
+
+    run(build, config)

@@ -115,10 +115,13 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                # The port listens before the app has started: /ready says "starting" till then.
+                ready = httpx.get(f"{self.url}/ready", timeout=1)
+                if ready.json()["status"] != "starting":
                     return
             except httpx.HTTPError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server did not come up:\n{self.log.read_text()}")
 

@@ -69,6 +69,7 @@ ROOMS = [
     "hub",
     "reload",
     "api",
+    "gate",
     "server",
     "cli",
     "__main__",

@@ -13,6 +13,7 @@ import json
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,14 +134,29 @@ per GGUF of the catalog, however large: a header takes 0.2 s to read, and a list
 thousand models must not read them all again)."""
 
 
+_reading: dict[Path, threading.Lock] = {}
+"""A lock per file being read: two threads that want the same header (the estimates read at
+start and a listing) read it once, not once each."""
+_reading_lock = threading.Lock()
+
+
 def gguf_info(spec: ModelSpec) -> GGUFInfo:
     """``read_gguf`` of a model's file, read once while the file stays the same."""
     stat = spec.path.stat()
+    now = (spec.shards, stat.st_size, stat.st_mtime_ns)
     known = _read_once.get(spec.path)
-    if known is not None and known[:3] == (spec.shards, stat.st_size, stat.st_mtime_ns):
+    if known is not None and known[:3] == now:
         return known[3]
-    info = read_gguf(spec.path, spec.shards)
-    _read_once[spec.path] = (spec.shards, stat.st_size, stat.st_mtime_ns, info)
+    with _reading_lock:
+        lock = _reading.setdefault(spec.path, threading.Lock())
+    with lock:
+        known = _read_once.get(spec.path)
+        if known is not None and known[:3] == now:
+            return known[3]  # read by another thread meanwhile
+        info = read_gguf(spec.path, spec.shards)
+        _read_once[spec.path] = (*now, info)
+    with _reading_lock:
+        _reading.pop(spec.path, None)
     return info
 
 

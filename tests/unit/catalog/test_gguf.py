@@ -118,3 +118,36 @@ def test_headers_read_once_are_remembered_by_the_next_run_while_the_file_stays(
     # A damaged file of headers is no headers.
     kept.write_text("{not json")
     assert gguf.remember(kept) == 0
+
+
+def test_threads_that_want_the_same_header_read_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The estimates read at start and a listing sent meanwhile share each header's read."""
+    import threading
+    import time
+
+    from modelyard.catalog import gguf
+    from modelyard.catalog.spec import ModelSpec
+
+    path = write_gguf(tmp_path / "m.gguf", [("general.architecture", 8, _str("llama"))])
+    spec = ModelSpec(name="m", path=path)
+    monkeypatch.setattr(gguf, "_read_once", {})
+    reads: list[Path] = []
+    real = gguf.read_gguf
+
+    def slow(p: Path, s: tuple[Path, ...] = ()) -> gguf.GGUFInfo:
+        reads.append(p)
+        time.sleep(0.2)  # a 262k-token vocabulary
+        return real(p, s)
+
+    monkeypatch.setattr(gguf, "read_gguf", slow)
+    seen: list[gguf.GGUFInfo] = []
+    threads = [threading.Thread(target=lambda: seen.append(gguf.gguf_info(spec))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert reads == [path]
+    assert len(seen) == 4
+    assert all(info == seen[0] for info in seen)

@@ -68,7 +68,7 @@ async def tags(request: Request) -> dict[str, Any]:
     """Every model this client may use, in Ollama's list shape."""
     scheduler = scheduler_of(request)
     principal = principal_of(request)
-    specs = [s.spec for s in scheduler.status() if not s.removed and may_see(principal, s.spec)]
+    specs = [s.spec for s in scheduler.listing() if not s.removed and may_see(principal, s.spec)]
     described = await asyncio.to_thread(lambda: [describe(spec) for spec in specs])
     return {
         "models": [

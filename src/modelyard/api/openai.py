@@ -23,7 +23,7 @@ from modelyard.protocol.openai import (
     ModelList,
     RerankRequest,
 )
-from modelyard.scheduler import ModelStatus
+from modelyard.scheduler import Listed
 
 router = APIRouter()
 
@@ -37,7 +37,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(
         data=[
             _model(s, created)
-            for s in scheduler.status()
+            for s in scheduler.listing()
             if not s.removed and may_see(principal, s.spec)
         ]
     )
@@ -48,13 +48,13 @@ async def retrieve_model(request: Request, model: str) -> Model:
     """One model by name or alias (OpenAI's ``models.retrieve``); ids may hold ``/``."""
     scheduler = scheduler_of(request)
     spec = scheduler.spec(model)  # 404 model_not_found when unknown
-    for status in scheduler.status():
+    for status in scheduler.listing():
         if status.name == spec.name and not status.removed and may_see(principal_of(request), spec):
             return _model(status, int(request.app.state.started_at))
     raise ModelNotFoundError(f"The model {model!r} was removed from the catalog", param="model")
 
 
-def _model(status: ModelStatus, created: int) -> Model:
+def _model(status: Listed, created: int) -> Model:
     spec = status.spec
     return Model(
         id=status.name,

@@ -2,7 +2,7 @@
 
 from modelyard.catalog.catalog import CatalogChange
 from modelyard.scheduler.budget import estimate
-from modelyard.scheduler.model import UNSET, Lease, ModelStatus, ReplicaStatus, Unset
+from modelyard.scheduler.model import UNSET, Lease, Listed, ModelStatus, ReplicaStatus, Unset
 from modelyard.scheduler.scheduler import Scheduler
 from modelyard.scheduler.state import ModelState
 
@@ -10,6 +10,7 @@ __all__ = [
     "UNSET",
     "CatalogChange",
     "Lease",
+    "Listed",
     "ModelState",
     "ModelStatus",
     "ReplicaStatus",

@@ -8,7 +8,7 @@ import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.clock import Timer
@@ -233,6 +233,16 @@ class ReplicaStatus:
     expires_at: float | None
     pid: int | None
     node: str = LOCAL
+
+
+class Listed(NamedTuple):
+    """A model as lists of the catalog show it: what ``ModelStatus`` says but the figures."""
+
+    name: str
+    spec: ModelSpec
+    """The catalog's entry (a pending one first, as in ``ModelStatus``)."""
+    state: ModelState
+    removed: bool
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ from modelyard.scheduler.meter import Meter
 from modelyard.scheduler.model import (
     UNSET,
     Lease,
+    Listed,
     Model,
     ModelStatus,
     Unset,
@@ -368,6 +369,11 @@ class Scheduler:
         """Every model in the catalog, with the memory last measured for loaded ones."""
         offset = time.time() - self._clock.now()
         return [account.status(self.ledger, m, offset) for m in self._models.values()]
+
+    def listing(self) -> list[Listed]:
+        """Every model in the catalog with its state, without the memory and replica figures
+        ``status()`` works out (lists of a thousand models: 1 ms rather than 40)."""
+        return [Listed(n, m.pending or m.spec, m.state, m.removed) for n, m in self._models.items()]
 
     def reserved(self) -> dict[str, int]:
         """Memory held by resident models, per device (of every node)."""

@@ -18,7 +18,7 @@ from modelyard.errors import (
     QueueFullError,
     QueueTimeoutError,
 )
-from modelyard.scheduler import ModelState, Scheduler
+from modelyard.scheduler import Listed, ModelState, Scheduler
 from modelyard.scheduler.event import Event, Evicted, KeepAliveExpired, StateChanged
 from tests.fake import FakeRunner, ManualClock, leased, settle
 
@@ -555,6 +555,7 @@ async def test_scheduler_catalog_update_lets_removed_model_finish_its_requests()
         await scheduler.acquire("a")  # no new requests
     [status] = scheduler.status()
     assert (status.removed, status.state) == (True, ModelState.READY)
+    assert scheduler.listing() == [Listed("a", spec("a", parallel=1), ModelState.READY, True)]
     scheduler.release(held)
     second = await queued  # the one already waiting is still served
     assert not runner.running["a"].stopped
@@ -573,6 +574,11 @@ async def test_scheduler_catalog_update_applies_changed_settings_at_next_load() 
     assert not runner.running["a"].stopped  # a loaded model is not restarted
     assert runner.running["a"].spec.ctx == 1024
     assert scheduler.spec("a").ctx == 2048
+    # Lists show the settings that will apply (as ``status()`` does).
+    assert [(x.name, x.spec.ctx, x.state) for x in scheduler.listing()] == [
+        ("a", 2048, ModelState.READY),
+        ("b", 4096, ModelState.STOPPED),
+    ]
     await scheduler.load("b")  # a stopped model takes the new settings at once
     assert runner.running["b"].spec.ctx == 4096
     await scheduler.unload("a")

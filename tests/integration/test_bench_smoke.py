@@ -56,52 +56,44 @@ def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
             assert row["label"] in result.stdout
 
 
-@pytest.mark.timeout(300)
-def test_bench_streams_smoke_serves_every_stream_and_every_queued_request() -> None:
-    """B15 (``bench/streams.py``) in smoke mode: 32 streams at once, 8 requests queued."""
+def smoke(script: str, *args: str) -> str:
+    """``bench/<script> --smoke``: its output, once it exited 0."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "streams.py"), "--smoke"],
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", *args],
         capture_output=True,
         text=True,
         timeout=280,
         cwd=ROOT / "bench",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "failed streams: through 0, direct 0" in result.stdout, result.stdout
-    assert "refused 0" in result.stdout, result.stdout
-    assert "gateway RSS" in result.stdout
+    return result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_streams_smoke_serves_every_stream_and_every_queued_request() -> None:
+    """B15 (``bench/streams.py``) in smoke mode: 32 streams at once, 8 requests queued."""
+    out = smoke("streams.py")
+    assert "failed streams: through 0, direct 0" in out, out
+    assert "refused 0" in out, out
+    assert "gateway RSS" in out
 
 
 @pytest.mark.timeout(300)
 def test_bench_soak_smoke_keeps_the_books_and_lets_every_model_go() -> None:
     """B16 (``bench/soak.py``) in smoke mode: 50 s of mixed traffic over the four dialects
     with keys on, two runner kills; ledger rows = requests, every model idles out."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=ROOT / "bench",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "verdict: all held" in result.stdout, result.stdout
-    assert "other failures 0" in result.stdout, result.stdout
-    assert "idle-out: every model unloaded" in result.stdout, result.stdout
+    out = smoke("soak.py")
+    assert "verdict: all held" in out, out
+    assert "other failures 0" in out, out
+    assert "idle-out: every model unloaded" in out, out
 
 
 @pytest.mark.timeout(300)
 def test_bench_catalog_smoke_measures_starts_listings_reloads_and_the_page() -> None:
     """B14 (``bench/catalog.py``) in smoke mode: 50 models, a file added and removed."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "catalog.py"), "--smoke", "--page"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=ROOT / "bench",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "catalog of 50 models" in result.stdout
+    out = smoke("catalog.py", "--page")
+    assert "catalog of 50 models" in out
     labels = ("next starts: s to /health", "/api/tags: median ms", "reload, a file added",
               "reload, a file removed", "Models page: ms to a search")  # fmt: skip
     for label in labels:
-        assert label in result.stdout, result.stdout
+        assert label in out, out

@@ -149,15 +149,17 @@ def gguf_info(spec: ModelSpec) -> GGUFInfo:
         return known[3]
     with _reading_lock:
         lock = _reading.setdefault(spec.path, threading.Lock())
-    with lock:
-        known = _read_once.get(spec.path)
-        if known is not None and known[:3] == now:
-            return known[3]  # read by another thread meanwhile
-        info = read_gguf(spec.path, spec.shards)
-        _read_once[spec.path] = (*now, info)
-    with _reading_lock:
-        _reading.pop(spec.path, None)
-    return info
+    try:
+        with lock:
+            known = _read_once.get(spec.path)
+            if known is not None and known[:3] == now:
+                return known[3]  # read by another thread meanwhile
+            info = read_gguf(spec.path, spec.shards)
+            _read_once[spec.path] = (*now, info)
+            return info
+    finally:
+        with _reading_lock:
+            _reading.pop(spec.path, None)
 
 
 def remember(path: Path) -> int:
@@ -288,7 +290,7 @@ _LENGTH = struct.Struct("<Q")
 
 def _skip_strings(f: BinaryIO, count: int) -> None:
     """Past ``count`` strings, their lengths read from a map of the file: one read and one
-    seek each took 0.2 s for a 262k-token vocabulary, this takes a tenth of that."""
+    seek each took 0.22 s for a 262k-token vocabulary, this takes 0.06 s."""
     position = f.tell()
     unpack = _LENGTH.unpack_from
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:

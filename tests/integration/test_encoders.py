@@ -40,6 +40,10 @@ threads = 1
 path = "{reranker}"
 threads = 1
 
+[models.reranker-no-onnx]
+path = "{reranker_no_onnx}"
+threads = 1
+
 [models.minilm-onnx]
 path = "{minilm_copy}"
 backend = "onnx"
@@ -109,6 +113,16 @@ def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def reranker_no_onnx(tmp_path_factory: pytest.TempPathFactory, reranker_dir: Path) -> Path:
+    """The tiny reranker with an ONNX file ONNX Runtime cannot read."""
+    path = tmp_path_factory.mktemp("no-onnx") / "reranker"
+    shutil.copytree(reranker_dir, path, ignore=shutil.ignore_patterns("onnx"))
+    (path / "onnx").mkdir()
+    (path / "onnx" / "model.onnx").write_bytes(b"not a model")
+    return path
+
+
+@pytest.fixture(scope="module")
 def minilm_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MiniLM in a directory of our own, where the ONNX export may be written."""
     path = tmp_path_factory.mktemp("copy") / "minilm"
@@ -117,9 +131,18 @@ def minilm_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: Callable[..., Server], reranker_dir: Path, minilm_copy: Path) -> Server:
+def server(
+    server_factory: Callable[..., Server],
+    reranker_dir: Path,
+    reranker_no_onnx: Path,
+    minilm_copy: Path,
+) -> Server:
     config = CONFIG.format(
-        minilm=minilm(), reranker=reranker_dir, gemma=gemma(), minilm_copy=minilm_copy
+        minilm=minilm(),
+        reranker=reranker_dir,
+        reranker_no_onnx=reranker_no_onnx,
+        gemma=gemma(),
+        minilm_copy=minilm_copy,
     )
     return server_factory(config)
 
@@ -325,15 +348,37 @@ def test_rerank_cohere_and_jina_shapes(server: Server) -> None:
     assert [r["index"] for r in best.json()["results"]] == [body["results"][0]["index"]]
 
 
-def test_cross_encoder_scores_match_predict(server: Server, reranker_dir: Path) -> None:
+def _predict(path: Path) -> list[float]:
     from sentence_transformers import CrossEncoder
 
-    answer = rerank(server, {"model": "reranker", "query": QUERY, "documents": DOCUMENTS})
+    model = CrossEncoder(str(path), device="cpu", local_files_only=True)
+    return list(model.predict([(QUERY, d) for d in DOCUMENTS]))
+
+
+def _scores(server: Server, model: str) -> list[float]:
+    answer = rerank(server, {"model": model, "query": QUERY, "documents": DOCUMENTS})
     assert answer.status_code == 200, answer.text
     got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
-    model = CrossEncoder(str(reranker_dir), device="cpu", local_files_only=True)
-    expected = model.predict([(QUERY, d) for d in DOCUMENTS])
-    assert [got[i] for i in range(len(DOCUMENTS))] == pytest.approx(list(expected), abs=1e-5)
+    return [got[i] for i in range(len(DOCUMENTS))]
+
+
+def test_cross_encoder_scores_match_predict(server: Server, reranker_dir: Path) -> None:
+    """The reranker sets no backend: ``auto`` exports it to ONNX, scores as torch does."""
+    assert _scores(server, "reranker") == pytest.approx(_predict(reranker_dir), abs=1e-5)
+    assert (reranker_dir / "onnx" / "model.onnx").is_file()
+    log = (server.home / "logs" / "reranker.log").read_text()
+    assert "(rerank, onnx backend, 1 threads)" in log
+
+
+def test_auto_backend_runs_on_torch_where_onnx_fails(
+    server: Server, reranker_no_onnx: Path
+) -> None:
+    assert _scores(server, "reranker-no-onnx") == pytest.approx(
+        _predict(reranker_no_onnx), abs=1e-5
+    )
+    log = (server.home / "logs" / "reranker-no-onnx.log").read_text()
+    assert "does not run on ONNX Runtime" in log
+    assert "(rerank, torch backend, 1 threads)" in log
 
 
 @pytest.mark.parametrize(

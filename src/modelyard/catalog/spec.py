@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 ModelKind = Literal["chat", "embedding", "rerank"]
-EncoderBackend = Literal["torch", "onnx"]
+EncoderBackend = Literal["auto", "torch", "onnx"]
 
 Footprint = Mapping[str, int]
 """Bytes per device: ``{"ram": ...}`` and, where a GPU is used, ``{"gpu0": ...}``."""
@@ -65,8 +65,9 @@ class ModelSpec:
     """A ``llama-server`` binary to exec instead of the bundled xllamacpp engine."""
     shards: tuple[Path, ...] = ()
     """Every file of a split GGUF (``path`` is the first); empty for a single file."""
-    backend: EncoderBackend = "torch"
-    """Encoder engine: run the model with torch, or exported to ONNX Runtime."""
+    backend: EncoderBackend = "auto"
+    """Encoder engine: run the model with torch, or exported to ONNX Runtime; ``auto``: ONNX
+    where the model exports, torch otherwise (docs/benchmarks.md, B8 and B11)."""
     max_batch: int = 32
     """Encoder engine: most inputs (texts or query/document pairs) in one forward pass."""
     batch_wait: float = 0.005

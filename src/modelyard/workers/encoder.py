@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import numpy as np
 import orjson
@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modelyard.catalog.spec import default
+from modelyard.catalog.spec import EncoderBackend, default
 from modelyard.errors import (
     ContextLengthError,
     InvalidRequestError,
@@ -233,6 +233,14 @@ async def _error(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.envelope(), status_code=exc.status)
 
 
+def default_threads() -> int:
+    """Threads of a model that does not set ``threads``: every core this process may use but
+    one, left to the gateway and the worker's own HTTP and tokenizing. On 2 cores, with chat
+    served alongside, one thread embeds faster than two and chat waits less (benchmarks.md,
+    B8); a model served alone loses 15 % of its peak."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="modelyard.workers.encoder")
     parser.add_argument("--model", type=Path, required=True)
@@ -240,8 +248,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kind", choices=["embedding", "rerank"], default="embedding")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--backend", choices=["torch", "onnx"], default=default("backend"))
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--backend", choices=get_args(EncoderBackend), default=default("backend"))
     parser.add_argument("--onnx-cache", type=Path, default=None)
     parser.add_argument("--max-batch", type=int, default=default("max_batch"))
     parser.add_argument("--batch-wait", type=float, default=default("batch_wait"), help="seconds")
@@ -258,12 +266,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    encoder = load(args.model, args.kind, args.backend, args.threads, args.onnx_cache)
+    encoder, backend = load(args.model, args.kind, args.backend, args.threads, args.onnx_cache)
     log.info(
         "loaded %s (%s, %s backend, %d threads) in %.2f s",
         args.model,
         args.kind,
-        args.backend,
+        backend,
         args.threads,
         time.perf_counter() - started,
     )

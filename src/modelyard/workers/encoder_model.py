@@ -113,10 +113,24 @@ class CrossEncoderModel:
 
 def load(
     path: Path, kind: str, backend: str, threads: int, onnx_cache: Path | None
-) -> SentenceEncoder | CrossEncoderModel:
+) -> tuple[SentenceEncoder | CrossEncoderModel, str]:
+    """The model at ``path`` and the backend it runs on: ``auto`` is ONNX where the model
+    exports and loads there, torch otherwise."""
     import torch
 
     torch.set_num_threads(threads)
+    if backend == "auto":
+        try:
+            return _load(path, kind, "onnx", threads, onnx_cache), "onnx"
+        except Exception as exc:  # any failure of an export: the model still runs on torch
+            log.warning("%s does not run on ONNX Runtime (%s): running it on torch", path, exc)
+            backend = "torch"
+    return _load(path, kind, backend, threads, onnx_cache), backend
+
+
+def _load(
+    path: Path, kind: str, backend: str, threads: int, onnx_cache: Path | None
+) -> SentenceEncoder | CrossEncoderModel:
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
     cls = SentenceTransformer if kind == "embedding" else CrossEncoder

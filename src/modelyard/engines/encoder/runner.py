@@ -50,14 +50,21 @@ def footprint_parts(spec: ModelSpec) -> dict[str, int]:
     length = max(1, spec.ctx)
     batch = max(1, min(spec.max_batch, spec.max_batch_tokens // length))
     scores = batch * heads * length * length * _SCORE_BYTES
-    onnx = spec.backend == "onnx"
+    onnx = may_run_onnx(spec)
     activations = batch * length * hidden * _TOKEN_BYTES
-    activations += int(scores * _SCORES_HELD[spec.backend]) + (0 if onnx else _TORCH_HEAP_BYTES)
+    activations += int(scores * _SCORES_HELD["onnx" if onnx else "torch"])
+    activations += 0 if onnx else _TORCH_HEAP_BYTES
     return {
         "worker": WORKER_BYTES,
         "weights": weights * (2 if onnx else 1),
         "activations": activations,
     }
+
+
+def may_run_onnx(spec: ModelSpec) -> bool:
+    """Whether the worker may run ``spec`` on ONNX Runtime (``auto`` does where the model
+    exports): its estimate is then ONNX's, the larger."""
+    return spec.backend != "torch"
 
 
 def worker_args(spec: ModelSpec, port: int, onnx_cache: Path) -> list[str]:
@@ -82,7 +89,7 @@ def worker_args(spec: ModelSpec, port: int, onnx_cache: Path) -> list[str]:
     ]
     if spec.threads:
         args += ["--threads", str(spec.threads)]
-    if spec.backend == "onnx":
+    if may_run_onnx(spec):
         args += ["--onnx-cache", str(onnx_cache)]
     if spec.truncate:
         args.append("--truncate")
@@ -134,6 +141,6 @@ class EncoderRunner:
             log_path=log_path(self._log_dir, spec.runner_name),
             rotation=self._rotation,
             load_timeout=self._load_timeout,
-            env={KEY_ENV: key, **(_ONNX_MALLOC if spec.backend == "onnx" else {})},
+            env={KEY_ENV: key, **(_ONNX_MALLOC if may_run_onnx(spec) else {})},
             key=key,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -14,7 +14,13 @@ from modelyard.catalog.details import hf_details
 from modelyard.catalog.engine import CatalogEngine, Place, Table
 from modelyard.catalog.entry import ModelEntry, Seconds
 from modelyard.catalog.hf import context_length
-from modelyard.catalog.spec import ENCODER_PARALLEL, ModelSpec, default, encoder_serves
+from modelyard.catalog.spec import (
+    ENCODER_PARALLEL,
+    EncoderBackend,
+    ModelSpec,
+    default,
+    encoder_serves,
+)
 from modelyard.catalog.summary import hf_summary
 
 if TYPE_CHECKING:
@@ -22,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class EncoderTable(Table):
-    backend: Literal["torch", "onnx"] = default("backend")
+    backend: EncoderBackend = default("backend")
     max_batch: int = Field(default=default("max_batch"), gt=0, le=1024)
     batch_wait: Seconds = default("batch_wait")
     max_batch_tokens: int = Field(default=default("max_batch_tokens"), gt=0)

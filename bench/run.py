@@ -1,4 +1,4 @@
-"""Side-by-side benchmarks (../shared/BENCH.md): ``python bench/run.py [b1 … b12]``.
+"""Side-by-side benchmarks (../shared/BENCH.md): ``python bench/run.py [b1 … b13]``.
 
 Peers (LiteLLM, llama-cpp-python, Infinity) come from ``bash bench/setup_peers.sh``; a
 scenario whose peer is missing still measures modelyard and says in its row why the peer's
@@ -31,6 +31,7 @@ import chat
 import encoders
 import overhead
 import peers
+import warm_swap
 from common import (
     HERE,
     PY,
@@ -245,7 +246,7 @@ def main() -> None:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9", "b10", "b11", "b12"],
+        default=[f"b{n}" for n in range(1, 14)],
     )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=300, help="B1 requests per round")
@@ -321,6 +322,9 @@ def main() -> None:
             result = asyncio.run(encoders.b8(args.rounds, args.embed_requests, levels, offline))
         elif name == "b9":
             result = asyncio.run(encoders.b9(args.rounds, args.embed_requests, 16))
+        elif name == "b13":
+            rounds = min(args.swaps, 3)  # each round is two loads of a ~3,000-token turn
+            result = warm_swap.b13(rounds, 20 if args.smoke else 230)
         elif name == "b11":
             sizes = [int(x) for x in args.rerank_sizes.split(",")]
             result = asyncio.run(encoders.b11(args.rounds, sizes))

@@ -7,6 +7,8 @@ llama.cpp's ``--swa-full`` (the sliding-window layers' cache kept for the whole 
 would cost in memory (from the GGUF's header), which warm swaps on this model do not need.
 
     .venv/bin/python bench/warm_swap.py [--rounds 3 --sentences 230]
+
+or as ``bench/run.py b13`` (``--swaps`` rounds).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import httpx
 
 from chat import gemma
-from common import Gateway
+from common import Gateway, Row, print_table
 from modelyard.catalog.gguf import gguf_info, kv_cache_bytes
 from modelyard.catalog.spec import ModelSpec
 
@@ -74,7 +76,8 @@ def swap(client: httpx.Client, gateway: Gateway, restore: bool) -> float:
     return time.perf_counter() - started
 
 
-def main(rounds: int, sentences: int) -> None:
+def b13(rounds: int, sentences: int) -> dict[str, Any]:
+    """The scenario, as ``run.py b13`` reports it."""
     gateway = Gateway(CONFIG.format(path=gemma()), core=None)
     text = " ".join(
         f"Sentence number {i} talks about the weather in town {i % 17}." for i in range(sentences)
@@ -101,22 +104,26 @@ def main(rounds: int, sentences: int) -> None:
                 results["cold"].append(next_turn(client, messages))
     finally:
         gateway.close()
-
-    def median(kind: str) -> float:
-        return statistics.median(t for t, _, _ in results[kind])
-
-    print(f"B13 next turn of a {results['cold'][0][1]}-token conversation, {rounds} rounds")
-    for kind, label in (("never", "never swapped"), ("restore", "swapped, restored"),
-                        ("cold", "swapped, no restore")):  # fmt: skip
-        _, read, reused = results[kind][-1]
-        load = f", load {statistics.median(loads[kind]):.2f} s" if kind in loads else ""
-        print(f"  {label:22} TTFT {median(kind):6.3f} s (read {read}, reused {reused}{load})")
-    print(f"  with restore / without:  {median('restore') / median('cold'):.3f} (target <= 0.2)")
-    print(f"  with restore / never:    {median('restore') / median('never'):.3f} (target <= 1.5)")
+    ttft = {kind: statistics.median(t for t, _, _ in runs) for kind, runs in results.items()}
+    _, read, reused = results["restore"][-1]
     info = gguf_info(ModelSpec(name="gemma", path=gemma()))
     plain, full = kv_cache_bytes(info, 4096, 1), kv_cache_bytes(_NoWindow(info), 4096, 1)
-    print(f"  --swa-full would take the KV cache from {plain / 1024**2:.0f} to "
-          f"{full / 1024**2:.0f} MiB per 4,096-token slot; warm swaps do not need it")  # fmt: skip
+    with_restore = ttft["restore"] / ttft["cold"]
+    vs_never = ttft["restore"] / ttft["never"]
+    rows = [
+        Row("B13 TTFT s, restored / not", ttft["restore"], ttft["cold"], with_restore,
+            "≤ 0.2", with_restore <= 0.2),
+        Row("B13 TTFT s, restored / never swapped", ttft["restore"], ttft["never"], vs_never,
+            "≤ 1.5", vs_never <= 1.5),
+        Row("B13 prompt tokens reused / read", reused, read + reused, reused / (read + reused),
+            "", None),
+        Row("B13 load s, restore / none", statistics.median(loads["restore"]),
+            statistics.median(loads["cold"]),
+            statistics.median(loads["restore"]) / statistics.median(loads["cold"]), "", None),
+        Row("B13 KV MiB per 4,096-token slot, --swa-full / not", full / 1024**2,
+            plain / 1024**2, full / plain, "", None),
+    ]  # fmt: skip
+    return {"scenario": "B13", "ttft_s": ttft, "tokens": results["cold"][0][1], "rows": rows}
 
 
 class _NoWindow:
@@ -136,4 +143,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sentences", type=int, default=230)
     args = parser.parse_args()
-    main(args.rounds, args.sentences)
+    result = b13(args.rounds, args.sentences)
+    print(f"B13 next turn of a {result['tokens']}-token conversation, {args.rounds} rounds")
+    print_table(result["rows"])

@@ -29,7 +29,7 @@ def test_bench_smoke_runs_every_scenario(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (written,) = tmp_path.glob("bench-*.json")
     report = json.loads(written.read_text())
-    scenarios = [f"B{i}" for i in range(1, 13)]
+    scenarios = [f"B{i}" for i in range(1, 14)]
     assert [r["scenario"] for r in report["results"]] == scenarios
     assert report["machine"]["cpus"] >= 1
     assert set(report["peers"]) == {"litellm", "llama-cpp-python", "infinity"}

@@ -584,7 +584,7 @@ def test_config_readme_full_example_reaches_the_specs(tmp_path: Path) -> None:
     assert (minilm.engine, minilm.kind, minilm.backend, minilm.batch_wait) == (
         "encoder",
         "embedding",
-        "torch",
+        "onnx",
         0.005,
     )
 

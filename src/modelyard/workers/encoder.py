@@ -234,11 +234,10 @@ async def _error(request: Request, exc: Exception) -> Response:
 
 
 def default_threads() -> int:
-    """Threads of a model that does not set ``threads``: every core this process may use but
-    one, left to the gateway and the worker's own HTTP and tokenizing. On 2 cores, with chat
-    served alongside, one thread embeds faster than two and chat waits less (benchmarks.md,
-    B8); a model served alone loses 15 % of its peak."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    """Threads of a model that does not set ``threads``: every core this process may use.
+    Leaving one to the gateway was measured on 2 cores (benchmarks.md, B8 and B11): it helps
+    only while chat shares the cores, and costs a lone rerank request up to 40 %."""
+    return len(os.sched_getaffinity(0))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

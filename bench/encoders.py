@@ -204,7 +204,7 @@ def cross_encoder_dir() -> Path:
     return path
 
 
-async def b11(rounds: int, sizes: list[int]) -> dict[str, Any]:
+async def b11(rounds: int, sizes: list[int], roofline_pairs: int = 50) -> dict[str, Any]:
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -256,7 +256,7 @@ async def b11(rounds: int, sizes: list[int]) -> dict[str, Any]:
         gateway.close()
         shutil.rmtree(onnx_copy, ignore_errors=True)
     try:
-        roof = roofline(reranker, query, direct.tokenizer)
+        roof = roofline(reranker, query, direct.tokenizer, roofline_pairs)
     finally:
         shutil.rmtree(reranker, ignore_errors=True)
     targets = {f"{b} {w} K=50": 3.0 for b in OURS for w in ("short", "medium")}
@@ -269,20 +269,20 @@ async def b11(rounds: int, sizes: list[int]) -> dict[str, Any]:
     return {"scenario": "B11", "levels": results, "roofline": roof, "rows": rows}
 
 
-def roofline(path: Path, query: str, tokenizer: Any) -> dict[str, tuple[float, float]]:
+def roofline(path: Path, query: str, tokenizer: Any, n: int = 50) -> dict[str, tuple[float, float]]:
     """Per document length: the reranker's best tokens/s on this machine (in this process,
-    no HTTP; each backend, batches of 8 to 50) and the mean tokens of a pair."""
+    no HTTP; each backend, batches of 8 to ``n`` pairs) and the mean tokens of a pair."""
     from modelyard.workers.encoder_model import load
 
     out = {}
     with tempfile.TemporaryDirectory() as cache:
         models = [load(path, "rerank", b, THREADS, Path(cache))[0] for b in ("torch", "onnx")]
         for words, (low, high) in (("short", (8, 20)), ("medium", (20, 60))):
-            pairs = [(query, d) for d in sentences(50, low, high, seed=50)]
+            pairs = [(query, d) for d in sentences(n, low, high, seed=50)]
             tokens = statistics.mean(len(tokenizer(q, d)["input_ids"]) for q, d in pairs)
             best = 0.0
             for model in models:
-                for size in (8, 16, 32, 50):
+                for size in sorted({min(b, n) for b in (8, 16, 32, 50)}):
                     model.compute(pairs[:size])
                     t = time.perf_counter()
                     for i in range(0, len(pairs), size):

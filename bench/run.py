@@ -293,6 +293,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for name in args.scenarios:
+        began = time.perf_counter()
         if name == "b1":
             result = asyncio.run(b1(args.rounds, args.requests))
         elif name == "b2":
@@ -327,10 +328,12 @@ def main() -> None:
             result = warm_swap.b13(rounds, 20 if args.smoke else 230)
         elif name == "b11":
             sizes = [int(x) for x in args.rerank_sizes.split(",")]
-            result = asyncio.run(encoders.b11(args.rounds, sizes))
+            roofline_pairs = 8 if args.smoke else 50
+            result = asyncio.run(encoders.b11(args.rounds, sizes, roofline_pairs))
         else:
             parser.error(f"unknown scenario {name}")
         print_table(result["rows"])
+        print(f"({name}: {time.perf_counter() - began:.0f} s)")
         out["results"].append({**result, "rows": [dataclasses.asdict(r) for r in result["rows"]]})
         # Written after every scenario: a later one failing loses nothing measured.
         path.write_text(json.dumps(out, indent=1, default=str))

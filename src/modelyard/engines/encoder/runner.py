@@ -35,7 +35,8 @@ _ONNX_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 """ONNX Runtime (its arena off) takes every tensor from glibc: with the mmap threshold fixed,
 a batch's large buffers go back to the system when freed instead of staying in the heap, so
 the worker holds what the present batch uses (MiniLM's full batches: 840 to 880 MiB instead
-of 1,000 to 1,200, within 2 % of the speed). torch runs 30 % slower so, and is left alone."""
+of 1,000 to 1,200, within 2 % of the speed). torch runs 30 % slower so, and is left alone;
+an ``auto`` model whose export fails runs on torch with it (the variable is read at start)."""
 
 
 def footprint_parts(spec: ModelSpec) -> dict[str, int]:

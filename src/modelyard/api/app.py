@@ -32,6 +32,7 @@ from modelyard.api import (
 )
 from modelyard.api.auth import Auth
 from modelyard.api.guard import Guard
+from modelyard.api.lane import Lane, model_endpoints
 from modelyard.api.openapi import document_errors
 from modelyard.api.proxy import Upstream
 from modelyard.api.routes import MODEL_ROUTES
@@ -51,6 +52,20 @@ from modelyard.scheduler.budget import MeasuredFootprints, resolve_budget
 from modelyard.scheduler.journal import Journal
 
 log = logging.getLogger(__name__)
+
+ROUTERS = (
+    openai.router,
+    anthropic.router,
+    responses.router,
+    ollama.router,
+    admin.router,
+    models.router,
+    observe.router,
+    accounts_routes.router,
+    passthrough.router,
+    ui.router,
+)
+"""Every API's routes, included as they are (no prefix, no dependencies)."""
 
 
 class RequestId:
@@ -175,20 +190,13 @@ def create_app(
     app.state.stopping = asyncio.Event()  # set as shutdown begins: live followers end
     app.state.stop_now = False  # set by a second Ctrl-C: runners get no grace
     errors.install(app)
-    app.include_router(openai.router)
-    app.include_router(anthropic.router)
-    app.include_router(responses.router)
-    app.include_router(ollama.router)
-    app.include_router(admin.router)
-    app.include_router(models.router)
-    app.include_router(observe.router)
-    app.include_router(accounts_routes.router)
-    app.include_router(passthrough.router)
-    app.include_router(ui.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.mount("/ui", ui.assets(), name="ui")
     app.mount("/docs/assets", ui.docs_assets(), name="docs-assets")
     document_errors(app)
     trusted = frozenset(o for o in config.cors_origins if o != "*")
+    app.add_middleware(Lane, endpoints=model_endpoints(ROUTERS))  # innermost
     app.add_middleware(Auth)
     app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)
     app.add_middleware(Observe, paths=MODEL_ROUTES)

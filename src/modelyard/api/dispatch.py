@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -45,9 +44,10 @@ from modelyard.accounts.service import Bill
 from modelyard.api.errors import error_response, report, shown_to, sse_error_frame
 from modelyard.api.gather import Gathering
 from modelyard.api.length import Length
-from modelyard.api.proxy import Upstream, read_answer
+from modelyard.api.proxy import UPSTREAM_ERRORS, Upstream, read_answer
 from modelyard.api.tally import Tally
 from modelyard.api.telemetry import Trace
+from modelyard.api.wire import Answer
 from modelyard.dialect.base import Dialect, engine_error, sse_events, stream_chunks
 from modelyard.engines import engine_of
 from modelyard.errors import (
@@ -235,7 +235,7 @@ class Dispatch(Response):
                 tokens = trace.prompt_tokens + trace.completion_tokens
                 self._bill.settle(trace.charge, tokens, self._request_id)
 
-    async def _open(self) -> tuple[Lease, aiohttp.ClientResponse, bytes | None]:
+    async def _open(self) -> tuple[Lease, Answer, bytes | None]:
         """A lease and the runner's response (its headers; the body is still to come), and
         the whole answer when it is gathered from a stream: a runner that dies while one is
         gathered has sent the client nothing yet, so the request waits for its restart and
@@ -309,7 +309,7 @@ class Dispatch(Response):
                 self._scheduler.release(lease)
                 raise
 
-    async def _relay(self, upstream: aiohttp.ClientResponse, send: Send) -> bool:
+    async def _relay(self, upstream: Answer, send: Send) -> bool:
         """Passes the stream on as it arrives; ``True`` if it ended as the runner meant it.
         However it ends, the trace gets the tokens the engine said it used (``Tally``)."""
         complete = False
@@ -319,7 +319,7 @@ class Dispatch(Response):
         held = b""
         dialect = self._dialect
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 if trace.ttft is None:
                     trace.ttft = time.perf_counter() - trace.started
                 tally.feed(chunk)
@@ -336,7 +336,7 @@ class Dispatch(Response):
             if held and dialect is None:
                 await send({"type": "http.response.body", "body": held, "more_body": True})
             complete = True
-        except (TimeoutError, aiohttp.ClientError, _EngineFailed) as exc:
+        except (TimeoutError, *UPSTREAM_ERRORS, _EngineFailed) as exc:
             # Terminate a half-written event first so the error frame parses on its own.
             prefix = b"" if tail in (b"", b"\n\n") else b"\n\n"
             error = RunnerError(f"model server failed while streaming: {exc}")
@@ -355,29 +355,28 @@ class Dispatch(Response):
         await self._finish(send, dialect.close() if dialect is not None else b"")
         return True
 
-    async def _gather(self, upstream: aiohttp.ClientResponse) -> bytes:
+    async def _gather(self, upstream: Answer) -> bytes:
         """The whole answer of a stream asked for a client who wants it whole
         (``api.gather``). What came is read every ``_DRAIN`` seconds and at the end, not
         at each token (the task wakes once for a short answer); a client who leaves is
         charged what had come, and closing the connection stops the engine."""
         if upstream.content_type != "text/event-stream":
             return await read_answer(upstream)  # it answered whole all the same
-        content = upstream.content
         gathering = Gathering(self._tally)
         complete = False
         try:
-            while not content.is_eof():
+            while not upstream.is_eof():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_DRAIN):
-                        await content.wait_eof()
-                gathering.feed(content.read_nowait())
-            gathering.feed(content.read_nowait())
+                        await upstream.wait_eof()
+                gathering.feed(upstream.take())
+            gathering.feed(upstream.take())
             complete = True
-        except aiohttp.ClientError as exc:
+        except UPSTREAM_ERRORS as exc:
             raise _StreamBroken(f"model server failed while answering: {exc}") from exc
         except asyncio.CancelledError:
-            with contextlib.suppress(RunnerError, aiohttp.ClientError):
-                gathering.feed(content.read_nowait())  # counted, though nobody reads it
+            with contextlib.suppress(RunnerError, *UPSTREAM_ERRORS):
+                gathering.feed(upstream.take())  # counted, though nobody reads it
             raise
         finally:
             if complete:

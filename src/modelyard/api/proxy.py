@@ -1,7 +1,8 @@
-"""The upstream client: one pooled aiohttp session for every runner.
+"""The upstream client: the runners' requests on pooled connections (``api.wire``), and an
+aiohttp session for every other call to a runner (its metrics, its own API).
 
 Runners are OpenAI-compatible servers; a request is posted as-is and the answer is passed
-back (``modelyard.api.dispatch`` relays streams). Closing a response before its end (the
+back (``modelyard.api.dispatch`` relays streams). Closing an answer before its end (the
 client left) closes the upstream connection, which makes llama.cpp stop generating for that
 slot.
 """
@@ -13,12 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 
+from modelyard.api.wire import Answer, Pool, Unanswered, WireError
 from modelyard.errors import ModelyardError, RunnerError, RunnerUnreachableError, UpstreamError
 
 # llama.cpp's HTTP server closes keep-alive connections idle for 5 s: drop ours sooner so a
 # pooled connection is rarely dead when reused.
 _KEEPALIVE = 4.0
+
+UPSTREAM_ERRORS = (WireError, aiohttp.ClientError)
+"""What a failed connection to a runner raises."""
 
 
 class Upstream:
@@ -31,6 +37,7 @@ class Upstream:
             skip_auto_headers=("User-Agent",),
             auto_decompress=False,
         )
+        self._pool = Pool(connect_timeout=connect_timeout, keepalive=_KEEPALIVE)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -38,36 +45,44 @@ class Upstream:
         return self._session
 
     async def close(self) -> None:
+        await self._pool.close()
         await self._session.close()
 
-    async def post(
-        self, url: str, payload: dict[str, Any], headers: Mapping[str, str]
-    ) -> aiohttp.ClientResponse:
+    async def post(self, url: str, payload: dict[str, Any], headers: Mapping[str, str]) -> Answer:
         """POSTs JSON; retries once when the connection failed before anything came back.
 
         Failures before a response are a refused connection, a reset one, or a pooled
         connection the runner had already closed: the runner never took the request. Twice
         in a row means the runner is gone: ``RunnerUnreachableError``.
         """
-        body = json.dumps(payload).encode()
+        body = _dumps(payload)
         headers = {**headers, "Content-Type": "application/json"}
         for attempt in (1, 2):
             try:
-                return await self._session.post(url, data=body, headers=headers)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                return await self._pool.post(url, headers, body)
+            except Unanswered as exc:
                 if attempt == 2:
                     raise RunnerUnreachableError(f"model server unreachable: {exc}") from exc
-            except aiohttp.ClientError as exc:
+            except (WireError, ValueError) as exc:
                 raise RunnerError(f"model server request failed: {exc}") from exc
         raise AssertionError("unreachable")
 
 
-async def read_answer(response: aiohttp.ClientResponse, *, passthrough: bool = False) -> bytes:
+def _dumps(payload: dict[str, Any]) -> bytes:
+    """``payload`` as JSON; what orjson does not write (an integer past 64 bits, NaN) as the
+    client wrote it."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload).encode()
+
+
+async def read_answer(response: Answer, *, passthrough: bool = False) -> bytes:
     """The whole body of a non-streamed answer; error answers become ``UpstreamError``
     (``passthrough``: a server error too keeps its status, as a remote's does)."""
     try:
         body = await response.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except UPSTREAM_ERRORS as exc:
         raise RunnerError(f"model server failed while answering: {exc}") from exc
     finally:
         response.release()

@@ -76,6 +76,24 @@ async def test_command_engine_without_key_placeholder_gets_no_key(
         assert answer.json() == {"received": received, "authorization": False}
 
 
+async def test_the_engine_gets_the_body_as_the_client_wrote_it(make_harness: Callable) -> None:
+    """Integers past 64 bits stay integers, text stays text; what is not JSON (NaN) is
+    refused before it reaches the engine."""
+    exact = chat(
+        x_echo=True,
+        x_big=123456789012345678901234567890,
+        x_negative=-9223372036854775809,
+        x_text="naïve \u2028 🦙",
+    )
+    async with make_harness(command_spec()) as h:
+        answer = await h.call("/v1/chat/completions", exact)
+        assert answer.json()["received"] == {**exact, "stream": False}
+        raw = b'{"model": "cmd", "messages": [], "temperature": NaN}'
+        refused = await h.call("/v1/chat/completions", raw=raw)
+        assert refused.status == 400
+        assert "NaN is not a JSON value" in refused.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [

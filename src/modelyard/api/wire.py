@@ -272,7 +272,11 @@ class _Connection(asyncio.Protocol):
 class Pool:
     """Connections to runners, kept open between requests (see the module)."""
 
-    def __init__(self, *, connect_timeout: float, keepalive: float) -> None:
+    def __init__(
+        self, *, connect_timeout: float, keepalive: float, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls``: how ``https`` servers are verified (by default, as any client does:
+        the system's certificate authorities and the server's name)."""
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
@@ -280,7 +284,7 @@ class Pool:
         self._heads: dict[str, tuple[tuple[str, int, bool], bytes]] = {}
         """URL → ((host, port, TLS), the start of its request head); a gateway posts to
         few URLs."""
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
         """``body`` posted to ``url`` (``http`` only); ``Unanswered`` or ``Broken`` when the
@@ -297,8 +301,11 @@ class Pool:
         if connection not in self._open:
             return
         connection.reset()
-        connection.idle_since = time.monotonic()
-        self._idle.setdefault(connection.key, []).append(connection)
+        now = connection.idle_since = time.monotonic()
+        idle = self._idle.setdefault(connection.key, [])
+        while idle and now - idle[0].idle_since >= self._keepalive:
+            idle[0].close()  # the oldest, left over from a burst: not kept open for ever
+        idle.append(connection)
 
     def forget(self, connection: _Connection) -> None:
         self._open.discard(connection)

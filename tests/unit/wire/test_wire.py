@@ -5,7 +5,10 @@ asyncio's loop and on uvloop's, which the server runs on (``conftest``)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +20,11 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 class Server:
     """A TCP server that answers each request with ``script``; it counts connections."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, tls: ssl.SSLContext | None = None) -> None:
         self.script = script
+        self.tls = tls
         self.connections = 0
+        self.closed = 0
         self.requests: list[bytes] = []
         self.url = ""
 
@@ -37,11 +42,13 @@ class Server:
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass
             finally:
+                self.closed += 1
                 writer.close()
 
-        self._server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=self.tls)
         port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{port}/v1/chat/completions"
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -81,6 +88,28 @@ async def test_wire_posts_and_keeps_the_connection(pool: Pool) -> None:
         assert b"\r\nX-Request-Id: r1\r\n" in head
         assert b"\r\nHost: 127.0.0.1:" in head
         assert body == b'{"a": 1}'
+
+
+async def test_wire_closes_connections_left_idle_after_a_burst() -> None:
+    """Steady traffic after a burst reuses one connection; the burst's others are closed
+    once idle longer than ``keepalive``, not kept open for ever."""
+    pool = Pool(connect_timeout=2.0, keepalive=0.2)
+    try:
+        async with Server(_whole(b"{}")) as server:
+            burst = await asyncio.gather(*(pool.post(server.url, {}, b"{}") for _ in range(3)))
+            for answer in burst:
+                await answer.read()
+                answer.release()
+            assert server.connections == 3
+            for _ in range(6):
+                answer = await pool.post(server.url, {}, b"{}")
+                await answer.read()
+                answer.release()
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
+            assert (server.connections, server.closed) == (3, 2)
+    finally:
+        await pool.close()
 
 
 async def test_wire_streams_chunks_as_they_come(pool: Pool) -> None:
@@ -207,3 +236,43 @@ async def test_wire_refuses_a_header_with_a_line_break(pool: Pool) -> None:
         with pytest.raises(ValueError, match="line break"):
             await pool.post(server.url, {"X-Request-Id": "a\r\nX-Evil: 1"}, b"{}")
         assert server.requests == []
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_wire_speaks_tls_to_an_https_server_it_can_verify(
+    certificate: tuple[Path, Path],
+) -> None:
+    """A remote model behind https: verified against the authorities the pool trusts (here
+    a self-signed certificate for 127.0.0.1); one it cannot verify is never sent the
+    request."""
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    trusting = Pool(connect_timeout=2.0, keepalive=4.0, tls=ssl.create_default_context(cafile=cert))
+    default = Pool(connect_timeout=2.0, keepalive=4.0)
+    try:
+        async with Server(_whole(b'{"ok": true}'), tls=served) as server:
+            assert server.url.startswith("https://")
+            for _ in range(2):
+                answer = await trusting.post(server.url, {}, b"{}")
+                assert await answer.read() == b'{"ok": true}'
+                answer.release()
+            assert server.connections == 1
+            with pytest.raises(Unanswered, match="CERTIFICATE_VERIFY_FAILED"):
+                await default.post(server.url, {}, b"{}")
+            assert len(server.requests) == 2
+    finally:
+        await trusting.close()
+        await default.close()

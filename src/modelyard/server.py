@@ -47,20 +47,32 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with a deadline for receiving each request."""
 
     class _Protocol(HttpToolsProtocol):
-        _deadline: asyncio.TimerHandle | None = None
+        _deadline = math.inf
+        """Loop time by which the request being received must be in (``inf``: none)."""
+        _timer: asyncio.TimerHandle | None = None
+        """Fires at a deadline, or later: a deadline moved on since leaves it pending rather
+        than adding a timer per request (one per connection now and then, at most)."""
         _reading_body = False
 
         def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(header_timeout, self._expired)
+            self._deadline = self.loop.time() + header_timeout
+            if self._timer is None:
+                self._timer = self.loop.call_at(self._deadline, self._check)
 
         def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
+            self._deadline = math.inf
+
+        def _check(self) -> None:
+            self._timer = None
+            if self._deadline == math.inf:
+                return
+            if self.loop.time() < self._deadline:
+                self._timer = self.loop.call_at(self._deadline, self._check)
+                return
+            self._deadline = math.inf
+            self._expired()
 
         def _expired(self) -> None:
-            self._deadline = None
             if self._reading_body and self.flow is not None and self.flow.read_paused:
                 self._arm()  # the app is not reading yet: the client is not the slow one
                 return
@@ -73,6 +85,9 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -82,7 +97,7 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._deadline is None:
+            if self._deadline == math.inf:
                 self._arm()
 
         def on_headers_complete(self) -> None:

@@ -1,10 +1,19 @@
-"""The serving process's own settings."""
+"""The serving process's own settings, and its deadline for clients sending a request."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import resource
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+
+from modelyard.server import protocol
 
 
 def test_the_open_files_limit_is_raised_to_what_the_system_allows() -> None:
@@ -22,3 +31,72 @@ def test_the_open_files_limit_is_raised_to_what_the_system_allows() -> None:
     assert returned == now
     expected = 65536 if hard == resource.RLIM_INFINITY else hard
     assert now == expected > 256, (soft, hard)
+
+
+async def _answer_ok(scope: dict, receive: Any, send: Any) -> None:
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextlib.asynccontextmanager
+async def _serving(header_timeout: float) -> AsyncIterator[int]:
+    """uvicorn on a free port with the server's protocol; yields the port."""
+    config = uvicorn.Config(
+        _answer_ok,
+        host="127.0.0.1",
+        port=0,
+        http=protocol(header_timeout),
+        lifespan="off",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, no event)
+        await asyncio.sleep(0.01)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _closed_after(reader: asyncio.StreamReader) -> float:
+    """Seconds until the server closes the connection (having answered nothing)."""
+    t = time.monotonic()
+    assert await asyncio.wait_for(reader.read(1024), 5) == b""
+    return time.monotonic() - t
+
+
+async def test_a_client_that_stalls_its_headers_or_body_is_dropped() -> None:
+    async with _serving(0.3) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        assert 0.25 < await _closed_after(reader) < 1.5
+        writer.close()
+        await writer.wait_closed()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        assert 0.25 < await _closed_after(reader) < 1.5
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_clients_that_keep_sending_are_never_dropped() -> None:
+    """Each piece of a body moves the deadline; a kept-alive connection has none between
+    its requests."""
+    async with _serving(0.3) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        for _ in range(8):  # 1.6 s of body, 0.2 s apart
+            await asyncio.sleep(0.2)
+            writer.write(b"x")
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+        for _ in range(4):  # idle longer than the deadline between requests
+            await asyncio.sleep(0.5)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()

@@ -164,12 +164,10 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
+        if self._whole:
+            return  # its reader waits for the end, not for each piece
         self._held += len(body)
-        if (
-            self._held > _HIGH_WATER
-            and not (self._paused or self._whole)
-            and self._transport is not None
-        ):
+        if self._held > _HIGH_WATER and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
         self._wake()

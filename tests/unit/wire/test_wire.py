@@ -137,12 +137,19 @@ async def test_wire_streams_chunks_as_they_come(pool: Pool) -> None:
         assert server.connections == 1
 
 
-async def test_wire_reads_an_answer_that_ends_with_the_connection(pool: Pool) -> None:
-    async def until_close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+def _then_hang_up(raw: bytes) -> Script:
+    """Sends ``raw`` and closes the connection."""
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(raw)
         await writer.drain()
         writer.close()
 
+    return script
+
+
+async def test_wire_reads_an_answer_that_ends_with_the_connection(pool: Pool) -> None:
+    until_close = _then_hang_up(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
     async with Server(until_close) as server:
         answer = await pool.post(server.url, {}, b"{}")
         assert await answer.read() == b"all of it"
@@ -164,11 +171,7 @@ async def test_wire_a_runner_that_takes_no_request_is_unanswered(pool: Pool) -> 
 
 
 async def test_wire_a_runner_that_breaks_off_mid_answer(pool: Pool) -> None:
-    async def break_off(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
-        await writer.drain()
-        writer.close()
-
+    break_off = _then_hang_up(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
     async with Server(break_off) as server:
         answer = await pool.post(server.url, {}, b"{}")
         with pytest.raises(Broken):

@@ -163,6 +163,7 @@ class Dispatch(Response):
         watch = _Watch(receive)
         trace = self._trace
         lease: Lease | None = None
+        upstream: Answer | None = None
         served = False
         try:
             limits: list[tuple[bytes, bytes]] = []
@@ -229,6 +230,8 @@ class Dispatch(Response):
                 raise
         finally:
             watch.close()
+            if upstream is not None:
+                upstream.close()  # left unread (the client went first): the engine stops
             if lease is not None:
                 self._scheduler.release(lease, served=served)
             if self._bill is not None and trace.charge is not None:

@@ -69,8 +69,8 @@ class Upstream:
 
 
 def _dumps(payload: dict[str, Any]) -> bytes:
-    """``payload`` as JSON; what orjson does not write (an integer past 64 bits, NaN) as the
-    client wrote it."""
+    """``payload`` as JSON: by orjson, or by Python's writer where orjson cannot (an integer
+    past 64 bits; request bodies with ``NaN`` are refused before they get here)."""
     try:
         return orjson.dumps(payload)
     except TypeError:

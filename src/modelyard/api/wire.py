@@ -54,6 +54,7 @@ class Answer:
         self.status = status
         self.headers = CIMultiDictProxy(headers)
         self.content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        self._over = False
 
     def is_eof(self) -> bool:
         """The body has all come (what is left to take is in ``take``)."""
@@ -85,11 +86,16 @@ class Answer:
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool when it may, else closes."""
-        self._connection.done()
+        if not self._over:
+            self._over = True
+            self._connection.done()
 
     def close(self) -> None:
-        """Done with it before its end: the connection closes."""
-        self._connection.close()
+        """Done with it before its end: the connection closes. Once released or closed, an
+        answer lets its connection be (another request may have it by then)."""
+        if not self._over:
+            self._over = True
+            self._connection.close()
 
 
 class _Connection(asyncio.Protocol):

@@ -82,6 +82,7 @@ async def test_wire_posts_and_keeps_the_connection(pool: Pool) -> None:
             assert answer.headers["retry-after"] == "3"
             assert await answer.read() == b'{"ok": true}'
             answer.release()
+            answer.close()  # once released, the connection is the pool's: left open
         assert server.connections == 1
         head, _, body = server.requests[0].partition(b"\r\n\r\n")
         assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")

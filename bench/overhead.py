@@ -6,6 +6,7 @@ behind modelyard, so both sides answer alike and only the gateway differs.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import statistics
 import tempfile
@@ -18,6 +19,7 @@ import aiohttp
 import psutil
 
 import peers
+from accounts import keyed
 from common import (
     HERE,
     PY,
@@ -33,6 +35,7 @@ from common import (
     ratio_row,
     spawn,
 )
+from observability import canned
 
 BODY = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -214,25 +217,35 @@ async def b3(rounds: int, streams: int, chunks: int, delay_ms: float) -> dict[st
 
 # ---- B12: footprint --------------------------------------------------------------------------
 
+SETTLE = 2.0
+
 
 async def b12(requests: int) -> dict[str, Any]:
-    canned = Canned()
+    """Start-up and footprint of a gateway with every feature on (keys, a balance, the
+    ledger, metrics, the access log). Idle RSS is read once the started gateway has been
+    left alone for ``SETTLE`` seconds: the moment the app has started holds the start-up's
+    threads and their buffers (reported too, not judged)."""
+    gateway = keyed(canned(["canned"]), balance=10**14)
     try:
-        gateway = psutil.Process(canned.gateway.process.pid)
-        idle = gateway.memory_info().rss / 2**20
-        async with pooled_session() as session:
-            await crowd(session, canned.through, [BODY] * 500, 8)
-            before = gateway.memory_info().rss / 2**20
-            await crowd(session, canned.through, [BODY] * requests, 8)
-            after = gateway.memory_info().rss / 2**20
+        process = psutil.Process(gateway.process.pid)
+        at_start = process.memory_info().rss / 2**20
+        await asyncio.sleep(SETTLE)
+        idle = process.memory_info().rss / 2**20
+        url = f"{gateway.url}/v1/chat/completions"
+        async with pooled_session(gateway.headers) as session:
+            await crowd(session, url, [BODY] * 500, 8)
+            before = process.memory_info().rss / 2**20
+            await crowd(session, url, [BODY] * requests, 8)
+            after = process.memory_info().rss / 2**20
     finally:
-        canned.close()
-    start, growth = canned.gateway.health_s, after - before
+        gateway.close()
+    start, growth = gateway.health_s, after - before
     rows = [
         Row("B12 gateway start to /health (s)", start, None, start, "≤ 1.5", start <= 1.5),
-        Row("B12 gateway start to its app started (s)", canned.gateway.started_s, None,
-            canned.gateway.started_s, "-", None),
-        Row("B12 idle RSS (MiB)", idle, None, idle, "≤ 120", idle <= 120),
+        Row("B12 gateway start to its app started (s)", gateway.started_s, None,
+            gateway.started_s, "-", None),
+        Row("B12 RSS as the app has started (MiB)", at_start, None, at_start, "-", None),
+        Row(f"B12 idle RSS, {SETTLE:g} s after (MiB)", idle, None, idle, "≤ 120", idle <= 120),
         Row(f"B12 RSS growth over {requests} requests (MiB)", after, before, growth, "≤ 10",
             growth <= 10),
     ]  # fmt: skip

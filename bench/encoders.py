@@ -148,7 +148,7 @@ async def b9(rounds: int, requests: int, clients: int) -> dict[str, Any]:
     gateway = Gateway(
         f'[models.on]\npath = "{model}"\nthreads = {THREADS}\npinned = true\ntruncate = true\n'
         f'[models.off]\npath = "{model}"\nthreads = {THREADS}\npinned = true\ntruncate = true\n'
-        'extra_args = ["--no-bucketing"]\n[memory]\nram = "4GiB"\n',
+        'bucketing = false\n[memory]\nram = "4GiB"\n',
         core=None,
     )
     rng = random.Random(10)

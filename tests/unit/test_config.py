@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.config import Config, Settings, load_config
+from modelyard.engines.encoder.runner import worker_args
 from modelyard.errors import ConfigError
 
 
@@ -39,6 +40,7 @@ matryoshka = true
 backend = "onnx"
 max_batch = 16
 batch_wait = "2ms"
+bucketing = false
 pinned = true
 
 [models.ce]
@@ -53,6 +55,9 @@ truncate = true
     assert emb.capabilities == ("embedding", "rerank")
     assert (ce.kind, ce.engine, ce.truncate) == ("rerank", "encoder", True)
     assert ce.capabilities == ("rerank",)
+    # Its worker is told (batches in arrival order); the other batches by length.
+    assert "--no-bucketing" in worker_args(emb, 1234, tmp_path)
+    assert "--no-bucketing" not in worker_args(ce, 1234, tmp_path)
 
 
 def test_config_model_entry_fields(tmp_path: Path) -> None:

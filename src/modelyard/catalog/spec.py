@@ -74,6 +74,9 @@ class ModelSpec:
     """Encoder engine: seconds a batch may wait to fill while requests keep coming."""
     max_batch_tokens: int = 16384
     """Encoder engine: most padded tokens in one forward pass."""
+    bucketing: bool = True
+    """Encoder engine: each round's inputs are ordered by length and split where padding
+    would cost more than another forward pass; ``False``: batches in arrival order."""
     truncate: bool = False
     """Over-long inputs are cut to the model's limit (``True``) or rejected with a 400."""
     matryoshka: bool = False

@@ -253,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=default("max_batch"))
     parser.add_argument("--batch-wait", type=float, default=default("batch_wait"), help="seconds")
     parser.add_argument("--max-batch-tokens", type=int, default=default("max_batch_tokens"))
-    parser.add_argument("--no-bucketing", action="store_true", help="for benchmarks only")
+    parser.add_argument(
+        "--no-bucketing", action="store_true", help="batches in arrival order, not by length"
+    )
     parser.add_argument("--truncate", action="store_true")
     parser.add_argument("--matryoshka", action="store_true")
     args = parser.parse_args(argv)

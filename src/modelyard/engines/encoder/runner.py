@@ -94,6 +94,8 @@ def worker_args(spec: ModelSpec, port: int, onnx_cache: Path) -> list[str]:
         args += ["--onnx-cache", str(onnx_cache)]
     if spec.truncate:
         args.append("--truncate")
+    if not spec.bucketing:
+        args.append("--no-bucketing")
     if spec.matryoshka:
         args.append("--matryoshka")
     return args + list(spec.extra_args)

@@ -32,6 +32,7 @@ class EncoderTable(Table):
     max_batch: int = Field(default=default("max_batch"), gt=0, le=1024)
     batch_wait: Seconds = default("batch_wait")
     max_batch_tokens: int = Field(default=default("max_batch_tokens"), gt=0)
+    bucketing: bool = default("bucketing")
     truncate: bool = False
 
 
@@ -69,6 +70,7 @@ class EncoderEntry(CatalogEngine):
             "backend": spec.backend,
             "max_batch": spec.max_batch,
             "max_batch_tokens": spec.max_batch_tokens,
+            "bucketing": spec.bucketing,
         }
 
     def describe(self, spec: ModelSpec) -> dict[str, Any]:

@@ -60,6 +60,19 @@ truncate = true
     assert "--no-bucketing" not in worker_args(ce, 1234, tmp_path)
 
 
+def test_config_another_engines_key_given_flat_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A llama.cpp key on an encoder entry does nothing: the file loads as it always did,
+    and the log says which key is ignored and why."""
+    hf_dir(tmp_path / "st", modules=True)
+    settings = write(tmp_path, '[models.emb]\npath = "st"\nextra_args = ["--no-bucketing"]\n')
+    with caplog.at_level("WARNING", logger="modelyard.catalog.engine"):
+        (emb,) = load_config(settings).models
+    assert (emb.engine, emb.extra_args, emb.bucketing) == ("encoder", (), True)
+    assert "[models.emb] extra_args: ignored: a key of the llamacpp engine" in caplog.text
+
+
 def test_config_model_entry_fields(tmp_path: Path) -> None:
     settings = write(
         tmp_path,

@@ -193,7 +193,8 @@ def choose(engine: str | None, table: Mapping[str, Any], path: Path | None, wher
 def validate(name: str, table: Mapping[str, Any], flat: set[str], where: str) -> Any:
     """``table`` checked against the engine's own keys. A key given flat (``flat``) that
     belongs to another engine is refused where that engine or this one says so, and
-    otherwise ignored, as it always was; any other unknown key is refused."""
+    otherwise ignored, as it always was, with a warning in the log (it does nothing here);
+    any other unknown key is refused."""
     engine = _registered[name]
     own = engine.Table.model_fields
     kept: dict[str, Any] = {}
@@ -211,6 +212,13 @@ def validate(name: str, table: Mapping[str, Any], flat: set[str], where: str) ->
                 raise ConfigError(f"{where} {key}: only for a {owner} engine ({hint})")
         if key not in flat or not owners:
             raise ConfigError(f"{where} {key}: Extra inputs are not permitted")
+        log.warning(
+            "%s %s: ignored: a key of the %s engine, and this model runs on the %s engine",
+            where,
+            key,
+            " or ".join(owners),
+            name,
+        )
     try:
         return engine.Table.model_validate(kept)
     except ValidationError as exc:

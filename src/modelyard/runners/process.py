@@ -50,9 +50,26 @@ _CONTROL_TIMEOUT = 300.0
 """Seconds a server may take to go to sleep or wake up (weights move to or from RAM)."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+_host = "127.0.0.1"
+"""Where runners listen: loopback, or on a cluster's node its address (``bind_runners``)."""
+
+
+def bind_runners(host: str) -> None:
+    """Runners started from now on in this process listen on ``host`` (a cluster node's
+    keeper binds them to the node's address, which the gateway reaches)."""
+    global _host
+    _host = host
+
+
+def runner_host() -> str:
+    """The address runners listen on (``127.0.0.1`` unless ``bind_runners`` said)."""
+    return _host
+
+
+def free_port(host: str | None = None) -> int:
+    """A port free now on ``host`` (the runners' address by default)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        s.bind((host or _host, 0))
         return int(s.getsockname()[1])
 
 
@@ -163,7 +180,7 @@ class ChildServer:
         except OSError as exc:
             log_file.close()
             raise LoadFailedError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-        return cls(process, f"http://127.0.0.1:{port}", log_file, key, lifecycle, gpus)
+        return cls(process, f"http://{_host}:{port}", log_file, key, lifecycle, gpus)
 
     @classmethod
     async def start(

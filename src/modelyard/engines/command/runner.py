@@ -3,7 +3,8 @@ Infinity, a llama-server build of one's own, another modelyard.
 
 The catalog entry gives the command line with placeholders, filled in at each start:
 
-- ``{port}``: a free port, and ``{host}``: ``127.0.0.1``, where the server must listen;
+- ``{port}``: a free port, and ``{host}``: ``127.0.0.1`` (on a cluster's node, its
+  address), where the server must listen;
 - ``{path}``: the entry's ``path`` (a file or directory, resolved against the config file
   when it exists there; else as written, such as a hub id), ``{name}``: the model's name,
   ``{ctx}``: its context;
@@ -27,7 +28,7 @@ from modelyard.engines.command.table import placeholders, stop_signal
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
 from modelyard.runners.gpu import Gpus, NoGpus, device, visible
-from modelyard.runners.process import ChildServer, Lifecycle, free_port, runner_key
+from modelyard.runners.process import ChildServer, Lifecycle, free_port, runner_host, runner_key
 
 
 class CommandRunner:
@@ -54,7 +55,7 @@ class CommandRunner:
         key = runner_key()
         values = {
             "port": str(port),
-            "host": "127.0.0.1",
+            "host": runner_host(),
             "path": str(spec.path),
             "name": spec.name,
             "ctx": str(spec.ctx),

@@ -15,7 +15,7 @@ from modelyard.catalog.hf import read_config, weights_bytes
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
-from modelyard.runners.process import ChildServer, free_port, runner_key
+from modelyard.runners.process import ChildServer, free_port, runner_host, runner_key
 from modelyard.workers.encoder_auth import KEY_ENV
 
 WORKER_BYTES = 413 * 1024**2
@@ -77,6 +77,8 @@ def worker_args(spec: ModelSpec, port: int, onnx_cache: Path) -> list[str]:
         spec.name,
         "--kind",
         spec.kind,
+        "--host",
+        runner_host(),
         "--port",
         str(port),
         "--backend",

@@ -21,7 +21,7 @@ from modelyard.engines.llamacpp.warm import WarmSlots
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import DEFAULT_ROTATION, Rotation, log_path
 from modelyard.runners.gpu import Gpus, NoGpus, device, visible
-from modelyard.runners.process import ChildServer, free_port, runner_key
+from modelyard.runners.process import ChildServer, free_port, runner_host, runner_key
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ def replica_threads(spec: ModelSpec) -> int | None:
 
 
 def server_args(spec: ModelSpec, port: int, slot_save_path: str | None = None) -> list[str]:
-    """``llama-server`` flags for ``spec`` listening on 127.0.0.1:``port`` (saving slots
-    under ``slot_save_path``, when given)."""
+    """``llama-server`` flags for ``spec`` listening on the runners' address
+    (``runner_host``) at ``port`` (saving slots under ``slot_save_path``, when given)."""
     args = [
         "--model",
         str(spec.path),
         "--host",
-        "127.0.0.1",
+        runner_host(),
         "--port",
         str(port),
         "--ctx-size",

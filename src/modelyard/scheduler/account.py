@@ -9,7 +9,7 @@ from dataclasses import replace
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.scheduler.budget import MemoryLedger
 from modelyard.scheduler.model import Model, ModelStatus, ReplicaStatus
-from modelyard.scheduler.placement import LOCAL, Holder, Need, Snapshot, total
+from modelyard.scheduler.placement import Holder, Need, Snapshot, total
 from modelyard.scheduler.replica import Replica
 from modelyard.scheduler.state import RESIDENT, ModelState
 from modelyard.scheduler.state import ModelState as S
@@ -131,7 +131,7 @@ def snapshot(
                 units=taken,
             )
             holders.append(holder)
-    return Snapshot({LOCAL: ledger.budget}, holders, caps, min_residency)
+    return Snapshot(ledger.budgets, holders, caps, min_residency)
 
 
 def status(ledger: MemoryLedger, m: Model, offset: float) -> ModelStatus:

@@ -19,6 +19,8 @@ from modelyard.quantity import format_size, parse_size
 from modelyard.runners.base import Runner
 from modelyard.runners.gpu import Gpus, NoGpus
 from modelyard.runners.gpu import device as gpu_name
+from modelyard.scheduler.placement import LOCAL
+from modelyard.scheduler.policy import fits
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ class MemoryLedger:
     estimate, asked once per settings, ahead of need in a thread), the most each has used
     (measured peaks, remembered across restarts) and what a set of models holds.
 
-    Keyed by device today (``ram``, ``gpu0``); a cluster keys the same by node and device.
+    Keyed by device (``ram``, ``gpu0``); a cluster has a budget per node (``budgets``).
     """
 
     def __init__(
@@ -117,6 +119,9 @@ class MemoryLedger:
         measured: MutableMapping[str, Footprint] | None = None,
     ) -> None:
         self.budget: dict[str, int] = dict(budget)
+        """This machine's (the node ``local``)."""
+        self.nodes: dict[str, dict[str, int]] = {}
+        """The other nodes' of a cluster, by node."""
         self._runners = runners
         self._measured: MutableMapping[str, Footprint] = measured if measured is not None else {}
         self._estimates: dict[str, Footprint] = {}
@@ -212,6 +217,11 @@ class MemoryLedger:
             return self.estimate(spec)
         return self._measured.get(spec.settings_key) or self.estimate(spec)
 
+    @property
+    def budgets(self) -> dict[str, dict[str, int]]:
+        """Per node, bytes per device: this machine's (``local``) and a cluster's others."""
+        return {LOCAL: self.budget, **self.nodes}
+
     def free(self, held: Footprint) -> dict[str, int]:
         """The budget left per device once ``held`` is taken."""
         return {d: self.budget.get(d, 0) - held.get(d, 0) for d in self.budget}
@@ -221,16 +231,20 @@ class MemoryLedger:
         return {d: n - self.budget.get(d, 0) for d, n in held.items() if n > self.budget.get(d, 0)}
 
     def check_fits(self, spec: ModelSpec) -> None:
-        """``DoesNotFitError`` (507) for a model larger than the whole budget."""
+        """``DoesNotFitError`` (507) for a model larger than the whole budget (of every
+        node)."""
         need = self.footprint(spec)
         over = {d: n for d, n in need.items() if n > self.budget.get(d, 0)}
+        if over and any(fits(need, budget) for budget in self.nodes.values()):
+            return  # another node of a cluster can take it
         if over:
             parts = ", ".join(
                 f"{format_size(n)} of {d} (budget {format_size(self.budget.get(d, 0))})"
                 for d, n in over.items()
             )
+            where = f" (nor on the {len(self.nodes)} other nodes)" if self.nodes else ""
             raise DoesNotFitError(
-                f"Model {spec.name!r} needs {parts}: it cannot be loaded even with every "
+                f"Model {spec.name!r} needs {parts}{where}: it cannot be loaded even with every "
                 "other model unloaded. Lower its ctx or parallel, or raise the memory budget."
             )
 

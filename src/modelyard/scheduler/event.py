@@ -145,7 +145,8 @@ class RunnerExited(Event):
     def describe(self) -> str:
         lines = self.log_tail.strip().splitlines()[-3:]
         tail = (": " + " | ".join(lines)) if lines else ""
-        return f"runner exited unexpectedly with {exit_name(self.code)}{tail}"
+        how = "" if self.expected else " unexpectedly"
+        return f"runner exited{how} with {exit_name(self.code)}{tail}"
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,29 @@ class CatalogReloaded(Event):
             if names
         ]
         return "catalog reloaded: " + ("; ".join(parts) or "no model changed")
+
+
+@dataclass(frozen=True)
+class NodeJoined(Event):
+    """A cluster's node (``node``) takes runners from now on; ``model`` is empty."""
+
+    budget: dict[str, int]
+
+    def describe(self) -> str:
+        return f"node {self.node} joined with {_sizes(self.budget)}"
+
+
+@dataclass(frozen=True)
+class NodeLost(Event):
+    """A cluster's node (``node``) is gone: its runners with it; ``model`` is empty."""
+
+    reason: str
+    models: tuple[str, ...] = ()
+    """The models that had runners there."""
+
+    def describe(self) -> str:
+        lost = f"; its runners of {', '.join(self.models)} are gone" if self.models else ""
+        return f"node {self.node} lost ({self.reason}){lost}"
 
 
 @dataclass(frozen=True)
@@ -263,6 +287,8 @@ DECISIONS: tuple[type[Event], ...] = (
     Restarting,
     MemoryPressure,
     CatalogReloaded,
+    NodeJoined,
+    NodeLost,
     KvSaved,
     KvRestored,
     KvDiscarded,

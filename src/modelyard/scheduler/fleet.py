@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from modelyard.catalog.spec import ModelSpec
+from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.clock import Clock
 from modelyard.errors import ModelyardError
 from modelyard.quantity import format_size
@@ -33,6 +33,8 @@ from modelyard.scheduler.event import (
     LoadFailed,
     LoadFinished,
     MemoryPressure,
+    NodeJoined,
+    NodeLost,
     Restarting,
     RunnerExited,
     StateChanged,
@@ -54,7 +56,7 @@ from modelyard.scheduler.replica import (
     StartFailed,
     backoff,
 )
-from modelyard.scheduler.state import ModelState
+from modelyard.scheduler.state import RESIDENT, ModelState
 from modelyard.scheduler.state import ModelState as S
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ class Fleet:
     ) -> None:
         self._models = models
         self._runners = runners
+        self._remote: dict[str, Mapping[str, Runner]] = {}
+        """The runners of a cluster's other nodes, by node."""
         self.ledger = ledger
         self._clock = clock
         self._emit = emit
@@ -156,8 +160,28 @@ class Fleet:
         r.arm(r.keep_alive)
 
     def load(self, m: Model, r: Replica, spec: ModelSpec) -> None:
-        """Starts ``r`` with ``spec`` (or wakes it)."""
-        r.load(self._runners[spec.engine], spec)
+        """Starts ``r`` with ``spec`` (or wakes it), on its node."""
+        runners = self._runners if r.node == LOCAL else self._remote[r.node]
+        r.load(runners[spec.engine], spec)
+
+    def join(self, node: str, budget: Footprint, runners: Mapping[str, Runner]) -> None:
+        """A cluster's node takes runners from now on (its runners start them there)."""
+        self.ledger.nodes[node] = dict(budget)
+        self._remote[node] = runners
+        self._emit(NodeJoined("", self._clock.now(), dict(budget), node=node))
+
+    def leave(self, node: str, reason: str) -> None:
+        """A cluster's node is gone: no runner goes there any more. Its runners' exits are
+        told by the runners themselves (their ``wait`` returns)."""
+        if self.ledger.nodes.pop(node, None) is None:
+            return
+        del self._remote[node]
+        there = tuple(
+            m.spec.name
+            for m in self._models.values()
+            if any(r.node == node and r.state in RESIDENT for r in m.replicas)
+        )
+        self._emit(NodeLost("", self._clock.now(), reason, there, node=node))
 
     def unload(
         self,

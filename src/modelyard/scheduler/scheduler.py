@@ -381,7 +381,19 @@ class Scheduler:
 
     def budgets(self) -> dict[str, dict[str, int]]:
         """The memory budget, per node and device."""
-        return {LOCAL: dict(self.ledger.budget)}
+        return {node: dict(budget) for node, budget in self.ledger.budgets.items()}
+
+    def join(self, node: str, budget: Footprint, runners: Mapping[str, Runner]) -> None:
+        """A cluster's ``node`` takes runners from now on, within ``budget``; ``runners``
+        start them there. Requests waiting for room get another chance."""
+        self._fleet.join(node, budget, runners)
+        self._pump()
+
+    def leave(self, node: str, reason: str) -> None:
+        """A cluster's ``node`` is gone (``reason``): nothing is placed there any more; its
+        runners, told gone by their ``wait``, load elsewhere as requests come."""
+        self._fleet.leave(node, reason)
+        self._pump()
 
     def reserved_on(self) -> dict[str, dict[str, int]]:
         """Memory held by resident models, per node and device."""

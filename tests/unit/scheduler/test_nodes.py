@@ -1,0 +1,125 @@
+"""A cluster's nodes in the scheduler: a node joins with its budget and its runners, models
+go where they fit, a node's loss stops placements there and its models load elsewhere.
+(The real thing, on Ray with real runners: ``tests/integration/test_cluster.py``.)"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from modelyard.catalog.catalog import Catalog
+from modelyard.catalog.spec import ModelSpec
+from modelyard.errors import DoesNotFitError
+from modelyard.scheduler import ModelState, Scheduler
+from modelyard.scheduler.event import Event, NodeJoined, NodeLost
+from tests.fake import FakeRunner, ManualClock, settle
+
+BASE = ModelSpec(name="", path=Path("/models/x.gguf"), parallel=4, max_queue=16)
+
+
+def spec(name: str, **kw: object) -> ModelSpec:
+    return replace(BASE, name=name, **kw)  # type: ignore[arg-type]
+
+
+def make(
+    *specs: ModelSpec, local: int = 100, sizes: dict[str, int] | None = None
+) -> tuple[Scheduler, FakeRunner, list[Event]]:
+    runner = FakeRunner(sizes)
+    scheduler = Scheduler(
+        Catalog(specs), {"llamacpp": runner}, {"ram": local}, clock=ManualClock()
+    )
+    events: list[Event] = []
+    scheduler.subscribe(events.append)
+    return scheduler, runner, events
+
+
+def node_of(scheduler: Scheduler, model: str) -> set[str]:
+    (status,) = [s for s in scheduler.status() if s.name == model]
+    return set(status.held_on)
+
+
+async def test_a_model_too_big_for_this_machine_goes_to_a_node_that_joined() -> None:
+    scheduler, local, events = make(spec("a"), sizes={"a": 500})
+    with pytest.raises(DoesNotFitError):
+        await scheduler.acquire("a")
+    remote = FakeRunner({"a": 500})
+    scheduler.join("n1", {"ram": 1000}, {"llamacpp": remote})
+    lease = await scheduler.acquire("a")
+    assert remote.starts == ["a"]
+    assert local.starts == []
+    assert node_of(scheduler, "a") == {"n1"}
+    assert scheduler.budgets() == {"local": {"ram": 100}, "n1": {"ram": 1000}}
+    assert scheduler.reserved_on() == {"n1": {"ram": 500}}
+    assert [(e.node, e.budget) for e in events if isinstance(e, NodeJoined)] == [
+        ("n1", {"ram": 1000})
+    ]
+    scheduler.release(lease)
+
+
+async def test_models_fill_the_node_with_most_room_and_evict_only_where_short() -> None:
+    sizes = {"big": 700, "small": 400, "third": 400}
+    scheduler, _, _ = make(spec("big"), spec("small"), spec("third"), local=0, sizes=sizes)
+    n1, n2 = FakeRunner(sizes), FakeRunner(sizes)
+    scheduler.join("n1", {"ram": 500}, {"llamacpp": n1})
+    scheduler.join("n2", {"ram": 1000}, {"llamacpp": n2})
+    for name in ("big", "small"):
+        scheduler.release(await scheduler.acquire(name))
+    assert node_of(scheduler, "big") == {"n2"}
+    assert node_of(scheduler, "small") == {"n1"}  # n2 has 300 left
+    scheduler.release(await scheduler.acquire("third"))
+    # Either node could make room; evicting ``small`` frees less than evicting ``big``.
+    assert node_of(scheduler, "third") == {"n1"}
+    assert scheduler.state("small") is ModelState.STOPPED
+    assert scheduler.state("big") is ModelState.READY
+
+
+async def test_a_lost_node_takes_nothing_more_and_its_models_load_elsewhere() -> None:
+    scheduler, _, events = make(spec("a"), local=0, sizes={"a": 400})
+    n1, n2 = FakeRunner({"a": 400}), FakeRunner({"a": 400})
+    scheduler.join("n1", {"ram": 1000}, {"llamacpp": n1})
+    scheduler.release(await scheduler.acquire("a"))
+    assert node_of(scheduler, "a") == {"n1"}
+    scheduler.leave("n1", "Ray marks it dead")
+    n1.running["a"].crash()  # its runner is told gone, as the cluster's beat does
+    await settle()
+    (lost,) = [e for e in events if isinstance(e, NodeLost)]
+    assert (lost.node, lost.reason, lost.models) == ("n1", "Ray marks it dead", ("a",))
+    assert "n1" not in scheduler.budgets()
+    with pytest.raises(DoesNotFitError, match="budget 0 B"):
+        await scheduler.acquire("a")  # no node can take it now
+    scheduler.join("n2", {"ram": 1000}, {"llamacpp": n2})
+    lease = await scheduler.acquire("a")
+    assert node_of(scheduler, "a") == {"n2"}
+    assert n2.starts == ["a"]
+    scheduler.release(lease)
+
+
+async def test_requests_waiting_for_a_lost_nodes_model_load_it_on_another() -> None:
+    scheduler, _, _ = make(spec("a", parallel=1), local=0, sizes={"a": 400})
+    n1, n2 = FakeRunner({"a": 400}), FakeRunner({"a": 400})
+    scheduler.join("n1", {"ram": 1000}, {"llamacpp": n1})
+    scheduler.join("n2", {"ram": 1000}, {"llamacpp": n2})
+    held = await scheduler.acquire("a")
+    (first,) = node_of(scheduler, "a")
+    waiting = asyncio.create_task(scheduler.acquire("a"))  # queued: one slot, taken
+    await settle()
+    assert not waiting.done()
+    runners = {"n1": n1, "n2": n2}
+    other = ({"n1", "n2"} - {first}).pop()
+    scheduler.leave(first, "its keeper missed 3 beats")
+    runners[first].running["a"].crash()
+    lease = await asyncio.wait_for(waiting, 1)
+    assert node_of(scheduler, "a") == {other}
+    assert runners[other].starts == ["a"]
+    scheduler.release(held)  # a lease of the runner that is gone: counts for nothing
+    scheduler.release(lease)
+
+
+async def test_leaving_twice_or_an_unknown_node_changes_nothing() -> None:
+    scheduler, _, events = make(spec("a"))
+    scheduler.leave("nowhere", "it left")
+    assert not [e for e in events if isinstance(e, NodeLost)]
+    assert scheduler.budgets() == {"local": {"ram": 100}}

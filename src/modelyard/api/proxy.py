@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -47,6 +48,14 @@ class Upstream:
     async def close(self) -> None:
         await self._pool.close()
         await self._session.close()
+
+    def sever(self, base_url: str) -> int:
+        """Aborts the requests under way to the runner at ``base_url`` (its node is lost);
+        how many there were."""
+        parts = urlsplit(base_url)
+        if not parts.hostname:
+            return 0
+        return self._pool.sever(parts.hostname, parts.port or 80)
 
     async def post(self, url: str, payload: dict[str, Any], headers: Mapping[str, str]) -> Answer:
         """POSTs JSON; retries once when the connection failed before anything came back.

@@ -245,6 +245,11 @@ class _Connection(asyncio.Protocol):
             self._transport = None
         self._pool.forget(self)
 
+    def abort(self) -> None:
+        """Drops the connection at once (its answer, if one is being read, fails)."""
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows, on the next turn of the loop
+
     def reset(self) -> None:
         """Ready for the next request on the same connection."""
         self._parser = httptools.HttpResponseParser(self)
@@ -320,6 +325,15 @@ class Pool:
     async def close(self) -> None:
         for connection in list(self._open):
             connection.close()
+
+    def sever(self, host: str, port: int) -> int:
+        """Aborts every connection to ``host:port`` (a runner on a node that is lost, whose
+        connections would otherwise wait for TCP to give up): answers being read fail at
+        once. How many there were."""
+        severed = [c for c in self._open if c.key[:2] == (host, port)]
+        for connection in severed:
+            connection.abort()
+        return len(severed)
 
     def _head_of(self, url: str) -> tuple[tuple[str, int, bool], bytes]:
         found = self._heads.get(url)

@@ -184,6 +184,33 @@ async def test_wire_a_runner_that_breaks_off_mid_answer(pool: Pool) -> None:
             await chunks.__anext__()
 
 
+async def test_wire_severing_a_runner_ends_its_answers_at_once(pool: Pool) -> None:
+    """A runner on a node cut off from the gateway sends nothing more and never closes:
+    severing it fails the answers being read, and only those."""
+
+    async def stalls(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with Server(stalls) as cut, Server(stalls) as other:
+        answers = [await pool.post(cut.url, {}, b"{}") for _ in range(2)]
+        spared = await pool.post(other.url, {}, b"{}")
+        streams = [answer.chunks() for answer in (*answers, spared)]
+        for stream in streams:
+            assert await stream.__anext__() == b"first"
+        host, port = cut.url.split("/")[2].split(":")
+        assert pool.sever(host, int(port)) == 2
+        for stream in streams[:2]:
+            with pytest.raises(Broken):
+                await asyncio.wait_for(stream.__anext__(), 1)
+        waiting = asyncio.ensure_future(streams[2].__anext__())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # the other runner's answer goes on
+        waiting.cancel()
+        spared.close()
+
+
 async def test_wire_closing_an_answer_early_closes_its_connection(pool: Pool) -> None:
     left = asyncio.Event()
 

@@ -76,6 +76,7 @@ def _scripted(body: dict[str, object], name: str) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False)  # llama-server's --metrics is not ours
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=len(WORDS))
     parser.add_argument("--delay-ms", type=float, default=0.0)
@@ -215,7 +216,7 @@ def main() -> None:
     app.router.add_post("/v1/completions", chat)
     web.run_app(
         app,
-        host="127.0.0.1",
+        host=args.host,
         port=args.port,
         print=None,
         access_log=None,

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     auth: Literal["auto", "off", "keys"] | None = None
     api_key: str | None = None
     """The key the CLI sends (``Authorization: Bearer``)."""
+    cluster: str | None = None
+    """The address of a Ray cluster's head (``IP:PORT``) whose nodes serve models too."""
+    cluster_ip: str | None = None
+    """This machine's address in the cluster (where ``cluster``'s head runs)."""
 
     def data_home(self) -> Path:
         if self.home is not None:
@@ -246,6 +250,10 @@ class Config:
     models: list[ModelSpec] = field(default_factory=list)
     source: Path | None = None
     """The config file read, or ``None`` when running on defaults."""
+    cluster: str = ""
+    """The Ray head (``IP:PORT``) whose nodes serve models too; empty: this machine alone."""
+    cluster_ip: str = ""
+    """This machine's address in the cluster."""
 
 
 def keys_required(config: Config) -> bool:
@@ -314,6 +322,8 @@ def load_config(settings: Settings | None = None) -> Config:
 
     return Config(
         host=settings.host or server.host,
+        cluster=settings.cluster or "",
+        cluster_ip=settings.cluster_ip or "",
         port=settings.port if settings.port is not None else server.port,
         home=home,
         models_dir=models_dir,

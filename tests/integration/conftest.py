@@ -109,8 +109,8 @@ class Server:
         self.process = _spawn(self.argv, self.cwd, self.environ, self.log)
         self.wait_up()
 
-    def wait_up(self) -> None:
-        deadline = time.monotonic() + 30
+    def wait_up(self, limit: float = 30.0) -> None:
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
@@ -142,6 +142,7 @@ def start_server(
     cwd: Path | None = None,
     env: Mapping[str, str | None] | None = None,
     demo: bool = False,
+    up_timeout: float = 30.0,
 ) -> Server:
     """``modelyard serve`` on ``config`` (``None``: no file); the demo models only when there
     is no file or ``demo`` says so."""
@@ -166,7 +167,7 @@ def start_server(
     log.write_bytes(b"")
     process = _spawn(argv, cwd or tmp, environ, log)
     server = Server(f"http://127.0.0.1:{port}", process, home, log, argv, cwd or tmp, environ)
-    server.wait_up()
+    server.wait_up(up_timeout)
     return server
 
 

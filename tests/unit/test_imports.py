@@ -68,6 +68,7 @@ ROOMS = [
     "engines",
     "hub",
     "reload",
+    "cluster",
     "api",
     "gate",
     "server",

@@ -15,6 +15,7 @@ from modelyard.catalog.details import describe, ollama_name
 from modelyard.engines import engine_of
 from modelyard.protocol.openai import ModelLoadRequest, ModelPinRequest, ModelUnloadRequest
 from modelyard.scheduler import ModelState, ModelStatus, Scheduler
+from modelyard.scheduler.placement import total
 
 router = APIRouter()
 
@@ -97,10 +98,62 @@ async def ps(request: Request) -> dict[str, Any]:
     return {
         "models": models,
         "memory": {
-            "budget": dict(scheduler.ledger.budget),
+            # Of every node together (a single machine: its own).
+            "budget": total(scheduler.budgets().values()),
             "reserved": scheduler.reserved(),
             "nodes": nodes,  # the same, per node
         },
+    }
+
+
+@router.get("/api/nodes")
+async def nodes(request: Request) -> dict[str, Any]:
+    """Each node that serves models: this machine (``local``) and, in cluster mode, every
+    node that joined (or was lost): its address, budget and use per device, the models
+    with runners there, and when it was last heard from."""
+    scheduler = scheduler_of(request)
+    reserved = scheduler.reserved_on()
+    placed: dict[str, list[str]] = {}
+    for status in scheduler.status():
+        for node in status.held_on:
+            placed.setdefault(node, []).append(status.name)
+    cluster = request.app.state.cluster
+    joined = cluster.nodes if cluster is not None else {}
+    found = []
+    for node, budget in scheduler.budgets().items():
+        member = joined.get(node)
+        found.append(
+            {
+                "name": node,
+                "address": member.ip if member is not None else request.app.state.config.host,
+                "state": "alive",
+                "budget": budget,
+                "reserved": reserved.get(node, {}),
+                "models": sorted(placed.get(node, [])),
+                "joined_at": iso_time(member.joined_at) if member is not None else None,
+                "last_seen": iso_time(member.last_seen) if member is not None else None,
+                "error": None,
+            }
+        )
+    for node, (when, reason) in (cluster.lost if cluster is not None else {}).items():
+        found.append(
+            {
+                "name": node,
+                "address": None,
+                "state": "lost",
+                "budget": {},
+                "reserved": {},
+                "models": [],
+                "joined_at": None,
+                "last_seen": iso_time(when),
+                "error": reason,
+            }
+        )
+    return {
+        "cluster": cluster.address if cluster is not None else None,
+        "connected": cluster is not None and cluster.connected.is_set(),
+        "error": cluster.error if cluster is not None else None,
+        "nodes": found,
     }
 
 

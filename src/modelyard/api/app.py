@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -50,6 +51,9 @@ from modelyard.runners.gpu import Gpus, detect
 from modelyard.scheduler import Scheduler
 from modelyard.scheduler.budget import MeasuredFootprints, resolve_budget
 from modelyard.scheduler.journal import Journal
+
+if TYPE_CHECKING:
+    from modelyard.cluster.members import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,22 @@ async def _estimates(scheduler: Scheduler, home: Path) -> None:
     await asyncio.to_thread(gguf.keep, headers)
 
 
+def _cluster(
+    config: Config, scheduler: Scheduler, runners: Mapping[str, Runner], upstream: Upstream
+) -> Cluster | None:
+    """The nodes of ``config.cluster``'s Ray cluster, joined in the background (``None``:
+    this machine alone; Ray is imported only in cluster mode)."""
+    if not config.cluster:
+        return None
+    from modelyard.cluster.members import Cluster
+
+    cluster = Cluster(
+        scheduler, runners, config.cluster, ip=config.cluster_ip or None, sever=upstream.sever
+    )
+    cluster.start()
+    return cluster
+
+
 def create_app(
     config: Config,
     *,
@@ -125,9 +145,10 @@ def create_app(
         rotation = Rotation(config.log_max_size, config.log_files)
         found = gpus if gpus is not None else detect()
         app.state.gpus = found
+        local = runners or default_runners(config.home, rotation, found)
         scheduler = Scheduler(
             Catalog(config.models),
-            runners or default_runners(config.home, rotation, found),
+            local,
             dict(budget) if budget is not None else resolve_budget(config.ram, config.gpu, found),
             clock=clock,
             min_residency=config.min_residency,
@@ -153,6 +174,7 @@ def create_app(
             accounts=accounts,
         )
         app.state.upstream = Upstream()
+        app.state.cluster = _cluster(config, scheduler, local, app.state.upstream)
         app.state.started_at = time.time()
         app.state.preload = _preload(scheduler, [spec.name for spec in config.models])
         app.state.reloader = None
@@ -175,6 +197,8 @@ def create_app(
             if app.state.preload is not None:
                 app.state.preload.cancel()
             await scheduler.close(grace=0.0 if app.state.stop_now else None)
+            if app.state.cluster is not None:
+                await app.state.cluster.close()  # after the runners on its nodes are stopped
             await app.state.upstream.close()
             if accounts is not None:
                 await accounts.close()  # after the last request: its usage row is written
@@ -187,6 +211,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.accounts = None
+    app.state.cluster = None
     app.state.stopping = asyncio.Event()  # set as shutdown begins: live followers end
     app.state.stop_now = False  # set by a second Ctrl-C: runners get no grace
     errors.install(app)

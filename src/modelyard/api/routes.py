@@ -84,6 +84,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/rerank"): Route(INFERENCE, model=True),
     ("GET", "/api/ps"): Route(MONITOR, "ollama"),
     ("GET", "/api/models"): Route(MONITOR),
+    ("GET", "/api/nodes"): Route(MONITOR),
     ("POST", "/api/show"): Route(ANY, "ollama"),
     ("GET", "/metrics"): Route(MONITOR),
     ("GET", "/api/events"): Route(MONITOR),

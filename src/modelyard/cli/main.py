@@ -1,5 +1,5 @@
 """``modelyard serve | run | ls | ps | load | unload | pull | show | rm | logs | events |
-keys | users | usage | login | backup | restore``."""
+join | nodes | keys | users | usage | login | backup | restore``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from modelyard.cli import accounts, chat, models, observe
+from modelyard.cli import accounts, chat, cluster, models, observe
 from modelyard.cli.client import (
     JsonOption,
     UrlOption,
@@ -24,6 +24,7 @@ from modelyard.cli.client import (
     relative,
     server_url,
 )
+from modelyard.cli.cluster import outward_ip, start_head
 
 app = typer.Typer(
     help="One OpenAI-compatible endpoint for all your local models.",
@@ -82,6 +83,25 @@ def serve(
     no_demo: Annotated[
         bool, typer.Option("--no-demo", help="Serve no demo models (as demo = false).")
     ] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster", help="Start a Ray head here: other machines join it (modelyard join)."
+        ),
+    ] = False,
+    cluster_address: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster-address", help="Serve on the Ray cluster whose head runs here at IP:PORT."
+        ),
+    ] = None,
+    cluster_ip: Annotated[
+        str | None,
+        typer.Option("--cluster-ip", help="This machine's address the cluster's nodes reach."),
+    ] = None,
+    ray_port: Annotated[
+        int, typer.Option("--ray-port", help="The Ray head's port (with --cluster).")
+    ] = 6380,
 ) -> None:
     """Start the server: the demo models, modelyard.toml's and the models directory's."""
     from modelyard.config import Settings
@@ -120,10 +140,23 @@ def serve(
         raise typer.Exit(1)
     names = ", ".join(s.name for s in cfg.models) or "(none)"
     err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
+    head = None
+    if cluster and not cluster_address:
+        head, cluster_ip = start_head(cluster_ip, ray_port, cfg.home)
+        cluster_address = head.address
+    if cluster_address:
+        settings = settings.model_copy(
+            update={"cluster": cluster_address, "cluster_ip": cluster_ip or outward_ip()}
+        )
+        cfg = config_or_exit(settings)
     err.print(f"modelyard: OpenAI endpoint at http://{cfg.host}:{cfg.port}/v1")
     from modelyard.server import serve as run_server  # the server's stack: only to serve
 
-    run_server(cfg, settings)
+    try:
+        run_server(cfg, settings)
+    finally:
+        if head is not None:
+            head.stop()
 
 
 def _port_in_use(host: str, port: int) -> str | None:
@@ -216,6 +249,11 @@ def ps(url: UrlOption = None, as_json: JsonOption = False) -> None:
     mem = data["memory"]
     reserved, budget = footprint_text(mem["reserved"]), footprint_text(mem["budget"])
     out.print(f"RAM: {reserved} of {budget} budget in use")
+    nodes = mem.get("nodes") or {}
+    if len(nodes) > 1:  # a cluster: each node's too
+        for name, node in nodes.items():
+            used, own = footprint_text(node["reserved"]), footprint_text(node["budget"])
+            out.print(f"  {name}: {used} of {own}")
 
 
 @app.command()
@@ -247,6 +285,8 @@ app.command()(models.show)
 app.command()(models.rm)
 app.command()(observe.logs)
 app.command("events")(observe.events_command)
+app.command()(cluster.join)
+app.command()(cluster.nodes)
 app.add_typer(accounts.keys, name="keys")
 app.add_typer(accounts.users, name="users")
 app.command()(accounts.usage)

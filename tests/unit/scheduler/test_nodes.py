@@ -28,9 +28,7 @@ def make(
     *specs: ModelSpec, local: int = 100, sizes: dict[str, int] | None = None
 ) -> tuple[Scheduler, FakeRunner, list[Event]]:
     runner = FakeRunner(sizes)
-    scheduler = Scheduler(
-        Catalog(specs), {"llamacpp": runner}, {"ram": local}, clock=ManualClock()
-    )
+    scheduler = Scheduler(Catalog(specs), {"llamacpp": runner}, {"ram": local}, clock=ManualClock())
     events: list[Event] = []
     scheduler.subscribe(events.append)
     return scheduler, runner, events

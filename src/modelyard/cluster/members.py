@@ -1,0 +1,200 @@
+"""The gateway's view of a cluster: which nodes there are, what they hold, which are lost.
+
+Every ``interval`` (1 s) the gateway reads Ray's node table and beats each node's keeper
+(``Keeper.beat``): a node whose keeper appears joins the scheduler with the budget it
+declared; the beat's answer carries each runner's memory and exits. A node is lost at the
+first of two signals: Ray marks it dead (its health checks: ~5 s after a cut), or its keeper
+misses ``_MISSES`` beats in a row. Its runners are then told gone (their requests end, the
+scheduler places their models elsewhere as requests come) and the node gets nothing more
+until it joins again (a rejoined node is a new Ray node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.catalog.spec import Footprint
+from modelyard.cluster.keeper import NAMESPACE, Beat, NodeInfo, keeper_name
+from modelyard.cluster.remote import NODE_LOST, NodeRunner, RemoteServer
+from modelyard.runners.base import Runner
+from modelyard.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+_MISSES = 3
+"""Beats in a row a keeper may miss before its node is lost."""
+_BEAT_TIMEOUT = 1.0
+_DESCRIBE_TIMEOUT = 10.0
+
+
+@dataclass
+class Node:
+    """A node that joined, as the gateway knows it."""
+
+    name: str
+    ray_id: str
+    ip: str
+    budget: Footprint
+    keeper: Any
+    joined_at: float
+    last_seen: float
+    servers: dict[int, RemoteServer] = field(default_factory=dict)
+    misses: int = 0
+
+
+class Cluster:
+    """Joins and loses the nodes of the Ray cluster at ``address`` in ``scheduler``; see the
+    module docstring. ``runners``: this machine's, whose estimates hold on every node."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runners: Mapping[str, Runner],
+        address: str,
+        *,
+        ip: str | None = None,
+        interval: float = 1.0,
+        sever: Callable[[str], object] | None = None,
+    ) -> None:
+        """``sever``: aborts the requests under way to a runner (by its base URL) whose
+        node is lost: a cut-off node's connections would wait for TCP to give up."""
+        self._scheduler = scheduler
+        self._runners = runners
+        self.address = address
+        self._ip = ip
+        self._interval = interval
+        self._sever = sever
+        self.nodes: dict[str, Node] = {}
+        """Joined nodes, by name."""
+        self.lost: dict[str, tuple[float, str]] = {}
+        """Nodes lost and not back, by name: when (wall clock) and why."""
+        self.connected = asyncio.Event()
+        self.error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Connects to Ray and watches its nodes, in the background (``import ray`` takes
+        seconds: the server answers meanwhile)."""
+        self._task = asyncio.create_task(self._run(), name="cluster")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.connected.is_set():
+            import ray
+
+            await asyncio.to_thread(ray.shutdown)
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.to_thread(self._connect)
+        except Exception as exc:
+            self.error = f"cannot connect to Ray at {self.address}: {exc}"
+            log.error("%s", self.error)
+            return
+        self.connected.set()
+        while True:
+            try:
+                await self._round()
+            except Exception:
+                log.exception("watching the cluster's nodes failed")
+            await asyncio.sleep(self._interval)
+
+    def _connect(self) -> None:
+        import ray
+
+        ray.init(
+            address=self.address,
+            namespace=NAMESPACE,
+            _node_ip_address=self._ip,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+
+    async def _round(self) -> None:
+        alive = await asyncio.to_thread(_alive_nodes)
+        for node in list(self.nodes.values()):
+            if node.ray_id not in alive:
+                self._lose(node, "Ray marks it dead")
+        known = {node.ray_id for node in self.nodes.values()}
+        await asyncio.gather(*(self._find(i) for i in alive if i not in known))
+        await asyncio.gather(*(self._beat(node) for node in list(self.nodes.values())))
+
+    async def _find(self, ray_id: str) -> None:
+        """Joins the Ray node ``ray_id`` if a keeper runs there."""
+        import ray
+
+        try:
+            keeper = await asyncio.to_thread(ray.get_actor, keeper_name(ray_id), NAMESPACE)
+            info: NodeInfo = await asyncio.wait_for(keeper.describe.remote(), _DESCRIBE_TIMEOUT)
+        except (ValueError, TimeoutError):
+            return  # no keeper (the head, a node still starting): not a node of ours yet
+        except Exception as exc:
+            log.warning("the keeper of Ray node %s did not answer: %s", ray_id[:8], exc)
+            return
+        old = self.nodes.get(info.name)
+        if old is not None:
+            self._lose(old, "it joined again")
+        now = time.time()
+        node = Node(info.name, ray_id, info.ip, dict(info.budget), keeper, now, now)
+        self.nodes[info.name] = node
+        self.lost.pop(info.name, None)
+        runners = {
+            engine: NodeRunner(local, keeper, info.name, node.servers)
+            for engine, local in self._runners.items()
+        }
+        log.info("node %s (%s) joined", info.name, info.ip)
+        self._scheduler.join(info.name, info.budget, runners)
+
+    async def _beat(self, node: Node) -> None:
+        try:
+            beat: Beat = await asyncio.wait_for(node.keeper.beat.remote(), _BEAT_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            node.misses += 1
+            if node.misses >= _MISSES and self.nodes.get(node.name) is node:
+                self._lose(node, f"its keeper missed {node.misses} beats")
+            return
+        node.misses = 0
+        node.last_seen = time.time()
+        for ident, told in beat.runners.items():
+            server = node.servers.get(ident)
+            if server is None:
+                continue
+            if told.exit_code is None:
+                server.beat(told.footprint)
+                continue
+            del node.servers[ident]
+            tail = ""
+            with contextlib.suppress(Exception):
+                tail = await asyncio.wait_for(node.keeper.log_tail.remote(ident), _BEAT_TIMEOUT)
+            server.exited(told.exit_code, tail)
+        if beat.leaving and self.nodes.get(node.name) is node:
+            self._lose(node, "it left")
+
+    def _lose(self, node: Node, reason: str) -> None:
+        log.warning("node %s lost: %s", node.name, reason)
+        del self.nodes[node.name]
+        self.lost[node.name] = (time.time(), reason)
+        self._scheduler.leave(node.name, reason)
+        for server in node.servers.values():
+            server.exited(NODE_LOST, f"node {node.name} lost: {reason}")
+            if self._sever is not None:
+                self._sever(server.base_url)
+        node.servers.clear()
+
+
+def _alive_nodes() -> dict[str, str]:
+    """Ray's alive nodes: their address, by node id."""
+    import ray
+
+    found: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in found if n.get("Alive")}

@@ -1,0 +1,202 @@
+"""A node cut off from the cluster, for real: three network namespaces on a bridge (the
+gateway and Ray head in the first, a node in each other), the node's link taken down while a
+request streams from its runner. The gateway must notice within seconds, end that stream, and
+serve the model from the other node; the cut-off node must stop its own runners (fencing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from modelyard.cli.cluster import _temp_dir
+from tests.integration.conftest import gemma, runner_pids
+from tests.integration.netns import Inside, Network
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+_LIMIT = 240.0
+"""Seconds a Ray node may take to start (up to three tries on a loaded machine)."""
+FENCE = 10.0
+"""The keeper's fencing bound (``cluster.keeper.FENCE_AFTER``)."""
+
+
+@dataclass
+class Cut:
+    network: Network
+    inside: Inside
+    url: str
+    gateway: subprocess.Popen[bytes]
+    joins: dict[int, subprocess.Popen[bytes]]
+    tmp: Path
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _until(check: Any, limit: float, why: Any) -> float:
+    start = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - start > limit:
+            pytest.fail(why())
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
+    if os.geteuid() != 0:
+        pytest.fail("network namespaces need root (CI runs as root)")
+    tmp = tmp_path_factory.mktemp("cut")
+    network = Network(3)
+    network.down()  # what a killed run of this test left
+    network.up()
+    inside = Inside(network, 1)
+    config = tmp / "modelyard.toml"
+    config.write_text(
+        "[memory]\nmin_residency = 0\n\n"
+        f'[models.chat]\npath = "{gemma()}"\nchat_template = "gemma"\nctx = 512\n'
+        'memory = "800MiB"\nkeep_alive = "1h"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(tmp / "home"), "MODELYARD_DEMO": "false"}
+    head = network.address(1)
+    argv = [sys.executable, "-m", "modelyard", "serve", "-c", str(config), "--port", "8000"]
+    argv += ["--memory", "100MiB", "--cluster", "--cluster-ip", head]
+    gateway = _spawn(network.argv(1, argv), tmp / "gateway.log", env)
+    found = Cut(network, inside, "http://127.0.0.1:8000", gateway, {}, tmp)
+    homes = [tmp / "home"]
+    try:
+
+        def connected() -> bool:
+            answer = inside.call(httpx.get, f"{found.url}/api/nodes", timeout=2)
+            return bool(answer.json()["connected"])
+
+        _until(connected, _LIMIT, lambda: (tmp / "gateway.log").read_text()[-3000:])
+        for i, memory in ((2, "2GiB"), (3, "1GiB")):  # one at a time (Ray issue #65983)
+            home = tmp / f"node{i}"
+            homes.append(home)
+            join = [sys.executable, "-m", "modelyard", "join", f"{head}:6380"]
+            join += ["--ip", network.address(i), "--memory", memory, "--home", str(home)]
+            log = tmp / f"join{i}.log"
+            found.joins[i] = _spawn(network.argv(i, join), log, env)
+            _until(
+                lambda i=i: network.address(i) in _alive(found),
+                _LIMIT,
+                lambda log=log: log.read_text()[-3000:],
+            )
+        yield found
+    finally:
+        for join in found.joins.values():
+            join.send_signal(signal.SIGINT)
+        for join in found.joins.values():
+            try:
+                join.wait(30)
+            except subprocess.TimeoutExpired:
+                join.kill()  # its Ray node dies with it (a lifeline)
+                join.wait()
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(60)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+        inside.close()
+        dirs = [str(_temp_dir(h, network.address(i))) for i, h in enumerate(homes, 1)]
+        deadline = time.monotonic() + 15
+        while (left := _ray_processes(dirs)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for proc in left:  # never ``ray stop``: it stops every Ray process on the host
+            proc.kill()
+        network.down()
+        assert not left, f"Ray processes left behind: {[p.pid for p in left]}"
+
+
+def _ray_processes(dirs: list[str]) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(d in " ".join(p.info["cmdline"] or []) for d in dirs)
+    ]
+
+
+def _nodes(cut: Cut) -> dict[str, Any]:
+    found: dict[str, Any] = cut.inside.call(httpx.get, f"{cut.url}/api/nodes", timeout=5).json()
+    return found
+
+
+def _alive(cut: Cut) -> set[str]:
+    return {n["name"] for n in _nodes(cut)["nodes"] if n["state"] == "alive"}
+
+
+def _where(cut: Cut) -> list[str]:
+    models = cut.inside.call(httpx.get, f"{cut.url}/api/ps", timeout=5).json()["models"]
+    return [node for m in models if m["name"] == "chat" for node in m["memory"]["nodes"]]
+
+
+def _chat(url: str, max_tokens: int, stream: bool = False) -> str:
+    body = {"model": "chat", "messages": [{"role": "user", "content": "Tell a story"}]}
+    body |= {"max_tokens": max_tokens, "stream": stream, "temperature": 0}
+    try:
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    except httpx.HTTPError as exc:
+        return f"error: {exc!r}"
+    return f"{answer.status_code} {answer.text}"
+
+
+def test_a_cut_off_node_is_noticed_its_stream_ends_and_its_runner_is_fenced(cut: Cut) -> None:
+    near, far = cut.network.address(2), cut.network.address(3)
+    assert cut.inside.call(_chat, cut.url, 4).startswith("200 ")
+    assert _where(cut) == [near]  # the node with the most room
+    (runner,) = [p for p in runner_pids() if f"--host {near}" in _cmdline(p)]
+
+    streaming = cut.inside.start(_chat, cut.url, 2000, True)
+    time.sleep(1.0)  # under way
+    cut.network.cut(2)
+    start = time.monotonic()
+
+    ended = streaming.result(timeout=60)
+    stream_ended = time.monotonic() - start
+    assert "error" in ended[-400:], ended[-400:]
+    _until(lambda: near not in _alive(cut), 30, lambda: str(_nodes(cut)))
+    noticed = time.monotonic() - start
+
+    answer = cut.inside.call(_chat, cut.url, 4)
+    served = time.monotonic() - start
+    assert answer.startswith("200 "), answer
+    assert _where(cut) == [far]
+
+    _until(
+        lambda: not psutil.pid_exists(runner) or psutil.Process(runner).status() == "zombie",
+        FENCE + 15,
+        lambda: f"the cut-off node's runner {runner} still runs",
+    )
+    fenced = time.monotonic() - start
+    print(
+        f"\ncut: stream ended after {stream_ended:.1f}s, node lost after {noticed:.1f}s, "
+        f"served from the other node after {served:.1f}s, the cut-off node's runner gone "
+        f"after {fenced:.1f}s"
+    )
+    assert noticed < 15
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""

@@ -10,6 +10,7 @@ take which model is decided by the test, not by the machine.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -72,7 +73,7 @@ def _join(tmp: Path, server: Server, ip: str, memory: str) -> Joined:
     home.mkdir()
     log = tmp / f"join-{ip}.log"
     argv = [sys.executable, "-m", "modelyard", "join", _head(server), "--ip", ip]
-    argv += ["--memory", memory, "--home", str(home)]
+    argv += ["--memory", memory, "--home", str(home), "--token", token(server)]
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=server.environ, stdout=out, stderr=subprocess.STDOUT)
     node = Joined(ip, process, log, home)
@@ -82,6 +83,13 @@ def _join(tmp: Path, server: Server, ip: str, memory: str) -> Joined:
         lambda: f"{ip} did not join:\n{log.read_text()[-3000:]}",
     )
     return node
+
+
+def token(server: Server) -> str:
+    """The cluster's token, from the join command ``serve --cluster`` printed."""
+    found = re.search(r"modelyard join \S+ --token (\S+)", server.log.read_text())
+    assert found, server.log.read_text()[-2000:]
+    return found.group(1)
 
 
 def _head(server: Server) -> str:
@@ -290,6 +298,26 @@ def _told(server: Server) -> str:
     """The event log, to explain a failure."""
     events = httpx.get(f"{server.url}/api/events", timeout=10).json()["events"]
     return "\n".join(f"{e['type']} {e['model']} {e['node']} {e['message']}" for e in events)
+
+
+def test_a_machine_without_the_token_cannot_join(cluster: Cluster) -> None:
+    server = cluster.server
+    home = cluster.tmp / "intruder"
+    home.mkdir()
+    argv = [sys.executable, "-m", "modelyard", "join", _head(server), "--ip", LATE_NODE]
+    try:
+        joined = subprocess.run(
+            [*argv, "--home", str(home)],
+            env={k: v for k, v in server.environ.items() if not k.startswith("RAY_")},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert joined.returncode == 1
+        assert "refuses this node: its token is missing or wrong" in joined.stderr
+        assert LATE_NODE not in _alive(server)
+    finally:
+        shutil.rmtree(_temp_dir(home, LATE_NODE), ignore_errors=True)
 
 
 def _cmdline(pid: int) -> str:

@@ -6,6 +6,7 @@ serve the model from the other node; the cut-off node must stop its own runners 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,10 +90,16 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
             return bool(answer.json()["connected"])
 
         _until(connected, _LIMIT, lambda: (tmp / "gateway.log").read_text()[-3000:])
+
+        def token() -> str:
+            found = re.search(r"--token (\S+)", (tmp / "gateway.log").read_text())
+            assert found
+            return found.group(1)
+
         for i, memory in ((2, "2GiB"), (3, "1GiB")):  # one at a time (Ray issue #65983)
             home = tmp / f"node{i}"
             homes.append(home)
-            join = [sys.executable, "-m", "modelyard", "join", f"{head}:6380"]
+            join = [sys.executable, "-m", "modelyard", "join", f"{head}:6380", "--token", token()]
             join += ["--ip", network.address(i), "--memory", memory, "--home", str(home)]
             log = tmp / f"join{i}.log"
             found.joins[i] = _spawn(network.argv(i, join), log, env)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import socket
 import tempfile
@@ -30,6 +32,7 @@ from modelyard.cli.client import (
 
 if TYPE_CHECKING:
     from modelyard.cluster.ray_node import RayNode
+    from modelyard.config import Config, Settings
 
 out = console()
 
@@ -58,19 +61,56 @@ def outward_ip() -> str:
             return "127.0.0.1"
 
 
-def start_head(ip: str | None, port: int, home: Path) -> tuple[RayNode, str]:
-    """Starts this machine's Ray head for ``serve --cluster``: the node and its address."""
-    from modelyard.cluster.ray_node import ClusterError, start_head
+def prepare(
+    settings: Settings,
+    config: Config,
+    *,
+    start: bool,
+    address: str | None,
+    ip: str | None,
+    ray_port: int,
+) -> tuple[Settings, RayNode | None]:
+    """``serve --cluster``: starts this machine's Ray head (``start``), or serves on the one
+    at ``address``; the settings to serve with, and the head started, if one."""
+    if not start and not address:
+        return settings, None
+    head = None
+    if address is None:
+        from modelyard.cluster.ray_node import ClusterError, start_head, token_env
 
-    address = ip or outward_ip()
-    err.print(f"modelyard: starting the Ray head at {address}:{port} (this takes a while) ...")
-    try:
-        node = start_head(address, port, temp_dir=_temp_dir(home, address))
-    except ClusterError as exc:
-        err.print(f"[red]modelyard: {escape(exc.message)}[/]", soft_wrap=True)
-        raise typer.Exit(1) from None
-    err.print(f"modelyard: other machines join with: modelyard join {node.address}")
-    return node, address
+        ip = ip or outward_ip()
+        token = cluster_token(config)
+        os.environ.update(token_env(token))  # this gateway, a Ray driver, holds it too
+        err.print(f"modelyard: starting the Ray head at {ip}:{ray_port} (this takes a while) ...")
+        try:
+            head = start_head(
+                ip, ray_port, temp_dir=_temp_dir(config.home, ip), env=token_env(token)
+            )
+        except ClusterError as exc:
+            err.print(f"[red]modelyard: {escape(exc.message)}[/]", soft_wrap=True)
+            raise typer.Exit(1) from None
+        address = head.address
+        err.print(
+            f"modelyard: other machines join with: modelyard join {address} --token {token}",
+            soft_wrap=True,
+        )
+    update = {"cluster": address, "cluster_ip": ip or outward_ip()}
+    return settings.model_copy(update=update), head
+
+
+def cluster_token(config: Config) -> str:
+    """The cluster's Ray token: made once, kept with the accounts' secrets."""
+    from modelyard.accounts.store import Store
+    from modelyard.config import database_url
+
+    async def read() -> str:
+        store = await Store.open(database_url(config))
+        try:
+            return await store.secret("ray-token")
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def _temp_dir(home: Path, ip: str) -> Path:
@@ -93,11 +133,18 @@ def join(
     home: Annotated[
         Path | None, typer.Option(help="Where runners' logs and caches go on this machine.")
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MODELYARD_CLUSTER_TOKEN",
+            help="The cluster's token, as serve --cluster printed it.",
+        ),
+    ] = None,
 ) -> None:
     """Make this machine a node of a cluster: its models' runners start here as the
     gateway places them. Runs until stopped (Ctrl-C), then the node leaves."""
     from modelyard.cluster.keeper import NAMESPACE, Keeper, NodeInfo, keeper_name
-    from modelyard.cluster.ray_node import ClusterError, start_worker
+    from modelyard.cluster.ray_node import ClusterError, start_worker, token_env
     from modelyard.config import Settings
     from modelyard.quantity import parse_size
 
@@ -110,8 +157,9 @@ def join(
     address = ip or outward_ip()
     where = (home or Settings().data_home()).expanduser()
     err.print(f"modelyard: joining {head} as {address} ...")
+    os.environ.update(token_env(token))  # for this process too: it connects to the head
     try:
-        node = start_worker(head, address, temp_dir=_temp_dir(where, address))
+        node = start_worker(head, address, temp_dir=_temp_dir(where, address), env=token_env(token))
     except ClusterError as exc:
         err.print(f"[red]modelyard: {escape(exc.message)}[/]", soft_wrap=True)
         raise typer.Exit(1) from None

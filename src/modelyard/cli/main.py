@@ -24,7 +24,7 @@ from modelyard.cli.client import (
     relative,
     server_url,
 )
-from modelyard.cli.cluster import outward_ip, start_head
+from modelyard.cli.cluster import prepare as cluster_prepare
 
 app = typer.Typer(
     help="One OpenAI-compatible endpoint for all your local models.",
@@ -140,14 +140,10 @@ def serve(
         raise typer.Exit(1)
     names = ", ".join(s.name for s in cfg.models) or "(none)"
     err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
-    head = None
-    if cluster and not cluster_address:
-        head, cluster_ip = start_head(cluster_ip, ray_port, cfg.home)
-        cluster_address = head.address
-    if cluster_address:
-        settings = settings.model_copy(
-            update={"cluster": cluster_address, "cluster_ip": cluster_ip or outward_ip()}
-        )
+    settings, head = cluster_prepare(
+        settings, cfg, start=cluster, address=cluster_address, ip=cluster_ip, ray_port=ray_port
+    )
+    if head is not None or cluster_address:
         cfg = config_or_exit(settings)
     err.print(f"modelyard: OpenAI endpoint at http://{cfg.host}:{cfg.port}/v1")
     from modelyard.server import serve as run_server  # the server's stack: only to serve

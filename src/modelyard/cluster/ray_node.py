@@ -109,6 +109,12 @@ class RayNode:
             self.process.wait(5)
 
 
+def token_env(token: str | None) -> dict[str, str]:
+    """The environment a Ray process needs to take part in a cluster with ``token``
+    (Ray's token authentication; ``None``: none)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {}
+
+
 def start_head(
     ip: str,
     port: int = DEFAULT_PORT,
@@ -117,7 +123,8 @@ def start_head(
     timeout: float = 120.0,
     env: Mapping[str, str] | None = None,
 ) -> RayNode:
-    """A head node at ``ip:port``: its GCS, no dashboard, health checks every second."""
+    """A head node at ``ip:port``: its GCS, no dashboard, health checks every second
+    (``env``: with ``token_env``, only holders of the token may join or connect)."""
     args = [
         "--head",
         f"--port={port}",
@@ -183,7 +190,13 @@ def _start(
         if _wait_started(node, timeout):
             return node
         node.stop(grace=2.0)
-        tail = log_path.read_text(errors="replace")[-800:]
+        said = log_path.read_text(errors="replace")
+        if "InvalidAuthToken" in said or "AuthenticationError" in said:
+            raise ClusterError(
+                f"the head at {address} refuses this node: its token is missing or wrong "
+                "(modelyard join --token, as serve --cluster printed it)"
+            )
+        tail = said[-800:]
         failures.append(tail)
         log.warning("ray start on %s failed (try %d of %d):\n%s", ip, attempt, _TRIES, tail)
     raise ClusterError(f"ray start on {ip} failed {_TRIES} times:\n{failures[-1]}")

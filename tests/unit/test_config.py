@@ -479,6 +479,19 @@ def test_config_replicas(tmp_path: Path) -> None:
     )
 
 
+def test_nodes_pin_a_model_to_nodes_of_a_cluster(tmp_path: Path) -> None:
+    text = '[models.x]\npath = "m.gguf"\nnodes = ["gpu-box", "local", "gpu-box"]\n'
+    (spec,) = load_config(write(tmp_path, text)).models
+    assert spec.nodes == ("gpu-box", "local")
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, '[models.x]\npath = "m.gguf"\nnodes = [""]\n'))
+    assert "[models.x] nodes" in error.value.message
+    remote = '[models.r]\nurl = "http://elsewhere:8000"\nnodes = ["a"]\n'
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, remote))
+    assert "[models.r] nodes" in error.value.message
+
+
 def test_replicas_share_the_cores_unless_threads_is_set(tmp_path: Path) -> None:
     import os
 

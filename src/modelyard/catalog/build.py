@@ -97,6 +97,7 @@ def entry_spec(
         defaults=dict(entry.defaults),
         keep_alive=entry.keep_alive if "keep_alive" in set_keys else keep_alive,
         gpus=tuple(dict.fromkeys(entry.gpus)),
+        nodes=tuple(dict.fromkeys(entry.nodes)),
         max_replicas=max_replicas,
         **{key: getattr(entry, key) for key in _SHARED},
     )

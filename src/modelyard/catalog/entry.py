@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from modelyard.catalog.spec import default
 from modelyard.quantity import parse_duration, parse_seconds, parse_size
@@ -80,5 +80,10 @@ class ModelEntry(BaseModel):
     gpus_per_replica: int | None = Field(default=None, ge=1, le=64)
     """Each runner of the model gets this many of ``gpus`` of its own (runner 0 the first,
     runner 1 the next …); unset: every runner uses all of ``gpus``."""
+    nodes: list[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(
+        default_factory=list, max_length=256
+    )
+    """In a cluster, the nodes its runners may run on (``local``: the gateway's machine);
+    empty: any."""
     scale_up_wait: Seconds = default("scale_up_wait")
     """How long the oldest request waits, every runner busy, before one more starts."""

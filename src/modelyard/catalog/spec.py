@@ -123,6 +123,8 @@ class ModelSpec:
     gpus_per_replica: int | None = None
     """Each runner gets GPUs of its own: runner N takes ``gpus[N * k : (N + 1) * k]`` for
     this ``k``; ``None``: every runner uses all of ``gpus``."""
+    nodes: tuple[str, ...] = ()
+    """In a cluster, the nodes its runners may run on; empty: any."""
     scale_up_wait: float = 2.0
     """Seconds the oldest waiting request waits, every runner busy, before one more starts."""
     sleep_level: int = 0

@@ -62,15 +62,16 @@ def need(
     first = not any(y.state in RESIDENT for y in m.replicas)
     taken = units(spec, caps) if first else {}
     spread = frozenset(y.node for y in m.replicas if y is not r and y.state in RESIDENT)
+    only = frozenset(spec.nodes)
     if spec.gpu_layers != "auto":
         footprint = ledger.estimate(spec)
-        return Need(m.spec.name, footprint, taken, evict=evict, spread=spread), spec
+        return Need(m.spec.name, footprint, taken, evict=evict, spread=spread, nodes=only), spec
     auto = spec
 
     def layers(n: int) -> Footprint:
         return ledger.estimate(replace(auto, gpu_layers=n))
 
-    return Need(m.spec.name, {}, taken, layers, evict=evict, spread=spread), spec
+    return Need(m.spec.name, {}, taken, layers, evict=evict, spread=spread, nodes=only), spec
 
 
 def held(ledger: MemoryLedger, m: Model, r: Replica) -> Footprint:

@@ -231,22 +231,28 @@ class MemoryLedger:
         return {d: n - self.budget.get(d, 0) for d, n in held.items() if n > self.budget.get(d, 0)}
 
     def check_fits(self, spec: ModelSpec) -> None:
-        """``DoesNotFitError`` (507) for a model larger than the whole budget (of every
-        node)."""
+        """``DoesNotFitError`` (507) for a model larger than the whole budget of every node
+        it may go to."""
         need = self.footprint(spec)
-        over = {d: n for d, n in need.items() if n > self.budget.get(d, 0)}
-        if over and any(fits(need, budget) for budget in self.nodes.values()):
-            return  # another node of a cluster can take it
-        if over:
-            parts = ", ".join(
-                f"{format_size(n)} of {d} (budget {format_size(self.budget.get(d, 0))})"
-                for d, n in over.items()
-            )
-            where = f" (nor on the {len(self.nodes)} other nodes)" if self.nodes else ""
-            raise DoesNotFitError(
-                f"Model {spec.name!r} needs {parts}{where}: it cannot be loaded even with every "
-                "other model unloaded. Lower its ctx or parallel, or raise the memory budget."
-            )
+        allowed = {n: b for n, b in self.budgets.items() if not spec.nodes or n in spec.nodes}
+        if not allowed:
+            return  # none of its nodes is in the cluster now: it waits for one to join
+        if any(fits(need, budget) for budget in allowed.values()):
+            return
+        node, budget = (LOCAL, self.budget) if LOCAL in allowed else next(iter(allowed.items()))
+        parts = ", ".join(
+            f"{format_size(n)} of {d} (budget {format_size(budget.get(d, 0))})"
+            for d, n in need.items()
+            if n > budget.get(d, 0)
+        )
+        others = len(allowed) - 1
+        where = ""  # one machine: no node to name
+        if self.nodes:
+            where = f" on {node}" + (f" nor on the {others} other node(s)" if others else "")
+        raise DoesNotFitError(
+            f"Model {spec.name!r} needs {parts}{where}: it cannot be loaded even with every "
+            "other model unloaded. Lower its ctx or parallel, or raise the memory budget."
+        )
 
     def flush(self) -> None:
         """Saves the measured peaks (from a thread: it writes a file)."""

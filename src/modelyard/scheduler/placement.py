@@ -80,6 +80,8 @@ class Need:
     """It may evict (``False``: it starts only in memory free now, as a scale-up does)."""
     spread: frozenset[str] = frozenset()
     """Nodes that run its model's other runners: others are preferred."""
+    nodes: frozenset[str] = frozenset()
+    """The only nodes it may go to (a catalog entry's ``nodes``); empty: any."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,9 @@ _MAX_LAYERS = 1024
 def plan(snapshot: Snapshot, need: Need, now: float) -> Decision:
     """Where ``need`` starts, or whom to evict for it, or that it waits.
 
-    1. On each node it may go to, it takes ``need.footprint`` (for ``gpu_layers = "auto"``,
-       the most layers whose GPU part fits the node's GPUs free soon, or free now when it may
-       not evict) plus its cap units.
+    1. On each node it may go to (of ``need.nodes``, when it names some), it takes
+       ``need.footprint`` (for ``gpu_layers = "auto"``, the most layers whose GPU part fits
+       the node's GPUs free soon, or free now when it may not evict) plus its cap units.
     2. Nodes where that fits in the memory free now: start on one outside ``spread``, of
        those where the most layers go to a GPU, with the most room left on its tightest
        device.
@@ -129,7 +131,10 @@ def plan(snapshot: Snapshot, need: Need, now: float) -> Decision:
     6. No node can make room: wait, until the first runner that ``min_residency`` protects
        is old enough to go.
     """
-    nodes = [need.node] if need.node is not None else sorted(snapshot.budgets)
+    if need.node is not None:
+        nodes = [need.node]
+    else:
+        nodes = sorted(n for n in snapshot.budgets if not need.nodes or n in need.nodes)
     caps_now, caps_soon = _caps(snapshot)
     free_now: dict[str, dict[str, int]] = {}
     free_soon: dict[str, dict[str, int]] = {}

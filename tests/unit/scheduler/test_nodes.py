@@ -121,3 +121,24 @@ async def test_leaving_twice_or_an_unknown_node_changes_nothing() -> None:
     scheduler.leave("nowhere", "it left")
     assert not [e for e in events if isinstance(e, NodeLost)]
     assert scheduler.budgets() == {"local": {"ram": 100}}
+
+
+async def test_a_model_pinned_to_nodes_goes_only_there() -> None:
+    sizes = {"a": 400}
+    scheduler, local, _ = make(spec("a", nodes=("n1",)), local=1000, sizes=sizes)
+    with pytest.raises(asyncio.TimeoutError):  # n1 has not joined: it waits for it
+        await asyncio.wait_for(scheduler.acquire("a"), 0.1)
+    n1, n2 = FakeRunner(sizes), FakeRunner(sizes)
+    scheduler.join("n2", {"ram": 4000}, {"llamacpp": n2})
+    scheduler.join("n1", {"ram": 500}, {"llamacpp": n1})
+    lease = await scheduler.acquire("a")
+    assert node_of(scheduler, "a") == {"n1"}  # not n2 nor this machine, with more room
+    assert (local.starts, n2.starts) == ([], [])
+    scheduler.release(lease)
+
+
+async def test_a_model_too_big_for_its_pinned_nodes_is_refused() -> None:
+    scheduler, _, _ = make(spec("a", nodes=("n1",)), local=1000, sizes={"a": 800})
+    scheduler.join("n1", {"ram": 500}, {"llamacpp": FakeRunner()})
+    with pytest.raises(DoesNotFitError, match="on n1"):
+        await scheduler.acquire("a")

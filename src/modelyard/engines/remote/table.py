@@ -61,7 +61,7 @@ class RemoteEntry(CatalogEngine):
         given = entry.model_fields_set
         if entry.path:
             raise place.error("path", _ELSEWHERE)
-        for key in ("replicas", "max_replicas", "scale_up_wait", "gpus_per_replica"):
+        for key in ("replicas", "max_replicas", "scale_up_wait", "gpus_per_replica", "nodes"):
             if key in given:
                 hint = "; raise max_concurrency to send it more at once" if "rep" in key else ""
                 raise place.error(key, f"{_ELSEWHERE[:-1]}{hint})")

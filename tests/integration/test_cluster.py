@@ -209,6 +209,32 @@ def test_each_model_lands_on_the_node_it_fits(cluster: Cluster) -> None:
     assert "alive" in rows[LARGE_NODE]
 
 
+def test_the_web_page_shows_each_nodes_memory_and_where_models_run(cluster: Cluster) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.conftest import ARGS, CHROMIUM
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{cluster.server.url}/ui/#/models")
+            nodes = page.locator("section.nodes .node")
+            nodes.first.wait_for(timeout=15000)
+            names = sorted(nodes.locator("strong").all_inner_texts())
+            assert names == sorted(["local", SMALL_NODE, LARGE_NODE])
+            large = page.locator(f'.node[data-node="{LARGE_NODE}"]')
+            assert large.locator('.bar[data-device="ram"]').count() == 1
+            assert "1.5 GiB of 2.0 GiB in use" in large.inner_text()
+            big = page.locator('tr[data-model="big"]')
+            assert big.locator("[data-nodes]").inner_text() == f"on {LARGE_NODE}"
+            assert errors == []
+        finally:
+            browser.close()
+
+
 def test_room_is_made_on_the_node_that_is_short(cluster: Cluster) -> None:
     server = cluster.server
     # 800 MiB fits nowhere now: evicting ``small`` (one model, 800 MiB) makes room on the

@@ -32,7 +32,8 @@ export async function models(main, signal) {
   const head = el("tr", {}, COLUMNS.map(([title, key]) => el("th", { scope: "col",
     "aria-sort": key === view.sort ? "ascending" : null }, key ? el("button", { type: "button",
     class: "sort", "data-sort": key, onclick: () => sortBy(key) }, title) : title)));
-  main.append(el("h1", {}, "Models"), status,
+  const nodesView = el("section", { class: "nodes", "aria-label": "Nodes", hidden: true });
+  main.append(el("h1", {}, "Models"), status, nodesView,
     el("div", { class: "row tools" }, el("label", {}, "Search", search),
       el("label", {}, "State", state), el("label", {}, "Kind", kind)),
     el("div", { class: "scroll", tabindex: 0 }, el("table", { class: "models" }, el("thead", {}, head), body)),
@@ -41,6 +42,7 @@ export async function models(main, signal) {
 
   let rows = [];
   let budgets = {};
+  let nodes = {};  // a cluster's: node → its budget and what is held there, per device
   const notes = new Map();  // model → what its last action said (an error)
   const open = new Map();  // model → its details row, kept across redraws
 
@@ -71,6 +73,8 @@ export async function models(main, signal) {
         api("/api/ps", { signal })]);
       rows = catalog.models;
       budgets = ps.memory.budget;
+      nodes = ps.memory.nodes ?? {};
+      drawNodes();
       const loaded = rows.filter((m) => RESIDENT.includes(m.state)).length;
       const failed = rows.filter((m) => m.state === "failed").length;
       status.textContent = `${rows.length} models · ${loaded} loaded` +
@@ -132,17 +136,41 @@ export async function models(main, signal) {
     render();
   }
 
+  function bar(device, bytes, budget, label = device) {
+    const share = budget ? Math.min(100, (100 * bytes) / budget) : 0;
+    return el("div", { class: "bar", role: "img", "data-device": device,
+      "data-bytes": bytes, "aria-label": `${label}: ${size(bytes)} of ${size(budget)}` },
+    el("span", { style: `width:${share.toFixed(1)}%` }));
+  }
+
+  // In a cluster (more than one node): each node's memory, a bar per device.
+  function drawNodes() {
+    const listed = Object.entries(nodes);
+    nodesView.hidden = listed.length < 2;
+    if (nodesView.hidden) return;
+    nodesView.replaceChildren(el("h2", {}, "Nodes"), el("div", { class: "grid nodes" },
+      listed.map(([name, n]) => el("div", { class: "node", "data-node": name },
+        el("strong", {}, name),
+        ...Object.entries(n.budget).map(([device, budget]) =>
+          bar(device, n.reserved[device] ?? 0, budget, `${name} ${device}`)),
+        el("span", { class: "muted" },
+          `${size(total(n.reserved))} of ${size(total(n.budget))} in use`)))));
+  }
+
+  function placedOn(m) {
+    return Object.keys(m.memory?.nodes ?? {});
+  }
+
   function memoryCell(m) {
     const footprint = footprintOf(m);
     if (!footprint) return "-";
     if (!Object.keys(footprint).length) return el("span", { class: "muted" }, "unknown");
-    return el("div", { class: "grid" }, Object.entries(footprint).map(([device, bytes]) => {
-      const budget = budgets[device] ?? 0;
-      const share = budget ? Math.min(100, (100 * bytes) / budget) : 0;
-      return el("div", { class: "bar", role: "img", "data-device": device,
-        "data-bytes": bytes, "aria-label": `${device}: ${size(bytes)} of ${size(budget)}` },
-      el("span", { style: `width:${share.toFixed(1)}%` }));
-    }), el("span", { class: "muted" }, m.memory.measured ? `${size(total(footprint))} ` +
+    // Against its node's budget when it runs on one node; else the budget of all of them.
+    const on = placedOn(m);
+    const budget = on.length === 1 && nodes[on[0]] ? nodes[on[0]].budget : budgets;
+    return el("div", { class: "grid" }, Object.entries(footprint).map(([device, bytes]) =>
+      bar(device, bytes, budget[device] ?? 0)),
+    el("span", { class: "muted" }, m.memory.measured ? `${size(total(footprint))} ` +
       `measured (estimate ${size(total(m.memory.estimate))})` :
       `${size(total(footprint))} estimated`));
   }
@@ -174,6 +202,8 @@ export async function models(main, signal) {
       el("td", { "data-label": "State" }, el("span", { class: `badge ${m.state}`,
         "data-state": m.state }, m.state),
       m.pinned ? el("div", { class: "muted" }, "pinned") : null,
+      Object.keys(nodes).length > 1 && placedOn(m).length ? el("div", { class: "muted",
+        "data-nodes": placedOn(m).join(" ") }, `on ${placedOn(m).join(", ")}`) : null,
       error ? el("div", { class: "error reason" }, error) : null),
       el("td", { "data-label": "Memory" }, memoryCell(m)),
       el("td", { "data-label": "Queue" }, m.queued === undefined ? "-" :

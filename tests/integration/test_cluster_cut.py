@@ -1,10 +1,13 @@
 """A node cut off from the cluster, for real: three network namespaces on a bridge (the
 gateway and Ray head in the first, a node in each other), the node's link taken down while a
 request streams from its runner. The gateway must notice within seconds, end that stream, and
-serve the model from the other node; the cut-off node must stop its own runners (fencing)."""
+serve the model from the other node; the cut-off node must stop its own runners (fencing).
+Keys are required, as on a shared server: balances, the ledger and metrics work as on one
+machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,8 @@ class Cut:
     gateway: subprocess.Popen[bytes]
     joins: dict[int, subprocess.Popen[bytes]]
     tmp: Path
+    admin: dict[str, str] = field(default_factory=dict)
+    """An admin's ``Authorization`` header."""
 
 
 def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -77,6 +82,7 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
     env |= {"MODELYARD_HOME": str(tmp / "home"), "MODELYARD_DEMO": "false"}
+    env |= {"MODELYARD_AUTH": "keys"}
     head = network.address(1)
     argv = [sys.executable, "-m", "modelyard", "serve", "-c", str(config), "--port", "8000"]
     argv += ["--memory", "100MiB", "--cluster", "--cluster-ip", head]
@@ -86,8 +92,12 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
     try:
 
         def connected() -> bool:
-            answer = inside.call(httpx.get, f"{found.url}/api/nodes", timeout=2)
-            return bool(answer.json()["connected"])
+            said = (tmp / "gateway.log").read_text().splitlines()
+            printed = [line.strip() for line in said if line.strip().startswith("my-")]
+            if not printed:
+                return False  # the admin key is printed once the accounts are ready
+            found.admin = {"Authorization": f"Bearer {printed[0]}"}
+            return bool(_get(found, "/api/nodes")["connected"])
 
         _until(connected, _LIMIT, lambda: (tmp / "gateway.log").read_text()[-3000:])
 
@@ -142,8 +152,15 @@ def _ray_processes(dirs: list[str]) -> list[psutil.Process]:
     ]
 
 
+def _get(cut: Cut, path: str) -> Any:
+    """An admin's GET, from inside the gateway's namespace."""
+    answer = cut.inside.call(httpx.get, f"{cut.url}{path}", headers=cut.admin, timeout=5)
+    answer.raise_for_status()
+    return answer.json() if "json" in answer.headers["content-type"] else answer.text
+
+
 def _nodes(cut: Cut) -> dict[str, Any]:
-    found: dict[str, Any] = cut.inside.call(httpx.get, f"{cut.url}/api/nodes", timeout=5).json()
+    found: dict[str, Any] = _get(cut, "/api/nodes")
     return found
 
 
@@ -152,15 +169,16 @@ def _alive(cut: Cut) -> set[str]:
 
 
 def _where(cut: Cut) -> list[str]:
-    models = cut.inside.call(httpx.get, f"{cut.url}/api/ps", timeout=5).json()["models"]
+    models = _get(cut, "/api/ps")["models"]
     return [node for m in models if m["name"] == "chat" for node in m["memory"]["nodes"]]
 
 
-def _chat(url: str, max_tokens: int, stream: bool = False) -> str:
+def _chat(url: str, key: str | None, max_tokens: int, stream: bool = False) -> str:
     body = {"model": "chat", "messages": [{"role": "user", "content": "Tell a story"}]}
     body |= {"max_tokens": max_tokens, "stream": stream, "temperature": 0}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         return f"error: {exc!r}"
     return f"{answer.status_code} {answer.text}"
@@ -168,11 +186,23 @@ def _chat(url: str, max_tokens: int, stream: bool = False) -> str:
 
 def test_a_cut_off_node_is_noticed_its_stream_ends_and_its_runner_is_fenced(cut: Cut) -> None:
     near, far = cut.network.address(2), cut.network.address(3)
-    assert cut.inside.call(_chat, cut.url, 4).startswith("200 ")
+    made = cut.inside.call(
+        httpx.post,
+        f"{cut.url}/api/keys",
+        json={"name": "payer", "balance": 10**6},
+        headers=cut.admin,
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    assert cut.inside.call(_chat, cut.url, None, 4).startswith("401 ")
+    first = cut.inside.call(_chat, cut.url, key, 4)
+    assert first.startswith("200 "), first
     assert _where(cut) == [near]  # the node with the most room
+    _charged(cut, first, 10**6)
     (runner,) = [p for p in runner_pids() if f"--host {near}" in _cmdline(p)]
 
-    streaming = cut.inside.start(_chat, cut.url, 2000, True)
+    streaming = cut.inside.start(_chat, cut.url, key, 2000, True)
     time.sleep(1.0)  # under way
     cut.network.cut(2)
     start = time.monotonic()
@@ -183,10 +213,17 @@ def test_a_cut_off_node_is_noticed_its_stream_ends_and_its_runner_is_fenced(cut:
     _until(lambda: near not in _alive(cut), 30, lambda: str(_nodes(cut)))
     noticed = time.monotonic() - start
 
-    answer = cut.inside.call(_chat, cut.url, 4)
+    before = _balance(cut)
+    answer = cut.inside.call(_chat, cut.url, key, 4)
     served = time.monotonic() - start
     assert answer.startswith("200 "), answer
     assert _where(cut) == [far]
+    _charged(cut, answer, before)
+    metrics = _get(cut, "/metrics")
+    assert any(
+        line.startswith("modelyard_requests_total{") and 'model="chat"' in line
+        for line in metrics.splitlines()
+    )
 
     _until(
         lambda: not psutil.pid_exists(runner) or psutil.Process(runner).status() == "zombie",
@@ -200,6 +237,22 @@ def test_a_cut_off_node_is_noticed_its_stream_ends_and_its_runner_is_fenced(cut:
         f"after {fenced:.1f}s"
     )
     assert noticed < 15
+
+
+def _balance(cut: Cut) -> int:
+    (payer,) = [k for k in _get(cut, "/api/keys")["keys"] if k["name"] == "payer"]
+    return int(payer["balance"])
+
+
+def _charged(cut: Cut, answer: str, before: int) -> None:
+    """The answer's tokens were taken from the key's balance and written to the ledger."""
+    usage = json.loads(answer.split(" ", 1)[1])["usage"]
+    assert _balance(cut) == before - usage["total_tokens"]
+    (row,) = _get(cut, "/api/usage?key=payer&limit=1")["rows"]
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
 
 
 def _cmdline(pid: int) -> str:

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -82,7 +83,10 @@ def _join(
     home = tmp / f"node-{ip}"
     home.mkdir(exist_ok=True)
     head = _nodes(url)["cluster"]
+    found = re.search(r"--token (\S+)", (tmp / "gateway.log").read_text())
+    assert found, "serve --cluster printed no token"
     argv = [PY, "-m", "modelyard", "join", head, "--ip", ip, "--memory", memory]
+    argv += ["--token", found.group(1)]
     log = (tmp / f"join-{ip}.log").open("wb")
     return subprocess.Popen(
         [*argv, "--home", str(home)], env=env, stdout=log, stderr=subprocess.STDOUT

@@ -28,7 +28,7 @@ from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.engines import default_runners
 from modelyard.errors import LoadFailedError
 from modelyard.logbook import Rotation
-from modelyard.runners.base import Runner, RunningModel
+from modelyard.runners.base import KvNews, Runner, RunningModel, warm_of
 from modelyard.runners.gpu import detect
 from modelyard.runners.process import bind_runners
 from modelyard.scheduler.budget import resolve_budget
@@ -67,6 +67,10 @@ class Started:
     pid: int | None
     footprint: Footprint
     """Its memory as it became ready."""
+    warm: bool = False
+    """It keeps conversations across unloads (warm swaps): ask ``save`` before stopping it."""
+    news: tuple[KvNews, ...] = ()
+    """What its restore of saved conversations did."""
 
 
 @dataclass(frozen=True)
@@ -132,12 +136,49 @@ class Keeper:
         if self._leaving:
             raise LoadFailedError(f"node {self._info.name} is leaving the cluster")
         running = await self._runners[spec.engine].start(spec)
+        try:
+            news = await self._restore(running)
+        except BaseException:  # cancelled by the gateway: nothing is left running
+            await asyncio.shield(running.stop(1.0))
+            raise
         ident = next(self._ids)
         self._running[ident] = running
         self._watchers[ident] = asyncio.create_task(self._watch(ident, running))
         pid = getattr(running, "pid", None)
         footprint = running.footprint()
-        return Started(ident, running.base_url, dict(running.headers), pid, footprint)
+        warm = warm_of(running) is not None
+        return Started(
+            ident, running.base_url, dict(running.headers), pid, footprint, warm, tuple(news)
+        )
+
+    async def save(self, ident: int) -> list[KvNews]:
+        """Saves a runner's conversations before it is stopped (warm swaps); what it did."""
+        self._heard()
+        running = self._running.get(ident)
+        warm = warm_of(running) if running is not None else None
+        if warm is None:
+            return []
+        news: list[KvNews] = []
+        warm.tell = news.append
+        try:
+            await warm.save()
+        except Exception:
+            log.exception("saving the slots of runner %d failed", ident)
+        return news
+
+    async def _restore(self, running: RunningModel) -> list[KvNews]:
+        """Puts back what the model kept at its last unload on this node, if it keeps
+        anything; a failure costs the conversations, never the load."""
+        warm = warm_of(running)
+        if warm is None:
+            return []
+        news: list[KvNews] = []
+        warm.tell = news.append
+        try:
+            await warm.restore()
+        except Exception:
+            log.exception("restoring the slots of %s failed", running.base_url)
+        return news
 
     async def stop(self, ident: int, grace: float) -> int | None:
         """Stops a runner; its exit code (``None`` if it was not known)."""

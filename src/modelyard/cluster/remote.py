@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.cluster.keeper import Started
+from modelyard.engines.llamacpp.warm import BOUND as SAVE_BOUND
 from modelyard.errors import LoadFailedError, ModelyardError
-from modelyard.runners.base import Runner, RunningModel
+from modelyard.runners.base import KvNews, Runner, RunningModel
 
 NODE_LOST = -9
 """The exit code of a runner whose node is lost (as if SIGKILLed: nothing of it is left)."""
@@ -33,6 +34,33 @@ def _cause(exc: BaseException) -> str:
     return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
 
 
+class RemoteWarm:
+    """A remote runner's warm swaps (a ``Warm``): its keeper saves and restores them on its
+    node, and what it did is told here."""
+
+    def __init__(self, keeper: Any, ident: int, restored: tuple[KvNews, ...]) -> None:
+        self._keeper = keeper
+        self._ident = ident
+        self._restored = restored
+        self.tell: Callable[[KvNews], None] = _unheard
+
+    async def restore(self) -> None:
+        """Its keeper restored as it started it: what that did is told now."""
+        for news in self._restored:
+            self.tell(news)
+        self._restored = ()
+
+    async def save(self) -> None:
+        ref = self._keeper.save.remote(self._ident)
+        saved: list[KvNews] = await asyncio.wait_for(ref, SAVE_BOUND + _CALL_SLACK)
+        for news in saved:
+            self.tell(news)
+
+
+def _unheard(news: KvNews) -> None:
+    pass
+
+
 class RemoteServer:
     """A runner on a cluster's node (a ``RunningModel``)."""
 
@@ -46,6 +74,7 @@ class RemoteServer:
         self._footprint: Footprint = dict(started.footprint)
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._tail = ""
+        self.warm = RemoteWarm(keeper, started.id, started.news) if started.warm else None
 
     @property
     def base_url(self) -> str:

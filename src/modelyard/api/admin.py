@@ -119,13 +119,15 @@ async def nodes(request: Request) -> dict[str, Any]:
             placed.setdefault(node, []).append(status.name)
     cluster = request.app.state.cluster
     joined = cluster.nodes if cluster is not None else {}
+    config = request.app.state.config
+    here = config.cluster_ip or config.host
     found = []
     for node, budget in scheduler.budgets().items():
         member = joined.get(node)
         found.append(
             {
                 "name": node,
-                "address": member.ip if member is not None else request.app.state.config.host,
+                "address": member.ip if member is not None else here,
                 "state": "alive",
                 "budget": budget,
                 "reserved": reserved.get(node, {}),

@@ -126,8 +126,11 @@ class Keeper:
         self._leaving = False
 
     async def describe(self) -> NodeInfo:
-        """Its node: name, address, budget per device."""
+        """Its node: name, address, budget per device. A gateway asks when it finds the
+        node (it started, or lost the node and found it again): it knows none of the
+        runners running here, so any left over are stopped."""
         self._heard()
+        await self._stop_all("a gateway found this node anew")
         return self._info
 
     async def start(self, spec: ModelSpec) -> Started:
@@ -241,13 +244,19 @@ class Keeper:
             silent = time.monotonic() - self._last_beat
             if silent < self._fence_after or not self._running:
                 continue
-            log.warning("no word from the gateway for %.0fs: stopping every runner", silent)
-            running = list(self._running.items())
-            for ident, _ in running:
-                self._forget(ident)
-            for _, r in running:
-                with contextlib.suppress(Exception):
-                    await r.stop(0.0)
+            await self._stop_all(f"no word from the gateway for {silent:.0f}s")
+
+    async def _stop_all(self, why: str) -> None:
+        """Stops every runner, at once, and forgets them."""
+        running = list(self._running.items())
+        if not running:
+            return
+        log.warning("%s: stopping every runner", why)
+        for ident, _ in running:
+            self._forget(ident)
+        for _, r in running:
+            with contextlib.suppress(Exception):
+                await r.stop(0.0)
 
     def __repr__(self) -> str:  # Ray names the actor's process with it
         return f"Keeper({self._info.name})"

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 _MISSES = 3
 """Beats in a row a keeper may miss before its node is lost."""
-_BEAT_TIMEOUT = 1.0
+_BEAT_TIMEOUT = 2.0
+"""Seconds a beat may take: a busy node's answer is late, not lost (Ray's own health checks,
+1 s three times, notice a dead node first)."""
 _DESCRIBE_TIMEOUT = 10.0
 
 

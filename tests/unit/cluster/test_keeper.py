@@ -82,3 +82,13 @@ async def test_a_leaving_node_stops_its_runners_and_takes_no_more() -> None:
     assert beat.runners[started.id].exit_code == -15
     with pytest.raises(LoadFailedError, match="leaving"):
         await node.start(SPEC)
+
+
+async def test_a_gateway_that_finds_the_node_anew_leaves_no_runner_it_does_not_know() -> None:
+    runner = FakeRunner()
+    node = keeper(runner)
+    await node.describe()
+    await node.start(SPEC)
+    await node.describe()  # the gateway restarted, or lost the node and found it again
+    assert runner.running["a"].stopped
+    assert (await node.beat()).runners == {}

@@ -33,6 +33,8 @@ _BEAT_TIMEOUT = 2.0
 """Seconds a beat may take: a busy node's answer is late, not lost (Ray's own health checks,
 1 s three times, notice a dead node first)."""
 _DESCRIBE_TIMEOUT = 10.0
+_RECONNECT = 5.0
+"""Seconds between tries to connect to a Ray head that is not up."""
 
 
 @dataclass
@@ -95,30 +97,43 @@ class Cluster:
             await asyncio.to_thread(ray.shutdown)
 
     async def _run(self) -> None:
-        try:
-            await asyncio.to_thread(self._connect)
-        except Exception as exc:
-            self.error = f"cannot connect to Ray at {self.address}: {exc}"
-            log.error("%s", self.error)
-            return
+        while True:  # the head may come up after the gateway
+            try:
+                await asyncio.to_thread(self._connect)
+                break
+            except Exception as exc:
+                self._failed(f"cannot connect to Ray at {self.address}: {exc}")
+            await asyncio.sleep(_RECONNECT)
+        self.error = None
         self.connected.set()
         while True:
             try:
                 await self._round()
-            except Exception:
-                log.exception("watching the cluster's nodes failed")
+                self.error = None
+            except Exception as exc:
+                self._failed(f"reading the cluster's nodes failed: {exc!r}")
             await asyncio.sleep(self._interval)
+
+    def _failed(self, error: str) -> None:
+        """Logs ``error`` once, however many times in a row it happens."""
+        if error != self.error:
+            log.error("%s", error)
+        self.error = error
 
     def _connect(self) -> None:
         import ray
 
-        ray.init(
-            address=self.address,
-            namespace=NAMESPACE,
-            _node_ip_address=self._ip,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+        try:
+            ray.init(
+                address=self.address,
+                namespace=NAMESPACE,
+                _node_ip_address=self._ip,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        except Exception:
+            ray.shutdown()  # what was half set up, before the next try
+            raise
 
     async def _round(self) -> None:
         alive = await asyncio.to_thread(_alive_nodes)

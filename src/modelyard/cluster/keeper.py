@@ -189,10 +189,9 @@ class Keeper:
         running = self._running.get(ident)
         if running is None:
             return self._exits.pop(ident, None)
-        await running.stop(grace)
-        code = await running.wait()
-        self._forget(ident)
-        return code
+        self._forget(ident)  # its exit is this answer, not a beat's
+        await asyncio.shield(running.stop(grace))  # a call given up on still stops it
+        return await running.wait()
 
     async def beat(self) -> Beat:
         """Each runner's memory now and whether it exited (an exit is told once)."""

@@ -189,7 +189,6 @@ class Cluster:
             if told.exit_code is None:
                 server.beat(told.footprint)
                 continue
-            del node.servers[ident]
             tail = ""
             with contextlib.suppress(Exception):
                 tail = await asyncio.wait_for(node.keeper.log_tail.remote(ident), _BEAT_TIMEOUT)
@@ -202,11 +201,10 @@ class Cluster:
         del self.nodes[node.name]
         self.lost[node.name] = (time.time(), reason)
         self._scheduler.leave(node.name, reason)
-        for server in node.servers.values():
+        for server in list(node.servers.values()):  # each leaves the dict as it exits
             server.exited(NODE_LOST, f"node {node.name} lost: {reason}")
             if self._sever is not None:
                 self._sever(server.base_url)
-        node.servers.clear()
 
 
 def _alive_nodes() -> dict[str, str]:

@@ -64,8 +64,17 @@ def _unheard(news: KvNews) -> None:
 class RemoteServer:
     """A runner on a cluster's node (a ``RunningModel``)."""
 
-    def __init__(self, keeper: Any, node: str, started: Started) -> None:
+    def __init__(
+        self,
+        keeper: Any,
+        node: str,
+        started: Started,
+        servers: dict[int, RemoteServer] | None = None,
+    ) -> None:
+        """``servers``: its node's runners, by id, that it is in until it exits."""
         self._keeper = keeper
+        self._servers = servers if servers is not None else {}
+        self._servers[started.id] = self
         self.node = node
         self.id = started.id
         self.pid = started.pid
@@ -97,6 +106,8 @@ class RemoteServer:
 
     def exited(self, code: int, tail: str = "") -> None:
         """It has exited (told by its keeper's beat, or its node is lost)."""
+        if self._servers.get(self.id) is self:
+            del self._servers[self.id]
         if not self._exit.done():
             self._tail = tail
             self._exit.set_result(code)
@@ -146,6 +157,4 @@ class NodeRunner:
             raise
         except Exception as exc:
             raise LoadFailedError(f"on node {self._node}: {_cause(exc)}") from None
-        server = RemoteServer(self._keeper, self._node, started)
-        self._servers[started.id] = server
-        return server
+        return RemoteServer(self._keeper, self._node, started, self._servers)

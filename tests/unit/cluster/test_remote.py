@@ -89,6 +89,7 @@ async def test_a_remote_runner_is_reached_directly_and_keeps_its_conversations()
     await running.stop(1.0)
     assert await running.wait() == -15
     assert runner.running["a"].stopped
+    assert servers == {}  # a stopped runner is not kept
 
 
 async def test_a_runner_without_warm_swaps_has_none_remotely() -> None:
@@ -107,7 +108,7 @@ async def test_a_failed_start_on_a_node_says_which_node() -> None:
 
 
 async def test_an_exit_or_a_lost_node_ends_the_wait() -> None:
-    remote, _, _ = node(FakeRunner())
+    remote, servers, _ = node(FakeRunner())
     running = await remote.start(SPEC)
     assert isinstance(running, RemoteServer)
     waiting = asyncio.ensure_future(running.wait())
@@ -115,5 +116,6 @@ async def test_an_exit_or_a_lost_node_ends_the_wait() -> None:
     assert not waiting.done()
     running.exited(NODE_LOST, "node n1 lost: Ray marks it dead")
     assert await waiting == NODE_LOST
+    assert servers == {}
     assert running.log_tail() == "node n1 lost: Ray marks it dead"
     await running.stop(1.0)  # gone already: nothing to ask

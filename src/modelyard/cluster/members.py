@@ -146,10 +146,8 @@ class Cluster:
 
     async def _find(self, ray_id: str) -> None:
         """Joins the Ray node ``ray_id`` if a keeper runs there."""
-        import ray
-
         try:
-            keeper = await asyncio.to_thread(ray.get_actor, keeper_name(ray_id), NAMESPACE)
+            keeper = await asyncio.to_thread(_keeper_of, ray_id)
             info: NodeInfo = await asyncio.wait_for(keeper.describe.remote(), _DESCRIBE_TIMEOUT)
         except (ValueError, TimeoutError):
             return  # no keeper (the head, a node still starting): not a node of ours yet
@@ -205,6 +203,13 @@ class Cluster:
             server.exited(NODE_LOST, f"node {node.name} lost: {reason}")
             if self._sever is not None:
                 self._sever(server.base_url)
+
+
+def _keeper_of(ray_id: str) -> Any:
+    """The handle of the keeper on the Ray node ``ray_id`` (``ValueError``: none there)."""
+    import ray
+
+    return ray.get_actor(keeper_name(ray_id), NAMESPACE)
 
 
 def _alive_nodes() -> dict[str, str]:

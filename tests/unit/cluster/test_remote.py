@@ -5,9 +5,8 @@ failed start, an exit told by a beat, a stop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,26 +16,9 @@ from modelyard.cluster.remote import NODE_LOST, NodeRunner, RemoteServer
 from modelyard.errors import LoadFailedError
 from modelyard.runners.base import KvNews, warm_of
 from tests.fake import FakeRunner, FakeRunning
+from tests.unit.cluster.handle import Handle
 
 SPEC = ModelSpec(name="a", path=Path("/models/a.gguf"))
-
-
-class _Call:
-    def __init__(self, method: Callable[..., Awaitable[Any]]) -> None:
-        self._method = method
-
-    def remote(self, *args: Any) -> Awaitable[Any]:
-        return self._method(*args)
-
-
-class Handle:
-    """A keeper as an actor handle: ``handle.start.remote(spec)``."""
-
-    def __init__(self, keeper: Keeper) -> None:
-        self.keeper = keeper
-
-    def __getattr__(self, name: str) -> _Call:
-        return _Call(getattr(self.keeper, name))
 
 
 class _Warm:

@@ -3,10 +3,12 @@
 Every ``interval`` (1 s) the gateway reads Ray's node table and beats each node's keeper
 (``Keeper.beat``): a node whose keeper appears joins the scheduler with the budget it
 declared; the beat's answer carries each runner's memory and exits. A node is lost at the
-first of two signals: Ray marks it dead (its health checks: ~5 s after a cut), or its keeper
-misses ``_MISSES`` beats in a row. Its runners are then told gone (their requests end, the
-scheduler places their models elsewhere as requests come) and the node gets nothing more
-until it joins again (a rejoined node is a new Ray node).
+first of three signals: Ray marks it dead (its health checks: ~5 s after a cut), its keeper
+misses ``_MISSES`` beats in a row, or the gateway's own probe (a connection to each of its
+runners' ports, apart from Ray) reaches none of them ``_MISSES`` rounds in a row. Its
+runners are then told gone (their requests end, the scheduler places their models elsewhere
+as requests come) and the node gets nothing more until it joins again (a rejoined node is a
+new Ray node).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from modelyard.catalog.spec import Footprint
 from modelyard.cluster.keeper import NAMESPACE, Beat, NodeInfo, keeper_name
@@ -33,6 +36,8 @@ _BEAT_TIMEOUT = 2.0
 """Seconds a beat may take: a busy node's answer is late, not lost (Ray's own health checks,
 1 s three times, notice a dead node first)."""
 _DESCRIBE_TIMEOUT = 10.0
+_PROBE_TIMEOUT = 1.0
+"""Seconds a runner's port may take to accept a connection, in the gateway's probe."""
 _RECONNECT = 5.0
 """Seconds between tries to connect to a Ray head that is not up."""
 
@@ -50,6 +55,9 @@ class Node:
     last_seen: float
     servers: dict[int, RemoteServer] = field(default_factory=dict)
     misses: int = 0
+    """Beats in a row its keeper did not answer."""
+    unreachable: int = 0
+    """Rounds in a row none of its runners' ports could be reached."""
 
 
 class Cluster:
@@ -142,7 +150,8 @@ class Cluster:
                 self._lose(node, "Ray marks it dead")
         known = {node.ray_id for node in self.nodes.values()}
         await asyncio.gather(*(self._find(i) for i in alive if i not in known))
-        await asyncio.gather(*(self._beat(node) for node in list(self.nodes.values())))
+        joined = list(self.nodes.values())
+        await asyncio.gather(*(self._beat(n) for n in joined), *(self._probe(n) for n in joined))
 
     async def _find(self, ray_id: str) -> None:
         """Joins the Ray node ``ray_id`` if a keeper runs there."""
@@ -175,7 +184,7 @@ class Cluster:
             raise
         except Exception:
             node.misses += 1
-            if node.misses >= _MISSES and self.nodes.get(node.name) is node:
+            if node.misses >= _MISSES:
                 self._lose(node, f"its keeper missed {node.misses} beats")
             return
         node.misses = 0
@@ -191,10 +200,29 @@ class Cluster:
             with contextlib.suppress(Exception):
                 tail = await asyncio.wait_for(node.keeper.log_tail.remote(ident), _BEAT_TIMEOUT)
             server.exited(told.exit_code, tail)
-        if beat.leaving and self.nodes.get(node.name) is node:
+        if beat.leaving:
             self._lose(node, "it left")
 
+    async def _probe(self, node: Node) -> None:
+        """The gateway's own look at the node, apart from Ray: whether its runners' ports
+        can be reached. A port that refuses is a node that answers (its runner may be
+        gone: the beat says); one that does not answer at all, three rounds in a row, is
+        a node cut off or dead."""
+        targets = {_address(server.base_url) for server in node.servers.values()}
+        if not targets:
+            node.unreachable = 0
+            return
+        reached = await asyncio.gather(*(_reachable(host, port) for host, port in targets))
+        if any(reached):
+            node.unreachable = 0
+            return
+        node.unreachable += 1
+        if node.unreachable >= _MISSES:
+            self._lose(node, f"its runners could not be reached {node.unreachable} times")
+
     def _lose(self, node: Node, reason: str) -> None:
+        if self.nodes.get(node.name) is not node:
+            return  # lost already (the first signal won)
         log.warning("node %s lost: %s", node.name, reason)
         del self.nodes[node.name]
         self.lost[node.name] = (time.time(), reason)
@@ -203,6 +231,26 @@ class Cluster:
             server.exited(NODE_LOST, f"node {node.name} lost: {reason}")
             if self._sever is not None:
                 self._sever(server.base_url)
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or 80
+
+
+async def _reachable(host: str, port: int) -> bool:
+    """Whether ``host`` answers a connection to ``port`` within ``_PROBE_TIMEOUT`` (a
+    refusal is an answer)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _PROBE_TIMEOUT)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 def _keeper_of(ray_id: str) -> Any:

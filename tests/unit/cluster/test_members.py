@@ -25,13 +25,20 @@ SPEC = ModelSpec(name="a", path=Path("/models/a.gguf"))
 
 
 class Ray:
-    """What the cluster reads of Ray: alive nodes, and a keeper on some of them."""
+    """What the cluster reads of Ray (alive nodes, and a keeper on some of them), and what
+    its probe of runners' ports finds."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.alive: dict[str, str] = {}
         self.keepers: dict[str, Handle] = {}
+        self.cut: set[str] = set()
+        """Hosts the gateway's probe cannot reach."""
         monkeypatch.setattr(members, "_alive_nodes", lambda: dict(self.alive))
         monkeypatch.setattr(members, "_keeper_of", self._keeper_of)
+        monkeypatch.setattr(members, "_reachable", self._reachable)
+
+    async def _reachable(self, host: str, port: int) -> bool:
+        return host not in self.cut
 
     def _keeper_of(self, ray_id: str) -> Handle:
         if ray_id not in self.keepers:
@@ -94,7 +101,7 @@ async def test_a_runner_that_exits_on_its_node_is_told_by_the_next_beat(
     assert cluster.nodes["n1"].servers == {}
 
 
-@pytest.mark.parametrize("how", ["dead", "silent", "leaves"])
+@pytest.mark.parametrize("how", ["dead", "silent", "unreachable", "leaves"])
 async def test_a_lost_node_ends_its_runners_and_takes_nothing_more(
     monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
@@ -112,6 +119,11 @@ async def test_a_lost_node_ends_its_runners_and_takes_nothing_more(
         for _ in range(3):
             await cluster._round()
         reason = "its keeper missed 3 beats"
+    elif how == "unreachable":  # Ray and the keeper have not noticed yet
+        ray.cut.add("fake")
+        for _ in range(3):
+            await cluster._round()
+        reason = "its runners could not be reached 3 times"
     else:
         await handle.keeper.leave(grace=1.0)
         await cluster._round()
@@ -120,11 +132,23 @@ async def test_a_lost_node_ends_its_runners_and_takes_nothing_more(
     assert cluster.nodes == {}
     assert cluster.lost["n1"][1] == reason
     assert await server.wait() == (-15 if how == "leaves" else NODE_LOST)
+    told = "fake log of a" if how == "leaves" else f"node n1 lost: {reason}"
+    assert server.log_tail() == told
     assert severed == ([] if how == "leaves" else [server.base_url])
     assert "n1" not in scheduler.budgets()
     assert scheduler.state("a") is ModelState.STOPPED
     (lost,) = [e for e in events if isinstance(e, NodeLost)]
     assert (lost.node, lost.reason) == ("n1", reason)
+
+
+async def test_a_node_whose_runner_port_refuses_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused connection is an answer: the node is there (its runner may have exited,
+    which the beat tells)."""
+    from modelyard.cluster.members import _reachable
+
+    assert await _reachable("127.0.0.1", 9)  # nothing listens on the discard port
 
 
 async def test_a_lost_node_that_joins_again_serves_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelyard.catalog.spec import Footprint, ModelSpec
@@ -55,6 +55,8 @@ class NodeInfo:
     budget: Footprint
     hostname: str
     pid: int
+    leaving: bool = False
+    """``join`` is stopping: the node takes nothing more."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class Keeper:
         node (it started, or lost the node and found it again): it knows none of the
         runners running here, so any left over are stopped."""
         self._heard()
+        if self._leaving:
+            return replace(self._info, leaving=True)
         await self._stop_all("a gateway found this node anew")
         return self._info
 

@@ -163,6 +163,8 @@ class Cluster:
         except Exception as exc:
             log.warning("the keeper of Ray node %s did not answer: %s", ray_id[:8], exc)
             return
+        if info.leaving:
+            return  # ``join`` is stopping there
         old = self.nodes.get(info.name)
         if old is not None:
             self._lose(old, "it joined again")

@@ -127,6 +127,7 @@ async def test_a_lost_node_ends_its_runners_and_takes_nothing_more(
     else:
         await handle.keeper.leave(grace=1.0)
         await cluster._round()
+        await cluster._round()  # still a Ray node, for a while: never found again
         reason = "it left"
     await settle()
     assert cluster.nodes == {}

@@ -191,6 +191,11 @@ def test_each_model_lands_on_the_node_it_fits(cluster: Cluster) -> None:
     assert where["big"] == {LARGE_NODE}
     assert where["small"] == {SMALL_NODE}
 
+    # A runner's log is written on its node, and read from there.
+    logged = httpx.get(f"{server.url}/api/logs/big", timeout=10).json()
+    assert logged["path"] == f"{LARGE_NODE}:big"
+    assert any("starting:" in line and f"--host {LARGE_NODE}" in line for line in logged["lines"])
+
     nodes = _alive(server)
     assert nodes[LARGE_NODE]["models"] == ["big"]
     assert nodes[SMALL_NODE]["models"] == ["small"]

@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 
 from modelyard.api.request import config_of, scheduler_of, time_param
 from modelyard.api.telemetry import Telemetry, Trace
+from modelyard.cluster.members import Cluster, Node
 from modelyard.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
 from modelyard.feed import Feed
 from modelyard.logbook import GATEWAY, follow, log_path, tail
@@ -189,6 +190,11 @@ async def model_log(request: Request, model: str, n: int = 100, follow: bool = F
         if not log_path(_log_dir(request), model).is_file():
             raise
         name = model  # gone from the catalog; its log is still there
+    cluster = request.app.state.cluster
+    if cluster is not None:
+        node = cluster.node_of(scheduler_of(request).running(name))
+        if node is not None:  # its runner writes its log on its node
+            return await _remote_log(request, cluster, node, name, n, follow)
     return _log(request, name, n, follow)
 
 
@@ -214,6 +220,26 @@ def _log(request: Request, name: str, n: int, following: bool) -> dict[str, Any]
             yield f"data: {json.dumps(line)}\n\n".encode()
         yield b": live\n\n"
         async for line in follow(path, end, stopping):
+            yield f"data: {json.dumps(line)}\n\n".encode()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _remote_log(
+    request: Request, cluster: Cluster, node: Node, name: str, n: int, following: bool
+) -> dict[str, Any] | Response:
+    if not 0 <= n <= _MAX_LINES:
+        raise InvalidRequestError(f"n: between 0 and {_MAX_LINES}", param="n")
+    lines, end = await cluster.log(node, name, n)
+    if not following:
+        return {"name": name, "path": f"{node.name}:{name}", "lines": lines}
+    stopping: asyncio.Event = request.app.state.stopping
+
+    async def body() -> AsyncIterator[bytes]:
+        for line in lines:
+            yield f"data: {json.dumps(line)}\n\n".encode()
+        yield b": live\n\n"
+        async for line in cluster.follow_log(node, name, end, stopping):
             yield f"data: {json.dumps(line)}\n\n".encode()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)

@@ -27,7 +27,7 @@ from pathlib import Path
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.engines import default_runners
 from modelyard.errors import LoadFailedError
-from modelyard.logbook import Rotation
+from modelyard.logbook import Rotation, log_path, tail
 from modelyard.runners.base import KvNews, Runner, RunningModel, warm_of
 from modelyard.runners.gpu import detect
 from modelyard.runners.process import bind_runners
@@ -39,6 +39,24 @@ NAMESPACE = "modelyard"
 """The Ray namespace of modelyard's actors."""
 FENCE_AFTER = 10.0
 """Seconds without a beat from the gateway after which a keeper stops its runners."""
+
+
+_LOG_READ = 1 << 20
+"""The most of a log one ``log_since`` reads."""
+
+
+def _lines_since(path: Path, offset: int) -> tuple[list[str], int]:
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end < offset:  # rotated: the new file from its start
+                offset = 0
+            f.seek(offset)
+            data = f.read(min(end - offset, _LOG_READ))
+    except FileNotFoundError:
+        return [], 0
+    whole = data.rfind(b"\n") + 1
+    return data[:whole].decode("utf-8", errors="replace").splitlines(), offset + whole
 
 
 def keeper_name(node_id: str) -> str:
@@ -116,6 +134,7 @@ class Keeper:
         self._runners: Mapping[str, Runner] = runners or default_runners(
             Path(home), Rotation(log_max_size, log_files), gpus
         )
+        self._logs = Path(home) / "logs"
         self._running: dict[int, RunningModel] = {}
         self._exits: dict[int, int] = {}
         self._tails: dict[int, str] = {}
@@ -221,6 +240,19 @@ class Keeper:
         """The last lines a runner wrote (one that exited: once)."""
         running = self._running.get(ident)
         return running.log_tail() if running is not None else self._tails.pop(ident, "")
+
+    async def log(self, name: str, lines: int) -> tuple[list[str], int]:
+        """The last ``lines`` lines of model ``name``'s log on this node, and the offset
+        of its end."""
+        try:
+            return await asyncio.to_thread(tail, log_path(self._logs, name), lines)
+        except FileNotFoundError:
+            return [], 0
+
+    async def log_since(self, name: str, offset: int) -> tuple[list[str], int]:
+        """The whole lines model ``name``'s log gained after ``offset`` (from its start
+        when it was rotated meanwhile), at most 1 MiB of them, and the offset after them."""
+        return await asyncio.to_thread(_lines_since, log_path(self._logs, name), offset)
 
     async def _watch(self, ident: int, running: RunningModel) -> None:
         code = await running.wait()

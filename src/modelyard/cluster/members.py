@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +38,9 @@ _BEAT_TIMEOUT = 2.0
 _DESCRIBE_TIMEOUT = 10.0
 _PROBE_TIMEOUT = 1.0
 """Seconds a runner's port may take to accept a connection, in the gateway's probe."""
+_LOG_TIMEOUT = 10.0
+_LOG_POLL = 0.5
+"""Seconds between reads of a remote log that is followed."""
 _RECONNECT = 5.0
 """Seconds between tries to connect to a Ray head that is not up."""
 
@@ -221,6 +224,36 @@ class Cluster:
         node.unreachable += 1
         if node.unreachable >= _MISSES:
             self._lose(node, f"its runners could not be reached {node.unreachable} times")
+
+    def node_of(self, running: object) -> Node | None:
+        """The node a running model runs on, if it runs on one of the cluster's."""
+        node = self.nodes.get(getattr(running, "node", ""))
+        return node if isinstance(running, RemoteServer) else None
+
+    async def log(self, node: Node, name: str, lines: int) -> tuple[list[str], int]:
+        """The last ``lines`` lines of model ``name``'s log on ``node``, and the offset of
+        its end."""
+        found: tuple[list[str], int] = await asyncio.wait_for(
+            node.keeper.log.remote(name, lines), _LOG_TIMEOUT
+        )
+        return found
+
+    async def follow_log(
+        self, node: Node, name: str, offset: int, stop: asyncio.Event
+    ) -> AsyncIterator[str]:
+        """Lines model ``name``'s log on ``node`` gains after ``offset``, as they come,
+        until ``stop`` is set or the node is gone."""
+        while not stop.is_set() and self.nodes.get(node.name) is node:
+            try:
+                lines, offset = await asyncio.wait_for(
+                    node.keeper.log_since.remote(name, offset), _LOG_TIMEOUT
+                )
+            except Exception:
+                return
+            for line in lines:
+                yield line
+            if not lines:
+                await asyncio.sleep(_LOG_POLL)
 
     def _lose(self, node: Node, reason: str) -> None:
         if self.nodes.get(node.name) is not node:

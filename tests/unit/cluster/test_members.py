@@ -6,6 +6,7 @@ lost node joins again. (On real Ray: ``tests/integration/test_cluster*.py``.)"""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,10 @@ class Ray:
             raise ValueError("no such actor")
         return self.keepers[ray_id]
 
-    def join(self, ray_id: str, name: str, runner: FakeRunner, ram: str = "1GiB") -> Handle:
-        keeper = Keeper(
-            name=name, ip="127.0.0.1", home="/nonexistent", ram=ram, runners={"llamacpp": runner}
-        )
+    def join(
+        self, ray_id: str, name: str, runner: FakeRunner, ram: str = "1GiB", home: str = "/none"
+    ) -> Handle:
+        keeper = Keeper(name=name, ip="127.0.0.1", home=home, ram=ram, runners={"llamacpp": runner})
         self.alive[ray_id] = name
         self.keepers[ray_id] = Handle(keeper)
         return self.keepers[ray_id]
@@ -166,3 +167,33 @@ async def test_a_lost_node_that_joins_again_serves_again(monkeypatch: pytest.Mon
     assert cluster.nodes["n1"].ray_id == "id-2"
     scheduler.release(await scheduler.acquire("a"))
     assert runner.starts == ["a"]
+
+
+async def test_a_remote_runners_log_is_read_and_followed_on_its_node(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cluster, scheduler, ray, _, _ = make(monkeypatch)
+    ray.join("id-1", "n1", FakeRunner({"a": 300}), home=str(tmp_path))
+    await cluster._round()
+    scheduler.release(await scheduler.acquire("a"))
+    node = cluster.node_of(scheduler.running("a"))
+    assert node is cluster.nodes["n1"]
+    assert cluster.node_of(object()) is None  # a runner of this machine
+    log = tmp_path / "logs" / "a.log"
+    log.parent.mkdir()
+    log.write_text("one\ntwo\nthree\n")
+    lines, end = await cluster.log(node, "a", 2)
+    assert (lines, end) == (["two", "three"], log.stat().st_size)
+    stop = asyncio.Event()
+    followed = cluster.follow_log(node, "a", end, stop)
+    with log.open("a") as f:
+        f.write("four\nfive, half")  # a line is told once whole
+    assert await anext(followed) == "four"
+    with log.open("a") as f:
+        f.write(" and whole\n")
+    assert await anext(followed) == "five, half and whole"
+    log.write_text("rotated\n")  # shorter than where it was: a new file
+    assert await anext(followed) == "rotated"
+    stop.set()
+    with pytest.raises(StopAsyncIteration):
+        await anext(followed)

@@ -125,7 +125,10 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
     cpu_us = statistics.median(cpu)
     hop_us = statistics.median(hop_cpu)
     # The round's own ratio: the machine's speed moves between rounds, both sides with it.
-    hop_share = statistics.median(a / b for a, b in zip(cpu, hop_cpu, strict=True))
+    # CPU time is counted in clock ticks: a round too short for the hop to take one (a smoke
+    # run's) counts it as one, not as nothing.
+    tick = 1e6 / os.sysconf("SC_CLK_TCK") / requests
+    hop_share = statistics.median(a / max(b, tick) for a, b in zip(cpu, hop_cpu, strict=True))
     if litellm is None:
         vs_litellm = peers.not_judged("B1 Δp50 modelyard / LiteLLM", d50, "litellm")
     else:

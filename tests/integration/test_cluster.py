@@ -28,6 +28,7 @@ import pytest
 from modelyard.cli.cluster import _temp_dir
 from modelyard.runners.process import free_port
 from tests.integration.conftest import Server, gemma, runner_pids, start_server
+from tests.integration.raynodes import cmdline, ray_processes, sweep, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -77,7 +78,7 @@ def _join(tmp: Path, server: Server, ip: str, memory: str) -> Joined:
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=server.environ, stdout=out, stderr=subprocess.STDOUT)
     node = Joined(ip, process, log, home)
-    _until(
+    until(
         lambda: ip in _alive(server),
         _JOIN_TIMEOUT,
         lambda: f"{ip} did not join:\n{log.read_text()[-3000:]}",
@@ -105,16 +106,6 @@ def _alive(server: Server) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in _nodes(server)["nodes"] if n["state"] == "alive"}
 
 
-def _until(check: Any, limit: float, why: Any) -> float:
-    """Seconds until ``check()`` holds (fails with ``why()`` past ``limit``)."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > limit:
-            pytest.fail(why())
-        time.sleep(0.2)
-    return time.monotonic() - start
-
-
 def _where(server: Server) -> dict[str, set[str]]:
     """The nodes each model's runners hold memory on."""
     models = httpx.get(f"{server.url}/api/ps", timeout=10).json()["models"]
@@ -125,16 +116,6 @@ def _chat(server: Server, model: str, max_tokens: int = 4) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
     body |= {"max_tokens": max_tokens, "temperature": 0}
     return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
-
-
-def _ray_processes(dirs: list[Path]) -> list[psutil.Process]:
-    """Processes of this test's Ray nodes (their command lines name their directories)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        line = " ".join(proc.info["cmdline"] or [])
-        if any(str(d) in line for d in dirs):
-            found.append(proc)
-    return found
 
 
 @dataclass
@@ -153,7 +134,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     dirs = [_temp_dir(server.home, HEAD)]
     found = Cluster(server, {}, tmp)
     try:
-        _until(
+        until(
             lambda: _nodes(server)["connected"],
             120,
             lambda: f"the gateway did not connect to Ray:\n{server.log.read_text()[-3000:]}",
@@ -167,14 +148,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             node.leave()
         server.stop()
         dirs += [_temp_dir(n.home, ip) for ip, n in found.nodes.items()]
-        deadline = time.monotonic() + 15
-        while (left := _ray_processes(dirs)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for proc in left:  # never ``ray stop``: it stops every Ray process on the host
-            proc.kill()
-        for path in dirs:
-            shutil.rmtree(path, ignore_errors=True)
-        assert not left, f"Ray processes left behind: {[p.pid for p in left]}"
+        left = sweep(dirs)
+        assert not left, f"Ray processes left behind: {left}"
 
 
 def test_each_model_lands_on_the_node_it_fits(cluster: Cluster) -> None:
@@ -261,13 +236,13 @@ def test_a_killed_node_fails_only_its_streams_and_its_models_load_elsewhere(
 ) -> None:
     server = cluster.server
     victim = SMALL_NODE
-    (runner,) = [p for p in runner_pids() if f"--host {victim}" in _cmdline(p)]
+    (runner,) = [p for p in runner_pids() if f"--host {victim}" in cmdline(p)]
     # Four streams to the victim's model, and one to the large node's, all under way.
     streams = [_stream(server, "third") for _ in range(4)] + [_stream(server, "big")]
     for stream in streams:
         stream.first_chunk()
 
-    raylets = _ray_processes([_temp_dir(cluster.nodes[victim].home, victim)])
+    raylets = ray_processes([_temp_dir(cluster.nodes[victim].home, victim)])
     (raylet,) = [p for p in raylets if p.name() == "raylet"]
     raylet.kill()
     killed = time.monotonic()
@@ -311,11 +286,11 @@ def test_a_node_that_joins_gets_the_next_placement(cluster: Cluster) -> None:
 def test_a_node_that_leaves_stops_its_runners(cluster: Cluster) -> None:
     server = cluster.server
     node = cluster.nodes[LATE_NODE]
-    before = {p for p in runner_pids() if f"--host {LATE_NODE}" in _cmdline(p)}
+    before = {p for p in runner_pids() if f"--host {LATE_NODE}" in cmdline(p)}
     assert before
     node.leave()
     assert node.process.returncode == 0, node.log.read_text()[-2000:]
-    _until(
+    until(
         lambda: LATE_NODE not in _alive(server),
         15,
         lambda: json.dumps(_nodes(server), indent=1),
@@ -349,13 +324,6 @@ def test_a_machine_without_the_token_cannot_join(cluster: Cluster) -> None:
         assert LATE_NODE not in _alive(server)
     finally:
         shutil.rmtree(_temp_dir(home, LATE_NODE), ignore_errors=True)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        return ""
 
 
 class _Stream:

@@ -26,6 +26,7 @@ import pytest
 from modelyard.cli.cluster import _temp_dir
 from tests.integration.conftest import gemma, runner_pids
 from tests.integration.netns import Inside, Network
+from tests.integration.raynodes import cmdline, sweep, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -50,19 +51,6 @@ class Cut:
 def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _until(check: Any, limit: float, why: Any) -> float:
-    start = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - start > limit:
-            pytest.fail(why())
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +87,7 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
             found.admin = {"Authorization": f"Bearer {printed[0]}"}
             return bool(_get(found, "/api/nodes")["connected"])
 
-        _until(connected, _LIMIT, lambda: (tmp / "gateway.log").read_text()[-3000:])
+        until(connected, _LIMIT, lambda: (tmp / "gateway.log").read_text()[-3000:])
 
         def token() -> str:
             found = re.search(r"--token (\S+)", (tmp / "gateway.log").read_text())
@@ -113,7 +101,7 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
             join += ["--ip", network.address(i), "--memory", memory, "--home", str(home)]
             log = tmp / f"join{i}.log"
             found.joins[i] = _spawn(network.argv(i, join), log, env)
-            _until(
+            until(
                 lambda i=i: network.address(i) in _alive(found),
                 _LIMIT,
                 lambda log=log: log.read_text()[-3000:],
@@ -134,22 +122,9 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
         except subprocess.TimeoutExpired:
             gateway.kill()
         inside.close()
-        dirs = [str(_temp_dir(h, network.address(i))) for i, h in enumerate(homes, 1)]
-        deadline = time.monotonic() + 15
-        while (left := _ray_processes(dirs)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for proc in left:  # never ``ray stop``: it stops every Ray process on the host
-            proc.kill()
+        left = sweep([_temp_dir(h, network.address(i)) for i, h in enumerate(homes, 1)])
         network.down()
-        assert not left, f"Ray processes left behind: {[p.pid for p in left]}"
-
-
-def _ray_processes(dirs: list[str]) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any(d in " ".join(p.info["cmdline"] or []) for d in dirs)
-    ]
+        assert not left, f"Ray processes left behind: {left}"
 
 
 def _get(cut: Cut, path: str) -> Any:
@@ -200,7 +175,7 @@ def test_a_cut_off_node_is_noticed_its_stream_ends_and_its_runner_is_fenced(cut:
     assert first.startswith("200 "), first
     assert _where(cut) == [near]  # the node with the most room
     _charged(cut, first, 10**6)
-    (runner,) = [p for p in runner_pids() if f"--host {near}" in _cmdline(p)]
+    (runner,) = [p for p in runner_pids() if f"--host {near}" in cmdline(p)]
 
     streaming = cut.inside.start(_chat, cut.url, key, 2000, True)
     time.sleep(1.0)  # under way
@@ -210,7 +185,7 @@ def test_a_cut_off_node_is_noticed_its_stream_ends_and_its_runner_is_fenced(cut:
     ended = streaming.result(timeout=60)
     stream_ended = time.monotonic() - start
     assert "error" in ended[-400:], ended[-400:]
-    _until(lambda: near not in _alive(cut), 30, lambda: str(_nodes(cut)))
+    until(lambda: near not in _alive(cut), 30, lambda: str(_nodes(cut)))
     noticed = time.monotonic() - start
 
     before = _balance(cut)
@@ -225,7 +200,7 @@ def test_a_cut_off_node_is_noticed_its_stream_ends_and_its_runner_is_fenced(cut:
         for line in metrics.splitlines()
     )
 
-    _until(
+    until(
         lambda: not psutil.pid_exists(runner) or psutil.Process(runner).status() == "zombie",
         FENCE + 15,
         lambda: f"the cut-off node's runner {runner} still runs",
@@ -253,10 +228,3 @@ def _charged(cut: Cut, answer: str, before: int) -> None:
         usage["prompt_tokens"],
         usage["completion_tokens"],
     )
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        return ""

@@ -3,10 +3,11 @@ snapshot and as ``status()`` reports it. Reads of the models and the ledger, not
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 
 from modelyard.catalog.spec import Footprint, ModelSpec
+from modelyard.runners.gpu import device as gpu_name
 from modelyard.scheduler.budget import MemoryLedger
 from modelyard.scheduler.model import Model, ModelStatus, ReplicaStatus
 from modelyard.scheduler.placement import Holder, Need, Snapshot, total
@@ -32,17 +33,41 @@ def units(spec: ModelSpec, caps: Mapping[str, int]) -> dict[str, int]:
     return {key: 1 for key in keys if key in caps}
 
 
-def start_spec(m: Model, r: Replica) -> ModelSpec:
+def start_spec(
+    m: Model, r: Replica, node: str | None = None, devices: Collection[str] = ()
+) -> ModelSpec:
     """The settings ``r`` starts with: its number, and its share of the model's GPUs when
-    each runner gets its own (``gpus_per_replica``)."""
+    each runner gets its own (``gpus_per_replica``): runner N the Nth share, or on ``node``
+    (whose budget has ``devices``) a share of GPUs the node has that no other runner of the
+    model holds there (each node has its own GPUs)."""
     spec = m.spec
     if not r.index and not spec.gpus_per_replica:
         return spec
     gpus = spec.gpus
     if spec.gpus_per_replica:
-        share = spec.gpus_per_replica
-        gpus = gpus[r.index * share : (r.index + 1) * share]
+        k = spec.gpus_per_replica
+        slot = r.index if node is None else _free_share(m, r, node, devices)
+        gpus = gpus[slot * k : (slot + 1) * k]
     return replace(spec, replica=r.index, gpus=gpus)
+
+
+def _free_share(m: Model, r: Replica, node: str, devices: Collection[str]) -> int:
+    """Of the model's shares of GPUs, the one ``r`` takes on ``node``: its own number's when
+    the node has those GPUs and no other runner there holds them (as on one machine), else
+    the first such share; its own number's when there is none."""
+    k = m.spec.gpus_per_replica or 1
+    held = {
+        y.placed.gpus
+        for y in m.replicas
+        if y is not r and y.node == node and y.state in RESIDENT and y.placed is not None
+    }
+    shares = [m.spec.gpus[i * k : (i + 1) * k] for i in range(len(m.spec.gpus) // k)]
+    free = [
+        i
+        for i, share in enumerate(shares)
+        if share not in held and all(gpu_name(g) in devices for g in share)
+    ]
+    return r.index if r.index in free or not free else free[0]
 
 
 def need(
@@ -65,7 +90,15 @@ def need(
     only = frozenset(spec.nodes)
     if spec.gpu_layers != "auto":
         footprint = ledger.estimate(spec)
-        return Need(m.spec.name, footprint, taken, evict=evict, spread=spread, nodes=only), spec
+        on = None
+        if spec.gpus_per_replica:  # its GPUs, so its footprint, depend on the node
+
+            def on(node: str) -> Footprint:
+                devices = ledger.budgets.get(node, {})
+                return ledger.estimate(start_spec(m, r, node, devices))
+
+        need = Need(m.spec.name, footprint, taken, evict=evict, spread=spread, nodes=only, on=on)
+        return need, spec
     auto = spec
 
     def layers(n: int) -> Footprint:

@@ -82,6 +82,9 @@ class Need:
     """Nodes that run its model's other runners: others are preferred."""
     nodes: frozenset[str] = frozenset()
     """The only nodes it may go to (a catalog entry's ``nodes``); empty: any."""
+    on: Callable[[str], Footprint] | None = None
+    """Its footprint on a node, where that depends on the node (a runner of
+    ``gpus_per_replica`` takes the GPUs of the node that its model's others there leave)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def plan(snapshot: Snapshot, need: Need, now: float) -> Decision:
         soon_free = {d: n + freeing.get(d, 0) for d, n in now_free.items()}
         free_now[node] = now_free | caps_now
         free_soon[node] = soon_free | caps_soon
-        footprint, layers = need.footprint, None
+        footprint, layers = need.on(node) if need.on else need.footprint, None
         if need.layers is not None:
             layers = fit_layers(need.layers, soon_free if need.evict else now_free)
             footprint = need.layers(layers)

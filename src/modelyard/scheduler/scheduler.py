@@ -515,6 +515,9 @@ class Scheduler:
                 self._pump_timer = self._clock.call_at(decision.until, self._pump)
             return False
         if r.state is not S.SLEEPING:  # a sleeping runner wakes as it was started
+            if spec.gpus_per_replica and spec.gpu_layers != "auto":
+                devices = self.ledger.budgets.get(decision.node, {})
+                spec = account.start_spec(m, r, decision.node, devices)  # that node's GPUs
             if decision.layers is not None:
                 spec = replace(spec, gpu_layers=decision.layers)
             r.node = decision.node

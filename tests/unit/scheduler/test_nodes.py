@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.catalog.catalog import Catalog
-from modelyard.catalog.spec import ModelSpec
+from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import DoesNotFitError
 from modelyard.scheduler import ModelState, Scheduler
 from modelyard.scheduler.event import Event, NodeJoined, NodeLost
@@ -142,3 +142,42 @@ async def test_a_model_too_big_for_its_pinned_nodes_is_refused() -> None:
     scheduler.join("n1", {"ram": 500}, {"llamacpp": FakeRunner()})
     with pytest.raises(DoesNotFitError, match="on n1"):
         await scheduler.acquire("a")
+
+
+class GpuRunner(FakeRunner):
+    """Each runner takes 8 bytes on each of its GPUs, besides its RAM."""
+
+    def _footprint(self, spec: ModelSpec) -> Footprint:
+        return {"ram": 100, **{f"gpu{i}": 8 for i in spec.gpus}}
+
+
+async def test_each_runner_of_gpus_per_replica_takes_gpus_of_its_own_node() -> None:
+    model = spec("a", replicas=2, max_replicas=2, gpus=(0, 1), gpus_per_replica=1)
+    scheduler = Scheduler(Catalog([model]), {"llamacpp": GpuRunner()}, {"ram": 0})
+    one, two = GpuRunner(), GpuRunner()
+    # Two machines of one GPU each: runner 1 takes GPU 0 of its own node, as runner 0 does.
+    scheduler.join("n1", {"ram": 1000, "gpu0": 10}, {"llamacpp": one})
+    scheduler.join("n2", {"ram": 1000, "gpu0": 10}, {"llamacpp": two})
+    await scheduler.load("a")
+    await settle()
+    placed = sorted(
+        (node, running.spec.gpus)
+        for node, runner in (("n1", one), ("n2", two))
+        for running in runner.running.values()
+    )
+    assert placed == [("n1", (0,)), ("n2", (0,))]
+    assert scheduler.reserved_on() == {
+        "n1": {"ram": 100, "gpu0": 8},
+        "n2": {"ram": 100, "gpu0": 8},
+    }
+
+
+async def test_gpus_per_replica_on_one_machine_gives_runner_n_the_nth_share() -> None:
+    model = spec("a", replicas=2, max_replicas=2, gpus=(0, 1), gpus_per_replica=1)
+    runner = GpuRunner()
+    scheduler = Scheduler(
+        Catalog([model]), {"llamacpp": runner}, {"ram": 1000, "gpu0": 10, "gpu1": 10}
+    )
+    await scheduler.load("a")
+    await settle()
+    assert {n: r.spec.gpus for n, r in runner.running.items()} == {"a": (0,), "a@1": (1,)}

@@ -327,32 +327,30 @@ class Fleet:
                 log.info("memory back within the budget")
             self._pressure = False
             return
-        reserved = account.reserved(self.ledger, self._models.values())
-        over = relief.over[LOCAL]
-        victims = relief.victims
-        used = ", ".join(f"{format_size(reserved[d])} of {d}" for d in over)
-        budget = ", ".join(f"{format_size(self.ledger.budget.get(d, 0))}" for d in over)
-        if not self._pressure:
-            log.warning(
-                "memory pressure: models use %s, over the budget of %s; evicting %s",
-                used,
-                budget,
-                ", ".join(victims) or "nothing (every model is busy or pinned)",
+        reserved = account.reserved_on(self.ledger, self._models.values())
+        budgets = self.ledger.budgets
+        for node, over in sorted(relief.over.items()):
+            victims = tuple(k for k in relief.victims if self.by_key(k)[1].node == node)
+            held, budget = reserved.get(node, {}), budgets.get(node, {})
+            used = ", ".join(f"{format_size(held.get(d, 0))} of {d}" for d in over)
+            limit = ", ".join(f"{format_size(budget.get(d, 0))}" for d in over)
+            if not self._pressure:
+                log.warning(
+                    "memory pressure%s: models use %s, over the budget of %s; evicting %s",
+                    "" if node == LOCAL else f" on {node}",
+                    used,
+                    limit,
+                    ", ".join(victims) or "nothing (every model is busy or pinned)",
+                )
+            self._emit(
+                MemoryPressure(
+                    "", now, used=dict(held), evicting=victims, budget=dict(budget), node=node
+                )
             )
+            for key in victims:
+                detail = f"memory pressure: {used} in use, budget {limit}"
+                self.evict(*self.by_key(key), set(over), "memory", detail)
         self._pressure = True
-        self._emit(
-            MemoryPressure(
-                "",
-                now,
-                used=dict(reserved),
-                evicting=victims,
-                budget=self.ledger.budget,
-                node=LOCAL,
-            )
-        )
-        for key in victims:
-            detail = f"memory pressure: {used} in use, budget {budget}"
-            self.evict(*self.by_key(key), set(over), "memory", detail)
 
 
 def _kv_event(model: str, at: float, news: KvNews, replica: int | None, node: str) -> Event:

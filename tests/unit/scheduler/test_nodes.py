@@ -14,7 +14,7 @@ from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import DoesNotFitError
 from modelyard.scheduler import ModelState, Scheduler
-from modelyard.scheduler.event import Event, NodeJoined, NodeLost
+from modelyard.scheduler.event import Event, MemoryPressure, NodeJoined, NodeLost
 from tests.fake import FakeRunner, ManualClock, settle
 
 BASE = ModelSpec(name="", path=Path("/models/x.gguf"), parallel=4, max_queue=16)
@@ -181,3 +181,22 @@ async def test_gpus_per_replica_on_one_machine_gives_runner_n_the_nth_share() ->
     await scheduler.load("a")
     await settle()
     assert {n: r.spec.gpus for n, r in runner.running.items()} == {"a": (0,), "a@1": (1,)}
+
+
+async def test_a_node_over_its_budget_evicts_there_and_only_there() -> None:
+    sizes = {"a": 400, "b": 400}
+    scheduler, local, events = make(spec("a"), spec("b"), local=1000, sizes=sizes)
+    n1 = FakeRunner(sizes)
+    scheduler.join("n1", {"ram": 1000}, {"llamacpp": n1})
+    scheduler.release(await scheduler.acquire("a"))
+    scheduler.release(await scheduler.acquire("b"))
+    (on_n1,) = [name for name in ("a", "b") if node_of(scheduler, name) == {"n1"}]
+    (here,) = {"a", "b"} - {on_n1}
+    n1.running[on_n1]._footprint = {"ram": 1200}  # grew past its node's budget
+    await scheduler.measure()
+    await settle()
+    (pressure,) = [e for e in events if isinstance(e, MemoryPressure)]
+    assert (pressure.node, pressure.evicting, pressure.budget) == ("n1", (on_n1,), {"ram": 1000})
+    assert scheduler.state(on_n1) is ModelState.STOPPED
+    assert scheduler.state(here) is ModelState.READY
+    assert local.running[here].stopped is False

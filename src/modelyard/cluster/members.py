@@ -263,7 +263,7 @@ class Cluster:
         self.lost[node.name] = (time.time(), reason)
         self._scheduler.leave(node.name, reason)
         for server in list(node.servers.values()):  # each leaves the dict as it exits
-            server.exited(NODE_LOST, f"node {node.name} lost: {reason}")
+            server.exited(NODE_LOST, f"node {node.name} lost: {reason}", lost=True)
             if self._sever is not None:
                 self._sever(server.base_url)
 

@@ -83,6 +83,7 @@ class RemoteServer:
         self._footprint: Footprint = dict(started.footprint)
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._tail = ""
+        self._lost = False
         self.warm = RemoteWarm(keeper, started.id, started.news) if started.warm else None
 
     @property
@@ -104,8 +105,14 @@ class RemoteServer:
     def beat(self, footprint: Footprint) -> None:
         self._footprint = dict(footprint)
 
-    def exited(self, code: int, tail: str = "") -> None:
-        """It has exited (told by its keeper's beat, or its node is lost)."""
+    @property
+    def node_lost(self) -> bool:
+        """It ended with its node (not on its own): its model is not to blame."""
+        return self._lost
+
+    def exited(self, code: int, tail: str = "", *, lost: bool = False) -> None:
+        """It has exited (told by its keeper's beat), or its node is ``lost``."""
+        self._lost = self._lost or (lost and not self._exit.done())
         if self._servers.get(self.id) is self:
             del self._servers[self.id]
         if not self._exit.done():

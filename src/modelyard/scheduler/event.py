@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from modelyard.quantity import format_size
 from modelyard.scheduler.state import ModelState
 
-EvictionReason = Literal["idle", "memory", "max_loaded", "manual", "reload", "crash"]
+EvictionReason = Literal["idle", "memory", "max_loaded", "manual", "reload", "crash", "node_lost"]
 RefusalReason = Literal["queue_full", "queue_timeout", "too_big", "backing_off", "load_failed"]
 
 

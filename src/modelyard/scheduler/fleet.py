@@ -125,8 +125,8 @@ class Fleet:
                     m.spec.name, now, took, message, m.retry_at - now, replica=label, node=r.node
                 )
                 m.failed_event = self._emit(event)
-            case Crashed(code, tail):
-                self.crashed(m, r, code, tail)
+            case Crashed(code, tail, lost):
+                self.crashed(m, r, code, tail, lost=lost)
             case Exited(code):
                 self._emit(
                     RunnerExited(
@@ -290,9 +290,24 @@ class Fleet:
             m.unreadable = False
             self._emit(StateChanged(m.spec.name, self._clock.now(), S.FAILED, S.STOPPED, reason))
 
-    def crashed(self, m: Model, r: Replica, code: int, tail: str) -> None:
+    def crashed(self, m: Model, r: Replica, code: int, tail: str, *, lost: bool = False) -> None:
+        """``r``'s runner exited on its own (``lost``: with its node, a cluster's)."""
         now = self._clock.now()
         name = m.run_spec(r).runner_name
+        label = m.label(r)
+        freed = dict(account.held(self.ledger, m, r))
+        self._emit(
+            RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label, node=r.node)
+        )
+        if lost:
+            m.last_error = tail[-500:]
+            log.warning("runner for %s is gone: %s", name, tail)
+            self._emit(
+                Evicted(
+                    m.spec.name, now, "node_lost", tail, freed=freed, replica=label, node=r.node
+                )
+            )
+            return
         m.last_error = f"runner exited unexpectedly with code {code}: {tail[-500:]}"
         if r.crashes <= 2:
             log.error("runner for %s exited with code %s:\n%s", name, code, tail)
@@ -305,11 +320,6 @@ class Fleet:
                 r.crashes,
                 r.restart_at - now,
             )
-        label = m.label(r)
-        freed = dict(account.held(self.ledger, m, r))
-        self._emit(
-            RunnerExited(m.spec.name, now, code=code, log_tail=tail, replica=label, node=r.node)
-        )
         detail = f"runner exited with {exit_name(code)}"
         self._emit(
             Evicted(m.spec.name, now, "crash", detail, freed=freed, replica=label, node=r.node)

@@ -76,6 +76,8 @@ class Crashed:
 
     code: int
     tail: str
+    lost: bool = False
+    """Its node was lost (a cluster's): no crash of its own, so no back-off."""
 
 
 @dataclass(frozen=True)
@@ -223,9 +225,11 @@ class Replica:
             self._watcher.cancel()
         self._watcher = None
         now = self._clock.now()
-        self.crashes += 1
-        self.restart_at = now + backoff(self.crashes)
-        self._report(self, Crashed(code, running.log_tail()))
+        lost = bool(getattr(running, "node_lost", False))  # a cluster's runner (cluster.remote)
+        if not lost:
+            self.crashes += 1
+        self.restart_at = now + (0.0 if lost else backoff(self.crashes))
+        self._report(self, Crashed(code, running.log_tail(), lost))
         self.running = None
         self.asleep = None
         self.generation = 0

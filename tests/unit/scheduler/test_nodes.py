@@ -14,7 +14,14 @@ from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.spec import Footprint, ModelSpec
 from modelyard.errors import DoesNotFitError
 from modelyard.scheduler import ModelState, Scheduler
-from modelyard.scheduler.event import Event, MemoryPressure, NodeJoined, NodeLost
+from modelyard.scheduler.event import (
+    Event,
+    Evicted,
+    MemoryPressure,
+    NodeJoined,
+    NodeLost,
+    Restarting,
+)
 from tests.fake import FakeRunner, ManualClock, settle
 
 BASE = ModelSpec(name="", path=Path("/models/x.gguf"), parallel=4, max_queue=16)
@@ -200,3 +207,20 @@ async def test_a_node_over_its_budget_evicts_there_and_only_there() -> None:
     assert scheduler.state(on_n1) is ModelState.STOPPED
     assert scheduler.state(here) is ModelState.READY
     assert local.running[here].stopped is False
+
+
+async def test_a_runner_gone_with_its_node_is_no_crash_of_its_model() -> None:
+    scheduler, _, events = make(spec("a"), local=0, sizes={"a": 400})
+    n1 = FakeRunner({"a": 400})
+    scheduler.join("n1", {"ram": 1000}, {"llamacpp": n1})
+    for _ in range(3):  # lost again and again: never backed off (the clock stands still)
+        scheduler.release(await scheduler.acquire("a"))
+        running = n1.running["a"]
+        running.node_lost = True  # type: ignore[attr-defined]
+        running.stopped = True
+        running.crash()
+        await settle()
+    evicted = [e for e in events if isinstance(e, Evicted)]
+    assert {e.reason for e in evicted} == {"node_lost"}
+    assert not [e for e in events if isinstance(e, Restarting)]
+    assert scheduler.state("a") is ModelState.STOPPED

@@ -94,10 +94,6 @@ class RemoteServer:
     def headers(self) -> Mapping[str, str]:
         return self._headers
 
-    @property
-    def gone(self) -> bool:
-        return self._exit.done()
-
     def footprint(self) -> Footprint:
         """What its processes held at the keeper's last beat."""
         return dict(self._footprint)

@@ -110,7 +110,8 @@ def cluster_token(config: Config) -> str:
         finally:
             await store.close()
 
-    return asyncio.run(read())
+    # In hex: a token that began with "-" would read as a flag on join's command line.
+    return hashlib.sha256(asyncio.run(read()).encode()).hexdigest()
 
 
 def _temp_dir(home: Path, ip: str) -> Path:

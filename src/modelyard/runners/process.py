@@ -74,8 +74,9 @@ def free_port(host: str | None = None) -> int:
 
 
 def runner_key() -> str:
-    """A fresh secret for one runner process."""
-    return secrets.token_urlsafe(24)
+    """A fresh secret for one runner process: hex, so that it never starts with ``-`` (a
+    command line such as vLLM's ``--api-key {key}`` would read that as another flag)."""
+    return secrets.token_hex(24)
 
 
 _CHILDREN_LISTED = os.path.exists(f"/proc/self/task/{os.getpid()}/children")

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from modelyard.cli.cluster import _temp_dir
-from tests.integration.conftest import gemma, runner_pids
+from tests.integration.conftest import _spawn, gemma, runner_pids
 from tests.integration.netns import Inside, Network
 from tests.integration.raynodes import cmdline, sweep, until
 
@@ -48,11 +48,6 @@ class Cut:
     """An admin's ``Authorization`` header."""
 
 
-def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture(scope="module")
 def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
     if os.geteuid() != 0:
@@ -74,7 +69,7 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
     head = network.address(1)
     argv = [sys.executable, "-m", "modelyard", "serve", "-c", str(config), "--port", "8000"]
     argv += ["--memory", "100MiB", "--cluster", "--cluster-ip", head]
-    gateway = _spawn(network.argv(1, argv), tmp / "gateway.log", env)
+    gateway = _spawn(network.argv(1, argv), None, env, tmp / "gateway.log")
     found = Cut(network, inside, "http://127.0.0.1:8000", gateway, {}, tmp)
     homes = [tmp / "home"]
     try:
@@ -100,7 +95,7 @@ def cut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cut]:
             join = [sys.executable, "-m", "modelyard", "join", f"{head}:6380", "--token", token()]
             join += ["--ip", network.address(i), "--memory", memory, "--home", str(home)]
             log = tmp / f"join{i}.log"
-            found.joins[i] = _spawn(network.argv(i, join), log, env)
+            found.joins[i] = _spawn(network.argv(i, join), None, env, log)
             until(
                 lambda i=i: network.address(i) in _alive(found),
                 _LIMIT,

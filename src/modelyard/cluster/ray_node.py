@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelyard.errors import ModelyardError
+from modelyard.runners.process import free_port
 from modelyard.workers.lifeline import PARENT_ENV
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,6 @@ class ClusterError(ModelyardError):
     status = 503
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _ports(host: str) -> list[str]:
     """Every port a node opens, pinned to ports free now, so that nodes on one host (and
     this node's retries) never collide."""
@@ -69,8 +63,8 @@ def _ports(host: str) -> list[str]:
         "--runtime-env-agent-port",
         "--metrics-export-port",
     ]
-    pinned = [f"{flag}={_free_port(host)}" for flag in flags]
-    low = _free_port(host)
+    pinned = [f"{flag}={free_port(host)}" for flag in flags]
+    low = free_port(host)
     return [*pinned, f"--min-worker-port={low}", f"--max-worker-port={low + 200}"]
 
 

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     """The address of a Ray cluster's head (``IP:PORT``) whose nodes serve models too."""
     cluster_ip: str | None = None
     """This machine's address in the cluster (where ``cluster``'s head runs)."""
+    gateways: bool | None = None
+    """One of several gateways sharing the accounts' PostgreSQL database."""
+    advertise: str | None = None
+    """The URL the other gateways reach this one at."""
 
     def data_home(self) -> Path:
         if self.home is not None:
@@ -254,6 +258,10 @@ class Config:
     """The Ray head (``IP:PORT``) whose nodes serve models too; empty: this machine alone."""
     cluster_ip: str = ""
     """This machine's address in the cluster."""
+    gateways: bool = False
+    """One of several gateways sharing the accounts' PostgreSQL database (one leads)."""
+    advertise: str = ""
+    """The URL the other gateways reach this one at (default: ``http://host:port``)."""
 
 
 def keys_required(config: Config) -> bool:
@@ -324,6 +332,8 @@ def load_config(settings: Settings | None = None) -> Config:
         host=settings.host or server.host,
         cluster=settings.cluster or "",
         cluster_ip=settings.cluster_ip or "",
+        gateways=bool(settings.gateways),
+        advertise=settings.advertise or "",
         port=settings.port if settings.port is not None else server.port,
         home=home,
         models_dir=models_dir,

@@ -23,6 +23,7 @@ from modelyard.api import (
     admin,
     anthropic,
     errors,
+    leases,
     models,
     observe,
     ollama,
@@ -32,6 +33,7 @@ from modelyard.api import (
     ui,
 )
 from modelyard.api.auth import Auth
+from modelyard.api.forward import Forward
 from modelyard.api.guard import Guard
 from modelyard.api.lane import Lane, model_endpoints
 from modelyard.api.openapi import document_errors
@@ -53,6 +55,7 @@ from modelyard.scheduler.budget import MeasuredFootprints, resolve_budget
 from modelyard.scheduler.journal import Journal
 
 if TYPE_CHECKING:
+    from modelyard.api.gateways import Gateways
     from modelyard.cluster.members import Cluster
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ ROUTERS = (
     observe.router,
     accounts_routes.router,
     passthrough.router,
+    leases.router,
     ui.router,
 )
 """Every API's routes, included as they are (no prefix, no dependencies)."""
@@ -125,6 +129,100 @@ def _cluster(
     return cluster
 
 
+class Leading:
+    """The scheduler's lifetime in a gateway that leads (every gateway that is alone): it
+    starts with the gateway, or when the gateway takes the lead (``api.gateways``), and
+    stops with the gateway."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        config: Config,
+        settings: Settings | None,
+        *,
+        runners: Mapping[str, Runner] | None,
+        budget: Mapping[str, int] | None,
+        clock: Clock | None,
+    ) -> None:
+        self._app = app
+        self._config = config
+        self._settings = settings
+        self._runners = runners
+        self._budget = budget
+        self._clock = clock
+        self._scheduler: Scheduler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> Scheduler:
+        app, config = self._app, self._config
+        rotation = Rotation(config.log_max_size, config.log_files)
+        found: Gpus = app.state.gpus
+        local = self._runners or default_runners(config.home, rotation, found)
+        budget = self._budget
+        scheduler = Scheduler(
+            Catalog(config.models),
+            local,
+            dict(budget) if budget is not None else resolve_budget(config.ram, config.gpu, found),
+            clock=self._clock,
+            min_residency=config.min_residency,
+            stop_grace=config.stop_grace,
+            measured=MeasuredFootprints(config.home / "footprints.json"),
+            measure_interval=config.measure_interval,
+            journal=Journal(config.events_kept),
+            max_loaded=config.max_loaded,
+        )
+        self._scheduler = scheduler
+        # Model headers are read in a thread while the server already answers; a request
+        # that comes first reads its own model's.
+        self._tasks.append(
+            asyncio.create_task(_estimates(scheduler, config.home), name="estimates")
+        )
+        scheduler.start_measuring()
+        app.state.scheduler = scheduler
+        app.state.telemetry = telemetry(config, scheduler, app.state.accounts)
+        app.state.cluster = _cluster(config, scheduler, local, app.state.upstream)
+        app.state.preload = _preload(scheduler, [spec.name for spec in config.models])
+        app.state.reloader = None
+        if self._settings is not None:
+            reloader = Reloader(
+                config,
+                self._settings,
+                scheduler,
+                preload=lambda names: _preload(scheduler, names),
+            )
+            app.state.reloader = reloader
+            if config.reload_interval > 0:
+                self._tasks.append(
+                    asyncio.create_task(
+                        reloader.watch(config.reload_interval), name="catalog watcher"
+                    )
+                )
+        return scheduler
+
+    async def close(self) -> None:
+        if self._scheduler is None:
+            return
+        app = self._app
+        for task in self._tasks:
+            task.cancel()
+        if app.state.preload is not None:
+            app.state.preload.cancel()
+        await self._scheduler.close(grace=0.0 if app.state.stop_now else None)
+        if app.state.cluster is not None:
+            await app.state.cluster.close()  # after the runners on its nodes are stopped
+
+
+def telemetry(config: Config, scheduler: Scheduler, accounts: Accounts | None) -> Telemetry:
+    """The request log and metrics of a gateway serving through ``scheduler``."""
+    return Telemetry(
+        scheduler,
+        metrics=config.metrics,
+        access_log=config.access_log,
+        activity_kept=config.activity_kept,
+        accounts=accounts,
+    )
+
+
 def create_app(
     config: Config,
     *,
@@ -142,63 +240,28 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        rotation = Rotation(config.log_max_size, config.log_files)
-        found = gpus if gpus is not None else detect()
-        app.state.gpus = found
-        local = runners or default_runners(config.home, rotation, found)
-        scheduler = Scheduler(
-            Catalog(config.models),
-            local,
-            dict(budget) if budget is not None else resolve_budget(config.ram, config.gpu, found),
-            clock=clock,
-            min_residency=config.min_residency,
-            stop_grace=config.stop_grace,
-            measured=MeasuredFootprints(config.home / "footprints.json"),
-            measure_interval=config.measure_interval,
-            journal=Journal(config.events_kept),
-            max_loaded=config.max_loaded,
-        )
-        # Model headers are read in a thread while the server already answers; a request
-        # that comes first reads its own model's.
-        accounts = await _accounts(config)
-        app.state.accounts = accounts
-        preparing = asyncio.create_task(_estimates(scheduler, config.home), name="estimates")
-        scheduler.start_measuring()
-        app.state.scheduler = scheduler
+        app.state.gpus = gpus if gpus is not None else detect()
         app.state.config = config
-        app.state.telemetry = Telemetry(
-            scheduler,
-            metrics=config.metrics,
-            access_log=config.access_log,
-            activity_kept=config.activity_kept,
-            accounts=accounts,
-        )
+        app.state.accounts = accounts = await _accounts(config)
         app.state.upstream = Upstream()
-        app.state.cluster = _cluster(config, scheduler, local, app.state.upstream)
         app.state.started_at = time.time()
-        app.state.preload = _preload(scheduler, [spec.name for spec in config.models])
-        app.state.reloader = None
-        watcher: asyncio.Task[None] | None = None
-        if settings is not None:
-            reloader = Reloader(
-                config, settings, scheduler, preload=lambda names: _preload(scheduler, names)
-            )
-            app.state.reloader = reloader
-            if config.reload_interval > 0:
-                watcher = asyncio.create_task(
-                    reloader.watch(config.reload_interval), name="catalog watcher"
-                )
+        leading = Leading(app, config, settings, runners=runners, budget=budget, clock=clock)
+        gateways: Gateways | None = None
         try:
+            if config.gateways:
+                from modelyard.api.gateways import Gateways
+
+                gateways = Gateways(app, config, leading.start)
+                await gateways.start()
+            else:
+                await leading.start()
             yield
         finally:
-            preparing.cancel()
-            if watcher is not None:
-                watcher.cancel()
-            if app.state.preload is not None:
-                app.state.preload.cancel()
-            await scheduler.close(grace=0.0 if app.state.stop_now else None)
-            if app.state.cluster is not None:
-                await app.state.cluster.close()  # after the runners on its nodes are stopped
+            if gateways is not None:
+                await gateways.close()
+            await leading.close()
+            if gateways is not None:
+                await gateways.resign()
             await app.state.upstream.close()
             if accounts is not None:
                 await accounts.close()  # after the last request: its usage row is written
@@ -212,6 +275,10 @@ def create_app(
     )
     app.state.accounts = None
     app.state.cluster = None
+    app.state.link = None  # several gateways: who leads (``api.broker.Link``)
+    app.state.leases = None  # the leading one's leases to the others
+    app.state.preload = None
+    app.state.reloader = None
     app.state.stopping = asyncio.Event()  # set as shutdown begins: live followers end
     app.state.stop_now = False  # set by a second Ctrl-C: runners get no grace
     errors.install(app)
@@ -223,6 +290,7 @@ def create_app(
     trusted = frozenset(o for o in config.cors_origins if o != "*")
     app.add_middleware(Lane, endpoints=model_endpoints(ROUTERS))  # innermost
     app.add_middleware(Auth)
+    app.add_middleware(Forward)  # a following gateway passes on what it does not serve
     app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)
     app.add_middleware(Observe, paths=MODEL_ROUTES)
     app.add_middleware(RequestId)

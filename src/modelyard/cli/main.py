@@ -102,6 +102,17 @@ def serve(
     ray_port: Annotated[
         int, typer.Option("--ray-port", help="The Ray head's port (with --cluster).")
     ] = 6380,
+    gateways: Annotated[
+        bool,
+        typer.Option(
+            "--gateways",
+            help="One of several gateways sharing the accounts' PostgreSQL (one leads).",
+        ),
+    ] = False,
+    advertise: Annotated[
+        str | None,
+        typer.Option("--advertise", help="With --gateways: the URL the others reach this at."),
+    ] = None,
 ) -> None:
     """Start the server: the demo models, modelyard.toml's and the models directory's."""
     from modelyard.config import Settings
@@ -127,6 +138,8 @@ def serve(
         "ram_budget": memory,
         "log_format": log_format.value if log_format else None,
         "demo": False if no_demo else None,
+        "gateways": True if gateways else None,
+        "advertise": advertise,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     cfg = config_or_exit(settings)

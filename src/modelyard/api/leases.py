@@ -1,0 +1,268 @@
+"""The leading gateway's side of several gateways: the leases the others hold.
+
+A gateway that does not lead asks the leader for a lease on a model (``POST
+/api/gateway/lease``), sends the request straight to the runner the lease names, and gives
+the lease back (``/api/gateway/release``). The leader takes each lease from its own
+scheduler, like a request of its own: the same queue, fair shares, loads and evictions.
+
+A lease is named by the asking gateway (``id``), so that a gateway whose client left while
+it waited can give back a lease it never heard of: the wait is cancelled, or, when the
+release comes first, the lease is never taken. Gateways beat every second; one silent for
+``SILENCE`` seconds is gone, and so are its leases (none leaks when a gateway dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from modelyard.api.request import scheduler_of
+from modelyard.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from modelyard.scheduler import UNSET, Lease, Scheduler, Unset
+
+log = logging.getLogger(__name__)
+
+SILENCE = 5.0
+"""Seconds without a beat after which a gateway is gone, and its leases returned."""
+TOKEN_HEADER = "x-modelyard-gateway"
+"""Carries the gateways' shared token (``Store.secret("gateway-token")``, hashed)."""
+_FORGET = 60.0
+"""Seconds a release that came before its lease is remembered."""
+
+router = APIRouter()
+
+
+@dataclass
+class _Held:
+    gateway: str
+    lease: Lease | None = None
+    waiting: asyncio.Task[Lease] | None = None
+
+
+class Leases:
+    """The leases other gateways hold on ``scheduler`` (see the module)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        token: str,
+        *,
+        silence: float = SILENCE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._scheduler = scheduler
+        self._token = token
+        self._silence = silence
+        self._clock = clock
+        self._held: dict[str, _Held] = {}
+        self._seen: dict[str, float] = {}
+        """Gateway → when it was last heard of."""
+        self._released: dict[str, float] = {}
+        """Lease ids given back before they were taken → when."""
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_every(), name="gateway leases")
+
+    def trusts(self, token: str | None) -> bool:
+        """Whether ``token`` is the gateways' own."""
+        return token is not None and hmac.compare_digest(token.encode(), self._token.encode())
+
+    def check(self, token: str | None) -> None:
+        if not self.trusts(token):
+            raise AuthenticationError("not a gateway of this cluster (wrong or no token)")
+
+    @property
+    def held(self) -> int:
+        """Leases granted to other gateways and not yet given back."""
+        return sum(1 for h in self._held.values() if h.lease is not None)
+
+    def gateways(self) -> dict[str, float]:
+        """The gateways heard from, and when (``time.monotonic``)."""
+        return dict(self._seen)
+
+    async def acquire(
+        self,
+        ident: str,
+        gateway: str,
+        model: str,
+        keep_alive: float | Unset | None,
+        *,
+        request: str,
+        client: str,
+        weight: float,
+    ) -> Lease | None:
+        """The lease ``ident`` for ``gateway``; ``None`` when it was given back meanwhile."""
+        self._seen[gateway] = self._clock()
+        if self._released.pop(ident, None) is not None or ident in self._held:
+            return None
+        waiting = asyncio.ensure_future(
+            self._scheduler.acquire(
+                model, keep_alive, request=request, client=client, weight=weight
+            )
+        )
+        held = self._held[ident] = _Held(gateway, waiting=waiting)
+        try:
+            lease = await waiting
+        except asyncio.CancelledError:
+            waiting.cancel()
+            self._held.pop(ident, None)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this gateway stops, not a release
+            return None
+        except BaseException:
+            self._held.pop(ident, None)
+            raise
+        held.waiting = None
+        held.lease = lease
+        return lease
+
+    def release(self, ident: str, *, served: bool) -> None:
+        held = self._held.pop(ident, None)
+        if held is None:
+            self._released[ident] = self._clock()
+            return
+        if held.waiting is not None:
+            held.waiting.cancel()
+        if held.lease is not None:
+            self._scheduler.release(held.lease, served=served)
+
+    async def unreachable(self, ident: str) -> bool:
+        """The runner of lease ``ident`` refused its request: whether it is gone (see
+        ``Scheduler.runner_unreachable``)."""
+        held = self._held.get(ident)
+        if held is None or held.lease is None:
+            return True
+        return await self._scheduler.runner_unreachable(held.lease)
+
+    def beat(self, gateway: str) -> None:
+        self._seen[gateway] = self._clock()
+
+    def sweep(self) -> list[str]:
+        """Returns the leases of gateways gone silent; the gateways it found gone."""
+        now = self._clock()
+        gone = [g for g, seen in self._seen.items() if now - seen > self._silence]
+        for gateway in gone:
+            del self._seen[gateway]
+            for ident in [i for i, h in self._held.items() if h.gateway == gateway]:
+                self.release(ident, served=False)
+            log.warning("gateway %s went silent: its leases are returned", gateway)
+        for ident in [i for i, when in self._released.items() if now - when > _FORGET]:
+            del self._released[ident]
+        return gone
+
+    async def _sweep_every(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sweep()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for ident in list(self._held):
+            self.release(ident, served=False)
+
+
+def _leases(request: Request) -> Leases:
+    leases: Leases | None = getattr(request.app.state, "leases", None)
+    if leases is None:
+        raise NotFoundError("this gateway does not lead a cluster of gateways")
+    leases.check(request.headers.get(TOKEN_HEADER))
+    return leases
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("gateway", ""), str):
+        raise InvalidRequestError("The request body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"{name} must be a non-empty string", param=name)
+    return value
+
+
+def _keep_alive(body: dict[str, Any]) -> float | Unset | None:
+    if "keep_alive" not in body:
+        return UNSET
+    value = body["keep_alive"]
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return None if value is None else float(value)
+    raise InvalidRequestError("keep_alive must be seconds or null", param="keep_alive")
+
+
+@router.post("/api/gateway/lease", include_in_schema=False)
+async def lease(request: Request) -> Response:
+    leases = _leases(request)
+    body = await _body(request)
+    weight = body.get("weight", 1.0)
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
+        raise InvalidRequestError("weight must be a positive number", param="weight")
+    granted = await leases.acquire(
+        _string(body, "id"),
+        _string(body, "gateway"),
+        _string(body, "model"),
+        _keep_alive(body),
+        request=str(body.get("request", "")),
+        client=str(body.get("client", "")),
+        weight=float(weight),
+    )
+    if granted is None:
+        return JSONResponse({"released": True}, status_code=409)
+    return JSONResponse(
+        {
+            "model": granted.model,
+            "base_url": granted.base_url,
+            "headers": dict(granted.headers),
+            "queued": granted.queued,
+            "load_wait": granted.load_wait,
+            "generation": granted.generation,
+            "replica": granted.replica,
+        }
+    )
+
+
+@router.post("/api/gateway/release", include_in_schema=False)
+async def release(request: Request) -> Response:
+    leases = _leases(request)
+    body = await _body(request)
+    leases.release(_string(body, "id"), served=body.get("served") is True)
+    return Response(status_code=204)
+
+
+@router.post("/api/gateway/unreachable", include_in_schema=False)
+async def unreachable(request: Request) -> Response:
+    leases = _leases(request)
+    body = await _body(request)
+    return JSONResponse({"gone": await leases.unreachable(_string(body, "id"))})
+
+
+@router.post("/api/gateway/unload", include_in_schema=False)
+async def unload(request: Request) -> Response:
+    _leases(request)
+    body = await _body(request)
+    await scheduler_of(request).unload(_string(body, "model"))
+    return Response(status_code=204)
+
+
+@router.post("/api/gateway/beat", include_in_schema=False)
+async def beat(request: Request) -> Response:
+    leases = _leases(request)
+    leases.beat(_string(await _body(request), "gateway"))
+    return Response(status_code=204)

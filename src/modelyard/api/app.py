@@ -251,7 +251,7 @@ def create_app(
             if config.gateways:
                 from modelyard.api.gateways import Gateways
 
-                gateways = Gateways(app, config, leading.start)
+                gateways = Gateways(app, config, settings, leading.start)
                 await gateways.start()
             else:
                 await leading.start()
@@ -290,7 +290,8 @@ def create_app(
     trusted = frozenset(o for o in config.cors_origins if o != "*")
     app.add_middleware(Lane, endpoints=model_endpoints(ROUTERS))  # innermost
     app.add_middleware(Auth)
-    app.add_middleware(Forward)  # a following gateway passes on what it does not serve
+    if config.gateways:
+        app.add_middleware(Forward)  # a following gateway passes on what it does not serve
     app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)
     app.add_middleware(Observe, paths=MODEL_ROUTES)
     app.add_middleware(RequestId)

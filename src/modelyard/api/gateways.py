@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import asyncpg
 from fastapi import FastAPI
@@ -33,8 +34,10 @@ from modelyard.api.broker import Broker, Link
 from modelyard.api.leases import Leases
 from modelyard.catalog.catalog import Catalog
 from modelyard.cluster.election import Election, dsn_of
-from modelyard.config import Config, database_url
+from modelyard.config import Config, Settings, database_url
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.reload import Reloader
+from modelyard.runners.process import bind_runners
 from modelyard.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -73,11 +76,18 @@ class Gateways:
     """This gateway's part among several (see the module)."""
 
     def __init__(
-        self, app: FastAPI, config: Config, lead: Callable[[], Awaitable[Scheduler]]
+        self,
+        app: FastAPI,
+        config: Config,
+        settings: Settings | None,
+        lead: Callable[[], Awaitable[Scheduler]],
     ) -> None:
         self._app = app
         self._config = config
+        self._settings = settings
         self._lead = lead
+        self._watcher: asyncio.Task[None] | None = None
+        """A follower's: its catalog follows the files, as the leader's does."""
         self._election = Election(dsn_of(database_url(config)), advertised(config))
         self._broker: Broker | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -102,6 +112,11 @@ class Gateways:
 
     async def _take_lead(self, link: Link) -> None:
         log.info("gateway %s leads", link.name)
+        host = urlsplit(link.name).hostname
+        if host:  # the other gateways reach this one's runners where they reach it
+            bind_runners(host)
+        if self._watcher is not None:
+            self._watcher.cancel()  # the scheduler's own reloader takes over
         scheduler = await self._lead()
         leases = Leases(scheduler, self._token)
         leases.start()
@@ -113,6 +128,11 @@ class Gateways:
         self._broker = Broker(Catalog(self._config.models), link, app.state.upstream)
         app.state.scheduler = self._broker
         app.state.telemetry = telemetry(self._config, self._broker, app.state.accounts)  # type: ignore[arg-type]
+        if self._settings is not None and self._config.reload_interval > 0:
+            reloader = Reloader(self._config, self._settings, self._broker)
+            self._watcher = asyncio.create_task(
+                reloader.watch(self._config.reload_interval), name="catalog watcher"
+            )
 
     async def _rounds(self, link: Link) -> None:
         while True:
@@ -146,6 +166,8 @@ class Gateways:
         return True
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

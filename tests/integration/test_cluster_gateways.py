@@ -84,9 +84,7 @@ def setup(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
         argv += ["--memory", "2GiB", "--home", str(tmp / "node"), "--token", token]
         log = tmp / "join.log"
         with log.open("wb") as out:
-            join = subprocess.Popen(
-                argv, env=leader.environ, stdout=out, stderr=subprocess.STDOUT
-            )
+            join = subprocess.Popen(argv, env=leader.environ, stdout=out, stderr=subprocess.STDOUT)
         until(lambda: NODE in _alive(leader), _LIMIT, lambda: log.read_text()[-3000:])
         yield Setup(leader, follower, join, tmp)
     finally:

@@ -122,6 +122,15 @@ def test_a_follower_serves_through_the_leaders_runner_with_the_same_keys(pair: P
     ps = _get(follower, "/api/ps", admin)["models"]  # passed on to the leader
     assert [m["name"] for m in ps] == ["chat"]
 
+    # Leases are lent to the gateways alone: a client asking the leader gets nothing, and a
+    # follower passes no such call on (it would vouch for it).
+    call = {"id": "x", "gateway": "http://me", "model": "chat"}
+    for server, status in ((leader, 401), (follower, 404)):
+        for key in (admin, payer, {}):
+            asked = httpx.post(f"{server.url}/api/gateway/lease", json=call, headers=key)
+            assert asked.status_code == status, asked.text
+            assert "base_url" not in asked.text
+
     streamed = _chat(follower.url, payer, stream=True)
     assert streamed.status_code == 200
     frames = [line for line in streamed.text.splitlines() if line.startswith("data: {")]

@@ -23,7 +23,6 @@ from modelyard.api import (
     admin,
     anthropic,
     errors,
-    leases,
     models,
     observe,
     ollama,
@@ -70,7 +69,6 @@ ROUTERS = (
     observe.router,
     accounts_routes.router,
     passthrough.router,
-    leases.router,
     ui.router,
 )
 """Every API's routes, included as they are (no prefix, no dependencies)."""

@@ -16,7 +16,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.api.broker import Link
-from modelyard.api.leases import TOKEN_HEADER, Leases
+from modelyard.api.leases import PREFIX, TOKEN_HEADER, Leases, answer
 from modelyard.api.proxy import Upstream
 from modelyard.api.routes import MODEL_ROUTES
 
@@ -53,10 +53,14 @@ class Forward:
         if link is None:
             await self.app(scope, receive, send)
             return
+        path: str = scope["path"]
+        if path.startswith(PREFIX):  # a gateway's call: the leader's alone to answer
+            await answer(scope["app"].state.leases, scope, receive, send)
+            return
         leader = link.leader
         if leader is None:
             _from_gateway(scope)
-        if leader is None or scope["path"] in LOCAL:
+        if leader is None or path in LOCAL:
             await self.app(scope, receive, send)
             return
         upstream: Upstream = scope["app"].state.upstream

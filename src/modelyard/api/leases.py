@@ -5,6 +5,7 @@ A gateway that does not lead asks the leader for a lease on a model (``POST
 the lease back (``/api/gateway/release``). The leader takes each lease from its own
 scheduler, like a request of its own: the same queue, fair shares, loads and evictions.
 
+The calls are answered by ``answer``, ahead of the app's other layers (``api.forward``).
 A lease is named by the asking gateway (``id``), so that a gateway whose client left while
 it waited can give back a lease it never heard of: the wait is cancelled, or, when the
 release comes first, the lease is never taken. Gateways beat every second; one silent for
@@ -17,16 +18,21 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from modelyard.api.request import scheduler_of
-from modelyard.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from modelyard.api.errors import error_response
+from modelyard.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    ModelyardError,
+    NotFoundError,
+)
 from modelyard.scheduler import UNSET, Lease, Scheduler, Unset
 
 log = logging.getLogger(__name__)
@@ -35,10 +41,9 @@ SILENCE = 5.0
 """Seconds without a beat after which a gateway is gone, and its leases returned."""
 TOKEN_HEADER = "x-modelyard-gateway"
 """Carries the gateways' shared token (``Store.secret("gateway-token")``, hashed)."""
+_TOKEN_BYTES = TOKEN_HEADER.encode()
 _FORGET = 60.0
 """Seconds a release that came before its lease is remembered."""
-
-router = APIRouter()
 
 
 @dataclass
@@ -145,6 +150,9 @@ class Leases:
             return True
         return await self._scheduler.runner_unreachable(held.lease)
 
+    async def unload(self, model: str) -> None:
+        await self._scheduler.unload(model)
+
     def beat(self, gateway: str) -> None:
         self._seen[gateway] = self._clock()
 
@@ -173,20 +181,50 @@ class Leases:
             self.release(ident, served=False)
 
 
-def _leases(request: Request) -> Leases:
-    leases: Leases | None = getattr(request.app.state, "leases", None)
-    if leases is None:
-        raise NotFoundError("this gateway does not lead a cluster of gateways")
-    leases.check(request.headers.get(TOKEN_HEADER))
-    return leases
+PREFIX = "/api/gateway/"
+"""The gateways' calls to their leader: ``lease``, ``release``, ``unreachable``, ``unload``
+and ``beat``."""
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def answer(leases: Leases | None, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers a gateway's call to this one (``leases``: ``None`` unless it leads). The
+    calls are on every request a following gateway serves: they go by the app's other
+    layers (keys, routes), and are answered only to the gateways' token."""
     try:
-        body = orjson.loads(await request.body())
+        if leases is None:
+            raise NotFoundError("this gateway does not lead the gateways of a cluster")
+        handler = _CALLS.get(scope["path"].removeprefix(PREFIX))
+        if handler is None or scope["method"] != "POST":
+            raise NotFoundError(f"no gateway call {scope['method']} {scope['path']}")
+        token = None
+        for name, value in scope["headers"]:
+            if name == _TOKEN_BYTES:
+                token = value.decode("latin-1")
+        leases.check(token)
+        status, payload = await handler(leases, await _body(receive))
+    except ModelyardError as exc:
+        response: Response = error_response(exc)
+    else:
+        response = Response(
+            orjson.dumps(payload) if payload is not None else b"",
+            status_code=status,
+            media_type="application/json" if payload is not None else None,
+        )
+    await response(scope, receive, send)
+
+
+async def _body(receive: Receive) -> dict[str, Any]:
+    raw = bytearray()
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    try:
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("gateway", ""), str):
+    if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object")
     return body
 
@@ -207,10 +245,10 @@ def _keep_alive(body: dict[str, Any]) -> float | Unset | None:
     raise InvalidRequestError("keep_alive must be seconds or null", param="keep_alive")
 
 
-@router.post("/api/gateway/lease", include_in_schema=False)
-async def lease(request: Request) -> Response:
-    leases = _leases(request)
-    body = await _body(request)
+Answer = tuple[int, dict[str, Any] | None]
+
+
+async def _lease(leases: Leases, body: dict[str, Any]) -> Answer:
     weight = body.get("weight", 1.0)
     if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
         raise InvalidRequestError("weight must be a positive number", param="weight")
@@ -224,45 +262,41 @@ async def lease(request: Request) -> Response:
         weight=float(weight),
     )
     if granted is None:
-        return JSONResponse({"released": True}, status_code=409)
-    return JSONResponse(
-        {
-            "model": granted.model,
-            "base_url": granted.base_url,
-            "headers": dict(granted.headers),
-            "queued": granted.queued,
-            "load_wait": granted.load_wait,
-            "generation": granted.generation,
-            "replica": granted.replica,
-        }
-    )
+        return 409, {"released": True}
+    return 200, {
+        "model": granted.model,
+        "base_url": granted.base_url,
+        "headers": dict(granted.headers),
+        "queued": granted.queued,
+        "load_wait": granted.load_wait,
+        "generation": granted.generation,
+        "replica": granted.replica,
+    }
 
 
-@router.post("/api/gateway/release", include_in_schema=False)
-async def release(request: Request) -> Response:
-    leases = _leases(request)
-    body = await _body(request)
+async def _release(leases: Leases, body: dict[str, Any]) -> Answer:
     leases.release(_string(body, "id"), served=body.get("served") is True)
-    return Response(status_code=204)
+    return 204, None
 
 
-@router.post("/api/gateway/unreachable", include_in_schema=False)
-async def unreachable(request: Request) -> Response:
-    leases = _leases(request)
-    body = await _body(request)
-    return JSONResponse({"gone": await leases.unreachable(_string(body, "id"))})
+async def _unreachable(leases: Leases, body: dict[str, Any]) -> Answer:
+    return 200, {"gone": await leases.unreachable(_string(body, "id"))}
 
 
-@router.post("/api/gateway/unload", include_in_schema=False)
-async def unload(request: Request) -> Response:
-    _leases(request)
-    body = await _body(request)
-    await scheduler_of(request).unload(_string(body, "model"))
-    return Response(status_code=204)
+async def _unload(leases: Leases, body: dict[str, Any]) -> Answer:
+    await leases.unload(_string(body, "model"))
+    return 204, None
 
 
-@router.post("/api/gateway/beat", include_in_schema=False)
-async def beat(request: Request) -> Response:
-    leases = _leases(request)
-    leases.beat(_string(await _body(request), "gateway"))
-    return Response(status_code=204)
+async def _beat(leases: Leases, body: dict[str, Any]) -> Answer:
+    leases.beat(_string(body, "gateway"))
+    return 204, None
+
+
+_CALLS: dict[str, Callable[[Leases, dict[str, Any]], Awaitable[Answer]]] = {
+    "lease": _lease,
+    "release": _release,
+    "unreachable": _unreachable,
+    "unload": _unload,
+    "beat": _beat,
+}

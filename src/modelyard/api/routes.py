@@ -99,11 +99,6 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("DELETE", "/api/delete"): Route(ADMIN, "ollama"),
     ("POST", "/api/pull"): Route(ADMIN, "ollama"),
     **{(method, "/upstream/{model}/{path:path}"): Route(ADMIN) for method in UPSTREAM_METHODS},
-    # Several gateways: the leader's leases to the others, who show the gateways' token.
-    **{
-        ("POST", f"/api/gateway/{call}"): Route(PUBLIC)
-        for call in ("lease", "release", "unreachable", "unload", "beat")
-    },
     ("GET", "/api/users"): Route(ADMIN),
     ("POST", "/api/users"): Route(ADMIN),
     ("PATCH", "/api/users/{name}"): Route(ADMIN),

@@ -33,9 +33,9 @@ from modelyard.api.app import telemetry
 from modelyard.api.broker import Broker, Link
 from modelyard.api.leases import Leases
 from modelyard.catalog.catalog import Catalog
-from modelyard.cluster.election import Election, dsn_of
+from modelyard.cluster.election import Election, advertised, dsn_of
 from modelyard.config import Config, Settings, database_url
-from modelyard.errors import ConfigError, ModelyardError
+from modelyard.errors import ModelyardError
 from modelyard.reload import Reloader
 from modelyard.runners.process import bind_runners
 from modelyard.scheduler import Scheduler
@@ -44,20 +44,6 @@ log = logging.getLogger(__name__)
 
 ROUND = 1.0
 """Seconds between a follower's tries to lead (and its beats to the leader)."""
-_WILDCARD = ("0.0.0.0", "::", "")
-
-
-def advertised(config: Config) -> str:
-    """The URL the other gateways reach this one at."""
-    if config.advertise:
-        return config.advertise.rstrip("/")
-    if config.host in _WILDCARD:
-        raise ConfigError(
-            f"--gateways: this gateway listens on {config.host or 'every address'}; say the "
-            "URL the other gateways reach it at with --advertise http://ADDRESS:PORT"
-        )
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"http://{host}:{config.port}"
 
 
 async def gateway_token(config: Config, store: Store | None) -> str:

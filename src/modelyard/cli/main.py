@@ -151,6 +151,17 @@ def serve(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+    if cfg.gateways:
+        from modelyard.cluster.election import advertised, dsn_of
+        from modelyard.config import database_url
+        from modelyard.errors import ConfigError
+
+        try:
+            dsn_of(database_url(cfg))
+            advertised(cfg)
+        except ConfigError as exc:
+            err.print(f"[red]modelyard:[/] {escape(exc.message)}", soft_wrap=True)
+            raise typer.Exit(2) from None
     names = ", ".join(s.name for s in cfg.models) or "(none)"
     err.print(f"modelyard: {len(cfg.models)} model(s): {names}")
     settings, head = cluster_prepare(

@@ -18,6 +18,7 @@ import logging
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from modelyard.config import Config
 from modelyard.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,27 @@ _KEEPALIVES = {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
 """PostgreSQL's side of a connection whose gateway's machine or network died ends (and the
 lock with it) within about 11 s, not the system's default of two hours and more."""
 
+_WILDCARD = ("0.0.0.0", "::", "")
+
 _HOLDER = """
 SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1
   AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database
                                        WHERE datname = current_database())
 """
+
+
+def advertised(config: Config) -> str:
+    """The URL the other gateways reach this one at."""
+    if config.advertise:
+        return config.advertise.rstrip("/")
+    if config.host in _WILDCARD:
+        raise ConfigError(
+            f"--gateways: this gateway listens on {config.host or 'every address'}; say the "
+            "URL the other gateways reach it at with --advertise http://ADDRESS:PORT"
+        )
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"http://{host}:{config.port}"
 
 
 def dsn_of(url: str) -> str:

@@ -14,12 +14,11 @@ from aiohttp import web
 
 from modelyard.api import broker as broker_module
 from modelyard.api.broker import Broker, BrokeredLease, Link, relayed
-from modelyard.api.gateways import advertised
 from modelyard.api.leases import TOKEN_HEADER, Leases
 from modelyard.api.proxy import Upstream
 from modelyard.catalog.catalog import Catalog
 from modelyard.catalog.spec import ModelSpec
-from modelyard.cluster.election import Election, dsn_of
+from modelyard.cluster.election import Election, advertised, dsn_of
 from modelyard.config import Config
 from modelyard.errors import AuthenticationError, ConfigError, UpstreamError
 from modelyard.runners.process import free_port

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import psutil
 
-from common import HERE, PY, percentile, pooled_session, sequential
+from common import HERE, PY, percentile, pooled_session, sequential, wait_until
 
 HEAD, NODE, SPARE = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
@@ -53,19 +53,6 @@ def _config(tmp: Path) -> str:
         entry.format(name=name, dummy=dummy, server=server, memory=memory)
         for name, memory in (("near", "40MiB"), ("far", "200MiB"))
     )
-
-
-def _wait(check: Any, limit: float, what: str) -> float:
-    start = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - start > limit:
-            raise SystemExit(f"{what}: not after {limit:.0f}s")
-        time.sleep(0.05)
 
 
 def _nodes(url: str) -> dict[str, Any]:
@@ -151,14 +138,14 @@ def main() -> None:
     joined: list[subprocess.Popen[bytes]] = []
     results: dict[str, Any] = {}
     try:
-        _wait(lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200, 300, "health")
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200, 300, "health")
         results["serve --cluster to /health (s)"] = time.monotonic() - started
-        _wait(lambda: _nodes(url)["connected"], 120, "connected")
+        wait_until(lambda: _nodes(url)["connected"], 120, "connected")
         results["serve --cluster to connected (s)"] = time.monotonic() - started
 
         t = time.monotonic()
         joined.append(_join(url, NODE, "220MiB", tmp, env))
-        results["join to listed (s)"] = _wait(lambda: NODE in _alive(url), 240, "join")
+        results["join to listed (s)"] = wait_until(lambda: NODE in _alive(url), 240, "join")
         assert _chat(url, "far")
         results["join to first placement answered (s)"] = time.monotonic() - t
         assert _chat(url, "near")
@@ -184,7 +171,7 @@ def main() -> None:
         )
 
         joined.append(_join(url, SPARE, "220MiB", tmp, env))
-        _wait(lambda: SPARE in _alive(url), 240, "second join")
+        wait_until(lambda: SPARE in _alive(url), 240, "second join")
         (raylet,) = [
             p
             for p in psutil.process_iter(["name", "cmdline"])
@@ -193,9 +180,9 @@ def main() -> None:
         ]
         raylet.send_signal(signal.SIGKILL)
         t = time.monotonic()
-        lost = _wait(lambda: NODE not in _alive(url), 60, "lost")
+        lost = wait_until(lambda: NODE not in _alive(url), 60, "lost")
         results["raylet killed to the node listed lost (s)"] = lost
-        _wait(lambda: _chat(url, "far") and _where(url)["far"] == [SPARE], 120, "served again")
+        wait_until(lambda: _chat(url, "far") and _where(url)["far"] == [SPARE], 120, "served again")
         results["raylet killed to its model answering from another node (s)"] = time.monotonic() - t
     finally:
         for process in joined:

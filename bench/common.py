@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import psutil
 
 HERE = Path(__file__).resolve().parent
@@ -174,6 +175,21 @@ def print_table(rows: list[Row]) -> None:
         peer = f"{r.peer:10.2f}" if r.peer is not None else f"{'-':>10s}"
         verdict = "" if r.met is None else ("met" if r.met else "MISSED")
         print(f"{r.label:46s} {r.value:10.2f} {peer} {r.ratio:8.3f}  {r.target:8s} {verdict}")
+
+
+def wait_until(check: Callable[[], bool], limit: float, what: str) -> float:
+    """Seconds until ``check()`` holds (an HTTP error counts as not yet); exits past
+    ``limit``."""
+    start = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - start > limit:
+            raise SystemExit(f"{what}: not after {limit:.0f}s")
+        time.sleep(0.02)
 
 
 def pooled_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:

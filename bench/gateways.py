@@ -1,4 +1,5 @@
-"""Several gateways, on this machine: ``python bench/gateways.py [--rounds 8 --requests 300]``.
+"""Several gateways, on this machine: ``python bench/gateways.py [--rounds 8 --requests 300]``
+(``--smoke``: one round of 20, as the tests run it).
 
 Two ``modelyard serve --gateways`` share a PostgreSQL server (``tests/postgres.py``), keys
 required, the canned responder (``responder.py``) as the model. It reports:
@@ -27,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from common import HERE, PY, ROOT, percentile, pooled_session, sequential
+from common import HERE, PY, ROOT, percentile, pooled_session, sequential, wait_until
 
 
 def _config(tmp: Path) -> str:
@@ -41,19 +42,6 @@ def _config(tmp: Path) -> str:
         f'[models.canned]\npath = "{dummy}"\nllama_server = "{server}"\n'
         'memory = "40MiB"\nkeep_alive = "1h"\nmax_queue = 1000\n'
     )
-
-
-def _wait(check: Any, limit: float, what: str) -> float:
-    start = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - start > limit:
-            raise SystemExit(f"{what}: not after {limit:.0f}s")
-        time.sleep(0.02)
 
 
 def _serve(tmp: Path, name: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -94,7 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--smoke", action="store_true", help="one round of 20 (the tests')")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.requests = 1, 20
     sys.path.insert(0, str(ROOT))
     from tests.postgres import PostgresServer
 
@@ -109,7 +100,7 @@ def main() -> None:
     processes = [_serve(tmp, "a", base, env)]
     results: dict[str, Any] = {}
     try:
-        _wait(lambda: "gateway" in (tmp / "a.log").read_text(), 60, "a leads")
+        wait_until(lambda: "gateway" in (tmp / "a.log").read_text(), 60, "a leads")
         printed = [
             line.strip()
             for line in (tmp / "a.log").read_text().splitlines()
@@ -118,11 +109,12 @@ def main() -> None:
         key = {"Authorization": f"Bearer {printed[0]}"}
         started = time.monotonic()
         processes.append(_serve(tmp, "b", base + 1, env))
-        _wait(lambda: httpx.get(f"{b}/health", timeout=1).is_success, 60, "b health")
+        wait_until(lambda: httpx.get(f"{b}/health", timeout=1).is_success, 60, "b health")
         results["follower: serve --gateways to /health (s)"] = time.monotonic() - started
-        _wait(lambda: "follows" in (tmp / "b.log").read_text(), 60, "b follows")
+        wait_until(lambda: "follows" in (tmp / "b.log").read_text(), 60, "b follows")
         results["follower: serve --gateways to following (s)"] = time.monotonic() - started
-        assert _chat(a, key) and _chat(b, key)
+        assert _chat(a, key)
+        assert _chat(b, key)
 
         direct, brokered = asyncio.run(_latency(a, b, key, args.rounds, args.requests))
         results["p50 through the leader (ms)"] = statistics.median(direct)
@@ -134,7 +126,7 @@ def main() -> None:
         processes[0].send_signal(signal.SIGKILL)
         processes[0].wait()
         killed = time.monotonic()
-        _wait(lambda: _chat(b, key), 120, "b serves after a's death")
+        wait_until(lambda: _chat(b, key), 120, "b serves after a's death")
         results["leader SIGKILLed to the follower serving (s, cold load included)"] = (
             time.monotonic() - killed
         )

@@ -97,3 +97,11 @@ def test_bench_catalog_smoke_measures_starts_listings_reloads_and_the_page() -> 
               "reload, a file removed", "Models page: ms to a search")  # fmt: skip
     for label in labels:
         assert label in out, out
+
+
+@pytest.mark.timeout(300)
+def test_bench_gateways_smoke_serves_through_a_follower_and_survives_the_leader() -> None:
+    """``bench/gateways.py`` in smoke mode: two gateways on PostgreSQL, the leader killed."""
+    out = smoke("gateways.py")
+    for label in ("added p50 through the follower (ms)", "leader SIGKILLed to the follower"):
+        assert label in out, out

@@ -106,10 +106,14 @@ class Leases:
         client: str,
         weight: float,
     ) -> Lease | None:
-        """The lease ``ident`` for ``gateway``; ``None`` when it was given back meanwhile."""
+        """The lease ``ident`` for ``gateway``; ``None`` when it was given back meanwhile (or
+        is still awaited by an earlier ask)."""
         self._seen[gateway] = self._clock()
-        if self._released.pop(ident, None) is not None or ident in self._held:
+        if self._released.pop(ident, None) is not None:
             return None
+        held = self._held.get(ident)
+        if held is not None:  # asked again (the answer was lost on the way): the same lease
+            return held.lease
         waiting = asyncio.ensure_future(
             self._scheduler.acquire(
                 model, keep_alive, request=request, client=client, weight=weight

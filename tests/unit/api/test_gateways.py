@@ -62,6 +62,8 @@ async def test_a_lease_lent_and_given_back_is_the_schedulers_own() -> None:
     assert lease is not None
     assert leases.held == 1
     assert in_flight(scheduler) == 1
+    assert await take(leases, "one") is lease  # asked again: the same, not a second
+    assert in_flight(scheduler) == 1
     leases.release("one", served=True)
     leases.release("one", served=True)  # twice: nothing more
     assert leases.held == 0

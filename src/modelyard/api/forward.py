@@ -57,11 +57,14 @@ class Forward:
         if path.startswith(PREFIX):  # a gateway's call: the leader's alone to answer
             await answer(scope["app"].state.leases, scope, receive, send)
             return
-        leader = link.leader
-        if leader is None:
+        if link.promoted is not None:  # this gateway leads
             _from_gateway(scope)
-        if leader is None or path in LOCAL:
+        if link.promoted is not None or path in LOCAL:
             await self.app(scope, receive, send)
+            return
+        leader = link.leader
+        if leader is None:  # between two leaders
+            await _no_leader("no gateway leads now", send)
             return
         upstream: Upstream = scope["app"].state.upstream
         body = bytearray()
@@ -123,17 +126,19 @@ async def _relay(upstream: Upstream, leader: str, scope: Scope, body: bytes, sen
             log.warning("the leading gateway %s broke off an answer: %s", leader, exc)
             await send({"type": "http.response.body", "body": b""})
             return
-        message = f"the leading gateway at {leader} cannot be reached: {exc}"
-        error = {"message": message, "type": "server_error", "param": None}
-        payload = orjson.dumps({"error": {**error, "code": "no_leader"}})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"2")],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await _no_leader(f"the leading gateway at {leader} cannot be reached: {exc}", send)
+
+
+async def _no_leader(message: str, send: Send) -> None:
+    error = {"message": message, "type": "server_error", "param": None, "code": "no_leader"}
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"2")],
+        }
+    )
+    await send({"type": "http.response.body", "body": orjson.dumps({"error": error})})
 
 
 def _from_gateway(scope: Scope) -> None:

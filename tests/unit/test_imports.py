@@ -90,6 +90,7 @@ SCHEDULER_ROOMS = [
     "account",
     "meter",
     "fleet",
+    "roster",
     "scheduler",
     "__init__",
 ]

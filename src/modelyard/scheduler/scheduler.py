@@ -5,10 +5,11 @@ Everything runs on one event loop and every decision is made synchronously in ``
 no locks are needed. The parts around this owner each keep one concern: placement
 (``placement.plan``, pure: where a runner starts, whom to evict, or wait), a ``Replica`` per
 runner (its life: state, tasks, timers, crashes, sleep; it reports through one callback),
-the ``Fleet`` (acts on replicas and turns their reports into events), ``account`` and the
-``MemoryLedger`` (what is held and will be), the ``Meter`` (measuring on a timer) and the
-``Bus`` (events out, decisions into the journal). Runners start through the ``Runner``
-seam; time goes through the injected ``Clock``.
+the ``Fleet`` (acts on replicas and turns their reports into events), the ``Roster`` (the
+models, as the catalog changes), ``account`` and the ``MemoryLedger`` (what is held and
+will be), the ``Meter`` (measuring on a timer) and the ``Bus`` (events out, decisions into
+the journal). Runners start through the ``Runner`` seam; time goes through the injected
+``Clock``.
 
 Contracts:
 - ``acquire(model)`` returns a ``Lease`` once the model is ready and one of its ``parallel``
@@ -54,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -66,7 +66,6 @@ from modelyard.clock import Clock, LoopClock, Timer
 from modelyard.errors import (
     DoesNotFitError,
     LoadFailedError,
-    ModelNotFoundError,
     ModelyardError,
 )
 from modelyard.runners.base import Runner, RunningModel
@@ -100,6 +99,7 @@ from modelyard.scheduler.replica import (
     Report,
     Slept,
 )
+from modelyard.scheduler.roster import Roster
 from modelyard.scheduler.state import ModelState
 from modelyard.scheduler.state import ModelState as S
 
@@ -142,8 +142,9 @@ class Scheduler:
             self._clock, measure_interval, self.ledger, self._models.values, self._fleet.pressure
         )
         self._closed = False
+        self._roster = Roster(self._models, self._fleet, self._clock, stop_grace, self._on_report)
         for spec in catalog:
-            self._models[spec.name] = self._model(spec)
+            self._roster.add(spec)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -332,38 +333,15 @@ class Scheduler:
         await self._meter.measure()
 
     def update_catalog(self, catalog: Catalog) -> CatalogChange:
-        """Serves ``catalog`` from now on; see the module docstring."""
+        """Serves ``catalog`` from now on; see the module docstring (and ``roster``)."""
         self._catalog = catalog
-        added, removed, changed = [], [], []
-        for spec in catalog:
-            m = self._models.get(spec.name)
-            if m is None:
-                self._models[spec.name] = self._model(spec)
-                added.append(spec.name)
-                continue
-            if m.removed:
-                m.removed = False
-                for r in m.replicas:
-                    r.unload_when_idle = None
-            if spec == (m.pending or m.spec):
-                continue
-            changed.append(spec.name)
-            if spec == m.spec:
-                m.pending = None  # changed back before it took effect
-            elif m.stopped:
-                self._respec(m, spec)
-            else:
-                m.pending = spec
-        names = {spec.name for spec in catalog}
-        for name, m in list(self._models.items()):
-            if name not in names and not m.removed:
-                removed.append(name)
-                self._retire(m)
+        change = self._roster.swap(catalog)
         self._pump()
-        if added or removed or changed:
+        if change.added or change.removed or change.changed:
             now = self._clock.now()
+            added, removed, changed = change.added, change.removed, change.changed
             self._emit(CatalogReloaded("", now, tuple(added), tuple(removed), tuple(changed)))
-        return CatalogChange(added, removed, changed)
+        return change
 
     def status(self) -> list[ModelStatus]:
         """Every model in the catalog, with the memory last measured for loaded ones."""
@@ -570,51 +548,7 @@ class Scheduler:
         m.fail(waiter, self._refuse(m, "queue_timeout", error))
         self._pump()
 
-    def _retire(self, m: Model) -> None:
-        """``m`` left the catalog: unload it once its requests are done, then forget it."""
-        m.removed = True
-        m.pending = None
-        for r in m.replicas:
-            if self._fleet.stoppable(m, r):
-                self._fleet.unload(m, r, "reload", "removed from the catalog")
-            elif r.live or r.state is ModelState.SLEEPING:
-                r.unload_when_idle = ("reload", "removed from the catalog")
-        if m.stopped:
-            self._forget(m)
-
-    def _forget(self, m: Model) -> None:
-        error = ModelNotFoundError(
-            f"The model {m.spec.name!r} was removed from the catalog", param="model"
-        )
-        for waiter in list(m.waiters):
-            m.fail(waiter, error)
-        for r in m.replicas:
-            r.disarm()
-        if self._models.get(m.spec.name) is m:
-            del self._models[m.spec.name]
-
-    def _respec(self, m: Model, spec: ModelSpec) -> None:
-        m.spec = spec
-        m.pending = None
-        m.failures = 0
-        m.retry_at = 0.0
-        self._size(m)
-
     # ---- bookkeeping ---------------------------------------------------------------------------
-
-    def _model(self, spec: ModelSpec) -> Model:
-        m = Model(spec)
-        self._size(m)
-        return m
-
-    def _size(self, m: Model) -> None:
-        """One replica per runner the spec allows (called while none runs)."""
-        if len(m.replicas) != m.spec.max_replicas:
-            report = functools.partial(self._on_report, m)
-            m.replicas = [
-                Replica(m.spec.name, i, self._clock, report, self._stop_grace)
-                for i in range(m.spec.max_replicas)
-            ]
 
     def _replica_of(self, lease: Lease) -> tuple[Model, Replica] | None:
         """The model and runner ``lease`` counts on; ``None`` once that runner has exited."""
@@ -630,10 +564,7 @@ class Scheduler:
         match report:
             case Changed(old, new):
                 if new in (S.STOPPED, S.FAILED) and m.stopped:
-                    if m.removed:
-                        self._forget(m)
-                    elif m.pending is not None:
-                        self._respec(m, m.pending)
+                    self._roster.stopped(m)
                 if new is S.FAILED and not any(y.live for y in m.replicas):
                     name = m.spec.name
                     error = LoadFailedError(f"Model {name!r} failed to load: {m.last_error}")

@@ -153,6 +153,29 @@ def test_a_follower_serves_through_the_leaders_runner_with_the_same_keys(pair: P
     )
 
 
+def test_a_keys_rate_limit_holds_across_the_gateways(pair: Pair) -> None:
+    leader, follower, admin = pair.leader, pair.follower, pair.admin
+    made = httpx.post(
+        f"{leader.url}/api/keys",
+        json={"name": "limited", "role": "user", "rpm": 3},
+        headers=admin,
+        timeout=10,
+    )
+    assert made.status_code in (200, 201), made.text
+    limited = {"Authorization": f"Bearer {made.json()['key']}"}
+    for server in (follower, leader, follower):
+        answer = _chat(server.url, limited)
+        assert answer.status_code == 200, answer.text
+    assert answer.headers["x-ratelimit-remaining-requests"] == "0"
+    for server in (follower, leader):
+        refused = _chat(server.url, limited)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "3 requests per minute" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) > 0
+        assert refused.headers["x-ratelimit-limit-requests"] == "3"
+
+
 def test_when_the_leader_dies_the_follower_leads_and_the_old_leader_follows(pair: Pair) -> None:
     leader, follower, admin = pair.leader, pair.follower, pair.admin
     assert _chat(follower.url, admin).status_code == 200

@@ -7,8 +7,8 @@ then counts against all of them at once, so that a refusal never uses anything u
 are counted at admission as the request's estimate (its prompt and ``max_tokens``) and
 corrected to what the engine reported when it ends.
 
-The counts live in this process: several gateways sharing one database each enforce the
-limits for the requests they serve.
+The counts live in one process: with several gateways, the leader's (a follower admits
+through it, ``Shared``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from modelyard.accounts.identity import Limits
 from modelyard.errors import RateLimitError
@@ -41,6 +42,16 @@ class Admission:
     headers: dict[str, str] = field(default_factory=dict)
     """OpenAI's ``x-ratelimit-*`` headers for the answer."""
     finished: bool = False
+    remote: str = ""
+    """Admitted by another gateway's limiter (``Shared``), under this name there."""
+
+
+class Shared(Protocol):
+    """A limiter in another process (a following gateway's way to the leader's)."""
+
+    async def admit(self, subjects: Sequence[tuple[str, Limits]], tokens: int) -> Admission: ...
+
+    def finish(self, admission: Admission, tokens: int) -> None: ...
 
 
 class RateLimiter:
@@ -92,6 +103,11 @@ class RateLimiter:
         for name, window in list(self._windows.items()):
             if now >= window.start + WINDOW:
                 del self._windows[name]
+
+
+def limited(subjects: Sequence[tuple[str, Limits]]) -> bool:
+    """Whether any of ``subjects`` has a limit (else nothing needs counting)."""
+    return any(_limited(limits) for _, limits in subjects)
 
 
 def _limited(limits: Limits) -> bool:

@@ -32,7 +32,7 @@ from modelyard.accounts.credential import (
 )
 from modelyard.accounts.identity import LOCAL, Limits, Principal, Role
 from modelyard.accounts.ledger import LedgerWriter
-from modelyard.accounts.limits import Admission, RateLimiter
+from modelyard.accounts.limits import Admission, RateLimiter, Shared, limited
 from modelyard.accounts.store import Store, UsageRow
 from modelyard.errors import (
     AuthenticationError,
@@ -128,6 +128,8 @@ class Accounts:
         self.login_brake = LoginBrake(login_attempts, login_lockout, clock)
         self.signup_brake = SignupBrake(signups_per_hour, clock)
         self.limiter = RateLimiter(clock)
+        self.shared: Shared | None = None
+        """Set in a following gateway: the rate limits are counted by the leader's."""
         self.wallets = Wallets(store)
         self.ledger = LedgerWriter(store, self.wallets)
         """Writes the usage rows (when ``keep_rows``) and the credit in hand back."""
@@ -272,7 +274,10 @@ class Accounts:
             subjects.append((f"key:{principal.key_id}", principal.key_limits))
         if principal.user_id is not None:
             subjects.append((f"user:{principal.user_id}", principal.user_limits))
-        admission = self.limiter.admit(subjects, estimate)
+        if self.shared is not None and limited(subjects):
+            admission = await self.shared.admit(subjects, estimate)
+        else:
+            admission = self.limiter.admit(subjects, estimate)
         charge = Charge(principal, admission)
         wallets = _wallets(principal)
         if wallets:
@@ -280,10 +285,10 @@ class Accounts:
             try:
                 ok = await self.wallets.reserve(wallets, amount)
             except BaseException:
-                self.limiter.finish(admission, 0)
+                self._finish(admission, 0)
                 raise
             if not ok:
-                self.limiter.finish(admission, 0)
+                self._finish(admission, 0)
                 raise InsufficientQuotaError(
                     f"The token balance is too low for this request: it may use up to {worst} "
                     f"tokens ({amount} at this model's price). Lower max_tokens, or ask an "
@@ -301,11 +306,17 @@ class Accounts:
         if charge.cost is not None:
             return charge.cost
         cost = math.ceil(tokens * price)
-        self.limiter.finish(charge.admission, tokens)
+        self._finish(charge.admission, tokens)
         if charge.reserved:
             cost = self._settle(charge, cost, request_id)
         charge.cost = cost
         return cost
+
+    def _finish(self, admission: Admission, tokens: int) -> None:
+        if admission.remote and self.shared is not None:
+            self.shared.finish(admission, tokens)
+        else:
+            self.limiter.finish(admission, tokens)
 
     def finish(self, principal: Principal | None, charge: Charge | None, usage: Usage) -> None:
         """The request is over: writes its ledger row (in the next batch) with what it was

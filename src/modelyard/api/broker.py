@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from secrets import token_hex
 from typing import Any
 
 import orjson
 
+from modelyard.accounts.identity import Limits
+from modelyard.accounts.limits import Admission, RateLimiter
 from modelyard.api.leases import TOKEN_HEADER
 from modelyard.api.proxy import Upstream
 from modelyard.catalog.catalog import Catalog, CatalogChange
@@ -75,10 +77,18 @@ class BrokeredLease(Lease):
 class Broker:
     """The scheduler of a gateway that follows (see the module)."""
 
-    def __init__(self, catalog: Catalog, link: Link, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        link: Link,
+        upstream: Upstream,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self._catalog = catalog
         self._link = link
         self._upstream = upstream
+        self._limiter = limiter or RateLimiter()
+        """This gateway's own rate limits: counted here once it leads."""
         self._calls: set[asyncio.Task[None]] = set()
         self.journal = Journal(1)
         """Empty: the leader's event log is the cluster's."""
@@ -177,6 +187,35 @@ class Broker:
         if status not in (0, 204):
             raise relayed(status, body, headers)
 
+    # ---- the rate limits, counted by the leader for every gateway (``accounts.Shared``) ----
+
+    async def admit(self, subjects: Sequence[tuple[str, Limits]], tokens: int) -> Admission:
+        """Counts a request against the leader's rate limits (``RateLimitError`` as the
+        leader raised it, with its headers)."""
+        ident = token_hex(12)
+        payload = {
+            "id": ident,
+            "gateway": self._link.name,
+            "subjects": [[name, asdict(limits)] for name, limits in subjects],
+            "tokens": tokens,
+        }
+        try:
+            status, body, headers = await self._ask("admit", payload, time.monotonic() + FAILOVER)
+        except asyncio.CancelledError:
+            self._tell("finish", {"id": ident, "tokens": 0})
+            raise
+        if status == 0:  # this gateway leads now
+            return self._limiter.admit(subjects, tokens)
+        if status != 200:
+            raise relayed(status, body, headers)
+        return Admission(tokens=tokens, headers=orjson.loads(body)["headers"], remote=ident)
+
+    def finish(self, admission: Admission, tokens: int) -> None:
+        if admission.finished:
+            return
+        admission.finished = True
+        self._tell("finish", {"id": admission.remote, "tokens": tokens})
+
     async def beat(self) -> None:
         """Tells the leader this gateway is alive (and so are its leases)."""
         await self._ask("beat", {"gateway": self._link.name}, time.monotonic())
@@ -274,6 +313,11 @@ def relayed(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamErr
         param=error.get("param"),
         code=error.get("code"),
     )
+    relayed.headers = {
+        name.lower(): value
+        for name, value in headers.items()
+        if name.lower().startswith("x-ratelimit-")
+    }
     retry = headers.get("retry-after")
     if retry is not None:
         with contextlib.suppress(ValueError):

@@ -4,8 +4,8 @@ Every gateway shares the accounts' PostgreSQL database; one leads (``cluster.ele
 owns the scheduler, the runners and the Ray driver, as a lone gateway does, and lends leases
 to the others (``api.leases``). The others follow: each serves the model routes itself,
 with its own keys, balances, ledger rows and metrics, taking a lease from the leader for
-each request and sending it straight to the runner (``api.broker``), and passes every
-other request on to the leader (``api.forward``).
+each request and sending it straight to the runner (``api.broker``; the rate limits are
+the leader's too), and passes every other request on to the leader (``api.forward``).
 
 Each second a follower tries to take the lead, learns who holds it and beats the leader. A
 leader that dies loses the lock with its database session; the first follower to try then
@@ -104,14 +104,25 @@ class Gateways:
         if self._watcher is not None:
             self._watcher.cancel()  # the scheduler's own reloader takes over
         scheduler = await self._lead()
-        leases = Leases(scheduler, self._token)
+        accounts = self._app.state.accounts
+        if accounts is not None:
+            accounts.shared = None  # the rate limits are counted here from now on
+        leases = Leases(scheduler, self._token, limiter=accounts.limiter if accounts else None)
         leases.start()
         self._app.state.leases = leases
         link.promote(scheduler)
 
     def _follow(self, link: Link) -> None:
         app = self._app
-        self._broker = Broker(Catalog(self._config.models), link, app.state.upstream)
+        accounts = app.state.accounts
+        self._broker = Broker(
+            Catalog(self._config.models),
+            link,
+            app.state.upstream,
+            accounts.limiter if accounts is not None else None,
+        )
+        if accounts is not None:
+            accounts.shared = self._broker  # the leader counts every gateway's requests
         app.state.scheduler = self._broker
         app.state.telemetry = telemetry(self._config, self._broker, app.state.accounts)  # type: ignore[arg-type]
         if self._settings is not None and self._config.reload_interval > 0:

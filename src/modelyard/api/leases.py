@@ -26,6 +26,8 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from modelyard.accounts.identity import Limits
+from modelyard.accounts.limits import Admission, RateLimiter
 from modelyard.api.errors import error_response
 from modelyard.errors import (
     AuthenticationError,
@@ -61,10 +63,16 @@ class Leases:
         scheduler: Scheduler,
         token: str,
         *,
+        limiter: RateLimiter | None = None,
         silence: float = SILENCE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._scheduler = scheduler
+        self._limiter = limiter
+        """The rate limits of every gateway's requests (this one's own accounts')."""
+        self._admitted: dict[str, tuple[str, Admission]] = {}
+        """Another gateway's requests counted against the rate limits: name → (gateway,
+        what it counts against)."""
         self._token = token
         self._silence = silence
         self._clock = clock
@@ -154,6 +162,24 @@ class Leases:
             return True
         return await self._scheduler.runner_unreachable(held.lease)
 
+    def admit(
+        self, ident: str, gateway: str, subjects: list[tuple[str, Limits]], tokens: int
+    ) -> dict[str, str]:
+        """Counts another gateway's request against the rate limits (``RateLimitError``
+        when one is reached); the ``x-ratelimit-*`` headers for its answer."""
+        self._seen[gateway] = self._clock()
+        if self._limiter is None:
+            return {}
+        admission = self._limiter.admit(subjects, tokens)
+        self._admitted[ident] = (gateway, admission)
+        return admission.headers
+
+    def finish(self, ident: str, tokens: int) -> None:
+        """The request admitted as ``ident`` is over and used ``tokens``."""
+        found = self._admitted.pop(ident, None)
+        if found is not None and self._limiter is not None:
+            self._limiter.finish(found[1], tokens)
+
     async def unload(self, model: str) -> None:
         await self._scheduler.unload(model)
 
@@ -168,6 +194,8 @@ class Leases:
             del self._seen[gateway]
             for ident in [i for i, h in self._held.items() if h.gateway == gateway]:
                 self.release(ident, served=False)
+            for ident in [i for i, (g, _) in self._admitted.items() if g == gateway]:
+                self.finish(ident, 0)
             log.warning("gateway %s went silent: its leases are returned", gateway)
         for ident in [i for i, when in self._released.items() if now - when > _FORGET]:
             del self._released[ident]
@@ -186,8 +214,8 @@ class Leases:
 
 
 PREFIX = "/api/gateway/"
-"""The gateways' calls to their leader: ``lease``, ``release``, ``unreachable``, ``unload``
-and ``beat``."""
+"""The gateways' calls to their leader: ``lease``, ``release``, ``unreachable``, ``unload``,
+``beat``, and ``admit`` and ``finish`` (the rate limits, counted here for every gateway)."""
 
 
 async def answer(leases: Leases | None, scope: Scope, receive: Receive, send: Send) -> None:
@@ -292,6 +320,32 @@ async def _unload(leases: Leases, body: dict[str, Any]) -> Answer:
     return 204, None
 
 
+async def _admit(leases: Leases, body: dict[str, Any]) -> Answer:
+    subjects = body.get("subjects")
+    tokens = body.get("tokens")
+    if not isinstance(subjects, list) or not isinstance(tokens, int):
+        raise InvalidRequestError("subjects must be a list and tokens an integer")
+    try:
+        limits = [(str(name), Limits(**given)) for name, given in subjects]
+    except (TypeError, ValueError):
+        limits = []
+    if not limits or not all(_counts(limit) for _, limit in limits):
+        raise InvalidRequestError("subjects: [name, {rpm, tpm, max_concurrent}] each")
+    headers = leases.admit(_string(body, "id"), _string(body, "gateway"), limits, tokens)
+    return 200, {"headers": headers}
+
+
+def _counts(limits: Limits) -> bool:
+    given = (limits.rpm, limits.tpm, limits.max_concurrent)
+    return all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in given)
+
+
+async def _finish(leases: Leases, body: dict[str, Any]) -> Answer:
+    tokens = body.get("tokens", 0)
+    leases.finish(_string(body, "id"), tokens if isinstance(tokens, int) else 0)
+    return 204, None
+
+
 async def _beat(leases: Leases, body: dict[str, Any]) -> Answer:
     leases.beat(_string(body, "gateway"))
     return 204, None
@@ -303,4 +357,6 @@ _CALLS: dict[str, Callable[[Leases, dict[str, Any]], Awaitable[Answer]]] = {
     "unreachable": _unreachable,
     "unload": _unload,
     "beat": _beat,
+    "admit": _admit,
+    "finish": _finish,
 }

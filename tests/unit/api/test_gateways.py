@@ -312,3 +312,37 @@ def test_a_leader_takes_the_clients_address_from_a_gateway_only() -> None:
     assert seen(forwarded, (TOKEN_HEADER.encode(), b"t0ken")) == ("192.168.1.7", 0)
     assert seen(forwarded) == ("10.0.0.9", 5000)  # a client's own header counts for nothing
     assert seen(forwarded, (TOKEN_HEADER.encode(), b"guess")) == ("10.0.0.9", 5000)
+
+
+def test_the_leader_counts_every_gateways_requests_against_one_rate_limit() -> None:
+    from modelyard.accounts.identity import Limits
+    from modelyard.accounts.limits import RateLimiter
+    from modelyard.errors import RateLimitError
+
+    clock = Clock()
+    scheduler = Scheduler(
+        Catalog([CHAT]), {"llamacpp": FakeRunner()}, {"ram": 10**9}, clock=ManualClock()
+    )
+    limiter = RateLimiter(clock)
+    leases = Leases(scheduler, "t0ken", limiter=limiter, clock=clock)
+    subjects = [("key:k1", Limits(rpm=3, max_concurrent=2))]
+    own = limiter.admit(subjects, 10)  # the leader's own request
+    headers = leases.admit("a1", "http://b", subjects, 10)
+    assert headers["x-ratelimit-remaining-requests"] == "1"
+    with pytest.raises(RateLimitError, match="at once"):
+        leases.admit("a2", "http://c", subjects, 10)  # two running already
+    leases.finish("a1", 7)
+    limiter.finish(own, 5)
+    leases.admit("a3", "http://c", subjects, 10)
+    with pytest.raises(RateLimitError, match="per minute"):
+        leases.admit("a4", "http://b", subjects, 10)  # the fourth in a minute
+
+    # A gateway gone silent frees the places its requests held.
+    one = [("key:k2", Limits(max_concurrent=1))]
+    leases.admit("c1", "http://c", one, 1)
+    with pytest.raises(RateLimitError):
+        leases.admit("b1", "http://b", one, 1)
+    clock.now = 6.0
+    leases.beat("http://b")
+    assert leases.sweep() == ["http://c"]
+    leases.admit("b2", "http://b", one, 1)

@@ -6,7 +6,8 @@ required, the canned responder (``responder.py``) as the model. It reports:
 
 - the added latency of a request served by the follower (a lease from the leader, then
   straight to the runner) against one served by the leader itself (B1's measure: sequential
-  requests, interleaved rounds, median per-round Δp50);
+  requests, interleaved rounds, median per-round Δp50), and the same for a key with a rate
+  limit (admitted at the leader too);
 - the follower's start-up to ``/health``, and until it follows;
 - the leader SIGKILLed: until the follower leads and its model answers (a cold load of the
   responder included).
@@ -120,6 +121,15 @@ def main() -> None:
         results["p50 through the leader (ms)"] = statistics.median(direct)
         results["p50 through the follower (ms)"] = statistics.median(brokered)
         results["added p50 through the follower (ms)"] = statistics.median(
+            f - d for d, f in zip(direct, brokered, strict=True)
+        )
+        # A key with a rate limit: a follower admits each of its requests at the leader.
+        made = httpx.post(
+            f"{a}/api/keys", json={"name": "limited", "rpm": 10**6}, headers=key, timeout=10
+        )
+        limited = {"Authorization": f"Bearer {made.json()['key']}"}
+        direct, brokered = asyncio.run(_latency(a, b, limited, args.rounds, args.requests))
+        results["added p50 through the follower, a key with limits (ms)"] = statistics.median(
             f - d for d, f in zip(direct, brokered, strict=True)
         )
 

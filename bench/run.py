@@ -123,11 +123,11 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
     d50 = statistics.median(b - a for a, b in zip(*p50, strict=True))
     d99 = statistics.median(b - a for a, b in zip(*p99, strict=True))
     cpu_us = statistics.median(cpu)
-    hop_us = statistics.median(hop_cpu)
     # The round's own ratio: the machine's speed moves between rounds, both sides with it.
     # CPU time is counted in clock ticks: a round too short for the hop to take one (a smoke
-    # run's) counts it as one, not as nothing.
+    # run's) counts it as one, not as nothing (in the ratio and in the hop's figure).
     tick = 1e6 / os.sysconf("SC_CLK_TCK") / requests
+    hop_us = max(statistics.median(hop_cpu), tick)
     hop_share = statistics.median(a / max(b, tick) for a, b in zip(cpu, hop_cpu, strict=True))
     if litellm is None:
         vs_litellm = peers.not_judged("B1 Δp50 modelyard / LiteLLM", d50, "litellm")

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 from modelyard.config import Config
 from modelyard.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 LOCK = 0x6D79_6172
 """The advisory lock's key (``pg_locks`` shows a key below 2**32 as ``objid``)."""

@@ -82,6 +82,15 @@ def _chat(url: str, key: dict[str, str], stream: bool = False) -> httpx.Response
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=key, timeout=60)
 
 
+def _new_key(server: Server, admin: dict[str, str], **fields: object) -> dict[str, str]:
+    """A user key made by asking ``server``; its ``Authorization`` header."""
+    made = httpx.post(
+        f"{server.url}/api/keys", json={"role": "user", **fields}, headers=admin, timeout=10
+    )
+    assert made.status_code in (200, 201), made.text
+    return {"Authorization": f"Bearer {made.json()['key']}"}
+
+
 def _said(server: Server, words: str) -> None:
     """``server``'s log says ``words`` (soon: log lines are written by a thread)."""
     until(lambda: words in server.log.read_text(), 5, lambda: server.log.read_text()[-3000:])
@@ -100,14 +109,7 @@ def test_a_follower_serves_through_the_leaders_runner_with_the_same_keys(pair: P
 
     # Asked of the follower, the keys' routes are the leader's: the key made there works on
     # both, and so does its balance.
-    made = httpx.post(
-        f"{follower.url}/api/keys",
-        json={"name": "payer", "role": "user", "balance": 100000},
-        headers=admin,
-        timeout=10,
-    )
-    assert made.status_code in (200, 201), made.text
-    payer = {"Authorization": f"Bearer {made.json()['key']}"}
+    payer = _new_key(follower, admin, name="payer", balance=100000)
     assert _chat(follower.url, {"Authorization": "Bearer my-not-a-key"}).status_code == 401
 
     answer = _chat(follower.url, payer)
@@ -155,14 +157,7 @@ def test_a_follower_serves_through_the_leaders_runner_with_the_same_keys(pair: P
 
 def test_a_keys_rate_limit_holds_across_the_gateways(pair: Pair) -> None:
     leader, follower, admin = pair.leader, pair.follower, pair.admin
-    made = httpx.post(
-        f"{leader.url}/api/keys",
-        json={"name": "limited", "role": "user", "rpm": 3},
-        headers=admin,
-        timeout=10,
-    )
-    assert made.status_code in (200, 201), made.text
-    limited = {"Authorization": f"Bearer {made.json()['key']}"}
+    limited = _new_key(leader, admin, name="limited", rpm=3)
     for server in (follower, leader, follower):
         answer = _chat(server.url, limited)
         assert answer.status_code == 200, answer.text

@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from modelyard import __version__
 from modelyard.accounts.service import Accounts
@@ -33,6 +32,7 @@ from modelyard.api import (
 )
 from modelyard.api.auth import Auth
 from modelyard.api.forward import Forward
+from modelyard.api.front import App, RequestId
 from modelyard.api.guard import Guard
 from modelyard.api.lane import Lane, model_endpoints
 from modelyard.api.openapi import document_errors
@@ -45,7 +45,6 @@ from modelyard.clock import Clock
 from modelyard.config import Config, Settings, database_url, is_loopback, keys_required
 from modelyard.engines import default_runners
 from modelyard.logbook import Rotation
-from modelyard.logbook import request_id as current_request_id
 from modelyard.reload import Reloader
 from modelyard.runners.base import Runner
 from modelyard.runners.gpu import Gpus, detect
@@ -72,34 +71,6 @@ ROUTERS = (
     ui.router,
 )
 """Every API's routes, included as they are (no prefix, no dependencies)."""
-
-
-class RequestId:
-    """Gives every response an ``X-Request-Id`` (the client's own, if it sent one)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
-                break
-        request_id = request_id or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        current_request_id.set(request_id)  # for the log lines written while it is served
-        header = (b"x-request-id", request_id.encode("latin-1"))
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 async def _estimates(scheduler: Scheduler, home: Path) -> None:
@@ -264,7 +235,7 @@ def create_app(
             if accounts is not None:
                 await accounts.close()  # after the last request: its usage row is written
 
-    app = FastAPI(
+    app = App(
         title="modelyard",
         version=__version__,
         lifespan=lifespan,
@@ -286,23 +257,24 @@ def create_app(
     app.mount("/docs/assets", ui.docs_assets(), name="docs-assets")
     document_errors(app)
     trusted = frozenset(o for o in config.cors_origins if o != "*")
-    app.add_middleware(Lane, endpoints=model_endpoints(ROUTERS))  # innermost
-    app.add_middleware(Auth)
+    # The gateway's layers, outermost last, ahead of FastAPI's own (``api.front``).
+    front: ASGIApp = Lane(app.inside, endpoints=model_endpoints(ROUTERS))
+    front = Auth(front)
     if config.gateways:
-        app.add_middleware(Forward)  # a following gateway passes on what it does not serve
-    app.add_middleware(Guard, max_body=config.max_request_size, trusted_origins=trusted)
-    app.add_middleware(Observe, paths=MODEL_ROUTES)
-    app.add_middleware(RequestId)
+        front = Forward(front)  # a following gateway passes on what it does not serve
+    front = Guard(front, max_body=config.max_request_size, trusted_origins=trusted)
+    front = RequestId(Observe(front, paths=MODEL_ROUTES))
     if config.cors_origins:
         # Outermost, so that every answer (a 413 or 429 too) carries its headers.
-        app.add_middleware(
-            CORSMiddleware,
+        front = CORSMiddleware(
+            front,
             allow_origins=list(config.cors_origins),
             allow_methods=["*"],
             allow_headers=["*"],
             expose_headers=["x-request-id", "retry-after", "server-timing"],
             max_age=600,
         )
+    app.front = front
     return app
 
 

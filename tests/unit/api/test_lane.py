@@ -6,12 +6,14 @@ import logging
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.api import errors
 from modelyard.api.app import ROUTERS
+from modelyard.api.front import App, RequestId
 from modelyard.api.lane import Lane, model_endpoints
 from modelyard.api.routes import ROUTES
 from modelyard.errors import ModelNotFoundError
@@ -49,11 +51,24 @@ async def needs_fastapi(request: Request, dry_run: bool = False) -> Response:
     return JSONResponse({"dry_run": dry_run, "routed": "endpoint" in request.scope})
 
 
+class _Broken:
+    """A layer with a bug for requests that ask for it (``x-break``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (b"x-break", b"1") in scope["headers"]:
+            raise RuntimeError("a layer's bug")
+        await self.app(scope, receive, send)
+
+
 def _client() -> httpx.AsyncClient:
-    app = FastAPI()
+    """The app as ``create_app`` lays it out: the layers ahead of FastAPI's own."""
+    app = App()
     errors.install(app)
     app.include_router(router)
-    app.add_middleware(Lane, endpoints=model_endpoints([router]))
+    app.front = RequestId(_Broken(Lane(app.inside, endpoints=model_endpoints([router]))))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
@@ -93,8 +108,32 @@ async def test_lane_answers_and_errors_as_fastapi_would(caplog: pytest.LogCaptur
             bug = await client.post("/v1/chat/completions", json={"what": "bug"})
         assert bug.status_code == 500
         assert bug.json()["error"]["message"] == "Internal server error"
+        assert bug.headers["x-request-id"]
         assert "unhandled RuntimeError on POST /v1/chat/completions" in caplog.text
 
         other = await client.post("/v1/embeddings", params={"dry_run": "true"}, json={})
         assert other.json() == {"dry_run": True, "routed": True}
     assert taken == [False] * 4
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
+async def test_a_bug_in_a_layer_is_a_logged_500_in_openais_shape(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outside FastAPI's own layers, an exception a layer raises is still answered (its
+    error middleware did that before) and logged, whichever way the route goes on."""
+    async with _client() as client:
+        with caplog.at_level(logging.ERROR, logger="modelyard.api.errors"):
+            bug = await client.post(path, json={}, headers={"x-break": "1", "x-request-id": "r1"})
+        assert bug.status_code == 500
+        assert bug.json()["error"] == {
+            "message": "Internal server error",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+        assert bug.headers["x-request-id"] == "r1"
+        assert f"unhandled RuntimeError on POST {path}" in caplog.text
+        # The next request is served as ever.
+        ok = await client.post(path, json={})
+        assert ok.status_code == 200

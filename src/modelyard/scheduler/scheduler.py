@@ -181,6 +181,18 @@ class Scheduler:
         ``request`` names who asks (a request id) in the event log; ``client`` whose request
         it is, and ``weight`` its share, for the turns in the queue."""
         m = self._models[self._catalog.get(name).name]
+        r = None if m.waiters else m.least_busy()
+        if r is not None:
+            # Nobody waits before it and a ready runner has a free slot: granted at once,
+            # as ``_pump`` would (nothing else can have changed for the other models).
+            now = self._clock.now()
+            self._seq += 1
+            future = asyncio.get_running_loop().create_future()
+            self._grant(
+                m, r, Waiter(self._seq, future, now, keep_alive, request, client, weight), now
+            )
+            lease: Lease = future.result()
+            return lease
         specs = [account.start_spec(m, r) for r in m.replicas]
         if not all(self.ledger.known(spec) for spec in (m.spec, *specs)):
             await self.ledger.ready([m.spec, *specs])  # the header is read in a thread

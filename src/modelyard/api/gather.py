@@ -31,7 +31,7 @@ class Gathering:
         """Told every chunk: it counts the request's tokens, also of a stream cut short."""
         self._held = b""
         self._head: dict[str, Any] = {}
-        self._choices: dict[int, dict[str, Any]] = {}
+        self._choices: dict[int, _Choice] = {}
         self._timings: object = None
         """llama.cpp's figures, of the latest chunk that had them."""
 
@@ -50,7 +50,11 @@ class Gathering:
                 self._timings = chunk["timings"]
             for choice in chunk.get("choices") or []:
                 if isinstance(choice, dict):
-                    _merge(self._choices.setdefault(_index(choice), {}), choice)
+                    index = _index(choice)
+                    merged = self._choices.get(index)
+                    if merged is None:
+                        merged = self._choices[index] = _Choice()
+                    merged.merge(choice)
 
     def answer(self) -> bytes:
         """The whole answer, with the usage of every choice."""
@@ -65,7 +69,7 @@ class Gathering:
             "created": head.get("created"),
             "model": head.get("model"),
             "system_fingerprint": head.get("system_fingerprint"),
-            "choices": [_choice(i, self._choices[i], chat) for i in sorted(self._choices)],
+            "choices": [self._choices[i].as_dict(i, chat) for i in sorted(self._choices)],
             "usage": {
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
@@ -86,38 +90,85 @@ def _index(choice: dict[str, Any]) -> int:
     return index if isinstance(index, int) else 0
 
 
-def _merge(into: dict[str, Any], choice: dict[str, Any]) -> None:
-    if choice.get("finish_reason"):
-        into["finish_reason"] = choice["finish_reason"]
-    if isinstance(choice.get("text"), str):
-        into["text"] = into.get("text", "") + choice["text"]
-    logprobs = choice.get("logprobs")
-    if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
-        into.setdefault("logprobs", {"content": []})["content"] += logprobs["content"]
-    delta = choice.get("delta")
-    if not isinstance(delta, dict):
-        return
-    message = into.setdefault("message", {"role": "assistant", "content": None})
-    for field in ("content", "reasoning_content"):
-        if isinstance(delta.get(field), str):
-            message[field] = (message.get(field) or "") + delta[field]
-    for call in delta.get("tool_calls") or []:
-        calls = message.setdefault("tool_calls", [])
-        index = _index(call)
-        while len(calls) <= index:
-            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        slot = calls[index]
-        slot["id"] = call.get("id") or slot["id"]
-        function = call.get("function") or {}
-        slot["function"]["name"] += function.get("name") or ""
-        slot["function"]["arguments"] += function.get("arguments") or ""
+class _Choice:
+    """One choice's pieces as they come, joined once at the end (a long answer's text
+    is never copied again at every token)."""
+
+    __slots__ = ("calls", "content", "finish_reason", "logprobs", "message", "reasoning", "text")
+
+    def __init__(self) -> None:
+        self.finish_reason: object = None
+        self.text: list[str] | None = None
+        self.logprobs: list[Any] | None = None
+        self.message = False
+        """A delta came: the answer is a chat message."""
+        self.content: list[str] | None = None
+        self.reasoning: list[str] | None = None
+        self.calls: list[list[Any]] = []
+        """Per tool call: its id, and the pieces of its name and of its arguments."""
+
+    def merge(self, choice: dict[str, Any]) -> None:
+        finish = choice.get("finish_reason")
+        if finish:
+            self.finish_reason = finish
+        text = choice.get("text")
+        if isinstance(text, str):
+            (self.text if self.text is not None else _new(self, "text")).append(text)
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+            (self.logprobs if self.logprobs is not None else _new(self, "logprobs")).extend(
+                logprobs["content"]
+            )
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return
+        self.message = True
+        content = delta.get("content")
+        if isinstance(content, str):
+            (self.content if self.content is not None else _new(self, "content")).append(content)
+        reasoning = delta.get("reasoning_content")
+        if isinstance(reasoning, str):
+            (self.reasoning if self.reasoning is not None else _new(self, "reasoning")).append(
+                reasoning
+            )
+        for call in delta.get("tool_calls") or []:
+            index = _index(call)
+            while len(self.calls) <= index:
+                self.calls.append(["", [], []])
+            slot = self.calls[index]
+            slot[0] = call.get("id") or slot[0]
+            function = call.get("function") or {}
+            slot[1].append(function.get("name") or "")
+            slot[2].append(function.get("arguments") or "")
+
+    def as_dict(self, index: int, chat: bool) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "finish_reason": self.finish_reason}
+        if chat:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(self.content) if self.content is not None else None,
+            }
+            if not self.message:
+                message["content"] = ""
+            if self.reasoning is not None:
+                message["reasoning_content"] = "".join(self.reasoning)
+            if self.calls:
+                message["tool_calls"] = [
+                    {
+                        "id": id_,
+                        "type": "function",
+                        "function": {"name": "".join(name), "arguments": "".join(arguments)},
+                    }
+                    for id_, name, arguments in self.calls
+                ]
+            choice["message"] = message
+        else:
+            choice["text"] = "".join(self.text) if self.text is not None else ""
+        choice["logprobs"] = {"content": self.logprobs} if self.logprobs is not None else None
+        return choice
 
 
-def _choice(index: int, merged: dict[str, Any], chat: bool) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": index, "finish_reason": merged.get("finish_reason")}
-    if chat:
-        choice["message"] = merged.get("message") or {"role": "assistant", "content": ""}
-    else:
-        choice["text"] = merged.get("text", "")
-    choice["logprobs"] = merged.get("logprobs")
-    return choice
+def _new(choice: _Choice, field: str) -> list[Any]:
+    pieces: list[Any] = []
+    setattr(choice, field, pieces)
+    return pieces

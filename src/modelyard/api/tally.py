@@ -69,6 +69,11 @@ class Tally:
         self._note(chunk)
 
     def _note(self, chunk: dict[str, Any]) -> None:
+        if "usage" not in chunk and "timings" not in chunk:  # a token's chunk: whose it is
+            choices = chunk.get("choices")
+            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+                self._last = _int(choices[0].get("index"))
+            return
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))

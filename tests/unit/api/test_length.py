@@ -175,3 +175,35 @@ def test_gather_keeps_one_answers_timings_and_reports_an_engine_failure() -> Non
         failed.feed(sse(token(0, "a", 1), {"error": {"message": "Failed to parse input"}}))
     with pytest.raises(RunnerError, match="empty stream"):
         Gathering(Tally()).answer()
+
+
+def test_gather_joins_reasoning_tool_calls_and_logprobs_piece_by_piece() -> None:
+    def delta(**fields: Any) -> dict[str, Any]:
+        choice = {"index": 0, "delta": fields, "logprobs": {"content": [{"token": "t"}]}}
+        return {"object": "chat.completion.chunk", "id": "x", "choices": [choice]}
+
+    call = {"index": 0, "id": "call_1", "function": {"name": "get_", "arguments": '{"ci'}}
+    more = {"index": 0, "function": {"name": "weather", "arguments": 'ty": "Oslo"}'}}
+    gathering = Gathering(Tally())
+    gathering.feed(
+        sse(
+            delta(role="assistant", reasoning_content="Let me "),
+            delta(reasoning_content="look."),
+            delta(tool_calls=[call]),
+            delta(tool_calls=[more, {"index": 1, "id": "call_2", "function": {"name": "now"}}]),
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        )
+    )
+    (choice,) = json.loads(gathering.answer())["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "reasoning_content": "Let me look.",
+        "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "now", "arguments": ""}},
+        ],
+    }  # fmt: skip
+    assert choice["logprobs"] == {"content": [{"token": "t"}] * 4}

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 Shape = Callable[[bytes], bytes]
 
 _CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client is gone
+_WATCH_AFTER = 0.005
+"""Seconds a request runs before its client is watched for leaving (``_Watch``)."""
 _ATTEMPTS = 3
 """Tries of one request on runners that are alive but drop its connection."""
 _RESTARTS_FOR = 120.0
@@ -87,13 +89,26 @@ class _Watch:
     """Notices the client leaving (``http.disconnect``) and then cancels the request's own
     task while it is ``armed``: whatever it waits for (the queue, a load, the answer, the next
     chunk) ends at once, with no task per step. ``left`` tells that cancellation apart from
-    a shutdown's."""
+    a shutdown's.
+
+    It starts watching only once the request has taken ``_WATCH_AFTER``: most answers of a
+    loaded model are over before, and a request that ends sooner spares the watcher's task
+    (its start, its wait and its cancellation: two turns of the event loop). A client gone
+    earlier is noticed as the watch starts."""
 
     def __init__(self, receive: Receive) -> None:
         self.left = False
         self.armed = True
         self._task = asyncio.current_task()
-        self._watcher = asyncio.ensure_future(self._disconnected(receive))
+        self._receive = receive
+        self._watcher: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            _WATCH_AFTER, self._start
+        )
+
+    def _start(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.ensure_future(self._disconnected(self._receive))
 
     async def _disconnected(self, receive: Receive) -> None:
         # The route has read the whole body: what comes now is the disconnect.
@@ -105,7 +120,11 @@ class _Watch:
 
     def close(self) -> None:
         self.armed = False
-        self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 class Dispatch(Response):
@@ -192,11 +211,12 @@ class Dispatch(Response):
                 served = await self._relay(upstream, send)
             else:
                 if gathered is not None:
-                    answer = gathered
+                    answer = gathered  # its usage and timings are on the trace already
+                    watch.armed = False
                 else:
                     answer = await read_answer(upstream, passthrough=self._relays)
-                watch.armed = False
-                trace.read_usage(answer)
+                    watch.armed = False
+                    trace.read_usage(answer)
                 if self._shape is not None:
                     answer = self._shape(answer)
                 if self._dialect is not None:
@@ -364,7 +384,9 @@ class Dispatch(Response):
         at each token (the task wakes once for a short answer); a client who leaves is
         charged what had come, and closing the connection stops the engine."""
         if upstream.content_type != "text/event-stream":
-            return await read_answer(upstream)  # it answered whole all the same
+            whole = await read_answer(upstream)  # it answered whole all the same
+            self._trace.read_usage(whole)
+            return whole
         gathering = Gathering(self._tally)
         complete = False
         try:
@@ -387,6 +409,7 @@ class Dispatch(Response):
             else:
                 upstream.close()
             self._trace.prompt_tokens, self._trace.completion_tokens = self._tally.tokens()
+        self._trace.read_timings(gathering.timings)
         return gathering.answer()
 
     async def _start(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:

@@ -39,22 +39,30 @@ class Gathering:
         """Some bytes of the stream, cut anywhere; an error event is the engine's failure."""
         events, held = sse_events(self._held + data if self._held else data)
         self._held = held[-HELD:]
-        for chunk in stream_chunks(events):
-            self._tally.note(chunk)
-            failure = engine_error(chunk)
-            if failure is not None:
-                raise RunnerError(f"model server failed: {failure}")
+        note = self._tally.note
+        merged = self._choices
+        for chunk in stream_chunks(events):  # a chunk a token: what each does is inlined
+            note(chunk)
+            if "error" in chunk:
+                failure = engine_error(chunk)
+                if failure is not None:
+                    raise RunnerError(f"model server failed: {failure}")
             if not self._head:
                 self._head = chunk
             if "timings" in chunk:
                 self._timings = chunk["timings"]
-            for choice in chunk.get("choices") or []:
-                if isinstance(choice, dict):
+            for choice in chunk.get("choices") or ():
+                if type(choice) is dict:
                     index = _index(choice)
-                    merged = self._choices.get(index)
-                    if merged is None:
-                        merged = self._choices[index] = _Choice()
-                    merged.merge(choice)
+                    into = merged.get(index)
+                    if into is None:
+                        into = merged[index] = _Choice()
+                    into.merge(choice)
+
+    @property
+    def timings(self) -> object:
+        """llama.cpp's figures, of the latest chunk that had them."""
+        return self._timings
 
     def answer(self) -> bytes:
         """The whole answer, with the usage of every choice."""

@@ -69,27 +69,29 @@ class Tally:
         self._note(chunk)
 
     def _note(self, chunk: dict[str, Any]) -> None:
-        if "usage" not in chunk and "timings" not in chunk:  # a token's chunk: whose it is
-            choices = chunk.get("choices")
-            if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-                self._last = _int(choices[0].get("index"))
-            return
+        # Once a token (llama.cpp's chunks all carry ``timings`` when asked): ``_int`` inlined.
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if type(usage) is dict:
             self._usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
         choices = chunk.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            self._last = _int(choices[0].get("index"))
-        elif not isinstance(usage, dict):
+        if type(choices) is list and choices and type(choices[0]) is dict:
+            index = choices[0].get("index")
+            self._last = index if type(index) is int else 0
+        elif type(usage) is not dict:
             return
         # A usage chunk (no choices) follows the end of its answer, with its final count: a
         # token that made no text (half a character) had no chunk of its own.
         timings = chunk.get("timings")
-        if isinstance(timings, dict):
-            prompt = _int(timings.get("prompt_n")) + _int(timings.get("cache_n"))
-            generated = _int(timings.get("predicted_n"))
-            _, before = self._answers.get(self._last, (0, 0))
-            self._answers[self._last] = (prompt, max(before, generated))
+        if type(timings) is dict:
+            prompt = timings.get("prompt_n")
+            cached = timings.get("cache_n")
+            generated = timings.get("predicted_n")
+            prompt = (prompt if type(prompt) is int else 0) + (cached if type(cached) is int else 0)
+            if type(generated) is not int:
+                generated = 0
+            before = self._answers.get(self._last)
+            most = before[1] if before is not None else 0
+            self._answers[self._last] = (prompt, generated if generated > most else most)
 
     def read(self, body: bytes) -> None:
         """A whole answer."""

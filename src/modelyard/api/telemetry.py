@@ -83,7 +83,11 @@ class Trace:
         elif timings is not None:
             self.prompt_tokens = _int(timings.get("prompt_n"))
             self.completion_tokens = _int(timings.get("predicted_n"))
-        if timings is not None and not self.stream:
+        self.read_timings(timings)
+
+    def read_timings(self, timings: object) -> None:
+        """llama.cpp's prompt time and time per token, of an answer given whole."""
+        if isinstance(timings, dict) and not self.stream:
             prompt_ms = timings.get("prompt_ms")
             per_token = timings.get("predicted_per_token_ms")
             if isinstance(prompt_ms, int | float) and self.lease_at is not None:

@@ -84,6 +84,20 @@ async def test_dispatch_client_gone_before_first_byte(make_harness: Callable) ->
         await idle(h, within=0)
 
 
+async def test_dispatch_client_gone_at_once_is_noticed(make_harness: Callable) -> None:
+    """The client is watched only once a request has run a few milliseconds; one that has
+    left before is noticed then, not when the answer comes."""
+    async with make_harness() as h:
+        await h.call("/v1/chat/completions", CHAT)  # loaded
+        started = asyncio.get_running_loop().time()
+        gone = h.exchange("/v1/chat/completions", stream(x_headers_after_ms=3000))
+        gone.leave()
+        await asyncio.wait_for(gone.done, 1)
+        assert gone.status == 499
+        assert asyncio.get_running_loop().time() - started < 1
+        await idle(h, within=0)
+
+
 async def test_dispatch_client_gone_mid_stream(make_harness: Callable) -> None:
     async with make_harness() as h:
         exchange = h.exchange("/v1/chat/completions", stream(x_chunks=200, x_delay_ms=10))

@@ -88,19 +88,6 @@ class LoadFailed(Event):
 
 
 @dataclass(frozen=True)
-class LeaseAcquired(Event):
-    queued: float
-    """Seconds the request waited for the lease."""
-    load_wait: float = 0.0
-    """Of those, seconds it waited for the model to load."""
-
-
-@dataclass(frozen=True)
-class LeaseReleased(Event):
-    pass
-
-
-@dataclass(frozen=True)
 class KeepAliveExpired(Event):
     pass
 

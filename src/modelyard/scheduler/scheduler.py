@@ -74,8 +74,6 @@ from modelyard.scheduler.budget import MemoryLedger
 from modelyard.scheduler.event import (
     CatalogReloaded,
     Event,
-    LeaseAcquired,
-    LeaseReleased,
     LoadRequested,
     RefusalReason,
     Refused,
@@ -188,11 +186,8 @@ class Scheduler:
             now = self._clock.now()
             self._seq += 1
             future = asyncio.get_running_loop().create_future()
-            self._grant(
-                m, r, Waiter(self._seq, future, now, keep_alive, request, client, weight), now
-            )
-            lease: Lease = future.result()
-            return lease
+            waiter = Waiter(self._seq, future, now, keep_alive, request, client, weight)
+            return m.grant(r, waiter, now)
         specs = [account.start_spec(m, r) for r in m.replicas]
         if not all(self.ledger.known(spec) for spec in (m.spec, *specs)):
             await self.ledger.ready([m.spec, *specs])  # the header is read in a thread
@@ -251,7 +246,6 @@ class Scheduler:
             r.crashes = 0
         r.leases -= 1
         r.last_used = self._clock.now()
-        self._emit(LeaseReleased(m.spec.name, r.last_used, replica=m.label(r)))
         if m.replica_idle(r):
             self._fleet.keep_alive(m, r)
         self._pump()
@@ -436,7 +430,7 @@ class Scheduler:
                 waiter = m.waiters.popleft()
                 # Cancelled, and its task has not yet run to forget it: skip it.
                 if not waiter.future.done():
-                    self._grant(m, r, waiter, now)
+                    m.grant(r, waiter, now)
 
         # Models whose requests wait and that may start a runner (a busy model of one
         # running runner, the common case under load, is passed over at once).
@@ -529,14 +523,6 @@ class Scheduler:
         self._restart_timer = self._clock.call_at(when, fire)
 
     # ---- effects -------------------------------------------------------------------------------
-
-    def _grant(self, m: Model, r: Replica, waiter: Waiter, now: float) -> None:
-        lease = m.grant(r, waiter, now)
-        self._emit(
-            LeaseAcquired(
-                m.spec.name, now, queued=lease.queued, load_wait=lease.load_wait, replica=m.label(r)
-            )
-        )
 
     def _abandon(self, m: Model, waiter: Waiter) -> None:
         """The waiting request went away (client disconnect): forget it, or return its lease."""

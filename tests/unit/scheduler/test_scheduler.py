@@ -23,7 +23,6 @@ from modelyard.scheduler.event import (
     Event,
     Evicted,
     KeepAliveExpired,
-    LeaseAcquired,
     StateChanged,
 )
 from tests.fake import FakeRunner, ManualClock, leased, settle
@@ -87,7 +86,7 @@ async def test_scheduler_concurrent_requests_share_one_load() -> None:
 async def test_scheduler_grants_a_ready_models_free_slot_without_waiting() -> None:
     """A request that nobody waits before, to a ready model with a free slot, gets its lease
     at once: the acquire returns without giving the event loop a turn."""
-    scheduler, _, _, events = make(spec("a", parallel=2))
+    scheduler, _, _, _ = make(spec("a", parallel=2))
     scheduler.release(await scheduler.acquire("a"))  # loaded
     pending = scheduler.acquire("a", request="r2")
     with pytest.raises(StopIteration) as done:
@@ -95,8 +94,6 @@ async def test_scheduler_grants_a_ready_models_free_slot_without_waiting() -> No
     lease = done.value.value
     assert lease.base_url == "http://fake/a"
     assert lease.queued == 0
-    granted = [e for e in events if isinstance(e, LeaseAcquired)]
-    assert len(granted) == 2
     # The second slot too; a third request waits its turn, and gets the first freed slot.
     second = await scheduler.acquire("a")
     third = asyncio.create_task(scheduler.acquire("a"))

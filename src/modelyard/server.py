@@ -104,6 +104,9 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
             self._reading_body = True
             self._arm()
             super().on_headers_complete()
+            # Its answer's head goes out with its body (``_HeadWithBody``); the cycle's task
+            # has not run yet.
+            self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
         def on_message_complete(self) -> None:
             self._reading_body = False
@@ -111,6 +114,48 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
             super().on_message_complete()
 
     return _Protocol
+
+
+class _HeadWithBody:
+    """The transport one request's answer is written to. uvicorn writes an answer's head and
+    its body apart, two system calls (each wakes the client); here the head waits for the
+    body's first write, or for the end of this turn of the event loop (a stream whose first
+    chunk is not there yet), and most answers go out in one write. Order is kept: whatever
+    is held goes before the next write."""
+
+    __slots__ = ("_held", "_holding", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._holding = True
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._holding:
+            self._holding = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class _Uvicorn(uvicorn.Server):

@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from modelyard.server import protocol
+from modelyard.server import _HeadWithBody, protocol
 
 
 def test_the_open_files_limit_is_raised_to_what_the_system_allows() -> None:
@@ -42,10 +42,10 @@ async def _answer_ok(scope: dict, receive: Any, send: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _serving(header_timeout: float) -> AsyncIterator[int]:
+async def _serving(header_timeout: float, app: Any = _answer_ok) -> AsyncIterator[int]:
     """uvicorn on a free port with the server's protocol; yields the port."""
     config = uvicorn.Config(
-        _answer_ok,
+        app,
         host="127.0.0.1",
         port=0,
         http=protocol(header_timeout),
@@ -98,5 +98,64 @@ async def test_clients_that_keep_sending_are_never_dropped() -> None:
             await asyncio.sleep(0.5)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+
+
+class _Recorded:
+    """A transport that keeps what is written to it, a write at a time."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_an_answers_head_goes_out_with_its_body_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    recorded = _Recorded()
+    transport = _HeadWithBody(recorded, loop)  # type: ignore[arg-type]
+    transport.write(b"head;")
+    transport.write(b"body")
+    transport.write(b"more")
+    await asyncio.sleep(0)
+    assert recorded.writes == [b"head;body", b"more"]  # one write for head and body
+    alone = _Recorded()
+    late = _HeadWithBody(alone, loop)  # type: ignore[arg-type]
+    late.write(b"head;")
+    await asyncio.sleep(0)  # the turn of the loop ends: the head goes out alone
+    late.write(b"chunk")
+    late.close()
+    assert alone.writes == [b"head;", b"chunk"]
+    assert alone.closed
+
+
+async def _stream_late(scope: dict, receive: Any, send: Any) -> None:
+    """A stream whose first chunk comes half a second after its head."""
+    await receive()
+    headers = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await asyncio.sleep(0.5)
+    await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def test_a_streams_head_is_not_held_for_its_first_chunk() -> None:
+    async with _serving(5, _stream_late) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert time.monotonic() - started < 0.3  # the head came at once
+        assert b"data: 1" in await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
         writer.close()
         await writer.wait_closed()

@@ -86,16 +86,49 @@ class RotatingLog:
 # ---- the gateway's logging ------------------------------------------------------------------
 
 
+class _Seconds:
+    """A time's text to the second, made once a second (a log line a request reads it): the
+    cached pair is swapped whole, so a thread never reads one second's text for another."""
+
+    def __init__(self, render: Callable[[float], str]) -> None:
+        self._render = render
+        self._cached: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        cached = self._cached
+        if cached[0] != second:
+            cached = (second, self._render(created))
+            self._cached = cached
+        return cached[1]
+
+
+class TextFormatter(logging.Formatter):
+    """logging's text format (``asctime`` in local time, with milliseconds)."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._seconds = _Seconds(
+            lambda created: time.strftime(self.default_time_format, self.converter(created))
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        return f"{self._seconds(record.created)},{int(record.msecs):03d}"  # as logging writes it
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id, and the
     ``extra`` fields a record carries (the access log's)."""
 
     _PLAIN = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
+    _seconds = _Seconds(lambda created: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)))
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{self._seconds(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -173,7 +206,7 @@ def setup(level: str, log_format: str, log_dir: Path | None, rotation: Rotation)
     formatter: logging.Formatter = (
         JsonFormatter()
         if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     stderr = sys.stderr
 

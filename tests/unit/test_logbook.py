@@ -8,7 +8,15 @@ import logging
 import time
 from pathlib import Path
 
-from modelyard.logbook import JsonFormatter, RotatingLog, Rotation, Sink, follow, tail
+from modelyard.logbook import (
+    JsonFormatter,
+    RotatingLog,
+    Rotation,
+    Sink,
+    TextFormatter,
+    follow,
+    tail,
+)
 
 
 def test_rotating_log_keeps_the_cap_and_the_number_of_files(tmp_path: Path) -> None:
@@ -109,3 +117,17 @@ def test_json_formatter_writes_one_object_with_extras() -> None:
     )
     assert data["access"] == {"status": 200}
     assert data["time"].endswith("Z")
+
+
+def test_log_lines_are_stamped_with_their_own_time() -> None:
+    """The time's text is made once a second: each line still carries its own time, to the
+    millisecond, as logging's own formatters write it."""
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    ours, theirs, json_lines = TextFormatter(fmt), logging.Formatter(fmt), JsonFormatter()
+    start = 1_764_806_400.0  # a second's start
+    for created in (start + 0.001, start + 0.999, start + 1.0, start + 1.5, start - 3600.25):
+        record = logging.LogRecord("modelyard.access", logging.INFO, "", 0, "hi", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == theirs.format(record)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        assert json.loads(json_lines.format(record))["time"] == f"{stamp}.{int(record.msecs):03d}Z"

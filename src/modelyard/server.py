@@ -103,10 +103,11 @@ def protocol(header_timeout: float) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._reading_body = True
             self._arm()
+            before = self.cycle
             super().on_headers_complete()
-            # Its answer's head goes out with its body (``_HeadWithBody``); the cycle's task
-            # has not run yet.
-            self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
+            if self.cycle is not before:  # a request (not an upgrade): its task has not run yet
+                # Its answer's head goes out with its body (``_HeadWithBody``).
+                self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
         def on_message_complete(self) -> None:
             self._reading_body = False

@@ -159,3 +159,35 @@ async def test_a_streams_head_is_not_held_for_its_first_chunk() -> None:
         assert b"data: 1" in await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
         writer.close()
         await writer.wait_closed()
+
+
+async def test_an_upgrade_request_reaches_the_app_and_the_server_serves_on() -> None:
+    """A websocket upgrade leaves uvicorn's HTTP protocol at once (no request cycle of its
+    own, nothing to write through); it reaches the app, which refuses it here (the gateway
+    serves no websockets), and plain requests are served as before."""
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close"})
+            return
+        await _answer_ok(scope, receive, send)
+
+    async with _serving(5, app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        refused = await asyncio.wait_for(reader.read(1024), 5)
+        assert refused.startswith(b"HTTP/1.1 403")
+        assert seen == ["websocket"]
+        writer.close()
+        await writer.wait_closed()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()

@@ -70,9 +70,17 @@ async def b5(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
     ours = f"{gateway.url}/v1/completions"
     results: dict[int, dict[str, float]] = {}
     alone: dict[int, float] = {}
+    why = peers.status("llama-cpp-python")
     try:
         async with pooled_session() as session:
             await tokens_per_s(session, ours, "g", 2, 8)  # loads the model
+            if peer is not None:
+                try:
+                    await tokens_per_s(session, f"{peer.url}/v1/completions", "g", 1, 8)
+                except aiohttp.ClientError as exc:  # the peer broke on the model: not judged
+                    why = f"llama-cpp-python {peers.version('llama-cpp-python')} {peer.failed(exc)}"
+                    peer.close()
+                    peer = None
             if peer is None:
                 for c in levels:
                     alone[c] = statistics.median(
@@ -80,7 +88,6 @@ async def b5(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
                     )
             else:
                 theirs = f"{peer.url}/v1/completions"
-                await tokens_per_s(session, theirs, "g", 1, 8)
                 for c in levels:
                     results[c] = await compare(
                         rounds,
@@ -93,9 +100,11 @@ async def b5(rounds: int, tokens: int, levels: list[int]) -> dict[str, Any]:
             peer.close()
     targets = {1: 0.95, 8: 1.5}
     if peer is None:
-        why = peers.status("llama-cpp-python")
         label = "B5 tok/s vs llama-cpp-python c={}"
-        rows = [peers.not_judged(label.format(c), v, "llama-cpp-python") for c, v in alone.items()]
+        rows = [
+            Row(label.format(c), v, None, float("nan"), f"not judged: {why}", None)
+            for c, v in alone.items()
+        ]
         return {"scenario": "B5", "peer": why, "modelyard_tok_s": alone, "rows": rows}
     rows = []
     for c, r in results.items():

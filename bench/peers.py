@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -73,6 +74,15 @@ class Peer:
         except RuntimeError:
             self.close()
             raise RuntimeError(f"{argv[0]} did not start:\n{self.log.read_text()}") from None
+
+    def failed(self, exc: Exception) -> str:
+        """What became of a peer whose answer broke off (``exc``): it died, or it broke."""
+        try:
+            code = self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            return f"broke off its answer ({exc}); its log: {self.log}"
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+        return f"died serving the model ({how}); its log: {self.log}"
 
     def close(self) -> None:
         self.process.terminate()

@@ -121,24 +121,28 @@ class _Choice:
             self.finish_reason = finish
         text = choice.get("text")
         if isinstance(text, str):
-            (self.text if self.text is not None else _new(self, "text")).append(text)
+            if self.text is None:
+                self.text = []
+            self.text.append(text)
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
-            (self.logprobs if self.logprobs is not None else _new(self, "logprobs")).extend(
-                logprobs["content"]
-            )
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(logprobs["content"])
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             return
         self.message = True
         content = delta.get("content")
         if isinstance(content, str):
-            (self.content if self.content is not None else _new(self, "content")).append(content)
+            if self.content is None:
+                self.content = []
+            self.content.append(content)
         reasoning = delta.get("reasoning_content")
         if isinstance(reasoning, str):
-            (self.reasoning if self.reasoning is not None else _new(self, "reasoning")).append(
-                reasoning
-            )
+            if self.reasoning is None:
+                self.reasoning = []
+            self.reasoning.append(reasoning)
         for call in delta.get("tool_calls") or []:
             index = _index(call)
             while len(self.calls) <= index:
@@ -174,9 +178,3 @@ class _Choice:
             choice["text"] = "".join(self.text) if self.text is not None else ""
         choice["logprobs"] = {"content": self.logprobs} if self.logprobs is not None else None
         return choice
-
-
-def _new(choice: _Choice, field: str) -> list[Any]:
-    pieces: list[Any] = []
-    setattr(choice, field, pieces)
-    return pieces

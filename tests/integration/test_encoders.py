@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import shutil
 import struct
 from collections.abc import Callable
@@ -363,11 +364,20 @@ def _scores(server: Server, model: str) -> list[float]:
 
 
 def test_cross_encoder_scores_match_predict(server: Server, reranker_dir: Path) -> None:
-    """The reranker sets no backend: ``auto`` exports it to ONNX, scores as torch does."""
+    """The reranker sets no backend: ``auto`` exports it to ONNX, times both backends, runs
+    the faster and scores as torch does; its next load remembers the choice."""
     assert _scores(server, "reranker") == pytest.approx(_predict(reranker_dir), abs=1e-5)
     assert (reranker_dir / "onnx" / "model.onnx").is_file()
     log = (server.home / "logs" / "reranker.log").read_text()
-    assert "(rerank, onnx backend, 1 threads)" in log
+    chosen = re.search(r"auto backend: (\w+) \(the probe took onnx \d+ ms, torch \d+ ms\)", log)
+    assert chosen is not None, log
+    assert f"(rerank, {chosen[1]} backend, 1 threads)" in log
+    assert httpx.post(f"{server.url}/api/unload", json={"model": "reranker"}).status_code == 200
+    assert _scores(server, "reranker") == pytest.approx(_predict(reranker_dir), abs=1e-5)
+    log = (server.home / "logs" / "reranker.log").read_text()
+    assert log.count("the probe took") == 1
+    assert f"auto backend: {chosen[1]}, the faster when measured before" in log
+    assert log.count(f"(rerank, {chosen[1]} backend, 1 threads)") == 2
 
 
 def test_auto_backend_runs_on_torch_where_onnx_fails(

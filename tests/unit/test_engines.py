@@ -94,10 +94,13 @@ def test_engines_encoder_estimate_counts_its_largest_batch() -> None:
     path = demo_embedding_dir()
     assert path is not None
     spec = ModelSpec(name="e", path=path, engine="encoder", kind="embedding", ctx=256)
-    assert spec.backend == "auto"  # ONNX where the model exports: estimated as ONNX
-    assert footprint_parts(spec) == footprint_parts(replace(spec, backend="onnx"))
+    assert spec.backend == "auto"  # either, by measured speed: estimated as the larger
+    auto = footprint_parts(spec)
     spec = replace(spec, backend="torch")
     torch = footprint_parts(spec)
+    both = (torch, footprint_parts(replace(spec, backend="onnx")))
+    assert auto in both
+    assert sum(auto.values()) == max(sum(p.values()) for p in both)
     assert set(torch) == {"worker", "weights", "activations"}
     assert engine_of(spec).estimate_parts(spec) == torch
     onnx = replace(spec, backend="onnx")

@@ -66,8 +66,8 @@ class ModelSpec:
     shards: tuple[Path, ...] = ()
     """Every file of a split GGUF (``path`` is the first); empty for a single file."""
     backend: EncoderBackend = "auto"
-    """Encoder engine: run the model with torch, or exported to ONNX Runtime; ``auto``: ONNX
-    where the model exports, torch otherwise (docs/benchmarks.md, B8 and B11)."""
+    """Encoder engine: run the model with torch, or exported to ONNX Runtime; ``auto``: the
+    faster of the two, measured on the model's first load (``workers.encoder_choice``)."""
     max_batch: int = 32
     """Encoder engine: most inputs (texts or query/document pairs) in one forward pass."""
     batch_wait: float = 0.005

@@ -31,19 +31,21 @@ _SCORES_HELD = {"torch": 1.0, "onnx": 2.5}
 layer's before the next; ONNX Runtime keeps more in flight). Measured with MiniLM."""
 _TORCH_HEAP_BYTES = 100 * 1024**2
 """What glibc's heap keeps of torch's past batches beyond the present one."""
-_ONNX_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-"""ONNX Runtime (its arena off) takes every tensor from glibc: with the mmap threshold fixed,
-a batch's large buffers go back to the system when freed instead of staying in the heap, so
-the worker holds what the present batch uses (MiniLM's full batches: 840 to 880 MiB instead
-of 1,000 to 1,200, within 2 % of the speed). torch runs 30 % slower so, and is left alone;
-an ``auto`` model whose export fails runs on torch with it (the variable is read at start)."""
 
 
 def footprint_parts(spec: ModelSpec) -> dict[str, int]:
     """What an encoder worker holds at its heaviest, part by part: the worker, the weights,
     and the activations of the largest batch it may run (``max_batch`` inputs of ``ctx``
     tokens, within ``max_batch_tokens``). With MiniLM's full batches of 256 tokens this is
-    within 5 % of the peak on both backends."""
+    within 5 % of the peak on both backends. ``auto`` may run either: its estimate is the
+    larger (it measures them one at a time, on small batches)."""
+    if spec.backend == "auto":
+        parts = (_parts(spec, "onnx"), _parts(spec, "torch"))
+        return max(parts, key=lambda p: sum(p.values()))
+    return _parts(spec, spec.backend)
+
+
+def _parts(spec: ModelSpec, backend: str) -> dict[str, int]:
     config = read_config(spec.path)
     weights = weights_bytes(spec.path)
     hidden = int(config.get("hidden_size") or config.get("d_model") or 1024)
@@ -51,9 +53,9 @@ def footprint_parts(spec: ModelSpec) -> dict[str, int]:
     length = max(1, spec.ctx)
     batch = max(1, min(spec.max_batch, spec.max_batch_tokens // length))
     scores = batch * heads * length * length * _SCORE_BYTES
-    onnx = may_run_onnx(spec)
+    onnx = backend == "onnx"
     activations = batch * length * hidden * _TOKEN_BYTES
-    activations += int(scores * _SCORES_HELD["onnx" if onnx else "torch"])
+    activations += int(scores * _SCORES_HELD[backend])
     activations += 0 if onnx else _TORCH_HEAP_BYTES
     return {
         "worker": WORKER_BYTES,
@@ -63,8 +65,8 @@ def footprint_parts(spec: ModelSpec) -> dict[str, int]:
 
 
 def may_run_onnx(spec: ModelSpec) -> bool:
-    """Whether the worker may run ``spec`` on ONNX Runtime (``auto`` does where the model
-    exports): its estimate is then ONNX's, the larger."""
+    """Whether the worker may run ``spec`` on ONNX Runtime (``auto`` measures it): it is then
+    given a cache for exports of read-only models and for ``auto``'s choices."""
     return spec.backend != "torch"
 
 
@@ -146,6 +148,6 @@ class EncoderRunner:
             log_path=log_path(self._log_dir, spec.runner_name),
             rotation=self._rotation,
             load_timeout=self._load_timeout,
-            env={KEY_ENV: key, **(_ONNX_MALLOC if may_run_onnx(spec) else {})},
+            env={KEY_ENV: key},
             key=key,
         )

@@ -207,3 +207,25 @@ async def test_batcher_skips_requests_that_gave_up() -> None:
     assert [2, 3] not in compute.batches
     assert all(2 not in b for b in compute.batches)
     await batcher.close()
+
+
+async def test_batcher_computes_on_the_thread_it_is_given() -> None:
+    """The encoder worker loads its model on a thread and hands that thread over: torch's
+    thread pool belongs to the thread that computed first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    thread = ThreadPoolExecutor(max_workers=1)
+    loaded_on = thread.submit(threading.get_ident).result()
+    seen: list[int] = []
+
+    def compute(items: list[int]) -> list[int]:
+        seen.append(threading.get_ident())
+        return items
+
+    batcher = Batcher(compute, max_wait=0.0, clock=ManualClock(), thread=thread)
+    assert await batcher.submit([(1, 1)]) == [1]
+    assert await batcher.submit([(2, 1), (3, 1)]) == [2, 3]
+    assert set(seen) == {loaded_on}
+    await batcher.close()
+    with pytest.raises(RuntimeError):  # closed with the batcher
+        thread.submit(int)

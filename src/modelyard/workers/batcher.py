@@ -134,7 +134,11 @@ class _Job(Generic[T, R]):
 
 
 class Batcher(Generic[T, R]):
-    """Runs ``compute`` over batches of queued items on one thread; ``submit`` awaits its own."""
+    """Runs ``compute`` over batches of queued items on one thread; ``submit`` awaits its own.
+
+    ``thread`` is that thread, when the model was loaded on it (see ``encoder.main``); the
+    batcher shuts it down on ``close``.
+    """
 
     def __init__(
         self,
@@ -146,6 +150,7 @@ class Batcher(Generic[T, R]):
         overhead: int = DEFAULT_OVERHEAD_TOKENS,
         bucketing: bool = True,
         clock: Clock | None = None,
+        thread: ThreadPoolExecutor | None = None,
     ) -> None:
         self._compute = compute
         self._clock: Clock = clock or LoopClock()
@@ -156,7 +161,7 @@ class Batcher(Generic[T, R]):
         self._bucketing = bucketing
         self._pending: list[_Job[T, R]] = []
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        self._executor = thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._peak = 0

@@ -72,6 +72,7 @@ class EncoderServer:
         batch_wait: float,
         max_batch_tokens: int,
         bucketing: bool = True,
+        thread: ThreadPoolExecutor | None = None,
     ) -> None:
         self.encoder = encoder
         # One counter for the event loop, one for the counting thread (long inputs).
@@ -87,6 +88,7 @@ class EncoderServer:
             max_wait=batch_wait,
             max_tokens=max_batch_tokens,
             bucketing=bucketing,
+            thread=thread,
         )
         self.app = Starlette(
             routes=[
@@ -267,7 +269,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    encoder, backend = load(args.model, args.kind, args.backend, args.threads, args.onnx_cache)
+    # The model is loaded (and, for auto, timed) on the thread its batches run on: torch's
+    # OpenMP threads belong to the thread that first computes; a model that computed on one
+    # thread and then serves on another ran single texts 2.3 times slower (4.7 against 10.8 ms).
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+    encoder, backend = thread.submit(
+        load, args.model, args.kind, args.backend, args.threads, args.onnx_cache
+    ).result()
     log.info(
         "loaded %s (%s, %s backend, %d threads) in %.2f s",
         args.model,
@@ -285,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_wait=args.batch_wait,
         max_batch_tokens=args.max_batch_tokens,
         bucketing=not args.no_bucketing,
+        thread=thread,
     )
     app = RequireKey(server.app, os.environ.get(KEY_ENV))
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")

@@ -132,7 +132,14 @@ async def test_batcher_waits_for_the_crowd_it_saw_lately() -> None:
     crowd = [asyncio.create_task(batcher.submit([(i, 1)])) for i in range(1, 5)]
     await settle()
     compute.gate.set()
-    await asyncio.gather(blocker, *crowd)  # five requests were in flight at once
+    assert await blocker == [0]
+    await settle()
+    # Five requests were in flight at once: the four queued wait for the fifth to come back
+    # (its client does not), until max_wait has passed.
+    assert not any(t.done() for t in crowd)
+    clock.advance(0.005)
+    await asyncio.gather(*crowd)
+    assert compute.batches[-1] == [1, 2, 3, 4]
     # Now they come back one after the other: the batcher holds them until all five are in.
     late = [asyncio.create_task(batcher.submit([(10, 1)]))]
     await settle()

@@ -116,7 +116,7 @@ async def b8(
         gateway.close()
         peer.terminate()
         peer.wait()
-        shutil.rmtree(onnx_copy, ignore_errors=True)
+        shutil.rmtree(onnx_copy.parent, ignore_errors=True)
     offline = offline_rate(sentences(offline_texts, 6, 14, seed=9))
     targets = {f"{b} c={c}": t for b in OURS for c, t in ((1, 0.9), (16, 3.0))}
     rows = [ratio_row(f"B8 emb/s {k}", r, targets.get(k)) for k, r in results.items()]
@@ -259,7 +259,7 @@ async def b11(rounds: int, sizes: list[int], roofline_pairs: int = 50) -> dict[s
                         )
     finally:
         gateway.close()
-        shutil.rmtree(onnx_copy, ignore_errors=True)
+        shutil.rmtree(onnx_copy.parent, ignore_errors=True)
     try:
         roof = roofline(reranker, query, roofline_pairs)
     finally:

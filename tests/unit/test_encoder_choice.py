@@ -56,6 +56,18 @@ def test_time_probe_sums_each_batch_at_its_fastest() -> None:
     assert calls == [n for n, _ in PROBE] * 3  # one untimed pass, two timed
 
 
+def test_time_probe_times_a_slow_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoder_choice, "_SLOW_PASS", 0.0)
+    calls: list[int] = []
+
+    def compute(items: list[Any]) -> Sequence[Any]:
+        calls.append(len(items))
+        return items
+
+    time_probe(compute, "rerank")
+    assert calls == [n for n, _ in PROBE] * 2  # one untimed pass, one timed
+
+
 def _model(tmp_path: Path) -> Path:
     path = tmp_path / "model"
     path.mkdir()

@@ -33,6 +33,9 @@ paragraphs and documents (the model's own limit cuts what is longer than it read
 _PASSES = 2
 """Timed passes over the probe after one untimed (the first calls of a session allocate);
 each batch counts its fastest pass."""
+_SLOW_PASS = 1.0
+"""Seconds: a model whose untimed pass took longer is timed once (a large model on a small
+CPU; its load is not to wait a minute for a choice)."""
 _VERSION = 1
 """Part of the remembered choice's key: a change to the probe or the rule measures again."""
 
@@ -76,10 +79,12 @@ def time_probe(compute: Callable[[list[Any]], Sequence[Any]], kind: str) -> floa
     """Seconds ``compute`` takes for the probe: the sum over its batches of their fastest
     timed pass."""
     batches = probe_items(kind)
+    started = time.perf_counter()
     for batch in batches:
         compute(batch)
+    passes = _PASSES if time.perf_counter() - started <= _SLOW_PASS else 1
     best = [float("inf")] * len(batches)
-    for _ in range(_PASSES):
+    for _ in range(passes):
         for i, batch in enumerate(batches):
             started = time.perf_counter()
             compute(batch)

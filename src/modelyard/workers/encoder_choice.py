@@ -130,7 +130,8 @@ def remember(cache: Path | None, key: str, choice: Choice) -> None:
     target = cache / "backends" / f"{key}.json"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
+        # Two workers of one model may measure at once: each writes its own partial file.
+        partial = target.with_suffix(f".{os.getpid()}.partial")
         partial.write_text(json.dumps(record))
         partial.replace(target)
     except OSError as exc:

@@ -7,6 +7,7 @@ import itertools
 import random
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -216,11 +217,9 @@ async def test_batcher_skips_requests_that_gave_up() -> None:
     await batcher.close()
 
 
-async def test_batcher_computes_on_the_thread_it_is_given() -> None:
+async def test_batcher_with_one_lane_computes_on_the_thread_it_is_given() -> None:
     """The encoder worker loads its model on a thread and hands that thread over: torch's
     thread pool belongs to the thread that computed first."""
-    from concurrent.futures import ThreadPoolExecutor
-
     thread = ThreadPoolExecutor(max_workers=1)
     loaded_on = thread.submit(threading.get_ident).result()
     seen: list[int] = []
@@ -229,10 +228,69 @@ async def test_batcher_computes_on_the_thread_it_is_given() -> None:
         seen.append(threading.get_ident())
         return items
 
-    batcher = Batcher(compute, max_wait=0.0, clock=ManualClock(), thread=thread)
+    batcher = Batcher(compute, max_wait=0.0, clock=ManualClock(), lanes=[thread])
     assert await batcher.submit([(1, 1)]) == [1]
     assert await batcher.submit([(2, 1), (3, 1)]) == [2, 3]
     assert set(seen) == {loaded_on}
     await batcher.close()
     with pytest.raises(RuntimeError):  # closed with the batcher
         thread.submit(int)
+
+
+class Barrier:
+    """A compute function whose batches wait until ``parties`` of them run at once."""
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties, timeout=5)
+        self.batches: list[list[int]] = []
+        self.threads: set[int] = set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.threads.add(threading.get_ident())
+        self.barrier.wait()  # broken (an error) unless the other lane runs meanwhile
+        return [2 * x for x in items]
+
+
+async def test_batcher_runs_a_batch_on_every_lane_at_once() -> None:
+    """Two lanes share the bounds: 16 queued inputs with max_batch 16 run as two batches of 8,
+    at the same time, on the two lanes' threads."""
+    compute = Barrier(2)
+    lanes = [ThreadPoolExecutor(max_workers=1) for _ in range(2)]
+    batcher = Batcher(compute, max_batch=16, max_wait=0.0, clock=ManualClock(), lanes=lanes)
+    answer = await asyncio.wait_for(batcher.submit([(i, 1) for i in range(16)]), 10)
+    assert answer == [2 * i for i in range(16)]
+    assert sorted(len(b) for b in compute.batches) == [8, 8]
+    assert len(compute.threads) == 2
+    await batcher.close()
+
+
+async def test_batcher_lanes_share_the_token_bound_and_serve_every_request() -> None:
+    calls: list[list[int]] = []
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def compute(items: list[int]) -> list[int]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            calls.append(list(items))
+        threading.Event().wait(0.002)
+        with lock:
+            running -= 1
+        return [2 * x for x in items]
+
+    lanes = [ThreadPoolExecutor(max_workers=1) for _ in range(2)]
+    batcher = Batcher(
+        compute, max_batch=32, max_tokens=400, max_wait=0.0, clock=ManualClock(), lanes=lanes
+    )
+    requests = [[(10 * r + i, 50) for i in range(r % 5 + 1)] for r in range(30)]
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(items) for items in requests)), 10
+    )
+    assert answers == [[2 * x for x, _ in items] for items in requests]
+    assert most <= 2
+    assert all(len(batch) * 50 <= 200 for batch in calls)  # 400 tokens shared by two lanes
+    await batcher.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,6 +114,7 @@ class _Fake:
     """A model whose batches take ``per_item`` seconds an input."""
 
     kind = "embedding"
+    lanes = 1
 
     def __init__(self, backend: str, per_item: float) -> None:
         self.backend = backend
@@ -193,3 +195,20 @@ def test_a_remembered_onnx_that_no_longer_loads_runs_on_torch(
     _, backend = encoder_model.load(path, "embedding", "auto", 2, cache)
     assert backend == "torch"
     assert loads == ["onnx", "torch"]
+
+
+def test_time_probe_splits_each_batch_over_the_lanes() -> None:
+    calls: list[int] = []
+    threads: set[int] = set()
+    lock = threading.Lock()
+
+    def compute(items: list[Any]) -> Sequence[Any]:
+        with lock:
+            calls.append(len(items))
+            threads.add(threading.get_ident())
+        return items
+
+    time_probe(compute, "embedding", lanes=2)
+    split = [part for n, _ in PROBE for part in ([n] if n == 1 else [n // 2, n // 2])]
+    assert sorted(calls) == sorted(split * 3)
+    assert threading.get_ident() not in threads  # on the lanes, not the caller's thread

@@ -17,6 +17,12 @@ worker thread. Three rules keep a lone request fast and a crowd efficient:
   per-batch overhead, so eight-word sentences are not padded to two hundred words.
 - **Bounded batches.** At most ``max_batch`` inputs and ``max_tokens`` padded tokens per
   forward pass (an input longer than that runs alone).
+
+A model whose forward pass runs without Python's lock (ONNX Runtime) may run several batches
+at once, one per *lane* (a thread each). The bounds are then shared: each lane's batch holds
+at most ``max_batch`` and ``max_tokens`` divided by the lanes, so all batches in flight
+together hold no more than one full batch (what the memory estimate counts). What is queued
+is spread over the free lanes (16 inputs, two lanes: two batches of 8, at once).
 """
 
 from __future__ import annotations
@@ -113,7 +119,8 @@ class BatchStats:
     padded_tokens: int = 0
     real_tokens: int = 0
     busy_seconds: float = 0.0
-    """Time spent computing batches (busy / elapsed = how loaded the model is)."""
+    """Time spent computing batches, summed over lanes (busy / elapsed / lanes = how loaded
+    the model is)."""
     sizes: dict[int, int] = field(default_factory=dict)
     """Batch size → how many batches had that size."""
 
@@ -137,10 +144,12 @@ class _Job(Generic[T, R]):
 
 
 class Batcher(Generic[T, R]):
-    """Runs ``compute`` over batches of queued items on one thread; ``submit`` awaits its own.
+    """Runs ``compute`` over batches of queued items; ``submit`` awaits its own.
 
-    ``thread`` is that thread, when the model was loaded on it (see ``encoder.main``); the
-    batcher shuts it down on ``close``.
+    ``lanes`` are the threads batches run on, one batch per lane at a time (one new thread
+    when not given). The first is the thread the model was loaded on (see ``encoder.main``):
+    a model with one lane computes on that thread only. The batcher shuts them down on
+    ``close``.
     """
 
     def __init__(
@@ -153,18 +162,22 @@ class Batcher(Generic[T, R]):
         overhead: int = DEFAULT_OVERHEAD_TOKENS,
         bucketing: bool = True,
         clock: Clock | None = None,
-        thread: ThreadPoolExecutor | None = None,
+        lanes: Sequence[ThreadPoolExecutor] = (),
     ) -> None:
         self._compute = compute
         self._clock: Clock = clock or LoopClock()
+        self._lanes = list(lanes) or [ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")]
+        self._free = list(range(len(self._lanes)))
+        """Indices of the lanes not computing."""
+        self._running: set[asyncio.Task[None]] = set()
         self._max_batch = max_batch
+        self._lane_batch = max(1, -(-max_batch // len(self._lanes)))
+        self._lane_tokens = max(1, max_tokens // len(self._lanes))
         self._max_wait = max_wait
-        self._max_tokens = max_tokens
         self._overhead = overhead
         self._bucketing = bucketing
         self._pending: list[_Job[T, R]] = []
         self._wake = asyncio.Event()
-        self._executor = thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._queued = 0
@@ -197,31 +210,51 @@ class Batcher(Generic[T, R]):
             self._in_flight -= 1
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for lane in self._lanes:
+            lane.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._pending:
+            while not (self._pending and self._free):
                 self._wake.clear()
                 await self._wake.wait()
             await self._fill()
             jobs, self._pending, self._queued = self._pending, [], 0
+            # Spread over the free lanes: 16 inputs and two lanes make two batches of 8.
+            per_lane = min(self._lane_batch, -(-len(jobs) // len(self._free)))
             plan = plan_batches(
                 [job.cost for job in jobs],
-                max_batch=self._max_batch,
-                max_tokens=self._max_tokens,
+                max_batch=per_lane,
+                max_tokens=self._lane_tokens,
                 overhead=self._overhead,
                 bucketing=self._bucketing,
             )
             for indices in plan:
                 batch = [jobs[i] for i in indices if not jobs[i].future.done()]
-                if batch:
-                    await self._run(loop, batch)
+                if not batch:
+                    continue
+                while not self._free:
+                    self._wake.clear()
+                    await self._wake.wait()
+                lane = self._free.pop(0)
+                task = asyncio.create_task(self._run(loop, lane, batch))
+                self._running.add(task)
+                task.add_done_callback(self._freed(lane))
+
+    def _freed(self, lane: int) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._running.discard(task)
+            self._free.append(lane)
+            self._free.sort()  # the first lane (the model's own thread) is taken first
+            self._wake.set()
+
+        return done
 
     async def _fill(self) -> None:
         """Waits while the recent crowd is still arriving (never for a lone client)."""
@@ -249,12 +282,14 @@ class Batcher(Generic[T, R]):
         finally:
             timer.cancel()
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Job[T, R]]) -> None:
+    async def _run(
+        self, loop: asyncio.AbstractEventLoop, lane: int, batch: list[_Job[T, R]]
+    ) -> None:
         costs = [job.cost for job in batch]
         started = time.perf_counter()
         try:
             results = await loop.run_in_executor(
-                self._executor, self._compute, [job.item for job in batch]
+                self._lanes[lane], self._compute, [job.item for job in batch]
             )
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")

@@ -72,7 +72,7 @@ class EncoderServer:
         batch_wait: float,
         max_batch_tokens: int,
         bucketing: bool = True,
-        thread: ThreadPoolExecutor | None = None,
+        lanes: Sequence[ThreadPoolExecutor] = (),
     ) -> None:
         self.encoder = encoder
         # One counter for the event loop, one for the counting thread (long inputs).
@@ -88,7 +88,7 @@ class EncoderServer:
             max_wait=batch_wait,
             max_tokens=max_batch_tokens,
             bucketing=bucketing,
-            thread=thread,
+            lanes=lanes,
         )
         self.app = Starlette(
             routes=[
@@ -235,6 +235,10 @@ async def _error(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.envelope(), status_code=exc.status)
 
 
+def _lane() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+
+
 def default_threads() -> int:
     """Threads of a model that does not set ``threads``: every core this process may use.
     Leaving one to the gateway was measured on 2 cores (benchmarks.md, B8 and B11): it helps
@@ -272,16 +276,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The model is loaded (and, for auto, timed) on the thread its batches run on: torch's
     # OpenMP threads belong to the thread that first computes; a model that computed on one
     # thread and then serves on another ran single texts 2.3 times slower (4.7 against 10.8 ms).
-    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+    thread = _lane()
     encoder, backend = thread.submit(
         load, args.model, args.kind, args.backend, args.threads, args.onnx_cache
     ).result()
     log.info(
-        "loaded %s (%s, %s backend, %d threads) in %.2f s",
+        "loaded %s (%s, %s backend, %d threads%s) in %.2f s",
         args.model,
         args.kind,
         backend,
         args.threads,
+        f", {encoder.lanes} batches at once" if encoder.lanes > 1 else "",
         time.perf_counter() - started,
     )
     server = EncoderServer(
@@ -293,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_wait=args.batch_wait,
         max_batch_tokens=args.max_batch_tokens,
         bucketing=not args.no_bucketing,
-        thread=thread,
+        lanes=[thread, *(_lane() for _ in range(encoder.lanes - 1))],
     )
     app = RequireKey(server.app, os.environ.get(KEY_ENV))
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")

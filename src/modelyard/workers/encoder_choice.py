@@ -20,6 +20,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -75,20 +76,30 @@ def probe_items(kind: str) -> list[list[Any]]:
     return batches
 
 
-def time_probe(compute: Callable[[list[Any]], Sequence[Any]], kind: str) -> float:
+def time_probe(compute: Callable[[list[Any]], Sequence[Any]], kind: str, lanes: int = 1) -> float:
     """Seconds ``compute`` takes for the probe: the sum over its batches of their fastest
-    timed pass."""
+    timed pass. With ``lanes``, each batch is split over them and its parts run at once, as
+    the worker's batcher runs a crowd's."""
     batches = probe_items(kind)
-    started = time.perf_counter()
-    for batch in batches:
-        compute(batch)
-    passes = _PASSES if time.perf_counter() - started <= _SLOW_PASS else 1
-    best = [float("inf")] * len(batches)
-    for _ in range(passes):
-        for i, batch in enumerate(batches):
-            started = time.perf_counter()
-            compute(batch)
-            best[i] = min(best[i], time.perf_counter() - started)
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="probe") as pool:
+
+        def run(batch: list[Any]) -> None:
+            if lanes == 1:
+                compute(batch)
+                return
+            size = -(-len(batch) // lanes)
+            list(pool.map(compute, [batch[i : i + size] for i in range(0, len(batch), size)]))
+
+        started = time.perf_counter()
+        for batch in batches:
+            run(batch)
+        passes = _PASSES if time.perf_counter() - started <= _SLOW_PASS else 1
+        best = [float("inf")] * len(batches)
+        for _ in range(passes):
+            for i, batch in enumerate(batches):
+                started = time.perf_counter()
+                run(batch)
+                best[i] = min(best[i], time.perf_counter() - started)
     return sum(best)
 
 

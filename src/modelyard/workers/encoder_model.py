@@ -13,6 +13,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +39,8 @@ class Encoder(Protocol):
     dimensions: int
     tokenizer: Any
     """The model's tokenizer; ``compute`` uses it on the batch thread."""
+    lanes: int
+    """Batches ``compute`` may run at once, each on its own thread."""
 
     def compute(self, items: list[Any]) -> Sequence[Any]:
         """Embeddings of texts, or scores of ``(query, document)`` pairs; on the batch thread."""
@@ -82,7 +85,7 @@ class SentenceEncoder:
 
     kind = "embedding"
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, lanes: int = 1) -> None:
         import torch
 
         self._torch = torch
@@ -90,11 +93,15 @@ class SentenceEncoder:
         self.max_tokens = int(model.max_seq_length or 512)
         self.dimensions = int(model.get_embedding_dimension())
         self.tokenizer = model.tokenizer
+        self.lanes = lanes
+        # A fast tokenizer must not be used by two threads at once; the forward pass may.
+        self._tokenizing = threading.Lock()
 
     def compute(self, items: list[str]) -> list[Vector]:
         # What ``encode`` does for one batch, without its per-call bookkeeping.
         with self._torch.inference_mode():
-            features = self._model.preprocess(items)
+            with self._tokenizing:
+                features = self._model.preprocess(items)
             output = self._model(features)["sentence_embedding"]
         vectors: Vector = output.float().cpu().numpy()
         return list(vectors)
@@ -105,6 +112,7 @@ class CrossEncoderModel:
 
     kind = "rerank"
     dimensions = 0
+    lanes = 1  # ``predict`` tokenizes inside: one batch at a time
 
     def __init__(self, model: Any) -> None:
         self._model = model
@@ -143,7 +151,7 @@ def _auto(
         return _load_or_torch(path, kind, chosen, threads, cache)
     # One backend in memory at a time: the worker never holds more than its estimate.
     model = _load(path, kind, "torch", threads, cache)
-    seconds = {"torch": encoder_choice.time_probe(model.compute, kind)}
+    seconds = {"torch": encoder_choice.time_probe(model.compute, kind, model.lanes)}
     del model
     _release()
     try:
@@ -151,7 +159,7 @@ def _auto(
     except Exception as exc:  # any failure of an export: the model still runs on torch
         log.warning("%s does not run on ONNX Runtime (%s): running it on torch", path, exc)
         return _load(path, kind, "torch", threads, cache), "torch"
-    seconds["onnx"] = encoder_choice.time_probe(model.compute, kind)
+    seconds["onnx"] = encoder_choice.time_probe(model.compute, kind, model.lanes)
     choice = encoder_choice.Choice(encoder_choice.faster(seconds), seconds)
     log.info(
         "auto backend: %s (the probe took %s)",
@@ -209,14 +217,16 @@ def _load(
     import torch
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    torch.set_num_threads(threads)
+    lanes = onnx_lanes(kind, threads) if backend == "onnx" else 1
+    # With lanes, torch does only the small steps around ONNX Runtime's pass, on each lane.
+    torch.set_num_threads(threads if lanes == 1 else 1)
     cls = SentenceTransformer if kind == "embedding" else CrossEncoder
     kwargs: dict[str, Any] = {"device": "cpu", "local_files_only": True}
     if backend == "onnx":
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = max(1, threads // lanes)
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = False
         # Idle threads sleep instead of spinning: other models and the gateway share the CPU.
@@ -226,7 +236,15 @@ def _load(
         path = _onnx_export(cls, path, kwargs, cache)
     model = cls(str(path), **kwargs)
     model.eval()
-    return SentenceEncoder(model) if kind == "embedding" else CrossEncoderModel(model)
+    return SentenceEncoder(model, lanes) if kind == "embedding" else CrossEncoderModel(model)
+
+
+def onnx_lanes(kind: str, threads: int) -> int:
+    """Batches an ONNX model runs at once. ONNX Runtime runs a whole pass without Python's
+    lock, so two batches of one thread each use two cores better than one batch of two
+    threads (MiniLM, 2 cores, batches of 16: 909 against 654 sentences/s; lone sentences 556
+    against 293). A reranker's ``predict`` tokenizes inside: one batch at a time."""
+    return 2 if kind == "embedding" and threads >= 2 else 1
 
 
 def _onnx_export(cls: Any, path: Path, kwargs: dict[str, Any], cache: Path | None) -> Path:

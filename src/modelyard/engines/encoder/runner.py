@@ -37,8 +37,9 @@ def footprint_parts(spec: ModelSpec) -> dict[str, int]:
     """What an encoder worker holds at its heaviest, part by part: the worker, the weights,
     and the activations of the largest batch it may run (``max_batch`` inputs of ``ctx``
     tokens, within ``max_batch_tokens``). With MiniLM's full batches of 256 tokens this is
-    within 5 % of the peak on both backends. ``auto`` may run either: its estimate is the
-    larger (it measures them one at a time, on small batches)."""
+    within 5 % of the peak on both backends. An ONNX model that runs batches on two lanes
+    at once splits that largest batch between them. ``auto`` may run either backend: its
+    estimate is the larger (it measures them one at a time, on small batches)."""
     if spec.backend == "auto":
         parts = (_parts(spec, "onnx"), _parts(spec, "torch"))
         return max(parts, key=lambda p: sum(p.values()))

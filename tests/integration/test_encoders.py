@@ -9,6 +9,7 @@ import re
 import shutil
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ threads = 1
 [models.minilm-onnx]
 path = "{minilm_copy}"
 backend = "onnx"
-threads = 1
+threads = 2
 
 [models.gemma-embed]
 path = "{gemma}"
@@ -226,12 +227,23 @@ def test_concurrent_single_texts_each_get_their_own_vector(server: Server, direc
 def test_onnx_backend_matches_and_keeps_its_export(
     server: Server, direct: Any, minilm_copy: Path
 ) -> None:
+    """On two threads ONNX runs two batches at once, one thread each: one request's inputs
+    are spread over both, and so are a crowd's; every answer matches torch's."""
     answer = embed(server, {"model": "minilm-onnx", "input": SENTENCES})
     assert answer.status_code == 200, answer.text
     expected = direct.encode(SENTENCES)
     for item, reference in zip(answer.json()["data"], expected, strict=True):
         assert cosine(item["embedding"], reference) >= 0.9999
     assert (minilm_copy / "onnx" / "model.onnx").stat().st_size > 1024**2
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        crowd = list(
+            pool.map(lambda s: embed(server, {"model": "minilm-onnx", "input": s}), SENTENCES * 3)
+        )
+    for answer, reference in zip(crowd, [*expected] * 3, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert cosine(answer.json()["data"][0]["embedding"], reference) >= 0.9999
+    log = (server.home / "logs" / "minilm-onnx.log").read_text()
+    assert "(embedding, onnx backend, 2 threads, 2 batches at once)" in log
 
 
 def test_dimensions_shorten_and_renormalise(server: Server, direct: Any) -> None:

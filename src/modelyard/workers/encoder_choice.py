@@ -106,9 +106,8 @@ def time_probe(compute: Callable[[list[Any]], Sequence[Any]], kind: str, lanes: 
 def choice_key(path: Path, kind: str, threads: int) -> str:
     """What a measured choice depends on, hashed: the model's files (names, sizes, times),
     the kind, the threads, the CPU and the versions of both backends."""
-    files = sorted(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()
-    )
+    stats = ((p.name, p.stat()) for p in path.iterdir() if p.is_file())
+    files = sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats)
     parts = {
         "version": _VERSION,
         "model": str(path.resolve()),

@@ -40,13 +40,6 @@ def footprint_parts(spec: ModelSpec) -> dict[str, int]:
     within 5 % of the peak on both backends. An ONNX model that runs batches on two lanes
     at once splits that largest batch between them. ``auto`` may run either backend: its
     estimate is the larger (it measures them one at a time, on small batches)."""
-    if spec.backend == "auto":
-        parts = (_parts(spec, "onnx"), _parts(spec, "torch"))
-        return max(parts, key=lambda p: sum(p.values()))
-    return _parts(spec, spec.backend)
-
-
-def _parts(spec: ModelSpec, backend: str) -> dict[str, int]:
     config = read_config(spec.path)
     weights = weights_bytes(spec.path)
     hidden = int(config.get("hidden_size") or config.get("d_model") or 1024)
@@ -54,15 +47,20 @@ def _parts(spec: ModelSpec, backend: str) -> dict[str, int]:
     length = max(1, spec.ctx)
     batch = max(1, min(spec.max_batch, spec.max_batch_tokens // length))
     scores = batch * heads * length * length * _SCORE_BYTES
-    onnx = backend == "onnx"
-    activations = batch * length * hidden * _TOKEN_BYTES
-    activations += int(scores * _SCORES_HELD[backend])
-    activations += 0 if onnx else _TORCH_HEAP_BYTES
-    return {
-        "worker": WORKER_BYTES,
-        "weights": weights * (2 if onnx else 1),
-        "activations": activations,
-    }
+    hidden_states = batch * length * hidden * _TOKEN_BYTES
+
+    def parts(backend: str) -> dict[str, int]:
+        onnx = backend == "onnx"
+        activations = hidden_states + int(scores * _SCORES_HELD[backend])
+        return {
+            "worker": WORKER_BYTES,
+            "weights": weights * (2 if onnx else 1),
+            "activations": activations + (0 if onnx else _TORCH_HEAP_BYTES),
+        }
+
+    if spec.backend == "auto":
+        return max((parts("onnx"), parts("torch")), key=lambda p: sum(p.values()))
+    return parts(spec.backend)
 
 
 def may_run_onnx(spec: ModelSpec) -> bool:

@@ -133,6 +133,9 @@ _read_once: dict[Path, tuple[tuple[Path, ...], int, int, GGUFInfo]] = {}
 per GGUF of the catalog, however large: a header takes 0.2 s to read, and a list of a
 thousand models must not read them all again)."""
 
+_unkept = False
+"""Whether a header was read since ``keep`` last wrote (or ``remember`` took) the file."""
+
 
 _reading: dict[Path, threading.Lock] = {}
 """A lock per file being read: two threads that want the same header (the estimates read at
@@ -142,6 +145,7 @@ _reading_lock = threading.Lock()
 
 def gguf_info(spec: ModelSpec) -> GGUFInfo:
     """``read_gguf`` of a model's file, read once while the file stays the same."""
+    global _unkept
     stat = spec.path.stat()
     now = (spec.shards, stat.st_size, stat.st_mtime_ns)
     known = _read_once.get(spec.path)
@@ -156,6 +160,7 @@ def gguf_info(spec: ModelSpec) -> GGUFInfo:
                 return known[3]  # read by another thread meanwhile
             info = read_gguf(spec.path, spec.shards)
             _read_once[spec.path] = (*now, info)
+            _unkept = True
             return info
     finally:
         with _reading_lock:
@@ -183,8 +188,22 @@ def remember(path: Path) -> int:
     return taken
 
 
-def keep(path: Path) -> None:
-    """Writes every header read so far to ``path`` (for ``remember`` at the next start)."""
+def keep(path: Path) -> bool:
+    """Writes every header read so far to ``path`` (for ``remember`` at the next start), less
+    those whose files are gone or changed; only when that changes what the file holds (a
+    thousand headers are a few MB). Whether it wrote."""
+    global _unkept
+    for file, (_, size, mtime, _) in list(_read_once.items()):
+        try:
+            stat = file.stat()
+        except OSError:
+            stat = None
+        if stat is None or (stat.st_size, stat.st_mtime_ns) != (size, mtime):
+            _read_once.pop(file, None)
+            _unkept = True
+    if not _unkept and path.exists():
+        return False
+    _unkept = False
     entries = [
         [str(file), [str(s) for s in shards], size, mtime, {
             "version": info.version, "tensor_count": info.tensor_count, "size": info.size,
@@ -197,6 +216,7 @@ def keep(path: Path) -> None:
     scratch = path.with_suffix(".tmp")
     scratch.write_text(json.dumps(entries))
     os.replace(scratch, path)
+    return True
 
 
 def _to_json(value: Any) -> Any:

@@ -120,6 +120,36 @@ def test_headers_read_once_are_remembered_by_the_next_run_while_the_file_stays(
     assert gguf.remember(kept) == 0
 
 
+def test_headers_are_written_again_only_when_they_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.catalog import gguf
+    from modelyard.catalog.spec import ModelSpec
+
+    paths = [
+        write_gguf(tmp_path / f"{name}.gguf", [("general.architecture", 8, _str("llama"))])
+        for name in ("a", "b")
+    ]
+    monkeypatch.setattr(gguf, "_read_once", {})
+    for path in paths:
+        gguf.gguf_info(ModelSpec(name=path.stem, path=path))
+    kept = tmp_path / "cache" / "headers.json"
+    assert gguf.keep(kept)
+
+    # The next start reads nothing new: the file is left as it is.
+    monkeypatch.setattr(gguf, "_read_once", {})
+    assert gguf.remember(kept) == 2
+    for path in paths:
+        gguf.gguf_info(ModelSpec(name=path.stem, path=path))
+    assert not gguf.keep(kept)
+    # A model file gone: its header leaves the file.
+    paths[1].unlink()
+    assert gguf.keep(kept)
+    monkeypatch.setattr(gguf, "_read_once", {})
+    assert gguf.remember(kept) == 1
+    assert not gguf.keep(kept)
+
+
 def test_threads_that_want_the_same_header_read_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,8 +102,7 @@ class Gateway:
         """… and until its app had started (its accounts, its scheduler)."""
 
     def cpu_seconds(self) -> float:
-        t = psutil.Process(self.process.pid).cpu_times()
-        return float(t.user + t.system)
+        return cpu_seconds(self.process.pid)
 
     def close(self) -> None:
         self.process.terminate()
@@ -119,6 +118,43 @@ class Gateway:
         self.log.close()
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(self.home, ignore_errors=True)
+
+
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """CPU time of a process (with ``tree``, of its children too), to the nanosecond: the sum
+    of the scheduler's own figure for each of its threads (``/proc/PID/task/*/schedstat``).
+    ``cpu_times`` counts 10 ms ticks, 33 µs a request over B1's 300 requests: the gateway
+    read 467, 500 or 533 µs, and its ratio to the hop moved by a tenth from the ticks alone.
+    A thread that ends between two readings takes its time with it; the processes measured
+    keep theirs. Where the kernel keeps no such figure, ``cpu_times``."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)] if tree else [root]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            total += _schedstat_seconds(proc.pid)
+        except OSError:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+    return total
+
+
+def _schedstat_seconds(pid: int) -> float:
+    nanoseconds = 0
+    tasks = f"/proc/{pid}/task"
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/schedstat", "rb") as f:
+                nanoseconds += int(f.read().split()[0])
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return nanoseconds / 1e9
 
 
 def spawn(argv: list[str], url: str, core: int | None = None) -> subprocess.Popen[bytes]:

@@ -26,6 +26,7 @@ from common import (
     Gateway,
     Row,
     compare,
+    cpu_seconds,
     crowd,
     delta_row,
     free_port,
@@ -76,15 +77,7 @@ class Canned:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process and its children (LiteLLM may serve from a worker process)."""
-    total = 0.0
-    root = psutil.Process(pid)
-    for proc in (root, *root.children(recursive=True)):
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
+    return cpu_seconds(pid, tree=True)
 
 
 async def b2(rounds: int, requests: int, levels: list[int]) -> dict[str, Any]:

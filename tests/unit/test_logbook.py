@@ -8,6 +8,9 @@ import logging
 import time
 from pathlib import Path
 
+import pytest
+
+from modelyard import logbook
 from modelyard.logbook import (
     JsonFormatter,
     RotatingLog,
@@ -131,3 +134,54 @@ def test_log_lines_are_stamped_with_their_own_time() -> None:
         assert ours.format(record) == theirs.format(record)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
         assert json.loads(json_lines.format(record))["time"] == f"{stamp}.{int(record.msecs):03d}Z"
+
+
+def test_info_writes_what_logging_would_and_gives_other_handlers_their_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``logbook.info`` (the access log's way) writes the line ``logging`` would, in text and
+    in JSON; with another handler on the way (as tests add), the record goes through
+    ``logging`` and that handler gets it too."""
+
+    class Fields:
+        def to_dict(self) -> dict[str, int]:
+            return {"status": 200}
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    access = logging.getLogger("modelyard.access")
+    created = 1_764_806_400.25
+    monkeypatch.setattr(logbook, "_sink", None)
+    monkeypatch.setattr(logbook.time, "time", lambda: created)
+    try:
+        for fmt in ("text", "json"):
+            logbook.setup("info", fmt, tmp_path / fmt, logbook.DEFAULT_ROTATION)
+            sink = logbook._sink
+            assert sink is not None
+            assert sink.formatter is not None
+            record = logging.LogRecord(access.name, logging.INFO, "", 0, "POST /x 200", None, None)
+            record.created, record.msecs = created, 250.0
+            record.access = Fields()
+            expected = sink.formatter.format(record)
+            with monkeypatch.context() as straight:  # the line goes to the sink, not via logging
+                straight.setattr(access, "info", lambda *a, **k: pytest.fail("went via logging"))
+                logbook.info(access, "POST /x 200", access=Fields())
+
+            seen: list[logging.LogRecord] = []
+            other = logging.Handler()
+            other.emit = seen.append  # type: ignore[method-assign]
+            access.addHandler(other)
+            try:
+                logbook.info(access, "POST /y 404", access=Fields())
+            finally:
+                access.removeHandler(other)
+            sink.flush()
+            lines = (tmp_path / fmt / "gateway.log").read_text().splitlines()
+            assert lines[0] == expected
+            assert [r.getMessage() for r in seen] == ["POST /y 404"]
+            assert isinstance(seen[0].access, Fields)  # type: ignore[attr-defined]
+            assert "POST /y 404" in lines[1]
+            sink.close()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

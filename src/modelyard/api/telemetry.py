@@ -20,6 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelyard import logbook
 from modelyard.accounts.identity import Principal
 from modelyard.accounts.service import Accounts, Charge, Usage
 from modelyard.api.metrics import Metrics
@@ -185,7 +186,7 @@ class Telemetry:
         self.activity.append(trace)
         if self._access_log and access_log.isEnabledFor(logging.INFO):
             # The JSON log writes ``access`` as its ``to_dict``.
-            access_log.info(trace.access_line(), extra={"access": trace})
+            logbook.info(access_log, trace.access_line(), access=trace)
 
 
 def _usage(trace: Trace) -> Usage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -103,6 +104,16 @@ class Gateway:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid)
+
+    def pin_runners(self, core: int) -> None:
+        """Moves the runners this gateway started (they inherit its core) to ``core``: the
+        engine on a core of its own, as BENCH.md pins it, and as a scenario's direct side
+        runs it."""
+        if (os.cpu_count() or 1) < 2:
+            return
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error, OSError):
+                os.sched_setaffinity(child.pid, {core})
 
     def close(self) -> None:
         self.process.terminate()

@@ -88,6 +88,7 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
                 )
 
             await run(through_url, 50)  # warm-up: loads the model, fills pools
+            gateway.pin_runners(1)  # beside the direct responder, away from the gateway
             await run(direct_url, 50)
             await run(hop_url, 50)
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from modelyard.accounts.balance import Wallets
 from modelyard.accounts.store import Store, UsageRow
@@ -45,6 +46,9 @@ class LedgerWriter:
         self._failing = False
         self.written = 0
         self.dropped = 0
+        self.collect: Callable[[], None] | None = None
+        """Called first by every flush: appends the rows of requests finished but not yet
+        booked (``api.telemetry``), so that a flush has every row."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage ledger")
@@ -65,6 +69,8 @@ class LedgerWriter:
         """Writes the rows waiting now, not those that come meanwhile: under load a flush
         that chased them would become a stream of one-row transactions (raises if the
         database fails)."""
+        if self.collect is not None:
+            self.collect()
         async with self._lock:  # one that is writing finishes first: all is written after
             await self._flush(everything)
 

@@ -237,6 +237,9 @@ def create_app(
             if gateways is not None:
                 await gateways.resign()
             await app.state.upstream.close()
+            telemetry = getattr(app.state, "telemetry", None)
+            if telemetry is not None:
+                telemetry.flush()  # the last requests' books (access log lines, ledger rows)
             if accounts is not None:
                 await accounts.close()  # after the last request: its usage row is written
 

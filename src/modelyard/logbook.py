@@ -180,9 +180,7 @@ class Sink(logging.Handler):
     def add(self, line: str) -> None:
         """A line formatted already, below a warning (``emit`` without a record)."""
         with self.lock or contextlib.nullcontext():
-            self._buffer.append(line)
-            if len(self._buffer) >= 1000:
-                self._wake.set()
+            self._append(line, urgent=False)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -190,8 +188,12 @@ class Sink(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self._buffer.append(line)  # the caller (``handle``) holds ``self.lock``
-        if record.levelno >= logging.WARNING or len(self._buffer) >= 1000:
+        # The caller (``handle``) holds ``self.lock``.
+        self._append(line, urgent=record.levelno >= logging.WARNING)
+
+    def _append(self, line: str, *, urgent: bool) -> None:
+        self._buffer.append(line)
+        if urgent or len(self._buffer) >= 1000:
             self._wake.set()
 
     def flush(self) -> None:

@@ -282,7 +282,11 @@ async def compare(
     rounds: int, a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]]
 ) -> dict[str, float]:
     """Interleaved rounds of two throughputs; the ratio is b / a per round, then the median."""
-    ra, rb = await interleave(rounds, a, b)
+    return compared(*await interleave(rounds, a, b))
+
+
+def compared(ra: list[float], rb: list[float]) -> dict[str, float]:
+    """``compare``'s figures from the rounds' throughputs of both sides."""
     ratios = [y / x for x, y in zip(ra, rb, strict=True)]
     return {
         "peer": statistics.median(ra),

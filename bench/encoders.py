@@ -22,8 +22,10 @@ from common import (
     Gateway,
     Row,
     compare,
+    compared,
     crowd,
     free_port,
+    interleave,
     pooled_session,
     ratio_row,
     spawn,
@@ -374,23 +376,30 @@ async def b10(rounds: int, requests: int, clients: int = 16) -> dict[str, Any]:
     through = f"B10 emb/s Infinity through modelyard / direct c={clients}"
     rows = [ratio_row(label, result, 1.0), ratio_row(through, relayed, 0.97)]
     if pinned_relay is not None:
-        rows.append(ratio_row(f"{through}, pinned", pinned_relay, 0.97))
+        rows.append(ratio_row(f"{through}, pinned", pinned_relay[0], 0.97))
+        hop_label = f"B10 emb/s Infinity through the bare hop / direct c={clients}, pinned"
+        rows.append(ratio_row(hop_label, pinned_relay[1], None))
     return {
         "scenario": "B10",
         "peer": f"infinity-emb {version}",
         "result": result,
         "relayed": relayed,
-        "relayed_pinned": pinned_relay,
+        "relayed_pinned": pinned_relay and pinned_relay[0],
+        "hopped_pinned": pinned_relay and pinned_relay[1],
         "rows": rows,
     }
 
 
 async def relay_pinned(
     model: Path, texts: list[str], rounds: int, clients: int
-) -> dict[str, float] | None:
+) -> tuple[dict[str, float], dict[str, float]] | None:
     """Infinity through modelyard / direct, pinned as BENCH.md's protocol has it: Infinity
     (one thread) on core 1 on both sides, the gateway and this load generator on core 0; so
-    the figure is the relay's cost to Infinity, not the two sharing Infinity's cores."""
+    the figure is the relay's cost to Infinity, not the two sharing Infinity's cores.
+
+    The bare aiohttp hop (``hop.py``, on core 0) in front of the direct Infinity is measured
+    right after the gateway in each round: any Python relay's floor at that moment, since a
+    relay's wake-ups spread the requests' arrivals, which costs Infinity's batching."""
     import peers
 
     if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
@@ -408,16 +417,29 @@ async def relay_pinned(
     peer = peers.infinity(model, 1, core=1)
     gateway = Gateway(config, core=0)
     ours, theirs = f"{gateway.url}/v1/embeddings", f"{peer.url}/embeddings"
+    hop_port = free_port()
+    hop_argv = [PY, str(HERE / "hop.py"), "--port", str(hop_port), "--route", "/embeddings"]
+    hop = spawn([*hop_argv, "--upstream", theirs], f"http://127.0.0.1:{hop_port}", core=0)
+    hopped = f"http://127.0.0.1:{hop_port}/embeddings"
+    hop_rates: list[float] = []
+
+    async def relayed() -> float:
+        rate = await crowd(session, ours, bodies(texts, "inf"), clients)
+        hop_rates.append(await crowd(session, hopped, bodies(texts, "peer"), clients))
+        return rate
+
     try:
         async with pooled_session() as session:
             await crowd(session, theirs, bodies(texts, "peer")[:64], 8)
             await crowd(session, ours, bodies(texts, "inf")[:64], 8)
-            return await compare(
-                rounds,
-                lambda: crowd(session, theirs, bodies(texts, "peer"), clients),
-                lambda: crowd(session, ours, bodies(texts, "inf"), clients),
+            await crowd(session, hopped, bodies(texts, "peer")[:64], 8)
+            direct, through = await interleave(
+                rounds, lambda: crowd(session, theirs, bodies(texts, "peer"), clients), relayed
             )
+            return compared(direct, through), compared(direct, hop_rates)
     finally:
+        hop.terminate()
+        hop.wait()
         gateway.close()
         peer.close()
         os.sched_setaffinity(0, before)

